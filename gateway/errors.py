@@ -1,0 +1,88 @@
+"""The gateway's one error tree.
+
+Every failure the gateway reports to a client is one of these; adapters translate library
+errors into them (keeping the original as ``__cause__``) and ``http/errors.py`` maps them to
+HTTP responses in one place::
+
+    GatewayError                      500  (never raised directly)
+    ├── BadRequest                    400  malformed request or query
+    │   └── InvalidUID                400  a UID fails PS3.5 9.1
+    ├── NotFound                      404  unknown study / series / instance / frame
+    ├── NotAcceptable                 406  no acceptable representation (PS3.18 8.7.3)
+    ├── Conflict                      409  e.g. a different object under a stored SOP Instance UID
+    ├── PayloadTooLarge               413  a configured input limit was exceeded
+    ├── UnsupportedMediaType          415  STOW body is not what PS3.18 10.5 allows
+    ├── UpstreamError                 502  a PACS refused, failed or could not be reached
+    ├── ServiceUnavailable            503  object store or index unavailable (Retry-After)
+    └── UpstreamTimeout               504  a PACS did not answer in time
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class; ``status`` is the HTTP status the error maps to."""
+
+    status: int = 500
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadRequest(GatewayError):
+    status = 400
+
+
+class InvalidUID(BadRequest):
+    pass
+
+
+class NotFound(GatewayError):
+    status = 404
+
+
+class NotAcceptable(GatewayError):
+    status = 406
+
+
+class Conflict(GatewayError):
+    status = 409
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+
+
+class UpstreamError(GatewayError):
+    status = 502
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+
+    def __init__(self, reason: str, *, retry_after: int = 5) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+
+
+class StorageError(ServiceUnavailable):
+    """The object store failed (unreachable, refused, throttled past retries)."""
+
+
+class IndexError_(ServiceUnavailable):
+    """The index database failed."""
+
+
+class AlreadyExists(GatewayError):
+    """Create-only write found the key taken. Internal: never reaches a client as such."""
+
+    status = 409

@@ -1,0 +1,161 @@
+"""The small interfaces the services depend on, and the records that cross them.
+
+Data flows routes → services → ports ← adapters: services import only this module (and the
+pure ``gateway.dicom`` helpers); adapters implement these Protocols.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+# A DICOM JSON object (PS3.18 F.2): {"0020000D": {"vr": "UI", "Value": [...]}, ...}
+DicomJson = dict[str, Any]
+
+# Byte range (offset, length) of one fragment value inside a stored Part 10 object.
+Span = tuple[int, int]
+
+
+# ---------------------------------------------------------------------------------------------
+# Object store
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    sha256: str | None  # hex digest when the store knows it (S3 user metadata / computed)
+
+
+class BlobStore(Protocol):
+    """Object storage for Part 10 files and their metadata JSON (local disk or S3).
+
+    Errors: :class:`gateway.errors.AlreadyExists` for a taken key on create-only writes,
+    :class:`gateway.errors.NotFound` for a missing key, :class:`gateway.errors.StorageError`
+    when the store itself fails.
+    """
+
+    async def put_file(self, key: str, path: Path, *, sha256: str, content_type: str) -> None:
+        """Create ``key`` from a local file, create-only: a taken key raises AlreadyExists and
+        leaves the existing object untouched. Returns only once the object is durable."""
+
+    async def put_bytes(self, key: str, data: bytes, *, content_type: str) -> None:
+        """Write a small object, replacing any existing one (metadata JSON). Durable on return."""
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        """Size and digest of ``key``, or None when absent."""
+
+    def stream(self, key: str, *, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """The object's bytes in chunks; NotFound before the first chunk when absent."""
+
+    async def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes from ``offset`` (one ranged read)."""
+
+    async def read_all(self, key: str) -> bytes:
+        """The whole object; for small objects only (metadata JSON)."""
+
+    async def download(self, key: str, path: Path) -> None:
+        """Copy the object to a local file (reindex, transcoding)."""
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; absent keys are not an error."""
+
+    def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Every key under ``prefix``, in no guaranteed order."""
+
+    async def ping(self) -> None:
+        """Raise StorageError when the store cannot be reached (readiness)."""
+
+    async def aclose(self) -> None:
+        """Release clients and thread pools."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Index
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PixelDescription:
+    """What a decoder needs to turn one stored frame into pixels (PS3.3 C.7.6.3)."""
+
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric_interpretation: str
+    planar_configuration: int
+    number_of_frames: int
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """Everything the index keeps about one stored instance.
+
+    ``metadata`` is the instance's DICOM JSON (orjson bytes, one object) without pixel data;
+    its BulkDataURI values are *relative* (``studies/.../bulkdata/...``) and are made absolute
+    at response time by prefixing the public base URL, so the index never stores a host name.
+    ``frames[i]`` lists the spans of frame i+1's fragment values (one span for native data).
+    """
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    size: int
+    sha256: str
+    origin: str  # "stow", "reindex", or "pacs:<name>" for instances cached from a PACS
+    metadata: bytes
+    frames: tuple[tuple[Span, ...], ...] = ()
+    pixel: PixelDescription | None = None
+    stored_at: float = 0.0  # seconds since the epoch
+
+
+class AddOutcome(enum.Enum):
+    INSERTED = "inserted"
+    IDENTICAL = "identical"  # same SOP Instance UID with the same bytes already indexed
+    CONFLICT = "conflict"  # same SOP Instance UID with different bytes: refused, nothing changed
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """QIDO rows as DICOM JSON objects (without RetrieveURL: the service adds it)."""
+
+    rows: list[DicomJson]
+    more: bool = False  # more matches exist beyond limit/offset (PS3.18 8.3.4.4 Warning)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Index(Protocol):
+    """The queryable metadata index (SQLite embedded, PostgreSQL shared)."""
+
+    async def add(self, record: InstanceRecord) -> AddOutcome:
+        """Insert atomically; concurrent adds of one SOP Instance UID leave exactly one row."""
+
+    async def get(self, study: str | None, series: str | None, sop: str) -> InstanceRecord | None:
+        """One instance; ``study``/``series`` None means "any" (WADO-URI looks up by SOP only)."""
+
+    async def instances(self, study: str, series: str | None = None) -> list[InstanceRecord]:
+        """All instances of a study or series, ordered by series then instance number."""
+
+    async def search(self, query: Any) -> SearchResult:
+        """Answer a ``gateway.dicom.query.QidoQuery``."""
+
+    async def delete(self, study: str, series: str, sop: str) -> None:
+        """Remove one instance's row (reindex repair)."""
+
+    async def clear(self) -> None:
+        """Remove every row (reindex)."""
+
+    async def ping(self) -> None:
+        """Raise IndexError_ when the database cannot be reached (readiness)."""
+
+    async def aclose(self) -> None:
+        """Close connections."""
