@@ -486,13 +486,17 @@ class _Offer(NamedTuple):
 
 
 def _is_generic(r: MediaRange) -> bool:
-    """``*/*``, ``multipart/*`` or ``multipart/related`` with neither type nor transfer-syntax."""
+    """``*/*``, ``multipart/*`` or ``multipart/related`` with neither type nor transfer-syntax.
+
+    ``type="*/*"`` counts as no type: dicomweb-client sends ``multipart/related; type="*/*"``
+    when its caller names no media type.
+    """
     if r.type == "*":
         return True
     if r.type != "multipart":
         return False
     return r.subtype == "*" or (
-        r.subtype == "related" and r.param("type") is None and r.param("transfer-syntax") is None
+        r.subtype == "related" and r.param("type") in (None, "*/*") and r.param("transfer-syntax") is None
     )
 
 

@@ -1,0 +1,30 @@
+# The two commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: run test check install bench
+
+run:
+	bash scripts/run.sh $(ARGS)
+
+test:
+	bash scripts/test.sh
+
+check: $(VENV)/.test
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/mypy
+
+bench: $(VENV)/.test
+	$(BIN)/python bench/run.py $(ARGS)
+
+install: $(VENV)/.runtime
+
+$(VENV)/.runtime: pyproject.toml
+	bash scripts/venv.sh
+	touch $@
+
+$(VENV)/.test: pyproject.toml
+	bash scripts/venv.sh test
+	touch $@

@@ -1,0 +1,368 @@
+"""BlobStore on a local (or network) filesystem: one regular file per key under a root directory."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hashlib
+import io
+import os
+import stat
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import anyio.to_thread
+
+from gateway.errors import AlreadyExists, NotFound, StorageError
+from gateway.ports import ObjectInfo
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_COPY_CHUNK = 8 << 20
+# os.link errors that only mean "cannot hardlink here" (another mount, a filesystem without
+# hardlinks, fs.protected_hardlinks): fall back to copying.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` unchanged, or raise ValueError for a key that could escape the store.
+
+    Keys are relative '/'-separated paths. Callers build them from validated UIDs, so this is
+    defence in depth: no absolute paths, backslashes, NULs or empty components, and no component
+    starting with '.' (which excludes '.' and '..' and reserves hidden names for temp files).
+    """
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise ValueError(f"invalid object key {key!r}")
+    if any(not part or part.startswith(".") for part in key.split("/")):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Like :func:`validate_key`, but ``""`` and a trailing '/' are allowed (list_keys prefixes)."""
+    if prefix:
+        validate_key(prefix.removesuffix("/"))
+    return prefix
+
+
+class FileBlobStore:
+    """:class:`gateway.ports.BlobStore` on a directory tree.
+
+    Writes go to a hidden temp file in the destination directory (same filesystem), are fsynced,
+    and then appear atomically under their final name: ``os.link`` for create-only writes (it
+    fails when the name is taken, which makes the check-and-create one atomic step even across
+    processes), ``os.replace`` for overwrites. Readers never see a partial object. Empty
+    directories left by :meth:`delete` are kept: removing them would race with concurrent writes.
+    Digests are not stored; :meth:`stat` computes them by reading the file.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def put_file(self, key: str, path: Path, *, sha256: str, content_type: str) -> None:
+        # sha256 and content_type are not kept: the digest is recomputed on demand and the type
+        # follows from the key's suffix.
+        final = self._path(key)
+        await self._run(self._put_file, key, final, Path(path))
+
+    async def put_bytes(self, key: str, data: bytes, *, content_type: str) -> None:
+        final = self._path(key)
+        await self._run(self._put_bytes, final, data)
+
+    async def delete(self, key: str) -> None:
+        final = self._path(key)
+        await self._run(_unlink_if_present, final)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        final = self._path(key)
+        return await self._run(_stat, key, final)
+
+    async def stream(self, key: str, *, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        final = self._path(key)
+        f = await self._run(_open_object, key, final)
+        try:
+            while chunk := await self._run(f.read, chunk_size):
+                yield chunk
+        finally:
+            f.close()
+
+    async def read_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid range offset={offset} length={length}")
+        final = self._path(key)
+        if length == 0:
+            return b""
+        return await self._run(_read_range, key, final, offset, length)
+
+    async def read_all(self, key: str) -> bytes:
+        final = self._path(key)
+        return await self._run(_read_all, key, final)
+
+    async def download(self, key: str, path: Path) -> None:
+        final = self._path(key)
+        await self._run(_download, key, final, Path(path))
+
+    async def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        validate_prefix(prefix)
+        # Walk only the subtree that can hold matches; one thread hop per directory keeps memory
+        # bounded by the largest directory rather than the whole store.
+        pending = [prefix.rpartition("/")[0]]
+        while pending:
+            rel = pending.pop()
+            for name, is_dir in await self._run(_scan, self._root / rel if rel else self._root):
+                child = f"{rel}/{name}" if rel else name
+                if name.startswith("."):
+                    continue  # temp files (and nothing a valid key can name)
+                if is_dir:
+                    if child.startswith(prefix) or prefix.startswith(child + "/"):
+                        pending.append(child)
+                elif child.startswith(prefix):
+                    yield child
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._run(self._ping)
+
+    async def aclose(self) -> None:
+        return None
+
+    # -- internals (run in worker threads) ------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        return self._root / validate_key(key)
+
+    @staticmethod
+    async def _run(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking filesystem code in a worker thread; OS failures become StorageError."""
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+        except OSError as exc:
+            raise StorageError(f"file store: {exc}") from exc
+
+    def _put_file(self, key: str, final: Path, source: Path) -> None:
+        parent = final.parent
+        self._ensure_dir(parent)
+        if os.path.lexists(final):
+            # Cheap early answer for the common duplicate; the link below is the real guard.
+            raise AlreadyExists(f"object {key} already exists")
+        if not self._link_source(key, source, final):
+            tmp = _copy_to_temp(source, parent, final.name)
+            try:
+                _link_create_only(key, tmp, final)
+            finally:
+                _unlink_if_present(tmp)
+        _fsync_dir(parent)
+
+    def _link_source(self, key: str, source: Path, final: Path) -> bool:
+        """Publish ``source`` itself under ``final`` when both share a filesystem (no copy).
+
+        The caller's name keeps working until it deletes it, as the port requires. Returns False
+        when a hardlink is impossible here and the caller must copy instead.
+        """
+        if os.stat(source).st_dev != os.stat(final.parent).st_dev:
+            return False
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)  # the caller may not have: the bytes must be durable before they appear
+        finally:
+            os.close(fd)
+        try:
+            _link_create_only(key, source, final)
+        except OSError as exc:
+            if exc.errno in _NO_LINK:
+                return False
+            raise
+        return True
+
+    def _put_bytes(self, final: Path, data: bytes) -> None:
+        parent = final.parent
+        self._ensure_dir(parent)
+        tmp, fd = _new_temp(parent, final.name)
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            _unlink_if_present(tmp)
+            raise
+        _fsync_dir(parent)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create ``directory`` and missing ancestors, fsyncing each new entry's parent so the
+        path survives a crash along with the object written into it."""
+        if directory.is_dir():
+            return
+        missing: list[Path] = []
+        current = directory
+        while not current.exists():
+            missing.append(current)
+            if current.parent == current:
+                break
+            current = current.parent
+        for new in reversed(missing):
+            # A concurrent writer may have created it; a non-directory fails on first use below.
+            with contextlib.suppress(FileExistsError):
+                new.mkdir()
+            _fsync_dir(new.parent)
+
+    def _ping(self) -> None:
+        if not self._root.is_dir():
+            raise StorageError(f"file store root {self._root} is not a directory")
+        if not os.access(self._root, os.W_OK | os.X_OK):
+            raise StorageError(f"file store root {self._root} is not writable")
+
+
+# -- blocking helpers ---------------------------------------------------------------------------
+
+
+def _new_temp(directory: Path, name: str) -> tuple[Path, int]:
+    """An exclusively created hidden temp file beside ``name`` (same filesystem as the target)."""
+    tmp = directory / f".{name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    return tmp, fd
+
+
+def _copy_to_temp(source: Path, directory: Path, name: str) -> Path:
+    """Copy ``source`` into a new fsynced temp file in ``directory``; nothing is left on error."""
+    tmp, fd = _new_temp(directory, name)
+    try:
+        try:
+            src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _copy_fd(src_fd, fd)
+            finally:
+                os.close(src_fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _unlink_if_present(tmp)
+        raise
+    return tmp
+
+
+def _link_create_only(key: str, existing: Path, final: Path) -> None:
+    try:
+        os.link(existing, final)
+    except FileExistsError as exc:
+        raise AlreadyExists(f"object {key} already exists") from exc
+
+
+def _copy_fd(src: int, dst: int) -> None:
+    offset = 0
+    try:
+        # sendfile copies in the kernel; regular file to regular file works on Linux >= 2.6.33.
+        while sent := os.sendfile(dst, src, offset, _COPY_CHUNK):
+            offset += sent
+        return
+    except OSError as exc:
+        if offset or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise
+    while chunk := os.read(src, _COPY_CHUNK):
+        _write_all(dst, chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_if_present(path: Path) -> None:
+    # A directory or a file in place of a directory component is "no such object" too.
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        os.unlink(path)
+
+
+def _open_object(key: str, path: Path) -> io.FileIO:
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+        raise NotFound(f"object {key} not found") from exc
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise NotFound(f"object {key} not found")
+    return f
+
+
+def _stat(key: str, path: Path) -> ObjectInfo | None:
+    try:
+        f = _open_object(key, path)
+    except NotFound:
+        return None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return ObjectInfo(key=key, size=size, sha256=digest)
+
+
+def _read_range(key: str, path: Path, offset: int, length: int) -> bytes:
+    with _open_object(key, path) as f:
+        parts: list[bytes] = []
+        got = 0
+        while got < length:
+            chunk = os.pread(f.fileno(), length - got, offset + got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        size = os.fstat(f.fileno()).st_size
+    if got != length:
+        # The caller's spans come from the index: an object shorter than that is damaged.
+        raise StorageError(f"object {key}: range {offset}+{length} lies beyond its end ({size} bytes)")
+    return b"".join(parts)
+
+
+def _read_all(key: str, path: Path) -> bytes:
+    with _open_object(key, path) as f:
+        return f.readall()
+
+
+def _download(key: str, path: Path, dest: Path) -> None:
+    with _open_object(key, path) as f:
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _copy_fd(f.fileno(), fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            _unlink_if_present(dest)  # a partial copy is worse than none
+            raise
+
+
+def _scan(directory: Path) -> list[tuple[str, bool]]:
+    """Names in ``directory`` as (name, is_dir); regular files and directories only."""
+    try:
+        with os.scandir(directory) as entries:
+            return [
+                (e.name, e.is_dir(follow_symlinks=False))
+                for e in entries
+                if e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False)
+            ]
+    except (FileNotFoundError, NotADirectoryError):
+        return []

@@ -1,0 +1,83 @@
+"""The ``dicomweb-gateway`` command: ``serve`` and ``reindex``.
+
+The environment and flags are read here, at the edge, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.settings import Settings, SettingsError, load_settings
+
+
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML settings file")
+    p.add_argument("--data", dest="data_dir", help="data directory for the embedded store and index (./data)")
+    p.add_argument("--storage-url", help="file://DIR (default {data}/objects) or s3://bucket/prefix")
+    p.add_argument("--s3-endpoint-url", help="S3 endpoint URL (else AWS_ENDPOINT_URL or AWS's default)")
+    p.add_argument("--s3-region", help="S3 region (else AWS_REGION)")
+    p.add_argument("--index-url", help="sqlite:///path (default {data}/index.sqlite3)")
+    p.add_argument("--log-level", help="critical, error, warning, info (default) or debug")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomweb-gateway", description="DICOMweb gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    _common_flags(serve)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8080)")
+    serve.add_argument("--base-path", help="DICOMweb base path (default /dicomweb)")
+    serve.add_argument("--public-base-url", help="absolute base URL clients see (behind a reverse proxy)")
+
+    reindex = sub.add_parser("reindex", help="rebuild the index from the object store")
+    _common_flags(reindex)
+    reindex.add_argument("--repair", action="store_true", help="also delete orphan objects the index cannot hold")
+    reindex.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        name: getattr(args, name, None)
+        for name in (
+            "host",
+            "port",
+            "base_path",
+            "data_dir",
+            "storage_url",
+            "index_url",
+            "public_base_url",
+            "log_level",
+        )
+    }
+    s3 = {"endpoint_url": getattr(args, "s3_endpoint_url", None), "region": getattr(args, "s3_region", None)}
+    overrides["s3"] = {k: v for k, v in s3.items() if v is not None} or None
+    return load_settings(config_file=args.config, overrides=overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as exc:
+        print(f"dicomweb-gateway: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        from gateway.server import serve
+
+        return serve(settings)
+    if args.command == "reindex":
+        from gateway.reindex import run_reindex
+
+        return run_reindex(settings, repair=args.repair, progress=not args.quiet)
+    raise AssertionError(args.command)  # argparse guarantees a known command
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin Starlette endpoints: parse the request, call a service, shape the response."""

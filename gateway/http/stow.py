@@ -1,0 +1,107 @@
+"""STOW-RS endpoints: ``POST {base}/studies[/{study}]`` (PS3.18 10.5)."""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.dicom import uids
+from gateway.dicom.media import APPLICATION_DICOM, APPLICATION_DICOM_JSON, MULTIPART_RELATED, parse_content_type
+from gateway.dicom.multipart import MultipartLimits, iter_parts
+from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from gateway.http.context import base_url, gateway_of
+from gateway.services.stow import StowOutcome
+
+
+async def store_instances(request: Request) -> Response:
+    gw = gateway_of(request)
+    limits = gw.settings.limits
+    study = request.path_params.get("study")
+    if study is not None:
+        uids.require_uid(study, "StudyInstanceUID")
+    media, params = parse_content_type(request.headers.get("content-type"))
+    if media != MULTIPART_RELATED:
+        raise UnsupportedMediaType(
+            f'STOW-RS takes multipart/related; type="application/dicom", not {media or "no Content-Type"}'
+            " (PS3.18 10.5.1)"
+        )
+    part_type = params.get("type", APPLICATION_DICOM).lower()
+    if part_type != APPLICATION_DICOM:
+        raise UnsupportedMediaType(
+            f'multipart/related type "{part_type}" is not supported; send application/dicom parts'
+        )
+    boundary = params.get("boundary")
+    if not boundary:
+        raise BadRequest("multipart/related Content-Type has no boundary parameter")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limits.max_body_bytes}")
+    spool = gw.settings.effective_spool_dir
+    spool.mkdir(parents=True, exist_ok=True)
+    multipart_limits = MultipartLimits(
+        max_parts=limits.max_parts,
+        max_part_header_bytes=limits.max_part_header_bytes,
+        max_body_bytes=limits.max_body_bytes,
+        max_part_bytes=limits.max_part_bytes,
+    )
+    async with aclosing(
+        iter_parts(request.stream(), boundary.encode("latin-1"), spool_dir=spool, limits=multipart_limits)
+    ) as parts:
+        outcome = await gw.stow.store_parts(parts, study_uid=study)
+    return _store_response(outcome, base_url(request), study)
+
+
+def _store_response(outcome: StowOutcome, base: str, study: str | None) -> Response:
+    """The Store Instances Response (PS3.18 10.5.3.2) as DICOM JSON."""
+    body: dict[str, Any] = {}
+    studies = {s.study_uid for s in outcome.stored}
+    retrieve_study = study or (next(iter(studies)) if len(studies) == 1 else None)
+    if retrieve_study:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{retrieve_study}"]}
+    if outcome.failed:
+        body["00081198"] = {
+            "vr": "SQ",
+            "Value": [_failed_item(f.sop_class_uid, f.sop_instance_uid, f.failure_reason) for f in outcome.failed],
+        }
+    if outcome.stored:
+        body["00081199"] = {
+            "vr": "SQ",
+            "Value": [
+                {
+                    "00081150": {"vr": "UI", "Value": [s.sop_class_uid]},
+                    "00081155": {"vr": "UI", "Value": [s.sop_instance_uid]},
+                    "00081190": {
+                        "vr": "UR",
+                        "Value": [f"{base}/studies/{s.study_uid}/series/{s.series_uid}/instances/{s.sop_instance_uid}"],
+                    },
+                }
+                for s in outcome.stored
+            ],
+        }
+    # The JSON has only the numeric FailureReason; the human-readable detail of each failure goes
+    # into a Warning header (PS3.18 8.3.4.x allows Warning on any response).
+    headers = [
+        ("warning", f'299 dicomweb-gateway "{f.sop_instance_uid or "part"}: {_header_safe(f.detail)}"')
+        for f in outcome.failed[:50]
+    ]
+    response = Response(orjson.dumps(body), status_code=outcome.http_status, media_type=APPLICATION_DICOM_JSON)
+    for name, value in headers:
+        response.headers.append(name, value)
+    return response
+
+
+def _failed_item(sop_class: str | None, sop_instance: str | None, reason: int) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    item["00081150"] = {"vr": "UI", "Value": [sop_class]} if sop_class else {"vr": "UI"}
+    item["00081155"] = {"vr": "UI", "Value": [sop_instance]} if sop_instance else {"vr": "UI"}
+    item["00081197"] = {"vr": "US", "Value": [reason]}
+    return item
+
+
+def _header_safe(text: str) -> str:
+    cleaned = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else " " for c in text)
+    return cleaned[:300]

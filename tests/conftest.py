@@ -1,0 +1,3 @@
+"""Shared pytest configuration: fixture modules are registered as plugins, one per concern."""
+
+pytest_plugins = ["tests.fixtures_s3", "tests.fixtures_gateway"]

@@ -1,0 +1,1 @@
+"""Real peer servers (SeaweedFS, PACS) started by the tests on free ports."""
