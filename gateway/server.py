@@ -3,16 +3,55 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 
+import anyio
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import build_index, build_store, create_app
+from gateway.errors import GatewayError
+from gateway.http.deadlines import protocol_with_deadline
+from gateway.security.tls import server_context
 from gateway.settings import Settings
+
+
+async def preflight(settings: Settings) -> str | None:
+    """Open the store and the index once before serving; a problem is one line, not a traceback."""
+    try:
+        store = build_store(settings)
+    except (GatewayError, OSError, ValueError) as exc:
+        return f"cannot open the object store {settings.effective_storage_url}: {exc}"
+    try:
+        await store.ping()
+        index = build_index(settings)
+        try:
+            await index.ping()
+        finally:
+            await index.aclose()
+    except GatewayError as exc:
+        return exc.reason
+    except (OSError, ValueError) as exc:
+        return f"cannot open the index {settings.effective_index_url}: {exc}"
+    finally:
+        await store.aclose()
+    return None
 
 
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    problem = anyio.run(preflight, settings)
+    if problem:
+        print(f"dicomweb-gateway: {problem}", file=sys.stderr)
+        return 2
+    tls = settings.tls
+    context: ssl.SSLContext | None = None
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            context = server_context(tls.cert_file, tls.key_file, min_version=tls.min_version)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"dicomweb-gateway: cannot use the TLS certificate or key: {exc}", file=sys.stderr)
+            return 2
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -22,7 +61,10 @@ def serve(settings: Settings) -> int:
         proxy_headers=False,
         server_header=False,
         # DICOM objects are rarely compressible enough to pay for gzip; never compress here.
-        timeout_keep_alive=15,
+        timeout_keep_alive=settings.limits.keep_alive_timeout,
+        # Slow clients cannot hold connections: a deadline on each request head (slowloris).
+        http=protocol_with_deadline(settings.limits.header_timeout),
+        ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
     )
     server = uvicorn.Server(config)
     try:

@@ -1,8 +1,8 @@
 """One frozen, typed Settings object, read once at start-up.
 
-Sources, in rising priority: defaults < TOML file (``--config FILE``) < environment variables
-``DICOMWEB_GATEWAY_<NAME>`` (plus the standard ``AWS_*`` variables for S3 credentials) < CLI
-flags. Every problem is reported as one :class:`SettingsError` line; nothing reads the
+Sources, in rising priority: defaults < the standard ``AWS_*`` variables (S3 endpoint, region,
+credentials) < TOML file (``--config FILE``) < environment variables ``DICOMWEB_GATEWAY_<NAME>``
+< CLI flags. Every problem is reported as one :class:`SettingsError` line; nothing reads the
 environment after start-up.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,12 @@ class Limits:
     max_sequence_depth: int = 32
     max_inflated_bytes: int = 1 << 30  # deflated transfer syntax cap
     max_qido_results: int = 1000  # default and ceiling for QIDO limit
+    max_decoded_frame_bytes: int = 256 << 20  # a compressed frame is not decoded past this size
+    rate_per_second: float = 100.0  # per authenticated principal (token subject or API key): token bucket
+    rate_burst: int = 1000  # OHIF asks for every frame of a series at once
+    header_timeout: float = 10.0  # seconds to send a complete request head (slowloris)
+    keep_alive_timeout: int = 15  # seconds an idle keep-alive connection stays open
+    body_timeout: float = 60.0  # seconds a request body may stall between two chunks
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,92 @@ class S3Settings:
     access_key: str | None = None
     secret_key: str | None = None
     max_threads: int = 16
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """HTTPS served by uvicorn itself (``gateway.security.tls``): TLS 1.2+ with AEAD suites only."""
+
+    cert_file: Path | None = None  # PEM certificate chain
+    key_file: Path | None = None  # PEM private key
+    min_version: str = "1.2"  # "1.2" or "1.3"
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """Bearer JWTs from an OpenID Connect provider (RFC 7519, RFC 8725 best practices)."""
+
+    issuer: str | None = None
+    audience: str | None = None
+    jwks_url: str | None = None
+    algorithms: tuple[str, ...] = ("RS256",)  # pinned: the token's alg header must be one of these
+    leeway: float = 30.0  # seconds of clock skew allowed on exp / nbf / iat
+    scope_claim: str = "scope"  # space-separated string (RFC 8693) or a JSON list
+    scope_prefix: str = ""  # e.g. "dicomweb." when the provider's scopes are "dicomweb.read"
+    restriction_claim: str | None = None  # claim limiting a token to studies; see the README
+    jwks_min_refresh: float = 30.0  # seconds between JWKS refetches caused by unknown kids
+    jwks_max_age: float = 3600.0  # seconds before the JWKS is refetched anyway
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """``mode``: "none" or "required"; empty means "required" as soon as a method is configured."""
+
+    mode: str = ""
+    oidc: OidcSettings = field(default_factory=OidcSettings)
+    api_keys_file: Path | None = None  # JSON written by ``dicomweb-gateway apikey``
+
+
+@dataclass(frozen=True)
+class CorsSettings:
+    """Browser viewers on other origins (OHIF): an allowlist, never ``*`` with credentials."""
+
+    origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age: int = 600
+    corp: str | None = None  # Cross-Origin-Resource-Policy value, e.g. "cross-origin" for COEP viewers
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Audit trail (PS3.15 A.5 fields as JSON lines): "stdout", "off", or a file path.
+
+    Empty means "stdout" when authentication is required and "off" otherwise."""
+
+    destination: str = ""
+    include_query_values: bool = False  # QIDO values are patient data (names, IDs): out by default
+
+
+@dataclass(frozen=True)
+class PacsTls:
+    """DICOM TLS (PS3.15 B.1) to one PACS: enabled when ``ca_file`` is set; ``cert_file`` and
+    ``key_file`` add a client certificate; ``server_name`` is the name to verify (default: host)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.ca_file is not None
+
+
+@dataclass(frozen=True)
+class PacsNode:
+    """One legacy PACS (a ``[[pacs]]`` table): where it is and how to talk to it."""
+
+    name: str = ""  # used in logs, origin "pacs:<name>" and the {base}/pacs/{name} selector path
+    ae_title: str = ""
+    host: str = ""
+    port: int = 104
+    retrieve: str = "get"  # "get" (C-GET) or "move" (C-MOVE to the gateway's storage SCP)
+    max_associations: int = 4
+    connect_timeout: float = 3.0  # TCP connect
+    acse_timeout: float = 10.0  # association request/release
+    dimse_timeout: float = 30.0  # the longest wait for any one DIMSE message
+    operation_timeout: float = 600.0  # a whole C-FIND / C-GET / C-MOVE / C-STORE, however lively
+    tls: PacsTls = field(default_factory=PacsTls)
 
 
 @dataclass(frozen=True)
@@ -59,6 +152,16 @@ class Settings:
     spool_dir: Path | None = None  # where STOW parts are spooled; default {data_dir}/spool
     s3: S3Settings = field(default_factory=S3Settings)
     limits: Limits = field(default_factory=Limits)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    trusted_proxies: tuple[str, ...] = ()  # addresses / networks whose X-Forwarded-* headers are honoured
+    ae_title: str = "DICOMWEB_GW"  # the gateway's own AE title towards every PACS
+    scp_port: int | None = None  # the C-STORE SCP for C-MOVE sub-operations (needed by retrieve = "move")
+    scp_host: str = "0.0.0.0"  # address the C-STORE SCP binds
+    forward_to: str | None = None  # name of a PACS that receives every STOWed instance (C-STORE)
+    pacs: tuple[PacsNode, ...] = ()  # [[pacs]] tables
 
     # Derived, validated views -------------------------------------------------------------
 
@@ -74,6 +177,16 @@ class Settings:
     def effective_spool_dir(self) -> Path:
         return self.spool_dir or (self.data_dir / "spool")
 
+    @property
+    def auth_required(self) -> bool:
+        if self.auth.mode:
+            return self.auth.mode == "required"
+        return bool(self.auth.oidc.issuer or self.auth.api_keys_file)
+
+    @property
+    def audit_destination(self) -> str:
+        return self.audit.destination or ("stdout" if self.auth_required else "off")
+
 
 def load_settings(
     *,
@@ -83,7 +196,8 @@ def load_settings(
 ) -> Settings:
     """Merge every source into a validated :class:`Settings` (raises SettingsError)."""
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    # The standard AWS variables rank lowest: anything the gateway's own settings say wins.
+    values: dict[str, Any] = _from_aws_env(env)
     if config_file is not None:
         values = _deep_merge(values, _read_toml(config_file))
     values = _deep_merge(values, _from_env(env))
@@ -116,8 +230,12 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
-    # The standard AWS variables, so boto3 users need nothing new (lowest priority of env).
-    s3 = out.setdefault("s3", {})
+    return out
+
+
+def _from_aws_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """S3 settings from the standard AWS variables, so boto3 users need nothing new."""
+    s3: dict[str, Any] = {}
     for aws, ours in (
         ("AWS_ACCESS_KEY_ID", "access_key"),
         ("AWS_SECRET_ACCESS_KEY", "secret_key"),
@@ -128,9 +246,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     ):
         if aws in env and ours not in s3:
             s3[ours] = env[aws]
-    if not s3:
-        del out["s3"]
-    return out
+    return {"s3": s3} if s3 else {}
 
 
 def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,6 +272,12 @@ def _build(cls: type[Any], values: Mapping[str, Any], where: str) -> Any:
 
 
 def _coerce(hint: Any, raw: Any, name: str) -> Any:
+    table: Any = (typing.get_args(hint) or (None,))[0]
+    if typing.get_origin(hint) is tuple and isinstance(table, type) and dataclasses.is_dataclass(table):
+        # An array of tables, e.g. [[pacs]] (TOML only).
+        if not isinstance(raw, list) or not all(isinstance(item, Mapping) for item in raw):
+            raise SettingsError(f"setting {name} must be an array of tables ([[{name}]])")
+        return tuple(_build(table, item, f"{name}[{i}].") for i, item in enumerate(raw))
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(raw, Mapping):
             raise SettingsError(f"setting {name} must be a table")
@@ -167,6 +289,15 @@ def _coerce(hint: Any, raw: Any, name: str) -> Any:
             return None
         raise SettingsError(f"setting {name} must not be empty")
     try:
+        if text_hint.startswith("tuple[str"):
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ValueError
+            return tuple(i.strip() for i in items if i.strip())
+        if hint is float or text_hint.startswith("float"):
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
         if hint is int or text_hint.startswith("int"):
             if isinstance(raw, bool):
                 raise ValueError
@@ -212,4 +343,55 @@ def _validate(s: Settings) -> Settings:
     for f in dataclasses.fields(s.limits):
         if getattr(s.limits, f.name) <= 0:
             raise SettingsError(f"limits.{f.name} must be positive")
+    _validate_pacs(s)
+    from gateway.security.config import validate_security
+
+    validate_security(s)
     return s
+
+
+def _valid_ae_title(value: str) -> bool:
+    # PS3.5 Table 6.2-1 (AE): at most 16 characters of the default repertoire, no backslash or
+    # control characters; leading and trailing spaces are not significant.
+    return len(value.strip(" ")) > 0 and len(value) <= 16 and all(32 <= ord(c) < 127 and c != "\\" for c in value)
+
+
+def _validate_pacs(s: Settings) -> None:
+    """The [[pacs]] nodes, the gateway's AE title, its storage SCP and forward_to."""
+    if not _valid_ae_title(s.ae_title):
+        raise SettingsError(f"ae_title {s.ae_title!r} must be 1-16 printable ASCII characters without backslash")
+    if s.scp_port is not None and not 0 < s.scp_port < 65536:
+        raise SettingsError(f"scp_port {s.scp_port} is out of range 1-65535")
+    seen: set[str] = set()
+    for i, node in enumerate(s.pacs):
+        where = f"pacs[{i}]" if not node.name else f"pacs {node.name!r}"
+        if not node.name or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in node.name):
+            raise SettingsError(f"{where}: name must be letters, digits, '-', '_' or '.' (it appears in URLs)")
+        if node.name.lower() in seen:
+            raise SettingsError(f"{where}: the name is used by another [[pacs]] entry")
+        seen.add(node.name.lower())
+        if not _valid_ae_title(node.ae_title):
+            raise SettingsError(f"{where}: ae_title {node.ae_title!r} must be 1-16 printable ASCII characters")
+        if not node.host:
+            raise SettingsError(f"{where}: host is required")
+        if not 0 < node.port < 65536:
+            raise SettingsError(f"{where}: port {node.port} is out of range 1-65535")
+        if node.retrieve not in ("get", "move"):
+            raise SettingsError(f'{where}: retrieve must be "get" or "move", not {node.retrieve!r}')
+        if node.retrieve == "move" and s.scp_port is None:
+            raise SettingsError(f'{where}: retrieve = "move" needs scp_port (the storage SCP of the gateway)')
+        if node.max_associations < 1:
+            raise SettingsError(f"{where}: max_associations must be at least 1")
+        for timeout in ("connect_timeout", "acse_timeout", "dimse_timeout", "operation_timeout"):
+            if getattr(node, timeout) <= 0:
+                raise SettingsError(f"{where}: {timeout} must be positive")
+        tls = node.tls
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise SettingsError(f"{where}: tls.cert_file and tls.key_file go together")
+        if tls.cert_file is not None and tls.ca_file is None:
+            raise SettingsError(f"{where}: tls.ca_file is required to verify the PACS when TLS is used")
+        for label, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+            if path is not None and not path.is_file():
+                raise SettingsError(f"{where}: tls.{label} {path} does not exist")
+    if s.forward_to is not None and s.forward_to.lower() not in seen:
+        raise SettingsError(f"forward_to {s.forward_to!r} names no [[pacs]] entry")

@@ -24,7 +24,6 @@ from gateway.errors import AlreadyExists, NotFound, StorageError
 from gateway.ports import BlobStore, ObjectInfo
 from tests.fixtures_s3 import S3Bucket
 from tests.peers.ports import free_port
-from tests.peers.seaweed import s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -319,15 +318,16 @@ async def test_bad_keys_are_rejected(store: BlobStore, source_dir: Path) -> None
         "download": lambda key: store.download(key, source_dir / "out"),
         "delete": store.delete,
     }
+    accepted: list[str] = []
     for key in BAD_KEYS:
         for name, operation in operations.items():
             try:
                 await operation(key)
-            except ValueError as exc:
-                assert "invalid object key" in str(exc)
-            else:
-                pytest.fail(f"{name}({key!r}) was accepted")
-    assert [path.name for path in source_dir.iterdir()] == ["source.bin"]
+            except ValueError:
+                continue
+            accepted.append(f"{name}({key!r})")
+    assert accepted == []
+    assert not (source_dir / "out").exists()
 
 
 @pytest.mark.parametrize("prefix", ["/", "../", "studies/../", "a//", "studies\\"])
@@ -409,7 +409,7 @@ async def test_file_store_leaves_no_temp_files_after_failures(
     def failing_replace(src: Any, dst: Any) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(filestore.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(StorageError, match="Input/output error"):
         await file_store.put_bytes("studies/1/x.json", b"{}", content_type="application/json")
     monkeypatch.undo()
@@ -461,7 +461,11 @@ def unfinished_uploads(s3_admin: S3Client, s3_bucket: S3Bucket) -> Callable[[], 
 
 @pytest.mark.s3
 async def test_s3_multipart_round_trip(
-    s3_store: S3BlobStore, unfinished_uploads: Callable[[], list[str]], source_dir: Path
+    s3_store: S3BlobStore,
+    s3_admin: S3Client,
+    s3_bucket: S3Bucket,
+    unfinished_uploads: Callable[[], list[str]],
+    source_dir: Path,
 ) -> None:
     data = payload(2 * PART_SIZE + 3 * MiB + 7, 20)  # three parts: 5 + 5 + 3 MiB
     await put(s3_store, KEY, data, source_dir)

@@ -55,7 +55,8 @@ class FileBlobStore:
     Writes go to a hidden temp file in the destination directory (same filesystem), are fsynced,
     and then appear atomically under their final name: ``os.link`` for create-only writes (it
     fails when the name is taken, which makes the check-and-create one atomic step even across
-    processes), ``os.replace`` for overwrites. Readers never see a partial object. Empty
+    processes), ``os.replace`` for overwrites. A source file already on the store's filesystem
+    is fsynced and hardlinked in place instead of copied. Readers never see a partial object. Empty
     directories left by :meth:`delete` are kept: removing them would race with concurrent writes.
     Digests are not stored; :meth:`stat` computes them by reading the file.
     """

@@ -23,7 +23,12 @@ async def store_instances(request: Request) -> Response:
     study = request.path_params.get("study")
     if study is not None:
         uids.require_uid(study, "StudyInstanceUID")
-    media, params = parse_content_type(request.headers.get("content-type"))
+    raw_type = request.headers.get("content-type")
+    if not raw_type:
+        raise UnsupportedMediaType(
+            'STOW-RS needs Content-Type: multipart/related; type="application/dicom" (PS3.18 10.5.1)'
+        )
+    media, params = parse_content_type(raw_type)
     if media != MULTIPART_RELATED:
         raise UnsupportedMediaType(
             f'STOW-RS takes multipart/related; type="application/dicom", not {media or "no Content-Type"}'
@@ -52,6 +57,10 @@ async def store_instances(request: Request) -> Response:
         iter_parts(request.stream(), boundary.encode("latin-1"), spool_dir=spool, limits=multipart_limits)
     ) as parts:
         outcome = await gw.stow.store_parts(parts, study_uid=study)
+    # For the audit trail (gateway.http.audit): which instances this request stored.
+    request.scope.setdefault("state", {})["stored_instances"] = [
+        (s.study_uid, s.series_uid, s.sop_instance_uid) for s in outcome.stored
+    ]
     return _store_response(outcome, base_url(request), study)
 
 

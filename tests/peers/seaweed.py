@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +123,7 @@ def run_seaweed(tmpdir: Path) -> Iterator[SeaweedS3]:
         yield peer
     finally:
         _stop(process)
+        _remove_stale_sockets(ports.values())
 
 
 def _wait_until_ready(peer: SeaweedS3, process: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -154,6 +155,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def _remove_stale_sockets(ports: Iterable[int]) -> None:
+    """weed puts its gRPC sockets in /tmp whatever TMPDIR says, and leaves some behind."""
+    for port in ports:
+        for number in (port, port + GRPC_OFFSET):
+            for leftover in Path("/tmp").glob(f"seaweedfs-*-{number}.sock"):
+                leftover.unlink(missing_ok=True)
 
 
 def _tail(path: Path, lines: int = 40) -> str:
