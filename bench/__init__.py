@@ -1,0 +1,1 @@
+"""Benchmark of the gateway against Orthanc's DICOMweb plugin: run ``python bench/run.py``."""

@@ -1,0 +1,200 @@
+"""Benchmark: the same DICOMweb requests against the gateway and Orthanc's DICOMweb plugin.
+
+Run from the repository root with the test extras installed (``make bench`` does both)::
+
+    .venv/bin/python bench/run.py                 # full run, ~10 minutes, writes bench/out/results.md
+    .venv/bin/python bench/run.py --quick         # smoke test: 30 slices, ~200 MB memory test
+    .venv/bin/python bench/run.py --out FILE.md
+
+One run generates the data set in a temporary directory (a 512×512×16-bit CT series of 300
+slices, the factory's small study catalog, a 30-frame XA and JPEG/RLE instances), starts the
+gateway (embedded file store + SQLite) and Orthanc on free ports, STOWs the same data into both,
+then times each operation against both servers in turn (warm-up first, medians reported), and
+samples the gateway's resident memory while it stores and then streams back a ~2 GB series sent
+as one streamed STOW request. The markdown report (stdout and ``--out``) ends with the project's
+performance targets, each marked met or not met. Both servers are stopped and the temporary data
+removed on exit, Ctrl-C or error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import psutil  # type: ignore[import-untyped, unused-ignore]
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make ``bench`` and ``tests`` importable
+    sys.path.insert(0, str(ROOT))
+
+from bench import report  # noqa: E402
+from bench.dataset import BenchData, generate, stow_batch  # noqa: E402
+from bench.measure import Case, Result, get_json, get_stream, post_stow, run_case  # noqa: E402
+from bench.memory import WADO_AS_STORED, MemoryResult, measure_memory, tree_rss  # noqa: E402
+from bench.servers import Server, gateway_server, load, orthanc_server  # noqa: E402
+
+FRAME_AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+STOW_COUNT = 100
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and repetitions: ``reads`` for small requests, ``heavy`` for whole-series ones."""
+
+    slices: int
+    memory_slices: int
+    reads: int
+    heavy: int
+    stow: int
+
+
+FULL = Plan(slices=300, memory_slices=4000, reads=30, heavy=15, stow=7)
+QUICK = Plan(slices=30, memory_slices=400, reads=5, heavy=3, stow=2)
+
+RowMaker = Callable[[Result], list[report.Row]]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="30 slices and a ~200 MB memory test (smoke test)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "results.md", help="markdown report")
+    return parser.parse_args(argv)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cases(data: BenchData, plan: Plan) -> list[tuple[Case, RowMaker]]:
+    """The operations, in order, each with how its result becomes table rows."""
+    series = f"/studies/{data.study_uid}/series/{data.series_uid}"
+    frame = f"{series}/instances/{data.first_sop_uid}/frames/1"
+
+    def qido(label: str, path: str, key: str = "qido") -> tuple[Case, RowMaker]:
+        case = Case(label, lambda server, _: get_json(server, path), plan.reads)
+        return case, lambda result: [report.time_row(result, key, report.rows_note)]
+
+    def stow(label: str, per_request: int, first_rep: int) -> tuple[Case, RowMaker]:
+        case = Case(
+            label,
+            lambda server, batch: post_stow(server, batch, per_request),
+            plan.stow,
+            warmup=1,
+            prepare=lambda rep: stow_batch(first_rep + rep, STOW_COUNT),
+        )
+        return case, lambda result: [report.stow_row(result)]
+
+    wado = Case(
+        "WADO-RS series, multipart, transfer-syntax=*", lambda s, _: get_stream(s, series, WADO_AS_STORED), plan.heavy
+    )
+    metadata = Case(
+        f"WADO-RS series /metadata ({data.slices} instances)",
+        lambda s, _: get_json(s, series + "/metadata"),
+        plan.heavy,
+    )
+    one_frame = Case(
+        "WADO-RS one frame (/frames/1, as stored)", lambda s, _: get_stream(s, frame, FRAME_AS_STORED), plan.reads
+    )
+    return [
+        qido("QIDO /studies", "/studies"),
+        qido("QIDO /studies?PatientName=DOE*", "/studies?PatientName=DOE*"),
+        qido("QIDO /studies/{s}/series", f"/studies/{data.study_uid}/series"),
+        qido(
+            f"QIDO /studies/{{s}}/series/{{se}}/instances?includefield=all ({data.slices} rows)",
+            f"{series}/instances?includefield=all",
+        ),
+        (wado, report.wado_rows),
+        (metadata, lambda result: [report.time_row(result, "metadata", report.rows_note)]),
+        (one_frame, lambda result: [report.time_row(result, "frame", report.bytes_note)]),
+        stow(f"STOW-RS 1 request × {STOW_COUNT} instances", STOW_COUNT, first_rep=0),
+        stow(f"STOW-RS {STOW_COUNT} requests × 1 instance", 1, first_rep=100),
+    ]
+
+
+def describe(data: BenchData) -> str:
+    return (
+        f"{len(data.files)} instances: a CT series of {data.slices} slices 512×512×16 bit "
+        f"({report.mb(data.total_bytes)}), the factory's study catalog (6 small studies), "
+        "a 30-frame 512×512 XA, a JPEG baseline and an RLE 512×512 instance"
+    )
+
+
+def benchmark(stack: ExitStack, tmp: Path, plan: Plan, quick: bool) -> str:
+    load_before = report.load_average()
+    log(f"generating the data set in {tmp}")
+    data = generate(tmp / "data", plan.slices)
+    servers: list[Server] = [
+        stack.enter_context(gateway_server(tmp / "gateway")),
+        stack.enter_context(orthanc_server(tmp / "orthanc")),
+    ]
+    idle = {s.name: tree_rss(s.pid) for s in servers}
+    for server in servers:
+        start = time.perf_counter()
+        load(server, data.files)
+        log(f"loaded {len(data.files)} instances into {server.name} in {time.perf_counter() - start:.1f} s")
+    rows: list[report.Row] = []
+    for case, to_rows in cases(data, plan):
+        rows += to_rows(run_case(case, servers))
+    log(f"memory: {plan.memory_slices} slices")
+    memory: list[MemoryResult] = [measure_memory(s, plan.memory_slices, idle[s.name]) for s in servers]
+    return report.render(
+        rows,
+        memory,
+        orthanc_version=servers[1].version,
+        quick=quick,
+        repeats=f"{plan.reads} repetitions of small requests, {plan.heavy} of whole-series reads, "
+        f"{plan.stow} of STOW, after warm-up",
+        dataset=describe(data),
+        load_before=load_before,
+    )
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the clean-up below
+
+
+def reap_children() -> None:
+    """Stop any server this process started that is still running (e.g. interrupted during its
+    start-up, before its own clean-up was registered): only our own children, by process id."""
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+            try:
+                child.wait(5)
+            except psutil.TimeoutExpired:
+                child.kill()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    tmp = Path(tempfile.mkdtemp(prefix="dicomweb-bench-"))
+    started = time.monotonic()
+    try:
+        with ExitStack() as stack:
+            markdown = benchmark(stack, tmp, QUICK if args.quick else FULL, args.quick)
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        reap_children()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(markdown)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown)
+    log(f"done in {time.monotonic() - started:.0f} s; report written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
