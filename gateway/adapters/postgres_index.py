@@ -1,0 +1,524 @@
+"""The shared metadata index: PostgreSQL (psycopg 3), implementing :class:`gateway.ports.Index`.
+
+For deployments with several gateway replicas: every replica opens the same database, so a STOW
+through one is visible to QIDO/WADO through another as soon as it is acknowledged.
+
+URL: ``postgresql://user:password@host:port/dbname?schema=NAME&pool_max=10`` (also
+``postgres://``). ``schema`` (optional) puts the tables in that schema, created when missing;
+``pool_min`` / ``pool_max`` size the connection pool; every other parameter is libpq's
+(``sslmode``, ``connect_timeout``, ...).
+
+Schema: the same three tables as SQLite (see :mod:`gateway.adapters.sqlite_index`): text columns
+use the ``C`` collation (byte order, as SQLite, and B-tree indexes serve prefix ``LIKE``);
+``attrs`` are ``jsonb``; ``norm`` holds normalized person names, dates and times for keys
+without a column (:func:`gateway.adapters.postgres_search.norm_values`). The version lives in
+``gateway_schema_version``; migrations run on first use (or ``dicomweb-gateway migrate``) inside
+a transaction holding an advisory lock, so replicas starting together migrate once.
+
+Concurrency: each ``add`` is one transaction of ``INSERT ... ON CONFLICT DO NOTHING`` statements
+in parent-to-child order; the unique indexes make concurrent adds of one SOP Instance UID, from
+any number of replicas, leave exactly one row (the loser sees the winner's row once it commits and
+answers IDENTICAL or CONFLICT). Deadlocks and serialization failures are retried. psycopg errors
+become :class:`gateway.errors.IndexError_` (503).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
+import anyio.to_thread
+import orjson
+import psycopg
+import psycopg.errors
+from psycopg.adapt import Buffer, Loader
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from gateway.adapters.postgres_search import norm_values, search_sql
+from gateway.adapters.sql_rows import (
+    RECORD_COLUMNS,
+    IndexRow,
+    decode_metadata,
+    instance_values,
+    record_from_row,
+    series_values,
+    study_values,
+)
+from gateway.adapters.sql_search import row_to_json, sql_columns
+from gateway.dicom.attributes import Level
+from gateway.dicom.query import QidoQuery
+from gateway.errors import IndexError_
+from gateway.ports import AddOutcome, InstanceRecord, SearchResult
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_RESULTS = 1000
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_RETRIES = 5
+# Transient conflicts between concurrent transactions: the whole add is simply run again.
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure, psycopg.errors.ForeignKeyViolation)
+
+
+_TEXT = 'text COLLATE "C"'
+_UID = f"{_TEXT} NOT NULL"
+
+
+def _column_ddl(level: Level) -> str:
+    return ", ".join(f"{name} {'bigint' if kind == 'int' else _TEXT}" for name, kind in sql_columns(level))
+
+
+# Each version's statements, applied in order to bring a schema from the previous version.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        f"""CREATE TABLE studies (
+            study_uid {_UID} PRIMARY KEY, {_column_ddl("study")},
+            num_series integer NOT NULL DEFAULT 0, num_instances integer NOT NULL DEFAULT 0,
+            attrs jsonb NOT NULL, norm jsonb NOT NULL DEFAULT '{{}}')""",
+        f"""CREATE TABLE series (
+            study_uid {_UID} REFERENCES studies (study_uid) ON DELETE CASCADE DEFERRABLE,
+            series_uid {_UID}, {_column_ddl("series")},
+            num_instances integer NOT NULL DEFAULT 0, attrs jsonb NOT NULL, norm jsonb NOT NULL DEFAULT '{{}}',
+            PRIMARY KEY (study_uid, series_uid))""",
+        f"""CREATE TABLE instances (
+            sop_uid {_UID} PRIMARY KEY, study_uid {_UID}, series_uid {_UID},
+            {_column_ddl("instance")}, transfer_syntax text NOT NULL, size bigint NOT NULL,
+            sha256 text NOT NULL, origin text NOT NULL, stored_at double precision NOT NULL,
+            frames text NOT NULL, pixel text, metadata bytea NOT NULL, norm jsonb NOT NULL DEFAULT '{{}}',
+            FOREIGN KEY (study_uid, series_uid) REFERENCES series (study_uid, series_uid)
+                ON DELETE CASCADE DEFERRABLE)""",
+        # The study list's default order, so "newest 100 studies" reads 100 index entries.
+        "CREATE INDEX studies_by_date ON studies (study_date DESC NULLS LAST, study_time DESC NULLS LAST, study_uid)",
+        "CREATE INDEX studies_by_patient_id ON studies (patient_id)",
+        "CREATE INDEX studies_by_patient_name ON studies (patient_name_ci)",
+        "CREATE INDEX studies_by_accession ON studies (accession_number)",
+        "CREATE INDEX series_by_number ON series (study_uid, series_number NULLS FIRST, series_uid)",
+        "CREATE INDEX series_by_uid ON series (series_uid)",
+        "CREATE INDEX series_by_modality ON series (modality, study_uid)",
+        # Also the order of unscoped /instances, and the foreign key's child index.
+        "CREATE INDEX instances_by_series ON instances (study_uid, series_uid, instance_number NULLS FIRST, sop_uid)",
+        "CREATE INDEX instances_by_series_uid ON instances (series_uid, instance_number)",
+        "CREATE INDEX instances_by_class ON instances (sop_class_uid)",
+    ),
+}
+
+
+class _RawJson(Loader):
+    """Leave json/jsonb results as bytes: :func:`row_to_json` decodes them with orjson, in a
+    worker thread, instead of psycopg's json module on the event loop."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
+
+
+class _Exists(Exception):
+    """The SOP Instance UID was indexed concurrently: roll back and report what is there."""
+
+
+class PostgresIndex:
+    """PostgreSQL index at ``url`` (see the module docstring). Connections open on first use.
+
+    ``max_results`` caps every search page (a client ``limit`` above it is lowered and the
+    result flagged ``more``, PS3.18 8.3.4.4)."""
+
+    def __init__(self, url: str, *, max_results: int = DEFAULT_MAX_RESULTS, timeout: float = 10.0) -> None:
+        self._conninfo, self._schema, self._pool_min, self._pool_max = parse_url(url)
+        self._where = _redacted(url)
+        self._max_results = max_results
+        self._timeout = timeout
+        self._pool: AsyncConnectionPool | None = None
+        self._lock: anyio.Lock | None = None
+        self._closed = False
+
+    # -- Index protocol ------------------------------------------------------------------------
+
+    async def add(self, record: InstanceRecord) -> AddOutcome:
+        row = await anyio.to_thread.run_sync(_PgRow.from_record, record)
+        for attempt in range(_RETRIES):
+            async with self._connection() as conn:
+                try:
+                    return await row.insert(conn)
+                except _RETRYABLE:
+                    if attempt == _RETRIES - 1:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def get(self, study: str | None, series: str | None, sop: str) -> InstanceRecord | None:
+        sql = f"SELECT {RECORD_COLUMNS} FROM instances AS i WHERE i.sop_uid = %s"
+        params: list[object] = [sop]
+        if study is not None:
+            sql += " AND i.study_uid = %s"
+            params.append(study)
+        if series is not None:
+            sql += " AND i.series_uid = %s"
+            params.append(series)
+        rows = await self._fetch(sql, params)
+        return record_from_row(rows[0]) if rows else None
+
+    async def instances(self, study: str, series: str | None = None) -> list[InstanceRecord]:
+        sql = (
+            f"SELECT {RECORD_COLUMNS} FROM instances AS i"
+            " JOIN series AS se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid"
+            " WHERE i.study_uid = %s"
+        )
+        params: list[object] = [study]
+        if series is not None:
+            sql += " AND i.series_uid = %s"
+            params.append(series)
+        sql += " ORDER BY se.series_number NULLS FIRST, i.series_uid, i.instance_number NULLS FIRST, i.sop_uid"
+        rows = await self._fetch(sql, params)
+        return await anyio.to_thread.run_sync(lambda: [record_from_row(row) for row in rows])
+
+    async def search(self, query: QidoQuery) -> SearchResult:
+        """Answer a QIDO query; at most ``min(query.limit, max_results)`` rows, ``more`` when
+        further matches exist (one extra row is fetched to know)."""
+        limit = self._max_results if query.limit is None else min(query.limit, self._max_results)
+        sql, params = search_sql(query, limit + 1)
+        rows = await self._fetch(sql, params)
+
+        def convert() -> SearchResult:
+            return SearchResult(rows=[row_to_json(query, row) for row in rows[:limit]], more=len(rows) > limit)
+
+        return await anyio.to_thread.run_sync(convert)
+
+    async def delete(self, study: str, series: str, sop: str) -> None:
+        for attempt in range(_RETRIES):
+            async with self._connection() as conn:
+                try:
+                    async with conn.transaction():
+                        await _delete(conn, study, series, sop)
+                    return
+                except _RETRYABLE:
+                    if attempt == _RETRIES - 1:
+                        raise
+
+    async def clear(self) -> None:
+        async with self._connection() as conn:
+            await conn.execute("TRUNCATE instances, series, studies")
+
+    async def ping(self) -> None:
+        # Readiness probes time out after a few seconds: answer "unavailable" before they do.
+        async with self._connection(wait=min(self._timeout, 3.0)) as conn:
+            await conn.execute("SELECT 1")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    # -- beyond the protocol -------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Bring the schema to :data:`SCHEMA_VERSION` (done on first use anyway); returns it."""
+        async with self._connection():
+            pass
+        return SCHEMA_VERSION
+
+    async def load(self, records: Iterable[InstanceRecord]) -> int:
+        """Bulk-insert new instances with ``COPY`` in one transaction (benchmarks, migrations
+        from another archive). Every study of ``records`` must be absent from the index; the
+        study and series counters are computed here. Returns the number of instances."""
+        studies: dict[str, list[Any]] = {}
+        series: dict[tuple[str, str], list[Any]] = {}
+        count = 0
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SET CONSTRAINTS ALL DEFERRED")  # children are copied before parents
+            async with conn.cursor() as cur:
+                columns = _PgRow.instance_columns()
+                async with cur.copy(_copy_sql("instances", columns)) as copy:
+                    for record in records:
+                        # Study and series rows once each, not once per instance: the hot loop.
+                        meta = decode_metadata(record)
+                        instance = _pg_instance(record, meta)
+                        if count == 0 and list(instance) != columns:
+                            raise AssertionError(f"instance columns {list(instance)} != {columns}")
+                        await copy.write_row(tuple(instance.values()))
+                        count += 1
+                        key = (record.study_uid, record.series_uid)
+                        if key not in series:
+                            series[key] = [_pg_series(record, meta), 0]
+                            if record.study_uid not in studies:
+                                studies[record.study_uid] = [_pg_study(record, meta), 0, 0]
+                            studies[record.study_uid][1] += 1
+                        series[key][1] += 1
+                        studies[record.study_uid][2] += 1
+                if series:
+                    first_series = next(iter(series.values()))[0]
+                    cols = [*first_series, "num_instances"]
+                    async with cur.copy(_copy_sql("series", cols)) as copy:
+                        for values, n in series.values():
+                            await copy.write_row((*values.values(), n))
+                    first_study = next(iter(studies.values()))[0]
+                    cols = [*first_study, "num_series", "num_instances"]
+                    async with cur.copy(_copy_sql("studies", cols)) as copy:
+                        for values, n_series, n_instances in studies.values():
+                            await copy.write_row((*values.values(), n_series, n_instances))
+        return count
+
+    async def analyze(self) -> None:
+        """Refresh the planner's statistics (after a bulk load)."""
+        async with self._connection() as conn:
+            await conn.execute("ANALYZE studies, series, instances")
+
+    async def explain(self, query: QidoQuery) -> str:
+        """PostgreSQL's plan for a QIDO query (tests and benchmarks show that indexes are used)."""
+        limit = self._max_results if query.limit is None else min(query.limit, self._max_results)
+        sql, params = search_sql(query, limit + 1)
+        rows = await self._fetch("EXPLAIN " + sql, params)
+        return "\n".join(str(r[0]) for r in rows)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, *, wait: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection (autocommit). psycopg errors leaving the block become IndexError_
+        (callers that retry transient ones catch them inside the block)."""
+        pool = await self._open()
+        try:
+            async with pool.connection(timeout=wait or self._timeout) as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise IndexError_(f"the index database {self._where} cannot be reached: {exc}") from exc
+        except psycopg.Error as exc:
+            raise IndexError_(f"index database error: {_one_line(exc)}") from exc
+
+    async def _fetch(self, sql: str, params: list[object]) -> list[tuple[Any, ...]]:
+        async with self._connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+    async def _open(self) -> AsyncConnectionPool:
+        if self._closed:
+            raise IndexError_("the index is closed")
+        if self._pool is not None:
+            return self._pool
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            if self._pool is not None:
+                return self._pool
+            kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+            if self._schema is not None:
+                kwargs["options"] = f"-c search_path={self._schema}"
+            pool = AsyncConnectionPool(
+                self._conninfo,
+                min_size=self._pool_min,
+                max_size=self._pool_max,
+                kwargs=kwargs,
+                configure=_configure,
+                open=False,
+                timeout=self._timeout,
+                name="gateway-index",
+            )
+            try:
+                await pool.open(wait=True, timeout=self._timeout)
+                async with pool.connection(timeout=self._timeout) as conn:
+                    await _migrate(conn, self._schema)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await pool.close()
+                if isinstance(exc, PoolTimeout):
+                    raise IndexError_(f"the index database {self._where} cannot be reached") from exc
+                if isinstance(exc, psycopg.Error):
+                    raise IndexError_(f"cannot open the index {self._where}: {_one_line(exc)}") from exc
+                raise
+            self._pool = pool
+            return pool
+
+
+def parse_url(url: str) -> tuple[str, str | None, int, int]:
+    """(libpq conninfo URL, schema, pool min, pool max) of an index URL; ValueError when bad."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {_redacted(url)}")
+    ours: dict[str, str] = {}
+    libpq: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        (ours.__setitem__(key, value) if key in ("schema", "pool_min", "pool_max") else libpq.append((key, value)))
+    schema = ours.get("schema") or None
+    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(f"index URL schema {schema!r} must be a lower-case SQL identifier")
+    try:
+        pool_min = int(ours.get("pool_min", "1"))
+        pool_max = int(ours.get("pool_max", "10"))
+    except ValueError:
+        raise ValueError("index URL pool_min / pool_max must be integers") from None
+    if not 0 <= pool_min <= pool_max or pool_max < 1:
+        raise ValueError("index URL needs 0 <= pool_min <= pool_max and pool_max >= 1")
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(libpq), ""))
+    return conninfo, schema, pool_min, pool_max
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    for name in ("json", "jsonb"):
+        conn.adapters.register_loader(name, _RawJson)
+
+
+async def _migrate(conn: psycopg.AsyncConnection[Any], schema: str | None) -> None:
+    async with conn.transaction():
+        # Replicas starting together: one migrates, the others wait here and then find it done.
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(f"dicomweb-gateway:{schema}".encode()),))
+        if schema is not None:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute("CREATE TABLE IF NOT EXISTS gateway_schema_version (version integer NOT NULL)")
+        cur = await conn.execute("SELECT max(version) FROM gateway_schema_version")
+        found = await cur.fetchone()
+        version = int(found[0]) if found and found[0] is not None else 0
+        if version > SCHEMA_VERSION:
+            raise IndexError_(f"the index schema version {version} is newer than this gateway ({SCHEMA_VERSION})")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                await conn.execute(statement)
+        if version != SCHEMA_VERSION:
+            await conn.execute("DELETE FROM gateway_schema_version")
+            await conn.execute("INSERT INTO gateway_schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+
+
+def _pg_study(record: InstanceRecord, meta: dict[str, Any]) -> dict[str, object]:
+    return _text_safe({**study_values(record, meta), "norm": _norm("study", meta)})
+
+
+def _pg_series(record: InstanceRecord, meta: dict[str, Any]) -> dict[str, object]:
+    return _text_safe({**series_values(record, meta), "norm": _norm("series", meta)})
+
+
+def _pg_instance(record: InstanceRecord, meta: dict[str, Any]) -> dict[str, object]:
+    return _text_safe({**instance_values(record, meta), "norm": _norm("instance", meta)})
+
+
+def _text_safe(values: dict[str, object]) -> dict[str, object]:
+    """PostgreSQL text and jsonb cannot hold NUL characters, which some files pad strings with
+    (SQLite takes them): drop them from column values and JSON text. The instance's metadata is
+    bytea and keeps its exact bytes."""
+    for key, value in values.items():
+        if isinstance(value, str) and ("\x00" in value or "\\u0000" in value):
+            values[key] = value.replace("\x00", "").replace("\\u0000", "")
+    return values
+
+
+class _PgRow(IndexRow):
+    """An :class:`IndexRow` with PostgreSQL's extra ``norm`` columns, and its insert."""
+
+    @property
+    def pg_study(self) -> dict[str, object]:
+        return _pg_study(self.record, self.meta)
+
+    @property
+    def pg_series(self) -> dict[str, object]:
+        return _pg_series(self.record, self.meta)
+
+    @property
+    def pg_instance(self) -> dict[str, object]:
+        return _pg_instance(self.record, self.meta)
+
+    @staticmethod
+    def instance_columns() -> list[str]:
+        return [
+            "sop_uid",
+            "study_uid",
+            "series_uid",
+            *(name for name, _ in sql_columns("instance")),
+            "transfer_syntax",
+            "size",
+            "sha256",
+            "origin",
+            "stored_at",
+            "frames",
+            "pixel",
+            "metadata",
+            "norm",
+        ]
+
+    async def insert(self, conn: psycopg.AsyncConnection[Any]) -> AddOutcome:
+        rec = self.record
+        found = await _sha256_of(conn, rec.sop_uid)
+        if found is not None:
+            return AddOutcome.IDENTICAL if found == rec.sha256 else AddOutcome.CONFLICT
+        try:
+            async with conn.transaction():
+                study, series, instance = self.pg_study, self.pg_series, self.pg_instance
+                await conn.execute(_insert_sql("studies", study, "study_uid"), tuple(study.values()))
+                added = await conn.execute(
+                    _insert_sql("series", series, "study_uid, series_uid") + " RETURNING 1", tuple(series.values())
+                )
+                new_series = added.rowcount
+                inserted = await conn.execute(
+                    _insert_sql("instances", instance, "sop_uid") + " RETURNING 1", tuple(instance.values())
+                )
+                if inserted.rowcount == 0:
+                    raise _Exists
+                await conn.execute(
+                    "UPDATE series SET num_instances = num_instances + 1 WHERE study_uid = %s AND series_uid = %s",
+                    (rec.study_uid, rec.series_uid),
+                )
+                await conn.execute(
+                    "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + %s"
+                    " WHERE study_uid = %s",
+                    (new_series, rec.study_uid),
+                )
+        except _Exists:
+            found = await _sha256_of(conn, rec.sop_uid)
+            return AddOutcome.IDENTICAL if found == rec.sha256 else AddOutcome.CONFLICT
+        return AddOutcome.INSERTED
+
+
+async def _sha256_of(conn: psycopg.AsyncConnection[Any], sop: str) -> str | None:
+    cur = await conn.execute("SELECT sha256 FROM instances WHERE sop_uid = %s", (sop,))
+    found = await cur.fetchone()
+    return None if found is None else str(found[0])
+
+
+def _norm(level: Level, meta: dict[str, Any]) -> str:
+    # An instance's metadata holds the attributes of every level; norm_values keeps the level's.
+    return orjson.dumps(norm_values(level, meta)).decode()
+
+
+def _insert_sql(table: str, values: dict[str, object], conflict: str) -> str:
+    # Column names come from our own tables (COLUMNS), never from the request.
+    columns, marks = ", ".join(values), ", ".join(["%s"] * len(values))
+    return f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT ({conflict}) DO NOTHING"
+
+
+def _copy_sql(table: str, columns: Iterable[str]) -> str:
+    return f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+
+
+async def _delete(conn: psycopg.AsyncConnection[Any], study: str, series: str, sop: str) -> None:
+    cur = await conn.execute(
+        "DELETE FROM instances WHERE sop_uid = %s AND study_uid = %s AND series_uid = %s", (sop, study, series)
+    )
+    if cur.rowcount == 0:
+        return
+    cur = await conn.execute(
+        "UPDATE series SET num_instances = num_instances - 1 WHERE study_uid = %s AND series_uid = %s"
+        " RETURNING num_instances",
+        (study, series),
+    )
+    (left,) = (await cur.fetchall())[0]
+    if left == 0:
+        await conn.execute("DELETE FROM series WHERE study_uid = %s AND series_uid = %s", (study, series))
+    cur = await conn.execute(
+        "UPDATE studies SET num_instances = num_instances - 1, num_series = num_series - %s"
+        " WHERE study_uid = %s RETURNING num_series",
+        (int(left == 0), study),
+    )
+    (series_left,) = (await cur.fetchall())[0]
+    if series_left == 0:
+        await conn.execute("DELETE FROM studies WHERE study_uid = %s", (study,))
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,117 @@
+"""InstanceRecord ↔ table rows, shared by the SQLite and PostgreSQL indexes.
+
+Both keep the same columns: the indexed attributes (:data:`gateway.adapters.sql_search.COLUMNS`)
+per level, ``attrs`` (a level's attributes as DICOM JSON text), and for instances what the record
+holds (frames and pixel description as JSON text, metadata as the DICOM JSON bytes unchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Self
+
+import orjson
+
+from gateway.adapters.sql_search import column_values
+from gateway.dicom.attributes import SERIES_INSTANCE_UID, SERIES_TAGS, STUDY_INSTANCE_UID, STUDY_TAGS
+from gateway.ports import InstanceRecord, PixelDescription
+
+# The columns :func:`record_from_row` takes, in order (``i`` is the instances table).
+RECORD_COLUMNS = (
+    "i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.size, i.sha256,"
+    " i.origin, i.metadata, i.frames, i.pixel, i.stored_at"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexRow:
+    """An InstanceRecord with everything the three tables need, derived from its metadata.
+    ``meta`` is the decoded metadata (for adapters that derive more columns)."""
+
+    record: InstanceRecord
+    meta: dict[str, Any]
+    study: dict[str, object]
+    series: dict[str, object]
+    instance: dict[str, object]
+
+    @classmethod
+    def from_record(cls, record: InstanceRecord) -> Self:
+        meta = decode_metadata(record)
+        return cls(
+            record=record,
+            meta=meta,
+            study=study_values(record, meta),
+            series=series_values(record, meta),
+            instance=instance_values(record, meta),
+        )
+
+
+def decode_metadata(record: InstanceRecord) -> dict[str, Any]:
+    meta = orjson.loads(record.metadata)
+    if not isinstance(meta, dict):
+        raise ValueError("InstanceRecord.metadata must be one DICOM JSON object")
+    return meta
+
+
+def study_values(record: InstanceRecord, meta: dict[str, Any]) -> dict[str, object]:
+    """The ``studies`` row (without counters) of an instance's study."""
+    attrs = {t: e for t, e in meta.items() if t in STUDY_TAGS}
+    attrs[STUDY_INSTANCE_UID] = {"vr": "UI", "Value": [record.study_uid]}
+    return {"study_uid": record.study_uid, **column_values("study", meta), "attrs": _text(attrs)}
+
+
+def series_values(record: InstanceRecord, meta: dict[str, Any]) -> dict[str, object]:
+    """The ``series`` row (without counter) of an instance's series."""
+    attrs = {t: e for t, e in meta.items() if t in SERIES_TAGS}
+    attrs[SERIES_INSTANCE_UID] = {"vr": "UI", "Value": [record.series_uid]}
+    return {
+        "study_uid": record.study_uid,
+        "series_uid": record.series_uid,
+        **column_values("series", meta),
+        "attrs": _text(attrs),
+    }
+
+
+def instance_values(record: InstanceRecord, meta: dict[str, Any]) -> dict[str, object]:
+    """The ``instances`` row of an instance."""
+    # orjson writes a dataclass as dataclasses.asdict would, only faster.
+    pixel = None if record.pixel is None else orjson.dumps(record.pixel).decode()
+    return {
+        "sop_uid": record.sop_uid,
+        "study_uid": record.study_uid,
+        "series_uid": record.series_uid,
+        **column_values("instance", meta),
+        # The record's own SOP Class UID wins over the metadata's copy.
+        "sop_class_uid": record.sop_class_uid,
+        "transfer_syntax": record.transfer_syntax,
+        "size": record.size,
+        "sha256": record.sha256,
+        "origin": record.origin,
+        "stored_at": record.stored_at,
+        "frames": orjson.dumps(record.frames).decode(),
+        "pixel": pixel,
+        "metadata": record.metadata,
+    }
+
+
+def record_from_row(row: tuple[Any, ...]) -> InstanceRecord:
+    """The InstanceRecord of one row of :data:`RECORD_COLUMNS`."""
+    study, series, sop, sop_class, syntax, size, sha256, origin, metadata, frames, pixel, stored_at = row
+    return InstanceRecord(
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        sop_class_uid=sop_class,
+        transfer_syntax=syntax,
+        size=size,
+        sha256=sha256,
+        origin=origin,
+        metadata=bytes(metadata),
+        frames=tuple(tuple((int(o), int(n)) for o, n in frame) for frame in orjson.loads(frames)),
+        pixel=None if pixel is None else PixelDescription(**orjson.loads(pixel)),
+        stored_at=stored_at,
+    )
+
+
+def _text(attrs: dict[str, Any]) -> str:
+    return orjson.dumps(attrs).decode()
