@@ -1,0 +1,91 @@
+"""The audit middleware: one :class:`AccessRecord` per DICOMweb request, written when the
+response is finished (or failed). Probes and CORS preflights are not patient-data access and
+are not recorded. See :mod:`gateway.security.audit` for the line format."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.http.security import OPEN_PATHS
+from gateway.security.audit import AccessRecord, AuditLog
+
+_LEVELS = {"studies": "study", "series": "series", "instances": "instance"}
+
+
+def classify(method: str, relative: str, status: int) -> tuple[str, dict[str, str]]:
+    """(action, path UIDs) of a request path below the DICOMweb base."""
+    segments = [s for s in relative.split("/") if s]
+    uids: dict[str, str] = {}
+    for name, value in zip(segments[::2], segments[1::2], strict=False):
+        if name in _LEVELS:
+            uids[_LEVELS[name]] = value[:64]
+    if status == 401:
+        return "authenticate", uids
+    if method in ("POST", "PUT"):
+        return "store", uids
+    if method == "DELETE":
+        return "delete", uids
+    query = bool(segments) and len(segments) % 2 == 1 and segments[-1] in _LEVELS
+    return ("query" if query else "retrieve"), uids
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp, *, audit: AuditLog, base_path: str) -> None:
+        self.app = app
+        self.audit = audit
+        self.base_path = base_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or not self.audit.enabled
+            or not path.startswith(self.base_path + "/")
+            or scope["method"] == "OPTIONS"
+            or path in OPEN_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 500
+        sent = received = 0
+        state = scope.setdefault("state", {})
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            action, uids = classify(scope["method"], path[len(self.base_path) :], status)
+            client = scope.get("client")
+            record = AccessRecord(
+                action=action,
+                method=scope["method"],
+                path=path[:512],
+                client=client[0] if client else None,
+                principal=state.get("principal"),
+                status=status,
+                bytes_sent=sent,
+                bytes_received=received,
+                duration=time.monotonic() - started,
+                uids=uids,
+                query=parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)[:100],
+                stored=list(state.get("stored_instances", ())),
+            )
+            self.audit.write(record)

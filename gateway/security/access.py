@@ -1,0 +1,81 @@
+"""Study-level restrictions: a token limited to listed PatientIDs and/or StudyInstanceUIDs.
+
+Claim format (the claim's name is ``auth.oidc.restriction_claim``; API keys carry the same
+object in the key file)::
+
+    {"PatientID": ["P-1234", "P-5678"], "StudyInstanceUID": ["1.2.840.1.2.3"]}
+
+A study is visible when its StudyInstanceUID is listed *or* its PatientID (as indexed for the
+study) is listed; everything else behaves as if it did not exist (QIDO omits it, WADO answers
+404). A token without the claim is unrestricted; a claim that is present but malformed
+rejects the token (fail closed). An empty object, or empty lists, grant no study at all.
+
+PatientID alone is unique only within its issuer (IssuerOfPatientID); deployments that mix
+issuers should restrict by StudyInstanceUID.
+
+This module is pure: the index applies a restriction in SQL (so QIDO limit/offset stay
+correct), services check it, and rows from elsewhere (a PACS) are filtered with
+:meth:`Restriction.allows`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PATIENT_ID_TAG = "00100020"
+STUDY_UID_TAG = "0020000D"
+MAX_ENTRIES = 1000  # each entry is one bound SQL parameter; claims are not a bulk list
+
+
+class RestrictionError(ValueError):
+    """The restriction claim is malformed (the token must then be rejected)."""
+
+
+@dataclass(frozen=True)
+class Restriction:
+    patient_ids: frozenset[str] = frozenset()
+    study_uids: frozenset[str] = frozenset()
+
+    def allows(self, study_uid: str | None, patient_id: str | None) -> bool:
+        return (study_uid is not None and study_uid in self.study_uids) or (
+            patient_id is not None and patient_id in self.patient_ids
+        )
+
+    def allows_row(self, row: Mapping[str, Any]) -> bool:
+        """For a DICOM JSON study row (e.g. a C-FIND answer) carrying its own UID and PatientID."""
+        return self.allows(_first(row, STUDY_UID_TAG), _first(row, PATIENT_ID_TAG))
+
+
+def parse_restriction(claim: object) -> Restriction:
+    """The claim value (see the module docstring) as a :class:`Restriction`."""
+    if not isinstance(claim, Mapping):
+        raise RestrictionError("restriction claim must be an object")
+    unknown = set(claim) - {"PatientID", "StudyInstanceUID"}
+    if unknown:
+        raise RestrictionError(f"restriction claim has unknown member {sorted(unknown)[0]!r}")
+    return Restriction(
+        patient_ids=_strings(claim.get("PatientID", []), "PatientID"),
+        study_uids=_strings(claim.get("StudyInstanceUID", []), "StudyInstanceUID"),
+    )
+
+
+def _strings(value: object, name: str) -> frozenset[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= 64 for v in value):
+        raise RestrictionError(f"restriction claim member {name} must be a list of strings (1-64 characters)")
+    if len(value) > MAX_ENTRIES:
+        raise RestrictionError(f"restriction claim member {name} lists more than {MAX_ENTRIES} values")
+    return frozenset(value)
+
+
+def _first(row: Mapping[str, Any], tag: str) -> str | None:
+    element = row.get(tag)
+    if not isinstance(element, Mapping):
+        return None
+    values = element.get("Value")
+    if isinstance(values, list) and values and isinstance(values[0], str):
+        return values[0]
+    return None

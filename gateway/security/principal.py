@@ -1,0 +1,39 @@
+"""The authenticated principal: who is asking, with which scopes and which study restriction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.security.access import Restriction
+
+# Scopes (issue #4): read = QIDO/WADO, write = STOW, admin = maintenance (reindex, delete).
+READ = "read"
+WRITE = "write"
+ADMIN = "admin"
+SCOPES = frozenset({READ, WRITE, ADMIN})
+
+Kind = Literal["anonymous", "oidc", "apikey"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """``subject`` is the token's ``sub`` or the API key's name; ``restriction`` None means all
+    studies. The anonymous principal exists only when authentication is off (loopback)."""
+
+    subject: str
+    kind: Kind
+    scopes: frozenset[str]
+    restriction: Restriction | None = None
+
+    @property
+    def audit_id(self) -> str:
+        """How the audit trail names this principal (PS3.15 A.5 ActiveParticipant UserID)."""
+        return f"apikey:{self.subject}" if self.kind == "apikey" else self.subject
+
+    @property
+    def rate_key(self) -> str:
+        return f"{self.kind}:{self.subject}"
+
+
+ANONYMOUS = Principal(subject="anonymous", kind="anonymous", scopes=SCOPES)
