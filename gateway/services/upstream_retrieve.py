@@ -1,0 +1,355 @@
+"""WADO-RS for instances the store does not hold: fetch from a PACS, stream, and cache.
+
+A request the store cannot answer becomes one C-GET or C-MOVE at the request's level (study,
+series or instance; :meth:`gateway.ports.Upstream.retrieve`). Each instance received is handed
+to every waiting request at once, served from its spooled file (the first part goes out while
+the PACS is still sending the rest), and written through to the store and index exactly as a
+STOW would write it (:meth:`StowService.persist`, origin ``pacs:<name>``). The write-through
+runs when the retrieve has ended, so that parsing and indexing do not slow the DIMSE receive
+(one interpreter lock); the flight, and with it the spooled files, ends when everything is
+cached. The entity is then marked *retrieved* (:class:`gateway.ports.BridgeState`), and later
+requests are answered from the cache without any DIMSE traffic.
+
+When is the cache enough? An instance held in the index always is. A study or series is when
+it holds anything that did not come from a PACS (the gateway is then its authority), or when
+it, or its study, was marked retrieved; a series cached only in part (one instance fetched
+alone, a retrieve that broke off) is fetched again.
+
+Single flight: concurrent requests for the same entity share one retrieval (a *flight*, keyed
+by the entity's UIDs, whichever selector each request came through). The flight runs in the
+service's own task group, not in a request: a client that disconnects leaves it running for
+the others and for the cache.
+
+Which PACS: the selected one (``{base}/pacs/{name}``), else each node in configuration order.
+A node is first asked by C-FIND whether it holds the entity at all (PACS answer a C-GET of
+something unknown differently: dcmqrscp with success and nothing, Orthanc with 0xC000), and the
+first that holds it and delivers anything is used. A node that fails before delivering is
+skipped for the next; if none delivers, the first error is raised (502/504), or NotFound when
+every node answered that it has nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+from anyio.abc import TaskGroup
+
+from gateway import observability
+from gateway.dicom.attributes import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID, Level
+from gateway.dicom.media import EXPLICIT_VR_LITTLE_ENDIAN, Negotiated
+from gateway.dicom.parse import InstanceRejected, ParseLimits, parse_part10
+from gateway.dicom.query import Match, QidoQuery
+from gateway.errors import GatewayError, NotFound, UpstreamError, UpstreamTimeout
+from gateway.ports import BridgeState, Index, InstanceRecord, ReceivedInstance, Upstream
+from gateway.security.access import Restriction
+from gateway.services.federation import study_allowed
+from gateway.services.flight import Arrival, Flight, read_file, reraised
+from gateway.services.stow import FailedInstance, StowService
+from gateway.services.wado import WadoService
+
+log = logging.getLogger(__name__)
+
+PERSIST_CONCURRENCY = 3  # instances parsed and written through at once per flight
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """What a WADO-RS instances response streams: index records (from the cache) or arrivals
+    of a PACS retrieve (in arrival order), and the transfer syntaxes known when it starts (for
+    Accept negotiation). Turn each item into a part with :meth:`UpstreamRetrieveService.part`."""
+
+    items: AsyncGenerator[InstanceRecord | Arrival, None]
+    syntaxes: frozenset[str]
+
+
+class UpstreamRetrieveService:
+    """Answers WADO selections from the store, or from the PACS ``upstreams`` through it."""
+
+    def __init__(
+        self,
+        wado: WadoService,
+        stow: StowService,
+        index: Index,
+        upstreams: Mapping[str, Upstream],
+        state: BridgeState | None,
+        *,
+        parse_limits: ParseLimits,
+        parse_threads: int = 2,
+    ) -> None:
+        self._wado = wado
+        self._stow = stow
+        self._index = index
+        self._upstreams = dict(upstreams)
+        self._state = state
+        self._parse_limits = parse_limits
+        self._parse_limiter = anyio.CapacityLimiter(parse_threads)
+        self._flights: dict[tuple[str, str, str], Flight] = {}
+        self._tasks: TaskGroup | None = None
+
+    def start(self, tasks: TaskGroup) -> None:
+        """Run flights in ``tasks`` (the application's lifespan task group)."""
+        self._tasks = tasks
+
+    # -- entry points ------------------------------------------------------------------------
+
+    async def select(
+        self,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        *,
+        pacs: str | None = None,
+        restriction: Restriction | None = None,
+    ) -> list[InstanceRecord]:
+        """The instances a URL names, complete: from the cache, or retrieved into it first
+        (metadata, frames and bulk data are then answered from the cache)."""
+        local = await self._cached(study, series, sop, pacs, restriction)
+        if local is not None:
+            return local
+        flight = await self._flight(study, series, sop, pacs, restriction)
+        await flight.wait_done()
+        if flight.error is not None:
+            raise reraised(flight.error)
+        return await self._wado.select(study, series, sop)
+
+    async def stream(
+        self,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        *,
+        pacs: str | None = None,
+        restriction: Restriction | None = None,
+    ) -> Retrieval:
+        """The instances a URL names, as they become available. Errors before the first
+        instance are raised here (so the response can still be an error status)."""
+        local = await self._cached(study, series, sop, pacs, restriction)
+        if local is not None:
+            return Retrieval(_iterate(local), frozenset(r.transfer_syntax for r in local))
+        flight = await self._flight(study, series, sop, pacs, restriction)
+        await flight.first()
+        if not flight.arrivals:
+            raise reraised(flight.error or UpstreamError("the retrieve ended without a result"))
+        return Retrieval(flight.follow(), frozenset({flight.arrivals[0].received.transfer_syntax}))
+
+    def part(self, item: InstanceRecord | Arrival, negotiated: Negotiated) -> tuple[str, AsyncIterator[bytes]]:
+        """Content-Type and body of one ``application/dicom`` part of a :class:`Retrieval`.
+
+        An arrival already in the wanted syntax goes out from its spool file without waiting
+        for the cache; one that needs transcoding waits until it is cached, then is served as
+        any cached instance."""
+        if isinstance(item, InstanceRecord):
+            return self._wado.instance_part(item, negotiated)
+        syntax = item.received.transfer_syntax
+        if negotiated.as_stored or negotiated.transfer_syntax == syntax:
+            return negotiated.part_content_type(syntax), read_file(item.received.path)
+        target = negotiated.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
+        return negotiated.part_content_type(target), self._cached_body(item, negotiated)
+
+    async def _cached_body(self, item: Arrival, negotiated: Negotiated) -> AsyncIterator[bytes]:
+        await item.settled.wait()
+        if item.record is None:
+            # Refused by the cache (see the log): nothing can be transcoded. The part stays empty.
+            return
+        _, body = self._wado.instance_part(item.record, negotiated)
+        async for chunk in body:
+            yield chunk
+
+    # -- the cache ---------------------------------------------------------------------------
+
+    async def _cached(
+        self, study: str, series: str | None, sop: str | None, pacs: str | None, restriction: Restriction | None
+    ) -> list[InstanceRecord] | None:
+        """The records to answer from, or None when a PACS must be asked."""
+        if pacs is None and not self._upstreams:
+            return await self._wado.select(study, series, sop, restriction=restriction)
+        if pacs is not None and pacs not in self._upstreams:
+            raise NotFound(f"no PACS named {pacs!r} is configured")
+        records = await self._complete_in_cache(study, series, sop, restriction)
+        observability.cache_lookup("pacs", hit=records is not None)
+        return records
+
+    async def _complete_in_cache(
+        self, study: str, series: str | None, sop: str | None, restriction: Restriction | None
+    ) -> list[InstanceRecord] | None:
+        try:
+            records = await self._wado.select(study, series, sop, restriction=restriction)
+        except NotFound:
+            return None
+        if sop is not None or any(not r.origin.startswith("pacs:") for r in records):
+            return records
+        keys = [study] if series is None else [study, f"{study}/{series}"]
+        if self._state is not None and await self._state.retrieved(keys):
+            return records
+        return None
+
+    # -- flights -----------------------------------------------------------------------------
+
+    async def _flight(
+        self, study: str, series: str | None, sop: str | None, pacs: str | None, restriction: Restriction | None
+    ) -> Flight:
+        nodes = [pacs] if pacs is not None else list(self._upstreams)
+        if restriction is not None and not await self._visible(study, nodes, restriction):
+            raise NotFound(f"study {study} not found")
+        # Keyed by the entity alone: the cache is shared, so a request through one selector joins
+        # a retrieve another started (through another selector, or none) instead of repeating it.
+        key = (study, series or "", sop or "")
+        flight = self._flights.get(key)
+        if flight is None:
+            if self._tasks is None:
+                raise RuntimeError("UpstreamRetrieveService.start() was not called")
+            flight = Flight(key, study, series, sop)
+            self._flights[key] = flight
+            # The flight outlives this request; its log lines name the request that started it.
+            self._tasks.start_soon(self._fly, flight, nodes, observability.current_request_id())
+        return flight
+
+    async def _visible(self, study: str, nodes: list[str], restriction: Restriction) -> bool:
+        for name in nodes:
+            try:
+                if await study_allowed(self._upstreams[name], study, restriction):
+                    return True
+            except (UpstreamError, UpstreamTimeout) as exc:
+                log.warning("cannot check access to study %s on %s: %s", study, name, exc.reason)
+        return False
+
+    async def _fly(self, flight: Flight, nodes: list[str], request_id: str | None) -> None:
+        what = _describe(flight) + (f" (for request {request_id})" if request_id else "")
+        errors: list[GatewayError] = []
+        try:
+            for name in nodes:
+                upstream = self._upstreams[name]
+                try:
+                    if not await self._holds(upstream, flight):
+                        continue
+                    log.info("retrieving %s from PACS %s", what, name)
+                    delivered = await self._retrieve_from(flight, upstream)
+                except (UpstreamError, UpstreamTimeout) as exc:
+                    if flight.arrivals:
+                        raise
+                    log.warning("retrieving %s from PACS %s failed: %s", what, name, exc.reason)
+                    errors.append(exc)
+                    continue
+                if delivered:
+                    if self._state is not None:
+                        await self._state.mark_retrieved(_ledger_key(flight), name)
+                    log.info("retrieved %s from PACS %s: %d instance(s)", what, name, delivered)
+                    flight.finish()
+                    return
+            raise errors[0] if errors else NotFound(f"{what} not found in the gateway or any PACS")
+        except BaseException as exc:
+            # Retrieve errors were logged where they happened; anything else is worth a line.
+            if flight.arrivals and not isinstance(
+                exc, (UpstreamError, UpstreamTimeout, anyio.get_cancelled_exc_class())
+            ):
+                log.error("caching %s failed: %s", what, exc)
+            flight.finish(exc if isinstance(exc, Exception) else UpstreamError(f"retrieving {what} was interrupted"))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._flights.pop(flight.key, None)
+
+    @staticmethod
+    async def _holds(upstream: Upstream, flight: Flight) -> bool:
+        """Whether the PACS has the flight's entity (one C-FIND on its unique key)."""
+        query = QidoQuery(level="study", matches=(_uid_match(STUDY_INSTANCE_UID, "study", flight.study),))
+        if flight.sop is not None and flight.series is not None:
+            match = _uid_match(SOP_INSTANCE_UID, "instance", flight.sop)
+            query = QidoQuery(level="instance", study=flight.study, series=flight.series, matches=(match,))
+        elif flight.series is not None:
+            match = _uid_match(SERIES_INSTANCE_UID, "series", flight.series)
+            query = QidoQuery(level="series", study=flight.study, matches=(match,))
+        found = await upstream.find(query, 1)
+        return bool(found.rows)
+
+    async def _retrieve_from(self, flight: Flight, upstream: Upstream) -> int:
+        """Retrieve, handing each instance to the flight (and so to the responses) at once, then
+        write them through to the cache; the count received.
+
+        Writing through waits for the end of the retrieve: parsing and indexing would compete
+        with the DIMSE receive for the interpreter (one GIL) and slow the PACS down, while the
+        responses only need the spooled files. So a response ends with the retrieve, and the
+        cache is complete (the flight over, the entity marked retrieved) shortly after. When the
+        retrieve fails midway, what was received is still cached before the error is raised."""
+        received = 0
+        failure: GatewayError | None = None
+        started = time.monotonic()
+        try:
+            async with aclosing(upstream.retrieve(flight.study, flight.series, flight.sop)) as instances:
+                async for item in instances:
+                    if not received:
+                        log.info("first instance of %s received from PACS %s", _describe(flight), upstream.name)
+                    received += 1
+                    flight.add(Arrival(item))
+        except (UpstreamError, UpstreamTimeout) as exc:
+            failure = exc
+        if received:
+            log.info(
+                "received %d instance(s) of %s from PACS %s in %.0f ms",
+                received,
+                _describe(flight),
+                upstream.name,
+                (time.monotonic() - started) * 1000,
+            )
+            if failure is not None:  # the responses end now, truncated: say why
+                log.error(
+                    "retrieving %s broke off after %d instance(s): %s", _describe(flight), received, failure.reason
+                )
+            flight.end_arrivals(failure)
+            await self._write_through(flight.arrivals, upstream.name)
+        if failure is not None:
+            raise failure
+        return received
+
+    async def _write_through(self, arrivals: list[Arrival], node: str) -> None:
+        pending = iter(arrivals)
+
+        async def worker() -> None:
+            for arrival in pending:  # shared: each arrival goes to one worker
+                arrival.settle(await self._cache(arrival.received, node))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(PERSIST_CONCURRENCY):
+                tg.start_soon(worker)
+
+    async def _cache(self, item: ReceivedInstance, node: str) -> InstanceRecord | None:
+        """Parse and write through one received instance; its record in the cache (None: the
+        instance was refused). The spool file stays: the flight removes it when done."""
+        try:
+            record = await anyio.to_thread.run_sync(self._parse, item, node, limiter=self._parse_limiter)
+            outcome = await self._stow.persist(record, item.path)
+        except InstanceRejected as exc:
+            log.warning("PACS %s sent an instance the gateway cannot store (%s): %s", node, item.sop_uid, exc.reason)
+            return None
+        if isinstance(outcome, FailedInstance):
+            # Cached before with other bytes (e.g. STOWed): serve the copy the cache holds.
+            return await self._index.get(record.study_uid, record.series_uid, record.sop_uid)
+        return record
+
+    def _parse(self, item: ReceivedInstance, node: str) -> InstanceRecord:
+        return parse_part10(item.path, origin=f"pacs:{node}", limits=self._parse_limits)
+
+
+def _uid_match(tag: str, level: Level, uid: str) -> Match:
+    return Match(tag=tag, vr="UI", level=level, kind="single", value=uid, values=(uid,))
+
+
+def _ledger_key(flight: Flight) -> str:
+    return "/".join(u for u in (flight.study, flight.series, flight.sop) if u)
+
+
+def _describe(flight: Flight) -> str:
+    if flight.sop:
+        return f"instance {flight.sop}"
+    return f"series {flight.series}" if flight.series else f"study {flight.study}"
+
+
+async def _iterate(records: list[InstanceRecord]) -> AsyncGenerator[InstanceRecord | Arrival, None]:
+    for record in records:
+        yield record
