@@ -1,0 +1,155 @@
+// Drives the real OHIF viewer in Debian's headless Chromium (playwright-core) for tests/test_ohif.py
+// and bench/viewer.py. Reads a JSON payload on stdin, prints one JSON report line on stdout.
+//
+// payload: {
+//   viewer: "http://127.0.0.1:PORT",          // where OHIF's dist/ is served
+//   chromium: "/usr/bin/chromium", flags: [...],
+//   token: null | "jwt",                      // OHIF's ?token= (sets its Authorization header)
+//   list: true | false,                       // check the study list and the patient filter
+//   filter: { text: "smith", expect: "SMITH, ANNA" },
+//   open: ["StudyInstanceUID", ...],          // studies opened in the viewer, one page load each
+//   timeoutMs: 60000,
+// }
+// report: { rows, filtered, opened: [{ study, firstImageMs, canvas: {mean, std, nonBlack} }],
+//           bad: ["401 GET url", ...], failed: [...], consoleErrors: [...], error }
+'use strict';
+const { chromium } = require('playwright-core');
+
+function readStdin() {
+  return new Promise((resolve) => {
+    let data = '';
+    process.stdin.on('data', (c) => (data += c));
+    process.stdin.on('end', () => resolve(JSON.parse(data)));
+  });
+}
+
+// Statistics of the largest cornerstone canvas: drawn onto a 2D canvas and read back, so the
+// check sees what was rendered (CPU or WebGL), not merely that a canvas exists.
+async function canvasStats(page) {
+  return page.evaluate(() => {
+    const canvases = Array.from(document.querySelectorAll('canvas.cornerstone-canvas, [data-cy="viewport-pane"] canvas'));
+    if (!canvases.length) return null;
+    const c = canvases.reduce((a, b) => (a.width * a.height >= b.width * b.height ? a : b));
+    if (!c.width || !c.height) return null;
+    const t = document.createElement('canvas');
+    t.width = c.width;
+    t.height = c.height;
+    const ctx = t.getContext('2d');
+    ctx.drawImage(c, 0, 0);
+    const d = ctx.getImageData(0, 0, t.width, t.height).data;
+    let n = 0, sum = 0, sq = 0, nonBlack = 0;
+    const levels = new Set();
+    for (let i = 0; i < d.length; i += 16) {  // every 4th pixel is plenty
+      const v = (d[i] + d[i + 1] + d[i + 2]) / 3;
+      n++; sum += v; sq += v * v;
+      if (v > 8) nonBlack++;
+      levels.add(Math.round(v));
+    }
+    const mean = sum / n;
+    return { width: c.width, height: c.height, mean, std: Math.sqrt(Math.max(0, sq / n - mean * mean)),
+             nonBlack: nonBlack / n, levels: levels.size };
+  });
+}
+
+function rendered(stats) {
+  return stats && stats.std > 10 && stats.nonBlack > 0.02 && stats.levels > 8;
+}
+
+async function waitFor(predicate, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    last = await predicate();
+    if (last) return last;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+
+async function rowTexts(page) {
+  return page.$$eval('tr[aria-selected]', (rows) =>
+    rows.map((row) => Array.from(row.querySelectorAll('td')).map((td) => td.innerText.trim())));
+}
+
+async function quiet(page, timeoutMs) {
+  try {
+    await page.waitForLoadState('networkidle', { timeout: timeoutMs });
+  } catch (e) {
+    // a long-polling or slow request: the explicit waits below decide
+  }
+}
+
+async function openStudy(page, payload, study) {
+  const url = `${payload.viewer}/viewer?StudyInstanceUIDs=${study}` + (payload.token ? `&token=${payload.token}` : '');
+  const started = Date.now();
+  await page.goto(url, { waitUntil: 'domcontentloaded', timeout: payload.timeoutMs });
+  const stats = await waitFor(async () => {
+    const s = await canvasStats(page);
+    return rendered(s) ? s : null;
+  }, payload.timeoutMs, `rendered pixels of study ${study}`);
+  const firstImageMs = Date.now() - started;
+  await quiet(page, payload.timeoutMs);  // every remaining frame and thumbnail request done
+  return { study, firstImageMs, canvas: await canvasStats(page) || stats };
+}
+
+async function main() {
+  const payload = await readStdin();
+  payload.timeoutMs = payload.timeoutMs || 60000;
+  const report = { rows: null, filtered: null, opened: [], bad: [], failed: [], consoleErrors: [], requests: 0 };
+  const browser = await chromium.launch({
+    executablePath: payload.chromium || '/usr/bin/chromium',
+    args: payload.flags || [],
+    headless: true,
+  });
+  try {
+    const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+    const page = await context.newPage();
+    page.on('request', (r) => { if (r.url().includes('/studies') || r.url().includes('/wado')) report.requests++; });
+    page.on('response', (r) => {
+      if (r.status() >= 400) report.bad.push(`${r.status()} ${r.request().method()} ${r.url()}`);
+    });
+    page.on('requestfailed', (r) => {
+      const why = r.failure() ? r.failure().errorText : '';
+      if (why !== 'net::ERR_ABORTED') report.failed.push(`${why} ${r.method()} ${r.url()}`);
+    });
+    page.on('console', (m) => { if (m.type() === 'error') report.consoleErrors.push(m.text().slice(0, 500)); });
+    page.on('pageerror', (e) => report.consoleErrors.push('pageerror: ' + String(e).slice(0, 500)));
+
+    for (const study of payload.open || []) {
+      report.opened.push(await openStudy(page, payload, study));
+    }
+    if (payload.list) {
+      if (payload.token) {
+        // The token lives in OHIF's session (set by ?token= on the viewer route): go back to
+        // the study list inside the app, as a user would.
+        await page.click('[data-cy="return-to-work-list"]', { timeout: payload.timeoutMs });
+      } else {
+        await page.goto(payload.viewer + '/', { waitUntil: 'domcontentloaded', timeout: payload.timeoutMs });
+      }
+      const expected = payload.expectRows || 1;
+      report.rows = await waitFor(async () => {
+        const rows = await rowTexts(page);
+        return rows.length >= expected ? rows : null;
+      }, payload.timeoutMs, `${expected} study rows`);
+      await quiet(page, payload.timeoutMs);
+      report.rows = await rowTexts(page);
+      if (payload.filter) {
+        const input = page.locator('thead input, table input').first();
+        await input.click();
+        await input.pressSequentially(payload.filter.text, { delay: 30 });
+        report.filtered = await waitFor(async () => {
+          const rows = await rowTexts(page);
+          return rows.length === 1 && rows[0][0] === payload.filter.expect ? rows : null;
+        }, payload.timeoutMs, `the filtered row ${payload.filter.expect}`);
+        await quiet(page, payload.timeoutMs);
+      }
+    }
+  } catch (e) {
+    report.error = String(e && e.stack ? e.stack : e).slice(0, 2000);
+  } finally {
+    await browser.close();
+  }
+  process.stdout.write(JSON.stringify(report) + '\n');
+}
+
+main();
