@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from gateway.dicom.parse import ParseLimits
 from gateway.http.context import Gateway
 from gateway.http.errors import EXCEPTION_HANDLERS
+from gateway.http.metrics import ObservabilityMiddleware
 from gateway.http.routes import all_routes
-from gateway.ports import BlobStore, Index
+from gateway.http.stack import build_security, middleware_stack
+from gateway.ports import BlobStore, BridgeState, Index, Upstream
+from gateway.services.federation import QidoFederation
+from gateway.services.forward import ForwardService
+from gateway.services.rendered import RenderService
 from gateway.services.stow import StowService
+from gateway.services.upstream_retrieve import UpstreamRetrieveService
 from gateway.services.wado import WadoService
-from gateway.settings import Settings
+from gateway.settings import STORAGE_COMPRESSION, PacsNode, Settings
 
 
 def build_store(settings: Settings) -> BlobStore:
@@ -43,45 +51,130 @@ def build_store(settings: Settings) -> BlobStore:
 
 
 def build_index(settings: Settings) -> Index:
+    url = urlsplit(settings.effective_index_url)
+    if url.scheme in ("postgresql", "postgres"):
+        from gateway.adapters.postgres_index import PostgresIndex
+
+        return PostgresIndex(settings.effective_index_url, max_results=settings.limits.max_qido_results)
     from gateway.adapters.sqlite_index import SqliteIndex
 
-    url = urlsplit(settings.effective_index_url)
     path = Path(url.path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteIndex(path)
+    return SqliteIndex(path, max_results=settings.limits.max_qido_results)
 
 
-def build_gateway(settings: Settings, store: BlobStore, index: Index) -> Gateway:
+def build_gateway(
+    settings: Settings,
+    store: BlobStore,
+    index: Index,
+    *,
+    upstreams: Mapping[str, Upstream] | None = None,
+    bridge_state: BridgeState | None = None,
+) -> Gateway:
     limits = settings.limits
     parse_limits = ParseLimits(
         max_sequence_depth=limits.max_sequence_depth, max_inflated_bytes=limits.max_inflated_bytes
     )
+    stow = StowService(store, index, parse_limits, compress_to=STORAGE_COMPRESSION[settings.storage_compression])
+    wado = WadoService(store, index, max_decoded_frame_bytes=limits.max_decoded_frame_bytes)
+    # The PACS bridge (all empty without [[pacs]] nodes: then the index alone answers).
+    nodes = dict(upstreams or {})
+    forward = None
+    if settings.forward_to is not None and bridge_state is not None:
+        target = next(u for name, u in nodes.items() if name.lower() == settings.forward_to.lower())
+        forward = ForwardService(bridge_state, target, store, index, settings.effective_spool_dir / "pacs")
     return Gateway(
         settings=settings,
         store=store,
         index=index,
-        stow=StowService(store, index, parse_limits),
-        wado=WadoService(store, index),
+        stow=stow,
+        wado=wado,
+        qido=QidoFederation(index, nodes, max_results=limits.max_qido_results),
+        retrieval=UpstreamRetrieveService(wado, stow, index, nodes, bridge_state, parse_limits=parse_limits),
+        forward=forward,
+        upstreams=nodes,
+        rendered=RenderService(wado),
     )
+
+
+def build_upstream(settings: Settings, node: PacsNode, scp: Any = None) -> Upstream:
+    """The DIMSE adapter for one ``[[pacs]]`` node (``scp``: the storage SCP for C-MOVE)."""
+    from gateway.adapters.dimse import DimseUpstream
+
+    return DimseUpstream(node, ae_title=settings.ae_title, spool_dir=settings.effective_spool_dir / "pacs", scp=scp)
+
+
+@contextlib.asynccontextmanager
+async def open_pacs(settings: Settings) -> AsyncIterator[tuple[dict[str, Upstream], BridgeState | None]]:
+    """The PACS nodes, their storage SCP (C-MOVE) and the bridge state, for the app's lifetime."""
+    if not settings.pacs:
+        yield {}, None
+        return
+    from gateway.adapters.dimse_contexts import RECEIVE_SYNTAXES
+    from gateway.adapters.scp import StorageScp
+    from gateway.adapters.sqlite_bridge import SqliteBridgeState
+
+    scp: StorageScp | None = None
+    if settings.scp_port is not None:
+        scp = StorageScp(
+            ae_title=settings.ae_title,
+            host=settings.scp_host,
+            port=settings.scp_port,
+            spool_dir=settings.effective_spool_dir / "pacs",
+            known_aes=[node.ae_title for node in settings.pacs],
+            syntaxes=RECEIVE_SYNTAXES,
+        )
+        try:
+            await anyio.to_thread.run_sync(scp.start)
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot run the storage SCP on {settings.scp_host}:{settings.scp_port}: {exc.strerror or exc}"
+            ) from exc
+    state = SqliteBridgeState(settings.data_dir / "pacs-bridge.sqlite3")
+    upstreams = {node.name: build_upstream(settings, node, scp) for node in settings.pacs}
+    try:
+        yield upstreams, state
+    finally:
+        with anyio.CancelScope(shield=True):
+            for upstream in upstreams.values():
+                await upstream.aclose()
+            if scp is not None:
+                await anyio.to_thread.run_sync(scp.stop)
+            await state.aclose()
 
 
 def create_app(settings: Settings, *, store: BlobStore | None = None, index: Index | None = None) -> Starlette:
     """The ASGI app. Adapters are built in the lifespan (or passed in, e.g. by tests)."""
+    security = build_security(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_store = store or build_store(settings)
         own_index = index or build_index(settings)
         try:
+            security.open()
             await own_store.ping()
             await own_index.ping()
-            app.state.gateway = build_gateway(settings, own_store, own_index)
-            yield
+            async with open_pacs(settings) as (upstreams, bridge_state), anyio.create_task_group() as tasks:
+                gateway = build_gateway(settings, own_store, own_index, upstreams=upstreams, bridge_state=bridge_state)
+                gateway.retrieval.start(tasks)
+                if gateway.forward is not None:
+                    gateway.forward.start(tasks)
+                app.state.gateway = gateway
+                yield
+                tasks.cancel_scope.cancel()
         finally:
+            await security.aclose()
             if index is None:
                 await own_index.aclose()
             if store is None:
                 await own_store.aclose()
 
     handlers: Any = EXCEPTION_HANDLERS
-    return Starlette(routes=all_routes(settings.base_path), exception_handlers=handlers, lifespan=lifespan)
+    return Starlette(
+        routes=all_routes(settings.base_path),
+        exception_handlers=handlers,
+        lifespan=lifespan,
+        # Outermost: request ids, access log and metrics see every answer, auth failures included.
+        middleware=[Middleware(ObservabilityMiddleware), *middleware_stack(settings, security)],
+    )

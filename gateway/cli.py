@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.security.apikey_cli import add_apikey_parser, run_apikey
 from gateway.settings import Settings, SettingsError, load_settings
 
 
@@ -20,7 +21,7 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-url", help="file://DIR (default {data}/objects) or s3://bucket/prefix")
     p.add_argument("--s3-endpoint-url", help="S3 endpoint URL (else AWS_ENDPOINT_URL or AWS's default)")
     p.add_argument("--s3-region", help="S3 region (else AWS_REGION)")
-    p.add_argument("--index-url", help="sqlite:///path (default {data}/index.sqlite3)")
+    p.add_argument("--index-url", help="sqlite:///path (default {data}/index.sqlite3) or postgresql://user@host/db")
     p.add_argument("--log-level", help="critical, error, warning, info (default) or debug")
 
 
@@ -34,11 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8080)")
     serve.add_argument("--base-path", help="DICOMweb base path (default /dicomweb)")
     serve.add_argument("--public-base-url", help="absolute base URL clients see (behind a reverse proxy)")
+    serve.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (TLS 1.2+, AEAD suites only)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--api-keys-file", help="API key file (dicomweb-gateway apikey create); enables auth")
 
     reindex = sub.add_parser("reindex", help="rebuild the index from the object store")
     _common_flags(reindex)
     reindex.add_argument("--repair", action="store_true", help="also delete orphan objects the index cannot hold")
     reindex.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    echo = sub.add_parser("echo", help="C-ECHO each configured PACS (or the one named)")
+    _common_flags(echo)
+    echo.add_argument("name", nargs="?", help="the [[pacs]] name to test (default: all)")
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the index schema, then exit")
+    _common_flags(migrate)
+
+    add_apikey_parser(sub)
     return parser
 
 
@@ -58,11 +71,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     }
     s3 = {"endpoint_url": getattr(args, "s3_endpoint_url", None), "region": getattr(args, "s3_region", None)}
     overrides["s3"] = {k: v for k, v in s3.items() if v is not None} or None
+    tls = {"cert_file": getattr(args, "tls_cert", None), "key_file": getattr(args, "tls_key", None)}
+    overrides["tls"] = {k: v for k, v in tls.items() if v is not None} or None
+    keys_file = getattr(args, "api_keys_file", None)
+    overrides["auth"] = {"api_keys_file": keys_file} if keys_file else None
     return load_settings(config_file=args.config, overrides=overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "apikey":
+        try:
+            return run_apikey(args)
+        except SettingsError as exc:
+            print(f"dicomweb-gateway: {exc}", file=sys.stderr)
+            return 2
     try:
         settings = settings_from_args(args)
     except SettingsError as exc:
@@ -76,6 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.reindex import run_reindex
 
         return run_reindex(settings, repair=args.repair, progress=not args.quiet)
+    if args.command == "echo":
+        from gateway.echo import run_echo
+
+        return run_echo(settings, args.name)
+    if args.command == "migrate":
+        from gateway.migrate import run_migrate
+
+        return run_migrate(settings)
     raise AssertionError(args.command)  # argparse guarantees a known command
 
 

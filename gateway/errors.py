@@ -9,6 +9,7 @@ HTTP responses in one place::
     │   └── InvalidUID                400  a UID fails PS3.5 9.1
     ├── NotFound                      404  unknown study / series / instance / frame
     ├── NotAcceptable                 406  no acceptable representation (PS3.18 8.7.3)
+    ├── RequestTimeout                408  the client stopped sending its request body
     ├── Conflict                      409  e.g. a different object under a stored SOP Instance UID
     ├── PayloadTooLarge               413  a configured input limit was exceeded
     ├── UnsupportedMediaType          415  STOW body is not what PS3.18 10.5 allows
@@ -44,6 +45,10 @@ class NotFound(GatewayError):
 
 class NotAcceptable(GatewayError):
     status = 406
+
+
+class RequestTimeout(GatewayError):
+    status = 408
 
 
 class Conflict(GatewayError):

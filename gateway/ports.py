@@ -7,10 +7,13 @@ pure ``gateway.dicom`` helpers); adapters implement these Protocols.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from gateway.dicom.query import QidoQuery
 
 # A DICOM JSON object (PS3.18 F.2): {"0020000D": {"vr": "UI", "Value": [...]}, ...}
 DicomJson = dict[str, Any]
@@ -159,3 +162,111 @@ class Index(Protocol):
 
     async def aclose(self) -> None:
         """Close connections."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Upstream PACS (DIMSE)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FindResult:
+    """A PACS's QIDO rows (DICOM JSON, without RetrieveURL) for one C-FIND.
+
+    ``more`` says the PACS had matches beyond the requested limit (the C-FIND was cancelled);
+    ``warnings`` are human-readable notes for a Warning header (e.g. a warning status).
+    """
+
+    rows: list[DicomJson]
+    more: bool = False
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """One instance received from a PACS (C-GET or C-MOVE sub-operation), spooled as a Part 10
+    file at ``path``. The consumer owns the file and deletes it when done."""
+
+    path: Path
+    sop_uid: str
+    transfer_syntax: str
+
+
+class Upstream(Protocol):
+    """One legacy PACS reached by DIMSE (PS3.4 Annex C Query/Retrieve, Annex B Storage).
+
+    Errors: :class:`gateway.errors.UpstreamError` (refused, rejected, failure status: 502) and
+    :class:`gateway.errors.UpstreamTimeout` (no answer in time: 504), each naming the PACS.
+    """
+
+    @property
+    def name(self) -> str:
+        """The configured node name (``origin`` of cached instances is ``pacs:<name>``)."""
+
+    @property
+    def ae_title(self) -> str:
+        """The PACS's AE title (the RetrieveAETitle of its rows)."""
+
+    async def find(self, query: QidoQuery, limit: int) -> FindResult:
+        """C-FIND (Study Root) for a QIDO query; at most ``limit`` rows, then C-CANCEL."""
+
+    def retrieve(
+        self, study: str, series: str | None = None, sop: str | None = None
+    ) -> AsyncGenerator[ReceivedInstance, None]:
+        """C-GET or C-MOVE of a study, series or instance (the level is the deepest UID given),
+        yielding each instance as soon as it is received. Raises after the last instance when
+        the retrieve failed; closing the iterator early aborts the retrieve."""
+
+    async def store(self, path: Path, *, sop_class_uid: str, sop_uid: str, transfer_syntax: str) -> None:
+        """C-STORE one Part 10 file to the PACS (STOW forwarding)."""
+
+    async def echo(self) -> float:
+        """C-ECHO on a fresh association; the round trip in seconds (association included)."""
+
+    async def aclose(self) -> None:
+        """Release pooled associations and abort those in use."""
+
+
+@dataclass(frozen=True)
+class ForwardJob:
+    """One instance waiting to be C-STOREd to a PACS (durable until done)."""
+
+    id: int
+    node: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    attempts: int = 0
+    last_error: str | None = None
+
+
+class BridgeState(Protocol):
+    """Small durable state of the PACS bridge: which retrievals completed (so a cached series
+    is known to be whole) and the queue of instances to forward to a PACS."""
+
+    async def mark_retrieved(self, key: str, node: str) -> None:
+        """Record that the entity ``key`` (``study[/series[/sop]]``) was retrieved whole."""
+
+    async def retrieved(self, keys: list[str]) -> bool:
+        """Whether any of ``keys`` was retrieved whole."""
+
+    async def enqueue_forward(self, node: str, study_uid: str, series_uid: str, sop_uid: str) -> None:
+        """Add an instance to the forward queue (idempotent per node and SOP Instance UID)."""
+
+    async def due_forwards(self, now: float, limit: int) -> list[ForwardJob]:
+        """Queued jobs whose next attempt is due, oldest first."""
+
+    async def next_forward_at(self) -> float | None:
+        """When the earliest queued job is due (seconds since the epoch), None when empty."""
+
+    async def forward_done(self, job_id: int) -> None:
+        """Remove a job that succeeded."""
+
+    async def forward_failed(self, job_id: int, error: str, next_attempt: float) -> None:
+        """Record a failed attempt and when to try again."""
+
+    async def forward_counts(self) -> dict[str, int]:
+        """``{"pending": n, "failing": m}``: jobs queued, and those that failed at least once."""
+
+    async def aclose(self) -> None:
+        """Close the database."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import ssl
 import sys
 
@@ -12,6 +11,7 @@ import uvicorn
 from gateway.app import build_index, build_store, create_app
 from gateway.errors import GatewayError
 from gateway.http.deadlines import protocol_with_deadline
+from gateway.observability import configure_logging
 from gateway.security.tls import server_context
 from gateway.settings import Settings
 
@@ -39,7 +39,7 @@ async def preflight(settings: Settings) -> str | None:
 
 
 def serve(settings: Settings) -> int:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, json_lines=settings.log_format == "json")
     problem = anyio.run(preflight, settings)
     if problem:
         print(f"dicomweb-gateway: {problem}", file=sys.stderr)
@@ -58,6 +58,10 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        # Logging is configured above (JSON lines with request ids); the access log is written by
+        # gateway.http.metrics, which knows the request id and the route.
+        log_config=None,
+        access_log=False,
         proxy_headers=False,
         server_header=False,
         # DICOM objects are rarely compressible enough to pay for gzip; never compress here.

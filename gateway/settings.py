@@ -139,6 +139,10 @@ class PacsNode:
     tls: PacsTls = field(default_factory=PacsTls)
 
 
+# storage_compression values -> the lossless transfer syntax stored ("" keeps what was received).
+STORAGE_COMPRESSION = {"": None, "jpeg-ls": "1.2.840.10008.1.2.4.80", "jpeg2000": "1.2.840.10008.1.2.4.90"}
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -149,6 +153,7 @@ class Settings:
     index_url: str = ""  # default: sqlite:///{data_dir}/index.sqlite3
     public_base_url: str | None = None  # e.g. https://pacs.example.org/dicomweb behind a proxy
     log_level: str = "info"
+    log_format: str = "json"  # json (one object per line, with the request id) or text
     spool_dir: Path | None = None  # where STOW parts are spooled; default {data_dir}/spool
     s3: S3Settings = field(default_factory=S3Settings)
     limits: Limits = field(default_factory=Limits)
@@ -161,7 +166,10 @@ class Settings:
     scp_port: int | None = None  # the C-STORE SCP for C-MOVE sub-operations (needed by retrieve = "move")
     scp_host: str = "0.0.0.0"  # address the C-STORE SCP binds
     forward_to: str | None = None  # name of a PACS that receives every STOWed instance (C-STORE)
+    ready_requires_pacs: bool = False  # /readyz fails while a PACS does not answer C-ECHO (else only reported)
     pacs: tuple[PacsNode, ...] = ()  # [[pacs]] tables
+    # Store uncompressed uploads losslessly compressed: "" (as received), "jpeg-ls" or "jpeg2000".
+    storage_compression: str = ""
 
     # Derived, validated views -------------------------------------------------------------
 
@@ -332,17 +340,25 @@ def _validate(s: Settings) -> Settings:
     if storage.scheme == "s3" and not storage.netloc:
         raise SettingsError(f"storage_url {s.effective_storage_url!r} names no bucket")
     index = urlsplit(s.effective_index_url)
-    if index.scheme not in {"sqlite"}:
-        raise SettingsError(f"index_url {s.effective_index_url!r} must be sqlite:///path")
+    if index.scheme not in {"sqlite", "postgresql", "postgres"}:
+        raise SettingsError(
+            f"index_url {s.effective_index_url!r} must be sqlite:///path or postgresql://user@host/dbname"
+        )
     if s.public_base_url is not None:
         pub = urlsplit(s.public_base_url)
         if pub.scheme not in {"http", "https"} or not pub.netloc:
             raise SettingsError(f"public_base_url {s.public_base_url!r} must be an absolute http(s) URL")
     if s.log_level.lower() not in {"critical", "error", "warning", "info", "debug"}:
         raise SettingsError(f"log_level {s.log_level!r} must be one of critical, error, warning, info, debug")
+    if s.log_format not in {"json", "text"}:
+        raise SettingsError(f"log_format {s.log_format!r} must be json or text")
     for f in dataclasses.fields(s.limits):
         if getattr(s.limits, f.name) <= 0:
             raise SettingsError(f"limits.{f.name} must be positive")
+    if s.storage_compression not in STORAGE_COMPRESSION:
+        raise SettingsError(
+            f"storage_compression {s.storage_compression!r} must be one of: {', '.join(map(repr, STORAGE_COMPRESSION))}"
+        )
     _validate_pacs(s)
     from gateway.security.config import validate_security
 

@@ -723,3 +723,62 @@ def frame_pattern(index: int, rows: int, cols: int) -> bytes:
     """Frame ``index`` of :func:`write_large_multiframe` (cheap, distinct per frame)."""
     row = (np.arange(cols, dtype=np.uint16) + index) % 4096
     return np.broadcast_to(row, (rows, cols)).tobytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Images for rendering: one per Photometric Interpretation, with known pixel values
+# ---------------------------------------------------------------------------------------------
+
+
+def gradient(rows: int, cols: int, top: int) -> np.ndarray:
+    """A horizontal ramp 0..top (every row the same): easy to reason about once rendered."""
+    return np.broadcast_to(np.linspace(0, top, cols).round(), (rows, cols)).astype(np.int64)
+
+
+def image_instance(
+    arr: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    seed: int = 0,
+    bits_stored: int | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    attrs: dict[str, Any] | None = None,
+    **identity: Any,
+) -> bytes:
+    """A Secondary Capture (or multi-frame XA for 3-D ``arr`` of frames) holding exactly ``arr``
+    (uint8/int16/uint16; (rows, cols[, 3]) or (frames, rows, cols[, 3])) with ``attrs`` set,
+    native or compressed into ``transfer_syntax`` by the plugins."""
+    colour = photometric in ("RGB", "YBR_FULL")
+    frames = arr.shape[0] if arr.ndim == (4 if colour else 3) else 1
+    identity.setdefault("modality", "OT")
+    sop_class = XA_IMAGE_STORAGE if frames > 1 else SC_IMAGE_STORAGE
+    ds = base_dataset(sop_class=sop_class, seed=seed, **identity)
+    _set_image(ds, arr, bits_stored=bits_stored, photometric=photometric, frames=frames)
+    for key, value in (attrs or {}).items():
+        setattr(ds, key, value)
+    if transfer_syntax != ExplicitVRLittleEndian:
+        _compress(ds, transfer_syntax, "pylibjpeg" if transfer_syntax != JPEGLSLossless else "")
+    return to_part10_bytes(ds, transfer_syntax)
+
+
+def palette_instance(*, seed: int = 0, rows: int = 16, cols: int = 256, **identity: Any) -> bytes:
+    """PALETTE COLOR: 8-bit indices (a ramp 0..255) and 16-bit LUTs red = i, green = 255 - i,
+    blue = 128 (each scaled to 16 bits), 256 entries from 0."""
+    arr = gradient(rows, cols, 255).astype(np.uint8)
+    index = np.arange(256, dtype=np.uint16)
+    red, green, blue = index * 257, (255 - index) * 257, np.full(256, 128 * 257, dtype=np.uint16)
+    attrs = {
+        "RedPaletteColorLookupTableDescriptor": [256, 0, 16],
+        "GreenPaletteColorLookupTableDescriptor": [256, 0, 16],
+        "BluePaletteColorLookupTableDescriptor": [256, 0, 16],
+        "RedPaletteColorLookupTableData": red.astype("<u2").tobytes(),
+        "GreenPaletteColorLookupTableData": green.astype("<u2").tobytes(),
+        "BluePaletteColorLookupTableData": blue.astype("<u2").tobytes(),
+    }
+    return image_instance(arr, photometric="PALETTE COLOR", seed=seed, attrs=attrs, **identity)
+
+
+def write_multiframe_mb(path: Path, megabytes: int = 90, *, rows: int = 512, cols: int = 512) -> Path:
+    """A native 16-bit multi-frame instance of about ``megabytes`` MB (:func:`write_large_multiframe`)."""
+    frames = max(1, -(-megabytes * 1_000_000 // (rows * cols * 2)))
+    return write_large_multiframe(path, frames=frames, rows=rows, cols=cols)

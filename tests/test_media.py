@@ -571,11 +571,39 @@ def test_frames_unknown_syntax_is_406() -> None:
 
 @pytest.mark.parametrize(
     "accept",
-    ["image/jpeg", "application/octet-stream", "application/dicom+json", 'multipart/related; type="application/dicom"'],
+    ["application/octet-stream", "application/dicom+json", 'multipart/related; type="application/dicom"'],
 )
-def test_frames_single_part_and_others_are_406(accept: str) -> None:
+def test_frames_single_part_octet_stream_and_others_are_406(accept: str) -> None:
     with pytest.raises(NotAcceptable):
         negotiate_frames(accept, stored_syntaxes={JPEG_BASELINE_8BIT}, supported=TRANSCODER)
+
+
+def test_frames_single_part_image_media_types() -> None:
+    """One frame as its bare bitstream (PS3.18 8.7.3.3.2), with the multipart rules."""
+    got = negotiate_frames("image/jpeg", stored_syntaxes={JPEG_BASELINE_8BIT})
+    assert got == Negotiated(IMAGE_JPEG, AS_STORED, False)
+    can = {AS_STORED, ELE, JPEG_LS_LOSSLESS, JPEG_2000_LOSSLESS, JPEG_BASELINE_8BIT}
+    assert negotiate_frames("image/jls", stored_syntaxes={ELE}, supported=can) == Negotiated(
+        IMAGE_JLS, JPEG_LS_LOSSLESS, False
+    )
+    assert negotiate_frames("image/x-jls", stored_syntaxes={ELE}, supported=can).transfer_syntax == JPEG_LS_LOSSLESS
+    assert negotiate_frames("image/jp2", stored_syntaxes={ELE}, supported=can) == Negotiated(
+        IMAGE_JP2, JPEG_2000_LOSSLESS, False
+    )
+    # image/jpeg alone means JPEG Lossless SV1 (not producible here): never silently lossy
+    with pytest.raises(NotAcceptable):
+        negotiate_frames("image/jpeg", stored_syntaxes={ELE}, supported=can)
+    named = f"image/jpeg; transfer-syntax={JPEG_BASELINE_8BIT}"
+    assert negotiate_frames(named, stored_syntaxes={ELE}, supported=can) == Negotiated(
+        IMAGE_JPEG, JPEG_BASELINE_8BIT, False
+    )
+
+
+def test_generic_accept_never_falls_back_to_a_lossy_syntax() -> None:
+    lossy_only = {JPEG_BASELINE_8BIT}
+    assert negotiate_frames("*/*", stored_syntaxes={ELE}, supported=lossy_only | {ELE}).transfer_syntax == ELE
+    with pytest.raises(NotAcceptable):
+        negotiate_instances("*/*", stored_syntaxes={JPEG_2000_LOSSLESS}, supported=lossy_only)
 
 
 def test_frames_q_values() -> None:

@@ -21,22 +21,30 @@ in worker threads; sqlite3 errors become :class:`gateway.errors.IndexError_` (50
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-import orjson
 
-from gateway.adapters.sqlite_search import COLUMNS, column_values, register_functions, row_to_json, search_sql
-from gateway.dicom.attributes import SERIES_INSTANCE_UID, SERIES_TAGS, STUDY_INSTANCE_UID, STUDY_TAGS, Level
+from gateway.adapters.sql_rows import (
+    RECORD_COLUMNS,
+    IndexRow,
+    decode_metadata,
+    instance_values,
+    record_from_row,
+    series_values,
+    study_values,
+)
+from gateway.adapters.sqlite_search import COLUMNS, register_functions, row_to_json, search_sql
+from gateway.dicom.attributes import Level
 from gateway.dicom.query import QidoQuery
 from gateway.errors import IndexError_
-from gateway.ports import AddOutcome, InstanceRecord, PixelDescription, SearchResult
+from gateway.ports import AddOutcome, InstanceRecord, SearchResult
 
 T = TypeVar("T")
 
@@ -89,10 +97,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 
-_RECORD_COLUMNS = (
-    "i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.size, i.sha256,"
-    " i.origin, i.metadata, i.frames, i.pixel, i.stored_at"
-)
+_RECORD_COLUMNS = RECORD_COLUMNS
 
 
 class SqliteIndex:
@@ -184,6 +189,69 @@ class SqliteIndex:
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._close)
 
+    # -- beyond the protocol -------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Bring the schema to :data:`SCHEMA_VERSION` (done on first use anyway); returns it."""
+        await self._write(self._writer_connection_locked)
+        return SCHEMA_VERSION
+
+    async def load(self, records: Iterable[InstanceRecord]) -> int:
+        """Bulk-insert new instances in one transaction (benchmarks, migrations from another
+        archive). Every study of ``records`` must be absent from the index; the study and
+        series counters are computed here. Returns the number of instances."""
+
+        def load(conn: sqlite3.Connection) -> int:
+            studies: dict[str, list[Any]] = {}
+            series: dict[tuple[str, str], list[Any]] = {}
+            rows = iter(records)
+            first = next(rows, None)
+            if first is None:
+                return 0
+            conn.execute("PRAGMA defer_foreign_keys = ON")  # children are inserted before parents
+
+            def instances() -> Iterator[tuple[object, ...]]:
+                for record in _chain(first, rows):
+                    # Study and series rows once each, not once per instance: this is the hot loop.
+                    meta = decode_metadata(record)
+                    key = (record.study_uid, record.series_uid)
+                    if key not in series:
+                        series[key] = [series_values(record, meta), 0]
+                        if record.study_uid not in studies:
+                            studies[record.study_uid] = [study_values(record, meta), 0, 0]
+                        studies[record.study_uid][1] += 1
+                    series[key][1] += 1
+                    studies[record.study_uid][2] += 1
+                    yield tuple(instance_values(record, meta).values())
+
+            columns = list(instance_values(first, decode_metadata(first)))
+            cur = conn.executemany(_insert_sql("instances", dict.fromkeys(columns), None), instances())
+            count = cur.rowcount
+            some_series = next(iter(series.values()))[0]
+            conn.executemany(
+                _insert_sql("series", {**some_series, "num_instances": 0}, None),
+                ((*values.values(), n) for values, n in series.values()),
+            )
+            some_study = next(iter(studies.values()))[0]
+            conn.executemany(
+                _insert_sql("studies", {**some_study, "num_series": 0, "num_instances": 0}, None),
+                ((*values.values(), n_series, n_instances) for values, n_series, n_instances in studies.values()),
+            )
+            return count
+
+        return await self._write(lambda: self._transaction(load))
+
+    async def analyze(self) -> None:
+        """Refresh the query planner's statistics (after a bulk load)."""
+        await self._write(lambda: self._transaction(lambda conn: conn.execute("ANALYZE")))
+
+    async def explain(self, query: QidoQuery) -> str:
+        """SQLite's plan for a QIDO query (tests and benchmarks show that indexes are used)."""
+        limit = self._max_results if query.limit is None else min(query.limit, self._max_results)
+        sql, params = search_sql(query, limit + 1)
+        rows = await self._read(lambda conn: conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall())
+        return "\n".join(str(row[3]) for row in rows)
+
     # -- connections ---------------------------------------------------------------------------
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -262,7 +330,7 @@ class SqliteIndex:
         if readonly:
             conn.execute("PRAGMA query_only = ON")
         else:
-            conn.execute("PRAGMA journal_mode = WAL")
+            _ensure_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
         register_functions(conn)
         return conn
@@ -276,6 +344,26 @@ class SqliteIndex:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+
+
+def _ensure_wal(conn: sqlite3.Connection) -> None:
+    """Switch the database to WAL once; it stays WAL for every later connection.
+
+    Changing the journal mode needs an exclusive lock and answers SQLITE_BUSY at once instead
+    of waiting for busy_timeout, so another process opening the index at the same moment (a
+    second replica, ``reindex``) would fail: ask first, and retry the switch briefly.
+    """
+    for attempt in range(100):
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            time.sleep(min(0.01 * (attempt + 1), 0.2))
+    raise IndexError_("the index is locked by another process (could not switch it to WAL)")
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -295,51 +383,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
-@dataclasses.dataclass(frozen=True)
-class _Row:
-    """An InstanceRecord with everything the three tables need, derived from its metadata."""
-
-    record: InstanceRecord
-    study: dict[str, object]
-    series: dict[str, object]
-    instance: dict[str, object]
-
-    @classmethod
-    def from_record(cls, record: InstanceRecord) -> _Row:
-        meta = orjson.loads(record.metadata)
-        if not isinstance(meta, dict):
-            raise ValueError("InstanceRecord.metadata must be one DICOM JSON object")
-        study_attrs = {t: e for t, e in meta.items() if t in STUDY_TAGS}
-        study_attrs[STUDY_INSTANCE_UID] = {"vr": "UI", "Value": [record.study_uid]}
-        series_attrs = {t: e for t, e in meta.items() if t in SERIES_TAGS}
-        series_attrs[SERIES_INSTANCE_UID] = {"vr": "UI", "Value": [record.series_uid]}
-        pixel = None if record.pixel is None else orjson.dumps(dataclasses.asdict(record.pixel)).decode()
-        return cls(
-            record=record,
-            study={"study_uid": record.study_uid, **column_values("study", meta), "attrs": _text(study_attrs)},
-            series={
-                "study_uid": record.study_uid,
-                "series_uid": record.series_uid,
-                **column_values("series", meta),
-                "attrs": _text(series_attrs),
-            },
-            instance={
-                "sop_uid": record.sop_uid,
-                "study_uid": record.study_uid,
-                "series_uid": record.series_uid,
-                **column_values("instance", meta),
-                # The record's own SOP Class UID wins over the metadata's copy.
-                "sop_class_uid": record.sop_class_uid,
-                "transfer_syntax": record.transfer_syntax,
-                "size": record.size,
-                "sha256": record.sha256,
-                "origin": record.origin,
-                "stored_at": record.stored_at,
-                "frames": orjson.dumps(record.frames).decode(),
-                "pixel": pixel,
-                "metadata": record.metadata,
-            },
-        )
+class _Row(IndexRow):
+    """An :class:`IndexRow` that knows how to insert itself into SQLite."""
 
     def insert(self, conn: sqlite3.Connection) -> AddOutcome:
         rec = self.record
@@ -388,23 +433,9 @@ def _delete(conn: sqlite3.Connection, study: str, series: str, sop: str) -> None
         conn.execute("DELETE FROM studies WHERE study_uid = ?", (study,))
 
 
-def _record(row: tuple[Any, ...]) -> InstanceRecord:
-    study, series, sop, sop_class, syntax, size, sha256, origin, metadata, frames, pixel, stored_at = row
-    return InstanceRecord(
-        study_uid=study,
-        series_uid=series,
-        sop_uid=sop,
-        sop_class_uid=sop_class,
-        transfer_syntax=syntax,
-        size=size,
-        sha256=sha256,
-        origin=origin,
-        metadata=bytes(metadata),
-        frames=tuple(tuple((int(o), int(n)) for o, n in frame) for frame in orjson.loads(frames)),
-        pixel=None if pixel is None else PixelDescription(**orjson.loads(pixel)),
-        stored_at=stored_at,
-    )
+_record = record_from_row
 
 
-def _text(attrs: dict[str, Any]) -> str:
-    return orjson.dumps(attrs).decode()
+def _chain(first: InstanceRecord, rest: Iterator[InstanceRecord]) -> Iterator[InstanceRecord]:
+    yield first
+    yield from rest

@@ -80,6 +80,21 @@ def dicom_glob(pattern: str) -> str:
     return "".join(c if c in "*?" else _GLOB_SPECIAL.get(c, c) for c in pattern)
 
 
+_LIKE_SPECIAL = {"%": "\\%", "_": "\\_", "\\": "\\\\", "*": "%", "?": "_"}
+
+
+def dicom_like(pattern: str) -> str:
+    """SQL LIKE pattern (backslash escape) for a DICOM wildcard value: the LIKE counterpart of
+    :func:`dicom_glob`, for databases without GLOB (PostgreSQL). Case-sensitive like GLOB as
+    long as the column is (a deterministic collation; ``C`` also lets a prefix use an index)."""
+    return "".join(_LIKE_SPECIAL.get(c, c) for c in pattern)
+
+
+def fuzzy_word_like(word: str) -> str:
+    """LIKE counterpart of :func:`fuzzy_word_pattern`."""
+    return "% " + dicom_like(word) + "%"
+
+
 # ---------------------------------------------------------------------------------------------
 # Dates and times (PS3.5 6.2, PS3.4 C.2.2.2.5)
 # ---------------------------------------------------------------------------------------------

@@ -595,7 +595,7 @@ def negotiate_instances(
             # The client takes anything, so send the instances as stored: byte-identical to what
             # was received, no decode/re-encode cost, no loss. Orthanc and dcm4chee do the same
             # for */*; ELE and the other producible syntaxes remain fallbacks.
-            others = sorted(ctx.can - {AS_STORED, EXPLICIT_VR_LITTLE_ENDIAN})
+            others = sorted(s for s in ctx.can - {AS_STORED, EXPLICIT_VR_LITTLE_ENDIAN} if not is_lossy(s))
             return [dicom(AS_STORED), dicom(EXPLICIT_VR_LITTLE_ENDIAN), *map(dicom, others)]
         if r.media_type != MULTIPART_RELATED or r.param("type") not in (None, APPLICATION_DICOM):
             return []  # single-part application/dicom, dicom+xml, octet-stream: not offered
@@ -625,6 +625,8 @@ def negotiate_frames(
       transfer-syntax: frames stored lossy in that encoding as stored, else the default syntax of
       Table 8.7.3-5, else as stored if they have that media type. A named UID must belong to
       that media type;
+    * single-part ``image/jpeg`` (``image/jls``, ...): the same choices for one frame sent as its
+      bare bitstream (``multipart`` False: the caller refuses a list of several frames);
     * no Accept, ``*/*`` or ``multipart/related`` with no type -> octet-stream, as stored.
 
     As-stored frames keep the negotiated media type; the part header names their actual syntax.
@@ -632,14 +634,33 @@ def negotiate_frames(
     ctx = _Context(frozenset(stored_syntaxes), frozenset(supported), _same_frames)
     octet = APPLICATION_OCTET_STREAM
 
-    def part(media: str, syntax: str, fallback: bool = False) -> _Offer:
-        return _Offer(Negotiated(_SPELLING.get(media, media), syntax, True), fallback)
+    def part(media: str, syntax: str, fallback: bool = False, multipart: bool = True) -> _Offer:
+        return _Offer(Negotiated(_SPELLING.get(media, media), syntax, multipart), fallback)
+
+    def compressed(media: str, syntax: str | None, multipart: bool) -> list[_Offer]:
+        if syntax is None:
+            # Lossy frames of this type go out as they are rather than re-encoded in the default
+            # syntax (PS3.18 8.7.3 allows it); otherwise the default, else as stored if of this type.
+            # The default syntaxes are all lossless: nothing is made lossy unless asked by UID.
+            return [
+                part(media, AS_STORED, fallback=True, multipart=multipart),
+                part(media, DEFAULT_TRANSFER_SYNTAX[media], multipart=multipart),
+                part(media, AS_STORED, multipart=multipart),
+            ]
+        if syntax == AS_STORED or frame_media_type(syntax).lower() == media:
+            return [part(media, syntax, multipart=multipart)]
+        return []  # e.g. image/jpeg with a JPEG 2000 UID
 
     def interpret(r: MediaRange) -> list[_Offer]:
         if _is_generic(r):
             # As stored, as for instances; it is also what OHIF asks for (transfer-syntax=*).
-            others = sorted(ctx.can - {AS_STORED, EXPLICIT_VR_LITTLE_ENDIAN})
+            # Other producible syntaxes are fallbacks, lossy ones never (they must be asked for).
+            others = sorted(s for s in ctx.can - {AS_STORED, EXPLICIT_VR_LITTLE_ENDIAN} if not is_lossy(s))
             return [part(octet, AS_STORED), part(octet, EXPLICIT_VR_LITTLE_ENDIAN), *(part(octet, s) for s in others)]
+        single = normalize_media_type(r.media_type)
+        if single in _COMPRESSED_MEDIA_TYPES:
+            # One frame as the bare bitstream, not in a multipart body (PS3.18 8.7.3.3.2).
+            return compressed(single, r.param("transfer-syntax"), multipart=False)
         if r.media_type != MULTIPART_RELATED:
             return []
         media = r.param("type") or octet
@@ -650,17 +671,7 @@ def negotiate_frames(
             return [part(media, syntax)]
         if media not in _COMPRESSED_MEDIA_TYPES:
             return []
-        if syntax is None:
-            # Lossy frames of this type go out as they are rather than re-encoded in the default
-            # syntax (PS3.18 8.7.3 allows it); otherwise the default, else as stored if of this type.
-            return [
-                part(media, AS_STORED, fallback=True),
-                part(media, DEFAULT_TRANSFER_SYNTAX[media]),
-                part(media, AS_STORED),
-            ]
-        if syntax == AS_STORED or frame_media_type(syntax).lower() == media:
-            return [part(media, syntax)]
-        return []  # e.g. image/jpeg with a JPEG 2000 UID
+        return compressed(media, syntax, multipart=True)
 
     offered = ctx.describe(octet)
     kinds = sorted({frame_media_type(s) for s in ctx.stored} - {octet})
@@ -736,3 +747,36 @@ def negotiate_metadata(accept: str | None) -> Negotiated:
 def negotiate_qido(accept: str | None) -> Negotiated:
     """Negotiate a QIDO-RS search response (PS3.18 10.6): DICOM JSON only, as metadata."""
     return _negotiate_json(accept, "search results")
+
+
+RENDERED_MEDIA_TYPES = (IMAGE_JPEG, IMAGE_PNG)
+
+
+def negotiate_rendered(accept: str | None, *, multipart: bool = False) -> Negotiated:
+    """Negotiate a Retrieve Rendered or Thumbnail response (PS3.18 8.7.4, Table 8.7.4-1).
+
+    ``image/jpeg`` (the default: no Accept, ``*/*``, ``image/*``) or ``image/png``, single
+    part. With ``multipart`` (a rendered study or series), ``multipart/related; type=image/...``
+    is offered too: one rendered image per instance. Raises :class:`NotAcceptable` otherwise.
+    """
+
+    def single(media: str) -> _Offer:
+        return _Offer(Negotiated(media, None, False))
+
+    def interpret(r: MediaRange) -> list[_Offer]:
+        if r.type == "*" or (r.type == "image" and r.subtype == "*"):
+            return [single(IMAGE_JPEG), single(IMAGE_PNG)]
+        media = normalize_media_type(r.media_type)
+        if media in RENDERED_MEDIA_TYPES:
+            return [single(media)]
+        if multipart and r.media_type == MULTIPART_RELATED:
+            part = r.param("type") or IMAGE_JPEG
+            if part in RENDERED_MEDIA_TYPES:
+                return [_Offer(Negotiated(part, None, True))]
+        return []
+
+    ctx = _Context(frozenset(), frozenset(), str.__eq__)
+    offered = " or ".join(RENDERED_MEDIA_TYPES)
+    if multipart:
+        offered += ", or multipart/related of either"
+    return _negotiate(accept, interpret, ctx, what="a rendered image", offered=offered)

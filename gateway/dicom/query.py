@@ -55,6 +55,7 @@ from gateway.dicom.attributes import (
 from gateway.dicom.matching import temporal_bounds
 from gateway.dicom.uids import require_uid
 from gateway.errors import BadRequest
+from gateway.security.access import Restriction
 
 __all__ = ["Level", "Match", "MatchKind", "QidoQuery", "parse_qido"]
 
@@ -116,6 +117,9 @@ class QidoQuery:
     fuzzy: bool = False
     limit: int | None = None
     offset: int = 0
+    # Study-level access restriction of the requesting principal (gateway.security.access):
+    # indexes apply it where rows are selected, so limit/offset count only visible rows.
+    restriction: Restriction | None = None
 
     @property
     def spanned_levels(self) -> tuple[Level, ...]:

@@ -3,11 +3,19 @@
 PS3.18 8.7.3.5: when a client names no transfer syntax, ``application/dicom`` means Explicit VR
 Little Endian and ``application/octet-stream`` frames mean uncompressed little-endian pixels.
 Decoding uses pydicom's pixel decoders with the pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000, RLE).
+
+Encoding (:data:`ENCODABLE`): RLE Lossless (pylibjpeg-rle, else pydicom's own encoder),
+JPEG-LS Lossless (pyjpegls), JPEG 2000 Lossless (pylibjpeg-openjpeg), all through pydicom's
+encoder interface, and JPEG Baseline for 8-bit data through Pillow (pydicom has no JPEG
+encoder). JPEG Baseline is the one lossy target: callers offer it only when a client names it
+(gateway.dicom.media never picks a lossy syntax on its own), and an instance re-encoded in it
+says so in Lossy Image Compression (PS3.3 C.7.6.1.1.5).
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +23,18 @@ import numpy as np
 import pydicom
 from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from gateway.dicom.media import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    JPEG_2000_LOSSLESS,
+    JPEG_BASELINE_8BIT,
+    JPEG_LS_LOSSLESS,
+    RLE_LOSSLESS,
+    is_encapsulated,
+)
 from gateway.errors import NotAcceptable
 from gateway.ports import PixelDescription
 
@@ -32,8 +50,9 @@ def instance_to_uncompressed(source: Path | bytes, target: str) -> bytes:
     ds = pydicom.dcmread(fp)
     try:
         if ds.file_meta.TransferSyntaxUID.is_compressed:
-            # decompress() swaps PixelData and fixes PhotometricInterpretation (e.g. YBR -> RGB).
-            ds.decompress(as_rgb=True)
+            # decompress() swaps PixelData and fixes PhotometricInterpretation (e.g. YBR -> RGB);
+            # it must keep the SOP Instance UID (pydicom 3 makes a new one unless told not to).
+            ds.decompress(as_rgb=True, generate_instance_uid=False)
     except Exception as exc:  # pydicom raises a variety of codec errors
         raise NotAcceptable(
             f"stored transfer syntax {ds.file_meta.TransferSyntaxUID} cannot be decoded here: {exc}"
@@ -68,3 +87,235 @@ def decode_frame(encoded: bytes, transfer_syntax: str, pixel: PixelDescription) 
         raise NotAcceptable(f"frame in transfer syntax {transfer_syntax} cannot be decoded here: {exc}") from exc
     little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     return bytes(np.ascontiguousarray(little).tobytes())
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+LOSSLESS_ENCODABLE = frozenset({RLE_LOSSLESS, JPEG_LS_LOSSLESS, JPEG_2000_LOSSLESS})
+"""Compressed syntaxes frames and instances can be re-encoded in without loss."""
+ENCODABLE = LOSSLESS_ENCODABLE | {JPEG_BASELINE_8BIT}
+"""Every compressed syntax the gateway can produce (JPEG Baseline: 8-bit data only, lossy)."""
+DEFAULT_JPEG_QUALITY = 90
+# pylibjpeg-openjpeg encodes with 6 wavelet resolutions, which needs 2^5 pixels on each side.
+J2K_MIN_SIDE = 32
+_COLOUR = ("RGB", "YBR_FULL")  # what decoded colour frames are in (see decoded_description)
+
+
+def can_decode(transfer_syntax: str) -> bool:
+    """Whether frames stored in ``transfer_syntax`` can be decoded to native pixels here."""
+    if transfer_syntax in NATIVE_LITTLE_ENDIAN:
+        return True
+    try:
+        return bool(get_decoder(UID(transfer_syntax)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def decoded_description(pixel: PixelDescription, transfer_syntax: str) -> PixelDescription:
+    """What :func:`decode_frame` returns frames of ``pixel`` in: compressed colour comes back as
+    interleaved RGB (pydicom converts YBR, JPEG 2000 undoes its colour transform)."""
+    if transfer_syntax in NATIVE_LITTLE_ENDIAN or not is_encapsulated(transfer_syntax):
+        return pixel
+    photometric = pixel.photometric_interpretation
+    if pixel.samples_per_pixel == 3 and photometric.startswith("YBR"):
+        photometric = "RGB"
+    return replace(pixel, photometric_interpretation=photometric, planar_configuration=0)
+
+
+def can_encode(target: str, pixel: PixelDescription | None) -> bool:
+    """Whether decoded frames described by ``pixel`` can be encoded in ``target`` here."""
+    if target in NATIVE_LITTLE_ENDIAN:
+        return True
+    if target not in ENCODABLE:
+        return False
+    if pixel is None:
+        return True  # no pixel data: the syntax only changes the label (see transcode_instance)
+    if pixel.samples_per_pixel not in (1, 3) or pixel.bits_allocated not in (8, 16):
+        return False
+    photometric = pixel.photometric_interpretation
+    if pixel.samples_per_pixel == 3 and photometric not in _COLOUR:
+        return False  # e.g. YBR_FULL_422 native data: not what the encoders take
+    if target == JPEG_BASELINE_8BIT:
+        return (
+            pixel.bits_allocated == 8
+            and pixel.bits_stored == 8
+            and pixel.pixel_representation == 0
+            and photometric in ("MONOCHROME1", "MONOCHROME2", "RGB")
+        )
+    if target == RLE_LOSSLESS:
+        return True
+    if target == JPEG_2000_LOSSLESS and min(pixel.rows, pixel.columns) < J2K_MIN_SIDE:
+        return False
+    try:
+        return bool(get_encoder(UID(target)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def encodable_syntaxes(pixel: PixelDescription | None, stored: str) -> frozenset[str]:
+    """The compressed syntaxes frames of an instance stored in ``stored`` can be sent in."""
+    if pixel is not None and not can_decode(stored):
+        return frozenset()
+    decoded = None if pixel is None else decoded_description(pixel, stored)
+    return frozenset(ts for ts in ENCODABLE if can_encode(ts, decoded))
+
+
+def frame_array(native: bytes, pixel: PixelDescription) -> np.ndarray:
+    """Native little-endian frame bytes as (rows, columns[, samples]), samples interleaved."""
+    kinds = {(8, 0): "u1", (8, 1): "i1", (16, 0): "<u2", (16, 1): "<i2"}
+    dtype = np.dtype(kinds[(pixel.bits_allocated, pixel.pixel_representation)])
+    count = pixel.rows * pixel.columns * pixel.samples_per_pixel
+    arr = np.frombuffer(native, dtype=dtype, count=count)
+    unused = pixel.bits_allocated - pixel.bits_stored
+    if 0 < unused < pixel.bits_allocated:
+        # Bits above High Bit are not pixel data (PS3.5 8.1.1): the encoders refuse values that
+        # use them, and decoders never return them. Sign-extend or mask them away.
+        arr = (arr << unused) >> unused if pixel.pixel_representation else arr & ((1 << pixel.bits_stored) - 1)
+    if pixel.samples_per_pixel == 1:
+        return arr.reshape(pixel.rows, pixel.columns)
+    if pixel.planar_configuration == 1:
+        return arr.reshape(3, pixel.rows, pixel.columns).transpose(1, 2, 0)
+    return arr.reshape(pixel.rows, pixel.columns, 3)
+
+
+def _jpeg_baseline(arr: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    if arr.ndim == 3:
+        # 4:2:2 chroma subsampling: PhotometricInterpretation YBR_FULL_422 (PS3.5 8.2.1).
+        Image.fromarray(np.ascontiguousarray(arr), "RGB").save(buf, "JPEG", quality=quality, subsampling=1)
+    else:
+        Image.fromarray(np.ascontiguousarray(arr), "L").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_frame(native: bytes, pixel: PixelDescription, target: str, *, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """One decoded frame (native little-endian bytes described by ``pixel``, e.g. from
+    :func:`decode_frame` with :func:`decoded_description`) encoded as ``target``'s bitstream."""
+    if target in NATIVE_LITTLE_ENDIAN:
+        return native
+    if not can_encode(target, pixel):
+        raise NotAcceptable(f"frames of this instance cannot be encoded in transfer syntax {target}")
+    arr = frame_array(native, pixel)
+    if target == JPEG_BASELINE_8BIT:
+        return _jpeg_baseline(arr, quality)
+    options: dict[str, Any] = {
+        "rows": pixel.rows,
+        "columns": pixel.columns,
+        "samples_per_pixel": pixel.samples_per_pixel,
+        "bits_allocated": pixel.bits_allocated,
+        "bits_stored": pixel.bits_stored,
+        "pixel_representation": pixel.pixel_representation,
+        "photometric_interpretation": pixel.photometric_interpretation,
+        "planar_configuration": 0,
+        "number_of_frames": 1,
+    }
+    if target == JPEG_2000_LOSSLESS and pixel.samples_per_pixel == 3:
+        # No reversible colour transform: the codestream decodes to the RGB it was given.
+        options["use_mct"] = False
+    try:
+        encoder = get_encoder(UID(target))
+        return bytes(encoder.encode(arr, encoding_plugin=_plugin(target), **options))
+    except Exception as exc:  # codec errors (e.g. values outside Bits Stored)
+        raise NotAcceptable(f"frame cannot be encoded in transfer syntax {target}: {exc}") from exc
+
+
+def _plugin(target: str) -> str:
+    if target == RLE_LOSSLESS:
+        # pylibjpeg-rle is ~30x faster than pydicom's pure-Python RLE encoder.
+        return "pylibjpeg" if "pylibjpeg" in get_encoder(UID(RLE_LOSSLESS)).available_plugins else "pydicom"
+    return ""
+
+
+def transcode_instance(source: Path | bytes, target: str, *, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """The Part 10 instance in transfer syntax ``target`` (uncompressed or one of :data:`ENCODABLE`).
+
+    Every frame is decoded and re-encoded; the data set is unchanged except where the new
+    encoding requires it (Photometric Interpretation, Lossy Image Compression for JPEG Baseline).
+    An instance without Pixel Data only changes its label (its data set is Explicit VR Little
+    Endian in every compressed syntax).
+    """
+    if target in (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN):
+        return instance_to_uncompressed(source, target)
+    if target not in ENCODABLE:
+        raise NotAcceptable(f"transcoding to transfer syntax {target} is not supported")
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    ds = pydicom.dcmread(fp)
+    stored = str(ds.file_meta.TransferSyntaxUID)
+    if stored == target:
+        return source if isinstance(source, bytes) else Path(source).read_bytes()
+    try:
+        if "PixelData" in ds:
+            if ds.file_meta.TransferSyntaxUID.is_compressed:
+                ds.decompress(as_rgb=True, generate_instance_uid=False)
+            if target == JPEG_BASELINE_8BIT:
+                _compress_jpeg_baseline(ds, quality)
+            else:
+                _compress(ds, target)
+    except NotAcceptable:
+        raise
+    except Exception as exc:  # pydicom raises a variety of codec errors
+        raise NotAcceptable(f"instance cannot be transcoded from {stored} to {target}: {exc}") from exc
+    ds.file_meta.TransferSyntaxUID = UID(target)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    return out.getvalue()
+
+
+def description_of(ds: pydicom.Dataset) -> PixelDescription:
+    return PixelDescription(
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        samples_per_pixel=int(ds.get("SamplesPerPixel", 1)),
+        bits_allocated=int(ds.BitsAllocated),
+        bits_stored=int(ds.get("BitsStored", ds.BitsAllocated)),
+        pixel_representation=int(ds.get("PixelRepresentation", 0)),
+        photometric_interpretation=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        planar_configuration=int(ds.get("PlanarConfiguration", 0) or 0),
+        number_of_frames=int(ds.get("NumberOfFrames", 1) or 1),
+    )
+
+
+def _compress(ds: pydicom.Dataset, target: str) -> None:
+    pixel = description_of(ds)
+    if not can_encode(target, pixel):
+        raise NotAcceptable(f"the pixel data cannot be encoded in transfer syntax {target}")
+    options: dict[str, Any] = {}
+    if target == JPEG_2000_LOSSLESS and pixel.samples_per_pixel == 3:
+        options["use_mct"] = False  # keeps Photometric Interpretation RGB
+    size = pixel.rows * pixel.columns * pixel.samples_per_pixel * pixel.bits_allocated // 8
+    data: bytes = ds.PixelData
+    frames = [frame_array(data[i * size : (i + 1) * size], pixel) for i in range(pixel.number_of_frames)]
+    arr = frames[0] if pixel.number_of_frames == 1 else np.stack(frames)
+    ds.compress(target, arr, encoding_plugin=_plugin(target), generate_instance_uid=False, **options)
+
+
+def _compress_jpeg_baseline(ds: pydicom.Dataset, quality: int) -> None:
+    pixel = description_of(ds)
+    if not can_encode(JPEG_BASELINE_8BIT, pixel):
+        raise NotAcceptable("JPEG Baseline needs 8-bit unsigned monochrome or RGB pixel data")
+    size = pixel.rows * pixel.columns * pixel.samples_per_pixel
+    data: bytes = ds.PixelData
+    frames = [
+        _jpeg_baseline(frame_array(data[i * size : (i + 1) * size], pixel), quality)
+        for i in range(pixel.number_of_frames)
+    ]
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    if pixel.samples_per_pixel == 3:
+        ds.PhotometricInterpretation = "YBR_FULL_422"
+        ds.PlanarConfiguration = 0
+    # PS3.3 C.7.6.1.1.5: the image has now been lossy compressed, and with what.
+    ratio = len(data) / max(1, sum(len(f) for f in frames))
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = [*_as_list(ds.get("LossyImageCompressionRatio")), f"{ratio:.2f}"[:16]]
+    ds.LossyImageCompressionMethod = [*_as_list(ds.get("LossyImageCompressionMethod")), "ISO_10918_1"]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | int | float):
+        return [value]
+    return list(value)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from gateway.ports import BlobStore, Index
+from gateway.ports import BlobStore, Index, Upstream
+from gateway.services.federation import QidoFederation
+from gateway.services.forward import ForwardService
+from gateway.services.rendered import RenderService
 from gateway.services.stow import StowService
+from gateway.services.upstream_retrieve import UpstreamRetrieveService
 from gateway.services.wado import WadoService
 from gateway.settings import Settings
 
@@ -19,6 +24,19 @@ class Gateway:
     index: Index
     stow: StowService
     wado: WadoService
+    qido: QidoFederation  # QIDO over the index and the PACS nodes
+    retrieval: UpstreamRetrieveService  # WADO selections: the cache, or a PACS through it
+    forward: ForwardService | None  # STOW forwarding to settings.forward_to
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # the PACS nodes, by name (readiness)
+    rendered: RenderService | None = None  # rendered images and thumbnails (always set by create_app)
+
+    @property
+    def renderer(self) -> RenderService:
+        """The render service (built from ``wado`` when not wired in)."""
+        if self.rendered is None:
+            object.__setattr__(self, "rendered", RenderService(self.wado))
+        assert self.rendered is not None
+        return self.rendered
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -35,4 +53,6 @@ def base_url(request: Request) -> str:
     settings = gateway_of(request).settings
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
-    return str(request.base_url).rstrip("/") + settings.base_path
+    # X-Forwarded-Prefix from a trusted proxy (gateway.http.forwarded): the path it strips.
+    prefix: str = request.scope.get("state", {}).get("forwarded_prefix", "")
+    return str(request.base_url).rstrip("/") + prefix + settings.base_path

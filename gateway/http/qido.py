@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import orjson
@@ -12,7 +13,7 @@ from gateway.dicom import uids
 from gateway.dicom.media import negotiate_qido
 from gateway.dicom.query import parse_qido
 from gateway.http.context import base_url, gateway_of
-from gateway.services import qido
+from gateway.http.security import restriction_of
 
 Level = Literal["study", "series", "instance"]
 
@@ -33,13 +34,18 @@ def _endpoint(level: Level):  # type: ignore[no-untyped-def]
             study=study,
             series=series,
         )
-        result = await qido.search(gw.index, query, base_url=base_url(request))
+        query = dataclasses.replace(query, restriction=restriction_of(request))
+        # Under {base}/pacs/{name} only that PACS is asked (gateway.services.federation).
+        result = await gw.qido.search(query, base_url=base_url(request), pacs=request.path_params.get("pacs"))
         response = Response(orjson.dumps(result.rows), media_type=negotiated.media_type)
         if result.more:
             # PS3.18 8.3.4.4 / 10.6.3.2: tell the client the list was cut by limit.
             response.headers["warning"] = (
                 '299 dicomweb-gateway "There are additional results that can be requested with offset"'
             )
+        for warning in result.extra.get("warnings", ()):
+            # A PACS that failed costs only its rows; say which and why (PS3.18 8.3.4.x).
+            response.headers.append("warning", f'299 dicomweb-gateway "{_header_text(warning)}"')
         return response
 
     search.__name__ = f"search_{level}"
@@ -49,3 +55,7 @@ def _endpoint(level: Level):  # type: ignore[no-untyped-def]
 search_studies = _endpoint("study")
 search_series = _endpoint("series")
 search_instances = _endpoint("instance")
+
+
+def _header_text(text: str) -> str:
+    return "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else " " for c in text)[:300]

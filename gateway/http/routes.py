@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Mount, Route
 
-from gateway.http import health, qido, stow, wado
+from gateway.http import capabilities, health, metrics, qido, rendered, stow, wado, wado_uri
 
 S = "/studies/{study}"
 SE = S + "/series/{series}"
@@ -12,11 +12,12 @@ I = SE + "/instances/{instance}"  # noqa: E741
 
 
 def dicomweb_routes() -> list[BaseRoute]:
-    return [
+    routes: list[BaseRoute] = [
         Route("/studies", qido.search_studies, methods=["GET"]),
         Route("/studies", stow.store_instances, methods=["POST"]),
         Route("/series", qido.search_series, methods=["GET"]),
         Route("/instances", qido.search_instances, methods=["GET"]),
+        Route("/wado", wado_uri.retrieve, methods=["GET"]),  # WADO-URI (PS3.18 9)
         Route(S, wado.retrieve, methods=["GET"]),
         Route(S, stow.store_instances, methods=["POST"]),
         Route(S + "/metadata", wado.metadata, methods=["GET"]),
@@ -29,14 +30,29 @@ def dicomweb_routes() -> list[BaseRoute]:
         Route(I + "/metadata", wado.metadata, methods=["GET"]),
         Route(I + "/frames/{frames}", wado.frames, methods=["GET"]),
         Route(I + "/bulkdata/{path:path}", wado.bulkdata, methods=["GET"]),
+        # Rendered and thumbnail resources (PS3.18 10.4.1.1.3) at every level.
+        *(
+            Route(level + "/" + kind, endpoint, methods=["GET"])
+            for level in (S, SE, I, I + "/frames/{frames}")
+            for kind, endpoint in (("rendered", rendered.rendered), ("thumbnail", rendered.thumbnail))
+        ),
     ]
+    # One PACS alone, as a read-only DICOMweb root of its own: {base}/pacs/{name}/studies, ...
+    # (gateway.services.federation explains the selector; an unknown name is a 404).
+    read_only = [r for r in routes if isinstance(r, Route) and "POST" not in (r.methods or ())]
+    # The Capabilities transaction (PS3.18 8.9) on every resource: OPTIONS only, so other methods
+    # on unknown paths stay 404 (gateway.http.capabilities).
+    options = capabilities.OptionsRoute("/{path:path}", capabilities.describe, methods=["OPTIONS"])
+    return [*routes, options, Mount("/pacs/{pacs}", routes=read_only)]
 
 
 def all_routes(base_path: str) -> list[BaseRoute]:
     probes: list[BaseRoute] = [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
     ]
     if not base_path:
         return probes + dicomweb_routes()
-    return [*probes, Mount(base_path, routes=dicomweb_routes())]
+    base = capabilities.OptionsRoute(base_path, capabilities.describe, methods=["OPTIONS"])  # OPTIONS {base}
+    return [*probes, base, Mount(base_path, routes=dicomweb_routes())]

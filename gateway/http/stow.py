@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from contextlib import aclosing
 from typing import Any
 
+import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,9 +14,12 @@ from starlette.responses import Response
 from gateway.dicom import uids
 from gateway.dicom.media import APPLICATION_DICOM, APPLICATION_DICOM_JSON, MULTIPART_RELATED, parse_content_type
 from gateway.dicom.multipart import MultipartLimits, iter_parts
+from gateway.dicom.ziparchive import Skipped, ZipLimits, is_zip_media_type
 from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from gateway.http.context import base_url, gateway_of
+from gateway.http.security import restriction_of
 from gateway.services.stow import StowOutcome
+from gateway.services.zipstow import expand_archive, expand_archives
 
 
 async def store_instances(request: Request) -> Response:
@@ -29,13 +34,20 @@ async def store_instances(request: Request) -> Response:
             'STOW-RS needs Content-Type: multipart/related; type="application/dicom" (PS3.18 10.5.1)'
         )
     media, params = parse_content_type(raw_type)
+    # ZIP archives (issue #5): the whole body, or zip parts of a multipart body (services/zipstow.py).
+    skipped: list[Skipped] = []
+    zip_limits = ZipLimits(
+        max_entries=limits.max_parts, max_entry_bytes=limits.max_part_bytes, max_total_bytes=limits.max_body_bytes
+    )
+    if is_zip_media_type(media):
+        return await _store_archive(request, study, zip_limits, skipped)
     if media != MULTIPART_RELATED:
         raise UnsupportedMediaType(
             f'STOW-RS takes multipart/related; type="application/dicom", not {media or "no Content-Type"}'
             " (PS3.18 10.5.1)"
         )
     part_type = params.get("type", APPLICATION_DICOM).lower()
-    if part_type != APPLICATION_DICOM:
+    if part_type != APPLICATION_DICOM and not is_zip_media_type(part_type):
         raise UnsupportedMediaType(
             f'multipart/related type "{part_type}" is not supported; send application/dicom parts'
         )
@@ -53,15 +65,60 @@ async def store_instances(request: Request) -> Response:
         max_body_bytes=limits.max_body_bytes,
         max_part_bytes=limits.max_part_bytes,
     )
-    async with aclosing(
-        iter_parts(request.stream(), boundary.encode("latin-1"), spool_dir=spool, limits=multipart_limits)
-    ) as parts:
-        outcome = await gw.stow.store_parts(parts, study_uid=study)
+    async with (
+        aclosing(
+            iter_parts(request.stream(), boundary.encode("latin-1"), spool_dir=spool, limits=multipart_limits)
+        ) as received,
+        aclosing(expand_archives(received, spool, zip_limits, skipped)) as parts,
+    ):
+        outcome = await gw.stow.store_parts(parts, study_uid=study, restriction=restriction_of(request))
+    return await _finish(request, outcome, study, skipped)
+
+
+async def _store_archive(
+    request: Request, study: str | None, zip_limits: ZipLimits, skipped: list[Skipped]
+) -> Response:
+    """``Content-Type: application/zip``: the body is spooled whole (a ZIP is read from its end),
+    then its DICOM files are stored as the parts of a multipart body would be."""
+    gw = gateway_of(request)
+    limit = gw.settings.limits.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+    spool = gw.settings.effective_spool_dir
+    spool.mkdir(parents=True, exist_ok=True)
+    path = spool / f".zipbody-{uuid.uuid4().hex}"
+    try:
+        size = 0
+        async with await anyio.open_file(path, "wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                await f.write(chunk)
+        async with aclosing(expand_archive(path, spool, zip_limits, skipped)) as parts:
+            outcome = await gw.stow.store_parts(parts, study_uid=study, restriction=restriction_of(request))
+    finally:
+        path.unlink(missing_ok=True)
+    return await _finish(request, outcome, study, skipped)
+
+
+async def _finish(request: Request, outcome: StowOutcome, study: str | None, skipped: list[Skipped]) -> Response:
+    gw = gateway_of(request)
+    if skipped and not outcome.stored and not outcome.failed:
+        raise BadRequest(f"no DICOM file in the ZIP archive ({len(skipped)} other member(s) skipped)")
+    if gw.forward is not None:
+        # Queued durably before the acknowledgement; sent to the PACS after it (services/forward.py).
+        await gw.forward.enqueue((s.study_uid, s.series_uid, s.sop_instance_uid) for s in outcome.stored)
     # For the audit trail (gateway.http.audit): which instances this request stored.
     request.scope.setdefault("state", {})["stored_instances"] = [
         (s.study_uid, s.series_uid, s.sop_instance_uid) for s in outcome.stored
     ]
-    return _store_response(outcome, base_url(request), study)
+    response = _store_response(outcome, base_url(request), study)
+    # Members of ZIP archives that are not instances: reported, not stored, not failures.
+    for item in skipped[: max(0, 50 - len(outcome.failed))]:
+        response.headers.append("warning", f'299 dicomweb-gateway "{_header_safe(item.name)}: skipped, {item.reason}"')
+    return response
 
 
 def _store_response(outcome: StowOutcome, base: str, study: str | None) -> Response:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -16,13 +17,21 @@ from gateway.dicom.media import (
     negotiate_metadata,
 )
 from gateway.dicom.multipart import content_type_for_multipart, multipart_stream, new_boundary
+from gateway.errors import NotAcceptable
 from gateway.http.context import base_url, gateway_of
+from gateway.http.security import restriction_of
 from gateway.ports import InstanceRecord
-from gateway.services.wado import FRAME_SYNTAXES, INSTANCE_SYNTAXES, parse_frame_list
+from gateway.services.wado import INSTANCE_SYNTAXES, parse_frame_list
 
 # Pixel data must not be gzip-compressed by middleware or proxies on our behalf: it costs far
 # more CPU than it saves on already-compressed or noisy image data.
 _NO_TRANSFORM = {"Cache-Control": "private, no-transform"}
+
+
+def _pacs(request: Request) -> str | None:
+    """The PACS a ``{base}/pacs/{name}/...`` path selects (None: the store, then any PACS)."""
+    name: str | None = request.path_params.get("pacs")
+    return name
 
 
 def _uids(request: Request) -> tuple[str, str | None, str | None]:
@@ -33,17 +42,20 @@ def _uids(request: Request) -> tuple[str, str | None, str | None]:
 async def retrieve(request: Request) -> Response:
     """``GET .../studies/{s}[/series/{se}[/instances/{i}]]``: multipart/related DICOM instances."""
     gw = gateway_of(request)
-    records = await gw.wado.select(*_uids(request))
+    # From the store, or streamed from a PACS as each instance arrives (and cached on the way).
+    retrieval = await gw.retrieval.stream(*_uids(request), pacs=_pacs(request), restriction=restriction_of(request))
     negotiated = negotiate_instances(
         request.headers.get("accept"),
-        stored_syntaxes={r.transfer_syntax for r in records},
+        stored_syntaxes=retrieval.syntaxes,
         supported=INSTANCE_SYNTAXES,
     )
+    await gw.wado.check_transcodable(*_uids(request), negotiated)
     boundary = new_boundary()
 
-    def parts() -> Iterator[tuple[str, AsyncIterator[bytes]]]:
-        for record in records:
-            yield gw.wado.instance_part(record, negotiated)
+    async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+        async with aclosing(retrieval.items) as items:  # a client gone stops following the PACS retrieve
+            async for item in items:
+                yield gw.retrieval.part(item, negotiated)
 
     media_type = content_type_for_multipart(negotiated.media_type, negotiated.transfer_syntax, boundary)
     return StreamingResponse(multipart_stream(parts(), boundary), media_type=media_type, headers=_NO_TRANSFORM)
@@ -53,14 +65,15 @@ async def metadata(request: Request) -> Response:
     """``GET .../metadata`` at study, series or instance level, answered from the index."""
     gw = gateway_of(request)
     negotiated = negotiate_metadata(request.headers.get("accept"))
-    records = await gw.wado.select(*_uids(request))
+    records = await gw.retrieval.select(*_uids(request), pacs=_pacs(request), restriction=restriction_of(request))
     return Response(gw.wado.metadata_body(records, base_url(request)), media_type=negotiated.media_type)
 
 
 async def _one_instance(request: Request) -> InstanceRecord:
     gw = gateway_of(request)
     study, series, sop = _uids(request)
-    return (await gw.wado.select(study, series, sop))[0]
+    records = await gw.retrieval.select(study, series, sop, pacs=_pacs(request), restriction=restriction_of(request))
+    return records[0]
 
 
 async def frames(request: Request) -> Response:
@@ -69,10 +82,18 @@ async def frames(request: Request) -> Response:
     numbers = parse_frame_list(request.path_params["frames"])
     record = await _one_instance(request)
     negotiated = negotiate_frames(
-        request.headers.get("accept"), stored_syntaxes={record.transfer_syntax}, supported=FRAME_SYNTAXES
+        request.headers.get("accept"),
+        stored_syntaxes={record.transfer_syntax},
+        supported=gw.wado.frame_syntaxes(record),
     )
+    if not negotiated.multipart and len(numbers) != 1:
+        raise NotAcceptable(
+            f"a single-part {negotiated.media_type} response holds one frame; ask for multipart/related"
+        )
     bodies = await gw.wado.frames(record, numbers, negotiated)
     part_type = gw.wado.frame_content_type(record, negotiated)
+    if not negotiated.multipart:  # one frame as its bare bitstream (image/jls, image/jp2, ...)
+        return Response(bodies[0], media_type=part_type, headers=_NO_TRANSFORM)
     boundary = new_boundary()
     media_type = content_type_for_multipart(negotiated.media_type, None, boundary)
     location = f"{base_url(request)}/studies/{record.study_uid}/series/{record.series_uid}/instances/{record.sop_uid}"

@@ -1,7 +1,7 @@
 """QIDO-RS (PS3.18 10.6): answer a parsed query from the index.
 
-Later this also asks each configured PACS (C-FIND) and merges the answers by UID; the index's
-rows then win for entities the gateway holds.
+With PACS nodes configured, :mod:`gateway.services.federation` also asks each of them (C-FIND)
+and merges the answers by UID, using :func:`with_urls` for every row.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ async def search(index: Index, query: QidoQuery, *, base_url: str) -> SearchResu
     relative BulkDataURIs (``includefield=all`` at instance level) made absolute."""
     base = base_url.rstrip("/")
     result = await index.search(query)
-    rows = [_with_urls(row, query, base) for row in result.rows]
+    rows = [with_urls(row, query, base) for row in result.rows]
     return SearchResult(rows=rows, more=result.more, extra=result.extra)
 
 
-def _with_urls(row: DicomJson, query: QidoQuery, base: str) -> DicomJson:
+def with_urls(row: DicomJson, query: QidoQuery, base: str) -> DicomJson:
+    """``row`` with its RetrieveURL under ``base`` and absolute BulkDataURIs."""
     url = f"{base}/studies/{_uid(row, STUDY_INSTANCE_UID)}"
     if query.level != "study":
         url += f"/series/{_uid(row, SERIES_INSTANCE_UID)}"

@@ -14,18 +14,28 @@ byte-identical (SHA-256) and completes steps 2 and 3 idempotently, so exactly on
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import anyio
+import orjson
 
-from gateway.dicom import uids
+from gateway import observability
+from gateway.dicom import transcode, uids
+from gateway.dicom.media import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from gateway.dicom.parse import InstanceRejected, ParseLimits, parse_part10
+from gateway.dicom.query import Match, QidoQuery
 from gateway.errors import AlreadyExists, GatewayError
 from gateway.ports import AddOutcome, BlobStore, Index, InstanceRecord
+from gateway.security.access import Restriction
+from gateway.services.claims import Claimant, InstanceClaims
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +44,7 @@ FAILURE_PROCESSING = 0x0110
 FAILURE_DUPLICATE_SOP = 0x0111  # PS3.7 C.4.2.1.4: a different object under a stored SOP Instance UID
 FAILURE_STUDY_MISMATCH = 0xA900  # instance does not belong to the study named in the URL
 FAILURE_UNSUPPORTED_MEDIA = 0xC000
+FAILURE_NOT_AUTHORIZED = 0x0124  # PS3.7 C.4.2.1.4 "Refused: Not Authorized"
 
 
 class UploadedPart(Protocol):
@@ -47,11 +58,39 @@ class UploadedPart(Protocol):
 
 
 @dataclass(frozen=True)
+class _OwnedPart:
+    """A part whose spooled file the service has taken over from the multipart reader."""
+
+    content_type: str | None
+    path: Path
+
+
+def _first_gateway_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to report from a failed pipeline: the first GatewayError (a client or store
+    error), else the first error of any kind (a bug: it becomes a 500)."""
+    flat: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            flat.append(exc)
+
+    walk(group)
+    for exc in flat:
+        if isinstance(exc, GatewayError):
+            return exc
+    return flat[0]
+
+
+@dataclass(frozen=True)
 class StoredInstance:
     sop_class_uid: str
     sop_instance_uid: str
     study_uid: str
     series_uid: str
+    created: bool = True  # False when an identical copy was already stored (nothing new to undo)
 
 
 @dataclass(frozen=True)
@@ -80,24 +119,103 @@ class StowOutcome:
 
 
 class StowService:
-    def __init__(self, store: BlobStore, index: Index, parse_limits: ParseLimits, *, parse_threads: int = 2) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        index: Index,
+        parse_limits: ParseLimits,
+        *,
+        parse_threads: int = 2,
+        pipeline: int = 8,
+        compress_to: str | None = None,
+    ) -> None:
         self._store = store
         self._index = index
         self._parse_limits = parse_limits
+        # Lossless compression on ingest (settings.storage_compression): a transfer syntax UID.
+        self._compress_to = compress_to
         self._parse_limiter = anyio.CapacityLimiter(parse_threads)
+        self._claims = InstanceClaims()
+        self._pipeline = pipeline
 
-    async def store_parts(self, parts: AsyncIterator[UploadedPart], *, study_uid: str | None) -> StowOutcome:
-        """Store every part in turn; per-instance failures are collected, not raised."""
+    async def store_parts(
+        self, parts: AsyncIterator[UploadedPart], *, study_uid: str | None, restriction: Restriction | None = None
+    ) -> StowOutcome:
+        """Store every part; per-instance failures are collected, not raised.
+
+        Up to ``pipeline`` instances are parsed and written at once while the body keeps
+        streaming in: parsing is CPU work and the durable writes are mostly waiting on fsync, so
+        overlapping them is what makes a many-instance upload fast. The outcome keeps part order.
+        """
+        results: list[StoredInstance | FailedInstance | None] = []
+        request = Claimant()
+        slots = anyio.Semaphore(self._pipeline)
+
+        async def store(index: int, content_type: str | None, path: Path) -> None:
+            try:
+                part = _OwnedPart(content_type, path)
+                results[index] = await self.store_one(
+                    part, study_uid=study_uid, restriction=restriction, claimant=request
+                )
+            finally:
+                # A metadata-only operation on the local spool disk: not worth a thread hop.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                slots.release()
+
+        try:
+            try:
+                async with anyio.create_task_group() as tg:
+                    async for part in parts:
+                        await slots.acquire()
+                        # The reader deletes a part's file when it reads on: take it over first.
+                        owned = part.path.with_name(f".stow-{uuid.uuid4().hex}")
+                        os.replace(part.path, owned)
+                        results.append(None)
+                        tg.start_soon(store, len(results) - 1, part.content_type, owned)
+            except BaseExceptionGroup as group:
+                raise _first_gateway_error(group) from None
+        except GatewayError as exc:
+            if exc.status < 500:
+                # The request is refused as a whole (a limit hit, a malformed body): the client is
+                # told nothing was stored, so what only this request created does not stay behind.
+                # Server-side failures keep what is stored: the retry finds identical duplicates.
+                with anyio.CancelScope(shield=True):
+                    for result in results:
+                        if isinstance(result, StoredInstance) and result.created:
+                            await self._undo(result, request)
+            raise
+        finally:
+            self._claims.release_all(request)
         outcome = StowOutcome()
-        async for part in parts:
-            result = await self.store_one(part, study_uid=study_uid)
+        for result in results:
             if isinstance(result, StoredInstance):
                 outcome.stored.append(result)
-            else:
+                observability.stow_instances(stored=1)
+            elif result is not None:
                 outcome.failed.append(result)
+                observability.stow_instances(failed=1)
         return outcome
 
-    async def store_one(self, part: UploadedPart, *, study_uid: str | None) -> StoredInstance | FailedInstance:
+    async def _undo(self, stored: StoredInstance, request: Claimant) -> None:
+        async with self._claims.undoing(stored.sop_instance_uid, request) as sole:
+            if not sole:
+                return  # another upload relies on this instance now: it stays
+            try:
+                await self._index.delete(stored.study_uid, stored.series_uid, stored.sop_instance_uid)
+            except GatewayError as exc:
+                log.warning("could not unindex %s: %s", stored.sop_instance_uid, exc.reason)
+                return  # an indexed instance must keep its object
+            await self._delete_objects(stored.study_uid, stored.series_uid, stored.sop_instance_uid)
+
+    async def store_one(
+        self,
+        part: UploadedPart,
+        *,
+        study_uid: str | None,
+        restriction: Restriction | None = None,
+        claimant: Claimant | None = None,
+    ) -> StoredInstance | FailedInstance:
         # A part without Content-Type takes the multipart type parameter (RFC 2387 3.1).
         media = (part.content_type or "application/dicom").split(";", 1)[0].strip().lower()
         if media and media != "application/dicom":
@@ -116,15 +234,80 @@ class StowService:
                 f"StudyInstanceUID {record.study_uid} does not match the study {study_uid} in the request URL",
                 conflict=True,
             )
+        if restriction is not None and not await self._permitted(record, restriction):
+            # Checked before anything is stored or compared, so a restricted principal learns
+            # nothing about studies outside its restriction (gateway.security.access).
+            return FailedInstance(
+                record.sop_class_uid,
+                record.sop_uid,
+                FAILURE_NOT_AUTHORIZED,
+                "this instance is outside the studies the credentials may write",
+                conflict=True,
+            )
         # Store or index failures propagate (503 with Retry-After): the client retries the request,
         # and instances already stored in it then come back as identical duplicates.
-        return await self.persist(record, part.path)
+        if self._compress_to is None or not self._compressible(record):
+            return await self.persist(record, part.path, claimant=claimant)
+        compressed = part.path.with_name(part.path.name + ".compressed")
+        try:
+            record = await anyio.to_thread.run_sync(
+                self._compress, part.path, compressed, self._compress_to, limiter=self._parse_limiter
+            )
+            return await self.persist(record, compressed, claimant=claimant)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(compressed)
+
+    def _compressible(self, record: InstanceRecord) -> bool:
+        """Uncompressed pixel data the configured lossless syntax can hold (else stored as received)."""
+        return (
+            self._compress_to is not None
+            and record.transfer_syntax in (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+            and record.pixel is not None
+            and transcode.can_encode(self._compress_to, record.pixel)
+        )
+
+    def _compress(self, source: Path, target: Path, syntax: str) -> InstanceRecord:
+        """Re-encode ``source`` losslessly into ``target`` and parse that: the stored object. The
+        encoders are deterministic, so re-sending the same upload finds an identical object."""
+        target.write_bytes(transcode.transcode_instance(source, syntax))
+        return parse_part10(target, origin="stow", limits=self._parse_limits)
+
+    async def _permitted(self, record: InstanceRecord, restriction: Restriction) -> bool:
+        """A listed study; or a listed PatientID for a new study or one already visible."""
+        if record.study_uid in restriction.study_uids:
+            return True
+        if patient_id(record.metadata) not in restriction.patient_ids:
+            return False
+        match = Match(
+            tag="0020000D", vr="UI", level="study", kind="single", value=record.study_uid, values=(record.study_uid,)
+        )
+        existing = QidoQuery(level="study", matches=(match,), limit=1)
+        if not (await self._index.search(existing)).rows:
+            return True
+        visible = dataclasses.replace(existing, restriction=restriction)
+        return bool((await self._index.search(visible)).rows)
 
     def _parse(self, path: Path) -> InstanceRecord:
         return parse_part10(path, origin="stow", limits=self._parse_limits)
 
-    async def persist(self, record: InstanceRecord, path: Path) -> StoredInstance | FailedInstance:
-        """Steps 1-3 of the module docstring for one parsed instance."""
+    async def persist(
+        self, record: InstanceRecord, path: Path, *, claimant: Claimant | None = None
+    ) -> StoredInstance | FailedInstance:
+        """Steps 1-3 of the module docstring for one parsed instance.
+
+        ``claimant`` keeps its claim on the instance after this returns (a STOW request holds it
+        until its response is decided); without one the claim lasts for this call only.
+        """
+        who = claimant or Claimant()
+        await self._claims.claim(record.sop_uid, who)
+        try:
+            return await self._persist(record, path, who)
+        finally:
+            if claimant is None:
+                self._claims.release_all(who)
+
+    async def _persist(self, record: InstanceRecord, path: Path, who: Claimant) -> StoredInstance | FailedInstance:
         key = uids.instance_key(record.study_uid, record.series_uid, record.sop_uid)
         created = True
         try:
@@ -142,23 +325,31 @@ class StowService:
             )
             added = await self._index.add(record)
         except BaseException:
-            # Unacknowledged: leave nothing we created behind (the reindex would sweep it too).
+            # Unacknowledged: leave nothing we alone created behind (the reindex sweeps the rest).
             if created:
                 with anyio.CancelScope(shield=True):
-                    await self._discard(record)
+                    await self._discard_unindexed(record, who)
             raise
         if added is AddOutcome.CONFLICT:
             # Same SOP Instance UID already indexed with other bytes (e.g. under another series).
             if created:
-                await self._discard(record)
+                await self._discard_unindexed(record, who)
             return self._duplicate(record)
-        return StoredInstance(record.sop_class_uid, record.sop_uid, record.study_uid, record.series_uid)
+        return StoredInstance(
+            record.sop_class_uid,
+            record.sop_uid,
+            record.study_uid,
+            record.series_uid,
+            created=created and added is AddOutcome.INSERTED,
+        )
 
-    async def _discard(self, record: InstanceRecord) -> None:
-        for key in (
-            uids.instance_key(record.study_uid, record.series_uid, record.sop_uid),
-            uids.metadata_key(record.study_uid, record.series_uid, record.sop_uid),
-        ):
+    async def _discard_unindexed(self, record: InstanceRecord, who: Claimant) -> None:
+        async with self._claims.undoing(record.sop_uid, who) as sole:
+            if sole:
+                await self._delete_objects(record.study_uid, record.series_uid, record.sop_uid)
+
+    async def _delete_objects(self, study: str, series: str, sop: str) -> None:
+        for key in (uids.instance_key(study, series, sop), uids.metadata_key(study, series, sop)):
             try:
                 await self._store.delete(key)
             except GatewayError as exc:  # the reindex sweeps what cannot be deleted now
@@ -173,3 +364,10 @@ class StowService:
             f"SOPInstanceUID {record.sop_uid} is already stored with different content; refusing to overwrite",
             conflict=True,
         )
+
+
+def patient_id(metadata: bytes) -> str | None:
+    """The PatientID of an instance's DICOM JSON metadata."""
+    element = orjson.loads(metadata).get("00100020") or {}
+    values = element.get("Value") or [None]
+    return values[0] if isinstance(values[0], str) else None

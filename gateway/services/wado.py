@@ -14,13 +14,25 @@ import pydicom
 from pydicom.encaps import generate_frames
 
 from gateway.dicom import transcode, uids
-from gateway.dicom.media import AS_STORED, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, Negotiated
+from gateway.dicom.media import (
+    AS_STORED,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    JPEG_BASELINE_8BIT,
+    Negotiated,
+)
+from gateway.dicom.query import Match, QidoQuery
 from gateway.errors import BadRequest, NotAcceptable, NotFound
-from gateway.ports import BlobStore, Index, InstanceRecord
+from gateway.ports import BlobStore, Index, InstanceRecord, PixelDescription
+from gateway.security.access import Restriction
+from gateway.services.singleflight import SingleFlightCache
 
-# What this service can produce from any stored instance (besides the stored bytes themselves).
-INSTANCE_SYNTAXES = frozenset({AS_STORED, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
+# What this service can produce from stored instances (besides the stored bytes themselves):
+# uncompressed, and the compressed syntaxes of gateway.dicom.transcode (JPEG Baseline only for
+# 8-bit data, and only when a client names it: see check_transcodable and frame_syntaxes).
+INSTANCE_SYNTAXES = frozenset({AS_STORED, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN} | transcode.ENCODABLE)
 FRAME_SYNTAXES = frozenset({AS_STORED, EXPLICIT_VR_LITTLE_ENDIAN})
+DEFAULT_FRAME_CACHE_BYTES = 256 << 20
 
 _BULK_KEY = b'"BulkDataURI":"'
 PIXEL_DATA_PATH = "7FE00010"
@@ -40,7 +52,8 @@ def parse_frame_list(text: str) -> list[int]:
     numbers: list[int] = []
     for item in text.split(","):
         item = item.strip()
-        if not item.isdigit() or int(item) < 1:
+        # At most 9 digits: int() of a huge digit string is slow and, past 4300 digits, an error.
+        if not item.isdigit() or len(item) > 9 or int(item) < 1:
             raise BadRequest(f"frame list {text[:80]!r} must be comma-separated positive integers")
         numbers.append(int(item))
     if len(numbers) > 10_000:
@@ -49,28 +62,68 @@ def parse_frame_list(text: str) -> list[int]:
 
 
 class WadoService:
-    def __init__(self, store: BlobStore, index: Index, *, transcode_threads: int = 2) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        index: Index,
+        *,
+        transcode_threads: int = 2,
+        max_decoded_frame_bytes: int = 256 << 20,
+        frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES,
+    ) -> None:
         self._store = store
         self._index = index
         self._cpu = anyio.CapacityLimiter(transcode_threads)
+        self._max_decoded_frame_bytes = max_decoded_frame_bytes
+        # Decoded and re-encoded frames, keyed by (object digest, frame number, syntax): many
+        # viewers asking for one frame at once decode it once (gateway.services.singleflight).
+        self.frame_cache: SingleFlightCache[tuple[str, int, str], bytes] = SingleFlightCache(
+            "frames", max_bytes=frame_cache_bytes, size=len
+        )
 
     # -- selection ---------------------------------------------------------------------------
 
-    async def select(self, study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRecord]:
-        """The stored instances a study/series/instance URL names; NotFound when there are none."""
+    async def select(
+        self, study: str, series: str | None = None, sop: str | None = None, *, restriction: Restriction | None = None
+    ) -> list[InstanceRecord]:
+        """The stored instances a study/series/instance URL names; NotFound when there are none.
+
+        With a ``restriction`` (gateway.security.access), a study outside it is NotFound with
+        the very message of an absent one: the client cannot tell "forbidden" from "absent".
+        """
         uids.require_uid(study, "StudyInstanceUID")
         if series is not None:
             uids.require_uid(series, "SeriesInstanceUID")
         if sop is not None:
             uids.require_uid(sop, "SOPInstanceUID")
+        absent = (
+            f"instance {sop} not found in series {series} of study {study}"
+            if sop is not None
+            else f"series {series} of study {study} not found"
+            if series
+            else f"study {study} not found"
+        )
+        if restriction is not None and not await self.visible(study, restriction):
+            raise NotFound(absent)
+        if sop is not None:
             record = await self._index.get(study, series, sop)
             if record is None:
-                raise NotFound(f"instance {sop} not found in series {series} of study {study}")
+                raise NotFound(absent)
             return [record]
         records = await self._index.instances(study, series)
         if not records:
-            raise NotFound(f"series {series} of study {study} not found" if series else f"study {study} not found")
+            raise NotFound(absent)
         return records
+
+    async def visible(self, study: str, restriction: Restriction) -> bool:
+        """Whether the study is inside ``restriction``, decided by the index exactly as QIDO decides."""
+        if study in restriction.study_uids:
+            return True
+        if not restriction.patient_ids:
+            return False
+        match = Match(tag="0020000D", vr="UI", level="study", kind="single", value=study, values=(study,))
+        query = QidoQuery(level="study", matches=(match,), limit=1, restriction=restriction)
+        return bool((await self._index.search(query)).rows)
 
     # -- instances ---------------------------------------------------------------------------
 
@@ -85,7 +138,28 @@ class WadoService:
 
     async def _transcoded(self, record: InstanceRecord, target: str) -> AsyncIterator[bytes]:
         data = await self._store.read_all(self.key(record))
-        yield await anyio.to_thread.run_sync(transcode.instance_to_uncompressed, data, target, limiter=self._cpu)
+        yield await anyio.to_thread.run_sync(transcode.transcode_instance, data, target, limiter=self._cpu)
+
+    async def check_transcodable(self, study: str, series: str | None, sop: str | None, negotiated: Negotiated) -> None:
+        """Refuse (406), before a response starts, a compressed syntax that instances held in the
+        store cannot be encoded in (JPEG Baseline of 16-bit data, say). Call it after the
+        selection was authorised; instances still to come from a PACS are not checked."""
+        target = negotiated.transfer_syntax
+        if target is None or target == AS_STORED or target not in transcode.ENCODABLE:
+            return
+        if sop is not None:
+            found = await self._index.get(study, series, sop)
+            records = [found] if found is not None else []
+        else:
+            records = await self._index.instances(study, series)
+        for record in records:
+            if record.transfer_syntax != target and target not in transcode.encodable_syntaxes(
+                record.pixel, record.transfer_syntax
+            ):
+                raise NotAcceptable(
+                    f"instance {record.sop_uid} cannot be sent in transfer syntax {target}"
+                    + (" (JPEG Baseline needs 8-bit data)" if target == JPEG_BASELINE_8BIT else "")
+                )
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -96,26 +170,70 @@ class WadoService:
 
     # -- frames ------------------------------------------------------------------------------
 
-    async def frames(self, record: InstanceRecord, numbers: Sequence[int], negotiated: Negotiated) -> list[bytes]:
-        """The requested frames in the negotiated syntax (as stored, or decoded to native)."""
+    def frame_syntaxes(self, record: InstanceRecord) -> frozenset[str]:
+        """What frames of ``record`` can be sent in: as stored, uncompressed, and the compressed
+        syntaxes its decoded pixels can be encoded in (for gateway.dicom.media.negotiate_frames)."""
+        return FRAME_SYNTAXES | transcode.encodable_syntaxes(record.pixel, record.transfer_syntax)
+
+    def _check_frames(self, record: InstanceRecord, numbers: Sequence[int]) -> PixelDescription:
         count = record.pixel.number_of_frames if record.pixel else 0
         if record.pixel is None:
             raise NotFound(f"instance {record.sop_uid} has no pixel data")
         for n in numbers:
             if n > count:
                 raise NotFound(f"frame {n} does not exist: instance {record.sop_uid} has {count} frame(s)")
-        raw = await self._stored_frames(record, numbers)
-        if negotiated.as_stored or negotiated.transfer_syntax == record.transfer_syntax:
-            return raw
-        if negotiated.transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN:
-            raise NotAcceptable(f"frames cannot be transcoded to {negotiated.transfer_syntax}")
-        if record.transfer_syntax in transcode.NATIVE_LITTLE_ENDIAN:
-            return raw
-        pixel = record.pixel
-        return [
-            await anyio.to_thread.run_sync(transcode.decode_frame, f, record.transfer_syntax, pixel, limiter=self._cpu)
-            for f in raw
-        ]
+        return record.pixel
+
+    async def frames(self, record: InstanceRecord, numbers: Sequence[int], negotiated: Negotiated) -> list[bytes]:
+        """The requested frames in the negotiated syntax: as stored, or decoded (and re-encoded)."""
+        self._check_frames(record, numbers)
+        target = negotiated.transfer_syntax
+        if negotiated.as_stored or target == record.transfer_syntax or target is None:
+            return await self._stored_frames(record, numbers)
+        if target == EXPLICIT_VR_LITTLE_ENDIAN and record.transfer_syntax in transcode.NATIVE_LITTLE_ENDIAN:
+            return await self._stored_frames(record, numbers)
+        if target != EXPLICIT_VR_LITTLE_ENDIAN and target not in self.frame_syntaxes(record):
+            raise NotAcceptable(f"frames cannot be transcoded to {target}")
+        return [await self.frame_in(record, n, target) for n in numbers]
+
+    async def frame_in(self, record: InstanceRecord, number: int, target: str) -> bytes:
+        """Frame ``number`` decoded (``target`` Explicit VR Little Endian) or re-encoded in
+        ``target``; computed once however many requests ask at once, then cached."""
+        pixel = self._check_frames(record, [number])
+        if target in transcode.NATIVE_LITTLE_ENDIAN:
+            target = EXPLICIT_VR_LITTLE_ENDIAN
+            if record.transfer_syntax in transcode.NATIVE_LITTLE_ENDIAN:
+                return (await self._stored_frames(record, [number]))[0]
+
+        async def compute() -> bytes:
+            if target == EXPLICIT_VR_LITTLE_ENDIAN:
+                return await self._decode(record, pixel, number)
+            native = await self.frame_in(record, number, EXPLICIT_VR_LITTLE_ENDIAN)
+            decoded = transcode.decoded_description(pixel, record.transfer_syntax)
+            return await anyio.to_thread.run_sync(transcode.encode_frame, native, decoded, target, limiter=self._cpu)
+
+        return await self.frame_cache.get((record.sha256, number, target), compute)
+
+    async def decoded_frame(self, record: InstanceRecord, number: int) -> tuple[bytes, PixelDescription]:
+        """Frame ``number`` as native little-endian pixels, and what describes them (rendering)."""
+        pixel = self._check_frames(record, [number])
+        if not transcode.can_decode(record.transfer_syntax):
+            raise NotAcceptable(f"frames in transfer syntax {record.transfer_syntax} cannot be decoded here")
+        data = await self.frame_in(record, number, EXPLICIT_VR_LITTLE_ENDIAN)
+        return data, transcode.decoded_description(pixel, record.transfer_syntax)
+
+    async def _decode(self, record: InstanceRecord, pixel: PixelDescription, number: int) -> bytes:
+        decoded = pixel.rows * pixel.columns * pixel.samples_per_pixel * max(pixel.bits_allocated, 8) // 8
+        if decoded > self._max_decoded_frame_bytes:
+            # A few compressed bytes may declare an enormous frame: refuse before decoding.
+            raise NotAcceptable(
+                f"a decoded frame would be {decoded} bytes, over the limit of {self._max_decoded_frame_bytes};"
+                " ask for transfer-syntax=* to get the frames as stored"
+            )
+        raw = (await self._stored_frames(record, [number]))[0]
+        return await anyio.to_thread.run_sync(
+            transcode.decode_frame, raw, record.transfer_syntax, pixel, limiter=self._cpu
+        )
 
     def frame_content_type(self, record: InstanceRecord, negotiated: Negotiated) -> str:
         actual = record.transfer_syntax if negotiated.as_stored else negotiated.transfer_syntax
