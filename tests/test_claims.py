@@ -38,12 +38,11 @@ async def test_new_claimant_waits_until_an_undo_has_finished() -> None:
         await claims.claim("1.2.3", b)
         events.append("b claimed")
 
-    async with anyio.create_task_group() as tg:
-        async with claims.undoing("1.2.3", a) as sole:
-            assert sole
-            tg.start_soon(late_upload)
-            await anyio.sleep(0.05)
-            events.append("a deleted")
+    async with anyio.create_task_group() as tg, claims.undoing("1.2.3", a) as sole:
+        assert sole
+        tg.start_soon(late_upload)
+        await anyio.sleep(0.05)
+        events.append("a deleted")
     assert events == ["a deleted", "b claimed"]
     async with claims.undoing("1.2.3", b) as sole:
         assert sole
