@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test check install bench
+.PHONY: run test check install bench bench-viewer
 
 run:
 	bash scripts/run.sh $(ARGS)
@@ -18,6 +18,9 @@ check: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(BIN)/python bench/run.py $(ARGS)
+
+bench-viewer: $(VENV)/.test
+	$(BIN)/python bench/viewer.py $(ARGS)
 
 install: $(VENV)/.runtime
 

@@ -53,7 +53,7 @@ class Plan:
     openings: int
 
 
-FULL = Plan(slices=64, reads=15, openings=7)  # 3 x reads cold slices + 1
+FULL = Plan(slices=64, reads=15, openings=11)  # 3 x reads cold slices + 1
 QUICK = Plan(slices=12, reads=3, openings=3)
 
 

@@ -79,9 +79,10 @@ async function quiet(page, timeoutMs) {
   }
 }
 
-async function openStudy(page, payload, study) {
+async function openStudy(page, payload, study, trace) {
   const url = `${payload.viewer}/viewer?StudyInstanceUIDs=${study}` + (payload.token ? `&token=${payload.token}` : '');
   const started = Date.now();
+  if (trace) trace.length = 0, trace.started = started;
   await page.goto(url, { waitUntil: 'domcontentloaded', timeout: payload.timeoutMs });
   const stats = await waitFor(async () => {
     const s = await canvasStats(page);
@@ -115,9 +116,18 @@ async function main() {
     page.on('console', (m) => { if (m.type() === 'error') report.consoleErrors.push(m.text().slice(0, 500)); });
     page.on('pageerror', (e) => report.consoleErrors.push('pageerror: ' + String(e).slice(0, 500)));
 
-    for (const study of payload.open || []) {
-      report.opened.push(await openStudy(page, payload, study));
+    // With payload.trace: when each request of the last opening started and ended (ms after
+    // the page load began), to see where the time to first image goes.
+    const trace = payload.trace ? [] : null;
+    if (trace) {
+      page.on('request', (r) => r.__t0 = Date.now());
+      page.on('requestfinished', (r) => trace.push([r.__t0 - trace.started, Date.now() - trace.started,
+                                                    r.url().replace(payload.viewer, '').slice(0, 140)]));
     }
+    for (const study of payload.open || []) {
+      report.opened.push(await openStudy(page, payload, study, trace));
+    }
+    if (trace) report.trace = trace.sort((a, b) => a[0] - b[0]);
     if (payload.list) {
       if (payload.token) {
         // The token lives in OHIF's session (set by ?token= on the viewer route): go back to

@@ -302,3 +302,29 @@ def test_parsers() -> None:
     assert render.parse_viewport("512,256") == render.Viewport(512, 256)
     with pytest.raises(BadRequest):
         render.parse_window("40,nan")
+
+
+def test_enhanced_multiframe_functional_groups() -> None:
+    """PS3.3 C.7.6.16.2.9-10: rescale and window per frame (or shared) in the functional groups."""
+    from gateway.ports import PixelDescription
+
+    pixel = PixelDescription(4, 4, 1, 16, 12, 0, "MONOCHROME2", 0, 2)
+
+    def sq(*items: dict[str, object]) -> dict[str, object]:
+        return {"vr": "SQ", "Value": list(items)}
+
+    def ds(value: float) -> dict[str, object]:
+        return {"vr": "DS", "Value": [value]}
+
+    metadata = {
+        "52009229": sq({"00289145": sq({"00281052": ds(-1000), "00281053": ds(2)})}),
+        "52009230": sq(
+            {"00289132": sq({"00281050": ds(10), "00281051": ds(20), "00281056": {"vr": "CS", "Value": ["SIGMOID"]}})},
+            {},
+        ),
+    }
+    first = render.attributes_from_json(metadata, pixel, frame=1)
+    assert (first.slope, first.intercept) == (2.0, -1000.0)
+    assert first.window == render.Window(10, 20, "SIGMOID")
+    second = render.attributes_from_json(metadata, pixel, frame=2)
+    assert (second.slope, second.window) == (2.0, None)
