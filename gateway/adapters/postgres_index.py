@@ -41,10 +41,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.adapters.postgres_search import norm_values, search_sql
 from gateway.adapters.sql_rows import (
-    RECORD_COLUMNS,
     IndexRow,
     decode_metadata,
+    instance_sql,
     instance_values,
+    instances_sql,
     record_from_row,
     series_values,
     study_values,
@@ -147,28 +148,12 @@ class PostgresIndex:
         raise AssertionError("unreachable")
 
     async def get(self, study: str | None, series: str | None, sop: str) -> InstanceRecord | None:
-        sql = f"SELECT {RECORD_COLUMNS} FROM instances AS i WHERE i.sop_uid = %s"
-        params: list[object] = [sop]
-        if study is not None:
-            sql += " AND i.study_uid = %s"
-            params.append(study)
-        if series is not None:
-            sql += " AND i.series_uid = %s"
-            params.append(series)
+        sql, params = instance_sql("%s", study, series, sop)
         rows = await self._fetch(sql, params)
         return record_from_row(rows[0]) if rows else None
 
     async def instances(self, study: str, series: str | None = None) -> list[InstanceRecord]:
-        sql = (
-            f"SELECT {RECORD_COLUMNS} FROM instances AS i"
-            " JOIN series AS se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid"
-            " WHERE i.study_uid = %s"
-        )
-        params: list[object] = [study]
-        if series is not None:
-            sql += " AND i.series_uid = %s"
-            params.append(series)
-        sql += " ORDER BY se.series_number NULLS FIRST, i.series_uid, i.instance_number NULLS FIRST, i.sop_uid"
+        sql, params = instances_sql("%s", study, series)
         rows = await self._fetch(sql, params)
         return await anyio.to_thread.run_sync(lambda: [record_from_row(row) for row in rows])
 

@@ -115,3 +115,32 @@ def record_from_row(row: tuple[Any, ...]) -> InstanceRecord:
 
 def _text(attrs: dict[str, Any]) -> str:
     return orjson.dumps(attrs).decode()
+
+
+def instance_sql(placeholder: str, study: str | None, series: str | None, sop: str) -> tuple[str, list[object]]:
+    """SELECT of one instance; ``study``/``series`` None match any (``?`` or ``%s`` placeholders)."""
+    sql = f"SELECT {RECORD_COLUMNS} FROM instances AS i WHERE i.sop_uid = {placeholder}"
+    params: list[object] = [sop]
+    if study is not None:
+        sql += f" AND i.study_uid = {placeholder}"
+        params.append(study)
+    if series is not None:
+        sql += f" AND i.series_uid = {placeholder}"
+        params.append(series)
+    return sql, params
+
+
+def instances_sql(placeholder: str, study: str, series: str | None) -> tuple[str, list[object]]:
+    """SELECT of a study's or series' instances, by series then instance number (NULLs first,
+    SQLite's default, spelled out so PostgreSQL orders the same)."""
+    sql = (
+        f"SELECT {RECORD_COLUMNS} FROM instances AS i"
+        " JOIN series AS se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid"
+        f" WHERE i.study_uid = {placeholder}"
+    )
+    params: list[object] = [study]
+    if series is not None:
+        sql += f" AND i.series_uid = {placeholder}"
+        params.append(series)
+    sql += " ORDER BY se.series_number NULLS FIRST, i.series_uid, i.instance_number NULLS FIRST, i.sop_uid"
+    return sql, params

@@ -32,10 +32,11 @@ import anyio
 import anyio.to_thread
 
 from gateway.adapters.sql_rows import (
-    RECORD_COLUMNS,
     IndexRow,
     decode_metadata,
+    instance_sql,
     instance_values,
+    instances_sql,
     record_from_row,
     series_values,
     study_values,
@@ -97,8 +98,6 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 
-_RECORD_COLUMNS = RECORD_COLUMNS
-
 
 class SqliteIndex:
     """SQLite index at ``path`` (created with its parent directory when missing).
@@ -136,28 +135,12 @@ class SqliteIndex:
         return await self._write(work)
 
     async def get(self, study: str | None, series: str | None, sop: str) -> InstanceRecord | None:
-        sql = f"SELECT {_RECORD_COLUMNS} FROM instances AS i WHERE i.sop_uid = ?"
-        params: list[object] = [sop]
-        if study is not None:
-            sql += " AND i.study_uid = ?"
-            params.append(study)
-        if series is not None:
-            sql += " AND i.series_uid = ?"
-            params.append(series)
+        sql, params = instance_sql("?", study, series, sop)
         rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
         return _record(rows[0]) if rows else None
 
     async def instances(self, study: str, series: str | None = None) -> list[InstanceRecord]:
-        sql = (
-            f"SELECT {_RECORD_COLUMNS} FROM instances AS i"
-            " JOIN series AS se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid"
-            " WHERE i.study_uid = ?"
-        )
-        params: list[object] = [study]
-        if series is not None:
-            sql += " AND i.series_uid = ?"
-            params.append(series)
-        sql += " ORDER BY se.series_number, i.series_uid, i.instance_number, i.sop_uid"
+        sql, params = instances_sql("?", study, series)
         rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
         return [_record(row) for row in rows]
 
