@@ -47,6 +47,11 @@ def build_store(settings: Settings) -> BlobStore:
         access_key=s3.access_key,
         secret_key=s3.secret_key,
         max_threads=s3.max_threads,
+        multipart_threshold=s3.multipart_threshold,
+        part_size=s3.part_size,
+        connect_timeout=s3.connect_timeout,
+        read_timeout=s3.read_timeout,
+        max_attempts=s3.max_attempts,
     )
 
 

@@ -51,6 +51,14 @@ class S3Settings:
     access_key: str | None = None
     secret_key: str | None = None
     max_threads: int = 16
+    # Objects above this size are sent as multipart uploads of part_size bytes (S3 minimum 5 MiB).
+    multipart_threshold: int = 64 << 20
+    part_size: int = 16 << 20
+    # Each S3 call: connect and read timeouts (seconds) and attempts, backoff included (botocore's
+    # "standard" retry mode). Their product bounds how long a request waits on a failing store.
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True)
@@ -359,11 +367,22 @@ def _validate(s: Settings) -> Settings:
         raise SettingsError(
             f"storage_compression {s.storage_compression!r} must be one of: {', '.join(map(repr, STORAGE_COMPRESSION))}"
         )
+    _validate_s3(s.s3)
     _validate_pacs(s)
     from gateway.security.config import validate_security
 
     validate_security(s)
     return s
+
+
+def _validate_s3(s3: S3Settings) -> None:
+    for name in ("max_threads", "max_attempts", "connect_timeout", "read_timeout"):
+        if getattr(s3, name) <= 0:
+            raise SettingsError(f"s3.{name} must be positive")
+    if s3.part_size < 5 << 20:
+        raise SettingsError("s3.part_size must be at least 5 MiB (5242880 bytes), the S3 minimum part size")
+    if s3.multipart_threshold < s3.part_size:
+        raise SettingsError("s3.multipart_threshold must be at least s3.part_size")
 
 
 def _valid_ae_title(value: str) -> bool:

@@ -108,6 +108,9 @@ class S3BlobStore:
         max_threads: int = 16,
         multipart_threshold: int = 64 * MiB,
         part_size: int = 16 * MiB,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        max_attempts: int = 3,
     ) -> None:
         if part_size < _MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {_MIN_PART_SIZE} bytes (S3 minimum)")
@@ -130,9 +133,9 @@ class S3BlobStore:
             region_name=region,
             signature_version="s3v4",
             s3={"addressing_style": "path"},  # S3-compatible servers rarely have wildcard DNS
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=5,
-            read_timeout=30,
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             max_pool_connections=max_threads,
             # botocore >= 1.36 adds CRC checksums (aws-chunked trailers) to every upload by
             # default, which several S3-compatible servers reject; the sha256 metadata and
