@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,16 @@ def test_the_server_logs_json_lines_with_request_ids(file_gateway: RunningGatewa
     response = httpx.get(f"{file_gateway.url}/studies", headers={"X-Request-ID": "trace-me-42"})
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "trace-me-42"
-    entries = [json.loads(line) for line in file_gateway.log().splitlines() if line.startswith("{")]
-    access = [e for e in entries if e.get("request_id") == "trace-me-42" and e["logger"] == "gateway.access"]
+    # The access line is written when the response is done, which may be just after the client
+    # has it: give the server a moment (generous: the machine is shared).
+    deadline = time.monotonic() + 20
+    while True:
+        lines = file_gateway.log().splitlines()
+        entries = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("}")]
+        access = [e for e in entries if e.get("request_id") == "trace-me-42" and e["logger"] == "gateway.access"]
+        if access or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(access) == 1, entries
     assert (access[0]["route"], access[0]["status"], access[0]["method"]) == ("/dicomweb/studies", 200, "GET")
     assert any(e["logger"].startswith("uvicorn") for e in entries)  # uvicorn's own lines are JSON too

@@ -63,24 +63,28 @@ def instance_to_uncompressed(source: Path | bytes, target: str) -> bytes:
     return out.getvalue()
 
 
+def _one_frame(pixel: PixelDescription, *, planar_configuration: int) -> dict[str, Any]:
+    """The description of one frame that pydicom's pixel decoders and encoders take."""
+    return {
+        "rows": pixel.rows,
+        "columns": pixel.columns,
+        "samples_per_pixel": pixel.samples_per_pixel,
+        "bits_allocated": pixel.bits_allocated,
+        "bits_stored": pixel.bits_stored,
+        "pixel_representation": pixel.pixel_representation,
+        "photometric_interpretation": pixel.photometric_interpretation,
+        "planar_configuration": planar_configuration,
+        "number_of_frames": 1,
+    }
+
+
 def decode_frame(encoded: bytes, transfer_syntax: str, pixel: PixelDescription) -> bytes:
     """One compressed frame decoded to native little-endian pixel bytes."""
     if transfer_syntax in NATIVE_LITTLE_ENDIAN:
         return encoded
     try:
         decoder = get_decoder(UID(transfer_syntax))
-        options: dict[str, Any] = {
-            "rows": pixel.rows,
-            "columns": pixel.columns,
-            "samples_per_pixel": pixel.samples_per_pixel,
-            "bits_allocated": pixel.bits_allocated,
-            "bits_stored": pixel.bits_stored,
-            "pixel_representation": pixel.pixel_representation,
-            "photometric_interpretation": pixel.photometric_interpretation,
-            "planar_configuration": pixel.planar_configuration,
-            "number_of_frames": 1,
-            "as_rgb": True,
-        }
+        options = {**_one_frame(pixel, planar_configuration=pixel.planar_configuration), "as_rgb": True}
         # The decoder takes encapsulated Pixel Data (PS3.5 A.4): wrap the one frame as such.
         arr, _meta = decoder.as_array(encapsulate([encoded]), **options)
     except Exception as exc:
@@ -200,17 +204,7 @@ def encode_frame(native: bytes, pixel: PixelDescription, target: str, *, quality
     arr = frame_array(native, pixel)
     if target == JPEG_BASELINE_8BIT:
         return _jpeg_baseline(arr, quality)
-    options: dict[str, Any] = {
-        "rows": pixel.rows,
-        "columns": pixel.columns,
-        "samples_per_pixel": pixel.samples_per_pixel,
-        "bits_allocated": pixel.bits_allocated,
-        "bits_stored": pixel.bits_stored,
-        "pixel_representation": pixel.pixel_representation,
-        "photometric_interpretation": pixel.photometric_interpretation,
-        "planar_configuration": 0,
-        "number_of_frames": 1,
-    }
+    options = _one_frame(pixel, planar_configuration=0)  # frame_array interleaves the samples
     if target == JPEG_2000_LOSSLESS and pixel.samples_per_pixel == 3:
         # No reversible colour transform: the codestream decodes to the RGB it was given.
         options["use_mct"] = False

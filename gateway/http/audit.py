@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qsl
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.http.security import OPEN_PATHS
+from gateway.http.traffic import counted
 from gateway.security.audit import AccessRecord, AuditLog
 
 _LEVELS = {"studies": "study", "series": "series", "instances": "instance"}
@@ -50,28 +51,13 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        status = 500
-        sent = received = 0
         state = scope.setdefault("state", {})
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
-
+        # Counted by the observability middleware outside, when there is one (gateway.http.traffic).
+        traffic, receive, send = counted(scope, receive, send)
         try:
-            await self.app(scope, counting_receive, counting_send)
+            await self.app(scope, receive, send)
         finally:
+            status = traffic.status
             action, uids = classify(scope["method"], path[len(self.base_path) :], status)
             client = scope.get("client")
             record = AccessRecord(
@@ -81,8 +67,8 @@ class AuditMiddleware:
                 client=client[0] if client else None,
                 principal=state.get("principal"),
                 status=status,
-                bytes_sent=sent,
-                bytes_received=received,
+                bytes_sent=traffic.sent,
+                bytes_received=traffic.received,
                 duration=time.monotonic() - started,
                 uids=uids,
                 query=parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)[:100],

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.http.traffic import counted
 from gateway.observability import (
     HTTP_BYTES,
     HTTP_DURATION,
@@ -55,25 +56,13 @@ class ObservabilityMiddleware:
         incoming = _header(scope, b"x-request-id")
         request_id = new_request_id(incoming)
         header = request_id.encode("latin-1")
-        status = 500  # what the client gets when the app fails before answering
-        received = sent = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-            return message
+        traffic, counting_receive, counting_send = counted(scope, receive, send)
 
         async def tagging_send(message: Message) -> None:
-            nonlocal status, sent
             if message["type"] == "http.response.start":
-                status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 message = {**message, "headers": [*headers, (b"x-request-id", header)]}
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
+            await counting_send(message)
 
         started = time.perf_counter()
         HTTP_IN_FLIGHT.inc()
@@ -87,6 +76,7 @@ class ObservabilityMiddleware:
             routes: Sequence[BaseRoute] = getattr(getattr(app, "router", None), "routes", ())
             route = route_template(routes, original)
             method = str(scope.get("method", ""))
+            status, received, sent = traffic.status, traffic.received, traffic.sent
             HTTP_REQUESTS.labels(method, route, str(status)).inc()
             HTTP_DURATION.labels(method, route, str(status)).observe(elapsed)
             HTTP_BYTES.labels("in").inc(received)
