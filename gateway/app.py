@@ -19,6 +19,7 @@ from gateway.http.metrics import ObservabilityMiddleware
 from gateway.http.routes import all_routes
 from gateway.http.stack import build_security, middleware_stack
 from gateway.ports import BlobStore, BridgeState, Index, Upstream
+from gateway.services.cache_expiry import CacheExpiry
 from gateway.services.federation import QidoFederation
 from gateway.services.forward import ForwardService
 from gateway.services.rendered import RenderService
@@ -163,6 +164,11 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
             async with open_pacs(settings) as (upstreams, bridge_state), anyio.create_task_group() as tasks:
                 gateway = build_gateway(settings, own_store, own_index, upstreams=upstreams, bridge_state=bridge_state)
                 gateway.retrieval.start(tasks)
+                if settings.pacs_cache_max_age > 0 and upstreams:
+                    expiry = CacheExpiry(
+                        own_index, own_store, bridge_state, gateway.retrieval, max_age=settings.pacs_cache_max_age
+                    )
+                    expiry.start(tasks)
                 if gateway.forward is not None:
                     gateway.forward.start(tasks)
                 app.state.gateway = gateway

@@ -39,9 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--api-keys-file", help="API key file (dicomweb-gateway apikey create); enables auth")
 
-    reindex = sub.add_parser("reindex", help="rebuild the index from the object store")
+    reindex = sub.add_parser(
+        "reindex", help="rebuild the index from the object store, or with --repair reconcile the two in place"
+    )
     _common_flags(reindex)
-    reindex.add_argument("--repair", action="store_true", help="also delete orphan objects the index cannot hold")
+    reindex.add_argument(
+        "--repair",
+        action="store_true",
+        help="keep the index and remove what crashed writes left: objects without an index row, unfinished"
+        " uploads, spool files of stopped processes; index rows whose object is missing are reported and removed"
+        " (safe beside running gateways)",
+    )
+    reindex.add_argument(
+        "--grace",
+        type=float,
+        metavar="SECONDS",
+        help="with --repair: leave objects and uploads younger than this alone, they may be in flight (default 900)",
+    )
+    reindex.add_argument("--dry-run", action="store_true", help="with --repair: only report what would be removed")
     reindex.add_argument("--quiet", action="store_true", help="no progress bar")
 
     echo = sub.add_parser("echo", help="C-ECHO each configured PACS (or the one named)")
@@ -98,7 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "reindex":
         from gateway.reindex import run_reindex
 
-        return run_reindex(settings, repair=args.repair, progress=not args.quiet)
+        if not args.repair and (args.grace is not None or args.dry_run):
+            print("dicomweb-gateway: --grace and --dry-run go with --repair", file=sys.stderr)
+            return 2
+        if args.grace is not None and not args.grace >= 0:
+            print("dicomweb-gateway: --grace must be a number of seconds >= 0", file=sys.stderr)
+            return 2
+        return run_reindex(
+            settings, repair=args.repair, progress=not args.quiet, grace=args.grace, dry_run=args.dry_run
+        )
     if args.command == "echo":
         from gateway.echo import run_echo
 

@@ -13,6 +13,7 @@ HTTP responses in one place::
     ├── Conflict                      409  e.g. a different object under a stored SOP Instance UID
     ├── PayloadTooLarge               413  a configured input limit was exceeded
     ├── UnsupportedMediaType          415  STOW body is not what PS3.18 10.5 allows
+    ├── ClientDisconnected            499  the client hung up before its request was complete
     ├── UpstreamError                 502  a PACS refused, failed or could not be reached
     ├── ServiceUnavailable            503  object store or index unavailable (Retry-After)
     └── UpstreamTimeout               504  a PACS did not answer in time
@@ -63,6 +64,13 @@ class UnsupportedMediaType(GatewayError):
     status = 415
 
 
+class ClientDisconnected(GatewayError):
+    """The client closed the connection mid-request: no answer can reach it, so nothing was
+    acknowledged. 499 is nginx's "client closed request", seen only in logs and metrics."""
+
+    status = 499
+
+
 class UpstreamError(GatewayError):
     status = 502
 
@@ -85,6 +93,12 @@ class StorageError(ServiceUnavailable):
 
 class IndexError_(ServiceUnavailable):
     """The index database failed."""
+
+
+class IndexOutcomeUnknown(IndexError_):
+    """The connection broke while a commit was under way and the database cannot be asked since:
+    the row may or may not exist. A writer must then keep what the row would point to (an
+    uncommitted object is swept by ``reindex --repair``; a row without its object would be a lie)."""
 
 
 class AlreadyExists(GatewayError):

@@ -15,7 +15,12 @@ every metric, so that adapters and services report with plain function calls, wi
 * caches — :func:`cache_lookup`: ``dicomweb_gateway_cache_lookups_total{cache,result}``
   (``result`` hit or miss; ``cache`` e.g. ``thumbnail``, ``frames``, ``pacs``);
 * STOW — :func:`stow_instances`: ``dicomweb_gateway_stow_instances_total{outcome}`` (stored,
-  failed).
+  failed);
+* object store — :func:`store_error` and :func:`store_retry`:
+  ``dicomweb_gateway_store_errors_total{kind}`` (calls that failed, after their retries: kind
+  throttled, server, unreachable, stalled, other, or circuit_open when refused without asking a
+  store found down) and ``dicomweb_gateway_store_retries_total{kind}``; an outage shows as a
+  rising ``unreachable``/``stalled``/``circuit_open``.
 
 Request ids: the middleware takes a sane incoming ``X-Request-ID`` or makes one, answers with it,
 and keeps it in a context variable for the request's duration (worker threads started with
@@ -53,6 +58,8 @@ __all__ = [
     "last_dimse",
     "metrics_exposition",
     "observe_dimse",
+    "store_error",
+    "store_retry",
     "stow_instances",
 ]
 
@@ -96,6 +103,12 @@ CACHE_LOOKUPS = Counter(
 )
 STOW_INSTANCES = Counter(
     "dicomweb_gateway_stow_instances", "STOW-RS instances by outcome", ["outcome"], registry=REGISTRY
+)
+STORE_ERRORS = Counter(
+    "dicomweb_gateway_store_errors", "Object store calls that failed, by kind of failure", ["kind"], registry=REGISTRY
+)
+STORE_RETRIES = Counter(
+    "dicomweb_gateway_store_retries", "Object store call attempts retried, by kind", ["kind"], registry=REGISTRY
 )
 
 
@@ -165,6 +178,16 @@ def stow_instances(*, stored: int = 0, failed: int = 0) -> None:
         STOW_INSTANCES.labels("stored").inc(stored)
     if failed:
         STOW_INSTANCES.labels("failed").inc(failed)
+
+
+def store_error(kind: str) -> None:
+    """An object store call failed for good (its retries spent, or refused by the breaker)."""
+    STORE_ERRORS.labels(kind).inc()
+
+
+def store_retry(kind: str) -> None:
+    """An object store call attempt failed and is retried."""
+    STORE_RETRIES.labels(kind).inc()
 
 
 # -- request ids and logs -------------------------------------------------------------------------

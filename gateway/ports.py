@@ -7,7 +7,7 @@ pure ``gateway.dicom`` helpers); adapters implement these Protocols.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,6 +32,26 @@ class ObjectInfo:
     key: str
     size: int
     sha256: str | None  # hex digest when the store knows it (S3 user metadata / computed)
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object as a listing sees it (no digest: listings do not read objects)."""
+
+    key: str
+    size: int
+    modified: float  # last write, seconds since the epoch
+
+
+@dataclass(frozen=True)
+class UnfinishedWrite:
+    """A write that neither completed nor was cleaned up, because its process died mid-way: an
+    S3 multipart upload never completed nor aborted (its parts are stored, and billed, until
+    aborted), or a file store temp file. Never visible as an object."""
+
+    key: str  # the object key it was writing
+    started: float  # seconds since the epoch
+    handle: str  # what :meth:`BlobStore.discard_unfinished` needs (upload id, temp file path)
 
 
 class BlobStore(Protocol):
@@ -75,6 +95,17 @@ class BlobStore(Protocol):
 
     async def aclose(self) -> None:
         """Release clients and thread pools."""
+
+    def list_objects(self, prefix: str = "") -> AsyncIterator[ListedObject]:
+        """Every object under ``prefix`` with its size and modification time, in no guaranteed
+        order (``reindex --repair`` needs their age: young ones may be uploads in flight)."""
+
+    def list_unfinished(self, started_before: float) -> AsyncIterator[UnfinishedWrite]:
+        """Writes started before ``started_before`` (seconds since the epoch) that never
+        finished: what a killed process leaves behind (see :class:`UnfinishedWrite`)."""
+
+    async def discard_unfinished(self, write: UnfinishedWrite) -> None:
+        """Abort or remove one unfinished write; one already gone is not an error."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,10 +152,27 @@ class InstanceRecord:
     stored_at: float = 0.0  # seconds since the epoch
 
 
+# A removal (see Index.begin_removal) whose process died lapses after this many seconds. Long
+# enough for a slow store to finish deleting two objects (its calls are bounded by the S3
+# timeouts), short enough that an instance is not blocked for long after a crash.
+REMOVAL_LAPSE = 300.0
+
+
 class AddOutcome(enum.Enum):
     INSERTED = "inserted"
     IDENTICAL = "identical"  # same SOP Instance UID with the same bytes already indexed
     CONFLICT = "conflict"  # same SOP Instance UID with different bytes: refused, nothing changed
+    # A removal of this SOP Instance UID (an undone upload, a sweep) is deleting its objects right
+    # now: nothing changed; write the objects again once it is over, then add again.
+    REMOVING = "removing"
+
+
+class KeepIf(enum.Enum):
+    """When :meth:`Index.begin_removal` must leave an instance alone (and answer None)."""
+
+    INDEXED = "indexed"  # any row at this key: the objects are committed (sweeps of orphans)
+    SHARED = "shared"  # a row another upload was also told is stored (undoing one's own upload)
+    NEVER = "never"  # remove whatever the row says (cache expiry)
 
 
 @dataclass(frozen=True)
@@ -134,6 +182,10 @@ class SearchResult:
     rows: list[DicomJson]
     more: bool = False  # more matches exist beyond limit/offset (PS3.18 8.3.4.4 Warning)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# An instance's place in the index and the store: (study, series, SOP Instance) UIDs.
+InstanceKey = tuple[str, str, str]
 
 
 class Index(Protocol):
@@ -154,6 +206,22 @@ class Index(Protocol):
     async def delete(self, study: str, series: str, sop: str) -> None:
         """Remove one instance's row (reindex repair)."""
 
+    async def begin_removal(self, study: str, series: str, sop: str, *, keep_if: KeepIf) -> str | None:
+        """Before deleting an instance's objects: atomically remove its row (unless ``keep_if``
+        says to keep it: then None) and record a removal of ``sop`` in progress, so that no
+        upload on any replica commits a row for it until :meth:`end_removal` (its ``add`` answers
+        REMOVING instead). Returns the removal's token. The index row is the commit point of a
+        write, so this is what makes "delete the objects" safe against a concurrent upload."""
+
+    async def end_removal(self, sop: str, token: str) -> None:
+        """The objects are gone: uploads of ``sop`` may commit again. A removal never ended (its
+        process died) lapses after :data:`REMOVAL_LAPSE` seconds."""
+
+    async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
+        """(study, series, sop) of up to ``limit`` instances cached from a PACS (origin
+        ``pacs:<name>``) stored before ``before`` (seconds since the epoch) and never reported
+        stored to an upload (not ``shared``), oldest first: what the cache expiry removes."""
+
     async def clear(self) -> None:
         """Remove every row (reindex)."""
 
@@ -162,6 +230,14 @@ class Index(Protocol):
 
     async def aclose(self) -> None:
         """Close connections."""
+
+    def instance_keys(self, *, page_size: int = 1000) -> AsyncIterator[InstanceKey]:
+        """Every indexed instance, ordered by SOP Instance UID and read in pages of ``page_size``
+        rows, each page one short query: safe beside writers, and bounded in memory on millions
+        of rows. Rows added or removed meanwhile may or may not be seen."""
+
+    async def indexed(self, keys: Collection[InstanceKey]) -> set[InstanceKey]:
+        """Those of ``keys`` that have an index row under exactly that study and series."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,14 +284,27 @@ class Upstream(Protocol):
         """The PACS's AE title (the RetrieveAETitle of its rows)."""
 
     async def find(self, query: QidoQuery, limit: int) -> FindResult:
-        """C-FIND (Study Root) for a QIDO query; at most ``limit`` rows, then C-CANCEL."""
+        """C-FIND (Study Root) for a QIDO query; at most ``limit`` rows, then C-CANCEL. With
+        ``query.fuzzy`` the association asks for fuzzy person-name matching; a PACS that does not
+        grant it matched literally, which ``warnings`` says (PS3.18 8.3.4.x)."""
 
     def retrieve(
-        self, study: str, series: str | None = None, sop: str | None = None
+        self,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        *,
+        sop_classes: frozenset[str] = frozenset(),
+        warnings: list[str] | None = None,
     ) -> AsyncGenerator[ReceivedInstance, None]:
         """C-GET or C-MOVE of a study, series or instance (the level is the deepest UID given),
         yielding each instance as soon as it is received. Raises after the last instance when
-        the retrieve failed; closing the iterator early aborts the retrieve."""
+        the retrieve failed; closing the iterator early aborts the retrieve.
+
+        ``sop_classes``: the SOP Classes of the instances, when a C-FIND told them (a C-GET then
+        proposes them with every syntax, so originals come as stored). ``warnings``: a final
+        warning status (some sub-operations failed, PS3.4 C.4.2.1.5) is appended there, as a
+        sentence naming the PACS and the counts."""
 
     async def store(self, path: Path, *, sop_class_uid: str, sop_uid: str, transfer_syntax: str) -> None:
         """C-STORE one Part 10 file to the PACS (STOW forwarding)."""
@@ -249,6 +338,10 @@ class BridgeState(Protocol):
 
     async def retrieved(self, keys: list[str]) -> bool:
         """Whether any of ``keys`` was retrieved whole."""
+
+    async def forget_retrieved(self, study: str, series: str) -> None:
+        """The cache no longer holds all of the series (its instances expire): remove the marks
+        of the study, the series and its instances."""
 
     async def enqueue_forward(self, node: str, study_uid: str, series_uid: str, sop_uid: str) -> None:
         """Add an instance to the forward queue (idempotent per node and SOP Instance UID)."""

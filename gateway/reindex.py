@@ -1,8 +1,12 @@
-"""``dicomweb-gateway reindex``: rebuild the index from the object store, the source of truth.
+"""``dicomweb-gateway reindex``: rebuild the index from the object store, or repair the two.
 
-Every ``.dcm`` object is parsed again and indexed; its metadata JSON is rewritten. With
-``--repair``, objects that are not valid instances and metadata objects without their instance
-(left by a crash between the two writes) are deleted.
+Without ``--repair`` (disaster recovery, when the index is lost or damaged): the index is
+cleared and every ``.dcm`` object is parsed again and indexed, its metadata JSON rewritten. The
+store is the source of truth: objects that are not valid instances are reported and left alone. Uploads
+must be stopped meanwhile (the index is empty until the rebuild ends).
+
+With ``--repair`` (after a crash, or regularly): an in-place reconciliation that keeps the index
+and is safe beside live gateways: see :mod:`gateway.repair`.
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ from gateway.dicom import uids
 from gateway.dicom.parse import InstanceRejected, parse_part10
 from gateway.errors import GatewayError
 from gateway.ports import BlobStore, Index
+from gateway.repair import DEFAULT_GRACE, IndexLooksLost, repair
 from gateway.settings import Settings
+from gateway.spool import sweep_dead_spools
 
 
-async def reindex(store: BlobStore, index: Index, *, repair: bool, progress: bool) -> tuple[int, int]:
+async def reindex(store: BlobStore, index: Index, *, progress: bool) -> tuple[int, int]:
     """Rebuild ``index`` from ``store``; returns (instances indexed, objects rejected)."""
     keys = [k async for k in store.list_keys("studies/")]
     instance_keys = [k for k in keys if k.endswith(".dcm")]
-    present = set(instance_keys)
     await index.clear()
     indexed = rejected = 0
     with tempfile.TemporaryDirectory(prefix="reindex-") as tmp:
@@ -39,32 +44,30 @@ async def reindex(store: BlobStore, index: Index, *, repair: bool, progress: boo
             except InstanceRejected as exc:
                 rejected += 1
                 print(f"rejected {key}: {exc.reason}", file=sys.stderr)
-                if repair:
-                    await store.delete(key)
                 continue
             if where != (record.study_uid, record.series_uid, record.sop_uid):
                 rejected += 1
                 print(f"rejected {key}: its UIDs do not match its key", file=sys.stderr)
-                if repair:
-                    await store.delete(key)
                 continue
             await store.put_bytes(uids.metadata_key(*where), record.metadata, content_type="application/dicom+json")
             await index.add(record)
             indexed += 1
-    if repair:
-        for key in keys:
-            if key.endswith(".json") and key[: -len(".json")] + ".dcm" not in present:
-                await store.delete(key)
     return indexed, rejected
 
 
-def run_reindex(settings: Settings, *, repair: bool, progress: bool) -> int:
+def run_reindex(
+    settings: Settings, *, repair: bool, progress: bool, grace: float | None = None, dry_run: bool = False
+) -> int:
+    """The ``reindex`` sub-command; ``grace`` and ``dry_run`` apply to ``--repair``."""
+
     async def main() -> int:
         store = build_store(settings)
         index = build_index(settings)
         build_gateway(settings, store, index)  # validates the wiring like the server does
         try:
-            indexed, rejected = await reindex(store, index, repair=repair, progress=progress)
+            if repair:
+                return await _repair(settings, store, index, grace=grace, dry_run=dry_run)
+            indexed, rejected = await reindex(store, index, progress=progress)
         except GatewayError as exc:
             print(f"dicomweb-gateway: reindex failed: {exc.reason}", file=sys.stderr)
             return 1
@@ -75,3 +78,18 @@ def run_reindex(settings: Settings, *, repair: bool, progress: bool) -> int:
         return 0
 
     return anyio.run(main)
+
+
+async def _repair(settings: Settings, store: BlobStore, index: Index, *, grace: float | None, dry_run: bool) -> int:
+    grace = DEFAULT_GRACE if grace is None else grace
+    try:
+        report = await repair(store, index, grace=grace, dry_run=dry_run)
+    except IndexLooksLost as exc:
+        print(f"dicomweb-gateway: repair refused: {exc}", file=sys.stderr)
+        return 1
+    report.spool_files = await anyio.to_thread.run_sync(
+        lambda: sweep_dead_spools(settings.effective_spool_dir, remove=not dry_run)
+    )
+    for line in report.lines(dry_run=dry_run, grace=grace):
+        print(line)
+    return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import sys
 
@@ -11,9 +12,11 @@ import uvicorn
 from gateway.app import build_index, build_store, create_app
 from gateway.errors import GatewayError
 from gateway.http.deadlines import protocol_with_deadline
+from gateway.malloc import cap_malloc_arenas
 from gateway.observability import configure_logging
 from gateway.security.tls import server_context
 from gateway.settings import Settings
+from gateway.spool import sweep_dead_spools
 
 
 async def preflight(settings: Settings) -> str | None:
@@ -39,11 +42,16 @@ async def preflight(settings: Settings) -> str | None:
 
 
 def serve(settings: Settings) -> int:
+    cap_malloc_arenas()  # before any worker thread (gateway.malloc: RSS creep under load)
     configure_logging(settings.log_level, json_lines=settings.log_format == "json")
     problem = anyio.run(preflight, settings)
     if problem:
         print(f"dicomweb-gateway: {problem}", file=sys.stderr)
         return 2
+    # What killed gateway processes left in the spool (gateway.spool); live ones keep theirs.
+    swept = sweep_dead_spools(settings.effective_spool_dir)
+    if swept:
+        logging.getLogger(__name__).info("removed %d spool file(s) left by stopped gateway processes", swept)
     tls = settings.tls
     context: ssl.SSLContext | None = None
     if tls.cert_file is not None and tls.key_file is not None:

@@ -54,10 +54,12 @@ class S3Settings:
     # Objects above this size are sent as multipart uploads of part_size bytes (S3 minimum 5 MiB).
     multipart_threshold: int = 64 << 20
     part_size: int = 16 << 20
-    # Each S3 call: connect and read timeouts (seconds) and attempts, backoff included (botocore's
-    # "standard" retry mode). Their product bounds how long a request waits on a failing store.
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    # Each S3 call: connect and read timeouts (seconds) and attempts. A timeout is not retried, so
+    # a hung store fails a call after one read_timeout (a STOW answers 503 within 10 s); refused
+    # and throttled calls are retried with backoff. read_timeout bounds silence, not a transfer:
+    # slow uploads that keep moving never hit it. See gateway.adapters.s3 and s3_retry.
+    connect_timeout: float = 3.0
+    read_timeout: float = 6.0
     max_attempts: int = 3
 
 
@@ -176,6 +178,9 @@ class Settings:
     forward_to: str | None = None  # name of a PACS that receives every STOWed instance (C-STORE)
     ready_requires_pacs: bool = False  # /readyz fails while a PACS does not answer C-ECHO (else only reported)
     pacs: tuple[PacsNode, ...] = ()  # [[pacs]] tables
+    # Seconds an instance cached from a PACS is kept (then removed; fetched again when asked
+    # for). 0: kept forever. Instances stored by STOW are never expired.
+    pacs_cache_max_age: float = 0.0
     # Store uncompressed uploads losslessly compressed: "" (as received), "jpeg-ls" or "jpeg2000".
     storage_compression: str = ""
 
@@ -393,6 +398,8 @@ def _valid_ae_title(value: str) -> bool:
 
 def _validate_pacs(s: Settings) -> None:
     """The [[pacs]] nodes, the gateway's AE title, its storage SCP and forward_to."""
+    if s.pacs_cache_max_age < 0:
+        raise SettingsError("pacs_cache_max_age must be 0 (keep cached instances forever) or positive seconds")
     if not _valid_ae_title(s.ae_title):
         raise SettingsError(f"ae_title {s.ae_title!r} must be 1-16 printable ASCII characters without backslash")
     if s.scp_port is not None and not 0 < s.scp_port < 65536:

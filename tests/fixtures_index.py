@@ -25,6 +25,8 @@ class Backend:
     name: str
     open: Callable[..., Index]
     set_schema_version: Callable[[int], None]
+    path: Path | None = None  # SQLite: the database file
+    url: str | None = None  # PostgreSQL: the index URL (with its schema)
 
 
 def _sqlite_backend(tmp_path: Path) -> Backend:
@@ -35,7 +37,7 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
             conn.execute(f"PRAGMA user_version = {version}")
         conn.close()
 
-    return Backend("sqlite", lambda **kw: SqliteIndex(path, **kw), set_version)
+    return Backend("sqlite", lambda **kw: SqliteIndex(path, **kw), set_version, path=path)
 
 
 def _postgres_backend(url: str) -> Backend:
@@ -45,7 +47,7 @@ def _postgres_backend(url: str) -> Backend:
         with psycopg.connect(conninfo, autocommit=True, options=f"-c search_path={schema}") as conn:
             conn.execute("UPDATE gateway_schema_version SET version = %s", (version,))
 
-    return Backend("postgres", lambda **kw: PostgresIndex(url, **kw), set_version)
+    return Backend("postgres", lambda **kw: PostgresIndex(url, **kw), set_version, url=url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -21,7 +22,7 @@ from botocore.exceptions import BotoCoreError
 from gateway.adapters.filestore import FileBlobStore
 from gateway.adapters.s3 import S3BlobStore
 from gateway.errors import AlreadyExists, NotFound, StorageError
-from gateway.ports import BlobStore, ObjectInfo
+from gateway.ports import BlobStore, ObjectInfo, UnfinishedWrite
 from tests.fixtures_s3 import S3Bucket
 from tests.peers.ports import free_port
 
@@ -74,7 +75,9 @@ def write_source(directory: Path, data: bytes, name: str = "source.bin") -> Path
 
 
 def make_s3_store(bucket: S3Bucket, **kwargs: Any) -> S3BlobStore:
-    options: dict[str, Any] = {"multipart_threshold": THRESHOLD, "part_size": PART_SIZE, **kwargs}
+    # read_timeout: the shared SeaweedFS serialises conditional writes of one key, and on a busy
+    # test machine the last of 16 racers waits longer than the production default (6 s).
+    options: dict[str, Any] = {"multipart_threshold": THRESHOLD, "part_size": PART_SIZE, "read_timeout": 30.0, **kwargs}
     return S3BlobStore(
         bucket.bucket,
         "gw",  # a prefix, so that stripping it is part of the contract under test
@@ -616,3 +619,98 @@ async def test_s3_unreachable_endpoint_is_a_storage_error() -> None:
             await store.ping()
     finally:
         await store.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash recovery (reindex --repair): listings with ages, unfinished writes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def leave_unfinished(request: pytest.FixtureRequest, store: BlobStore) -> Callable[[str], None]:
+    """Leave what a process killed in the middle of ``put_file(key, ...)`` leaves in ``store``:
+    a temp file beside the key (file store), an upload with one part sent (S3)."""
+    if isinstance(store, FileBlobStore):
+
+        def temp_file(key: str) -> None:
+            from gateway.adapters import filestore
+
+            final = store.root / key
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _, fd = filestore._new_temp(final.parent, final.name)
+            os.write(fd, b"the first bytes of an object")
+            os.close(fd)
+
+        return temp_file
+    bucket: S3Bucket = request.getfixturevalue("s3_bucket")
+    admin: S3Client = request.getfixturevalue("s3_admin")
+
+    def multipart(key: str) -> None:
+        name = "gw/" + key  # make_s3_store's prefix
+        upload = admin.create_multipart_upload(Bucket=bucket.bucket, Key=name)
+        admin.upload_part(Bucket=bucket.bucket, Key=name, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1000)
+
+    return multipart
+
+
+async def test_list_objects_gives_sizes_and_ages(store: BlobStore) -> None:
+    before = time.time()
+    sizes = {
+        "studies/1.2/series/3/instances/4.dcm": 1000,
+        "studies/1.2/series/3/instances/4.json": 10,
+        "studies/1.3/series/5/instances/6.dcm": 0,
+        "other/x.json": 3,
+    }
+    for key, size in sizes.items():
+        await store.put_bytes(key, payload(size, size), content_type="application/octet-stream")
+    after = time.time()
+    listed = {item.key: item async for item in store.list_objects("studies/")}
+    assert {key: item.size for key, item in listed.items()} == {k: v for k, v in sizes.items() if k.startswith("s")}
+    for item in listed.values():
+        # S3 reports whole seconds; clocks of the store and this host may differ a little.
+        assert before - 2 <= item.modified <= after + 2
+    assert [item.key async for item in store.list_objects("studies/1.3/")] == ["studies/1.3/series/5/instances/6.dcm"]
+    assert [item.key async for item in store.list_objects("nothing/")] == []
+
+
+async def test_unfinished_writes_are_listed_by_age_and_discarded(
+    store: BlobStore, leave_unfinished: Callable[[str], None], source_dir: Path
+) -> None:
+    await store.put_bytes("studies/1/series/2/instances/3.json", b"{}", content_type="application/json")
+    await anyio.to_thread.run_sync(leave_unfinished, KEY)
+    assert [w async for w in store.list_unfinished(time.time() - 600)] == []  # too young: maybe in flight
+    (write,) = [w async for w in store.list_unfinished(time.time() + 5)]
+    assert write.key == KEY
+    assert time.time() - 600 < write.started < time.time() + 5
+    # An unfinished write is no object, and its key stays free.
+    assert await collect(store.list_keys()) == ["studies/1/series/2/instances/3.json"]
+    assert await store.stat(KEY) is None
+    await store.discard_unfinished(write)
+    assert [w async for w in store.list_unfinished(time.time() + 5)] == []
+    await store.discard_unfinished(write)  # gone already: not an error
+    await put(store, KEY, b"complete", source_dir)
+    assert await store.read_all(KEY) == b"complete"
+
+
+async def test_completed_writes_are_not_unfinished(store: BlobStore, source_dir: Path) -> None:
+    await put(store, KEY, payload(THRESHOLD + MiB, 30), source_dir)  # multipart on S3
+    await store.put_bytes("studies/1/x.json", b"{}", content_type="application/json")
+    assert [w async for w in store.list_unfinished(time.time() + 5)] == []
+
+
+async def test_file_store_discards_only_its_temp_files(file_store: FileBlobStore) -> None:
+    await file_store.put_bytes("studies/1/x.json", b"{}", content_type="application/json")
+    for handle in ("studies/1/x.json", "../outside/.x.0123456789abcdef0123456789abcdef.tmp", "/etc/passwd"):
+        with pytest.raises(ValueError, match=r"temp file|invalid object key"):
+            await file_store.discard_unfinished(UnfinishedWrite("studies/1/x.json", 0.0, handle))
+    assert (file_store.root / "studies/1/x.json").exists()
+
+
+@pytest.mark.s3
+async def test_s3_lists_only_uploads_under_its_prefix(
+    s3_store: S3BlobStore, s3_admin: S3Client, s3_bucket: S3Bucket, unfinished_uploads: Callable[[], list[str]]
+) -> None:
+    upload = s3_admin.create_multipart_upload(Bucket=s3_bucket.bucket, Key="elsewhere/x.dcm")
+    assert [w async for w in s3_store.list_unfinished(time.time() + 5)] == []
+    assert unfinished_uploads() == ["elsewhere/x.dcm"]
+    s3_admin.abort_multipart_upload(Bucket=s3_bucket.bucket, Key="elsewhere/x.dcm", UploadId=upload["UploadId"])

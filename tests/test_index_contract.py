@@ -485,3 +485,39 @@ async def test_service_makes_bulk_data_uris_absolute(index: Index) -> None:
     (row,) = (await qido.search(index, query, base_url="http://h/dicomweb")).rows
     assert row["00281201"]["BulkDataURI"] == "http://h/dicomweb/studies/1/series/2/instances/3/bulkdata/00281201"
     assert row["00089215"]["Value"][0]["00660023"]["BulkDataURI"] == "http://h/dicomweb/studies/x/bulkdata/1"
+
+
+# -- listing and membership (reindex --repair) ----------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_instance_keys_pages_through_every_row(index: Index) -> None:
+    records = [record(study, series, sop) for study in (1, 2) for series in (1, 2) for sop in (1, 2, 3)]
+    await add_all(index, *records)
+    expected = sorted(((r.study_uid, r.series_uid, r.sop_uid) for r in records), key=lambda key: key[2])
+    for page_size in (1, 5, 12, 1000):
+        assert [key async for key in index.instance_keys(page_size=page_size)] == expected
+    gone = records[4]
+    await index.delete(gone.study_uid, gone.series_uid, gone.sop_uid)
+    assert [key async for key in index.instance_keys(page_size=5)] == [
+        key for key in expected if key[2] != gone.sop_uid
+    ]
+
+
+@pytest.mark.anyio
+async def test_instance_keys_of_an_empty_index(index: Index) -> None:
+    assert [key async for key in index.instance_keys()] == []
+
+
+@pytest.mark.anyio
+async def test_indexed_needs_study_series_and_sop_to_match(index: Index) -> None:
+    rec = record(1, 1, 1)
+    await add_all(index, rec, record(1, 2, 5))
+    key = (rec.study_uid, rec.series_uid, rec.sop_uid)
+    elsewhere = (rec.study_uid, f"{ROOT}.1.9", rec.sop_uid)  # an object of this SOP under another series
+    absent = (rec.study_uid, rec.series_uid, f"{ROOT}.1.1.99")
+    assert await index.indexed([key, elsewhere, absent]) == {key}
+    assert await index.indexed([]) == set()
+    # More keys than one query checks: batches, with the hits in the last one.
+    many = [(f"{ROOT}.7", f"{ROOT}.7.1", f"{ROOT}.7.1.{n}") for n in range(1, 1201)]
+    assert await index.indexed([*many, key]) == {key}

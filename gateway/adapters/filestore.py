@@ -8,6 +8,7 @@ import functools
 import hashlib
 import io
 import os
+import re
 import stat
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,7 @@ from typing import ParamSpec, TypeVar
 import anyio.to_thread
 
 from gateway.errors import AlreadyExists, NotFound, StorageError
-from gateway.ports import ObjectInfo
+from gateway.ports import ListedObject, ObjectInfo, UnfinishedWrite
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -26,6 +27,8 @@ _COPY_CHUNK = 8 << 20
 # os.link errors that only mean "cannot hardlink here" (another mount, a filesystem without
 # hardlinks, fs.protected_hardlinks): fall back to copying.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
+# The name of a temp file :func:`_new_temp` makes for the object ``name`` beside it.
+_TEMP_NAME = re.compile(r"\.(?P<name>[^/]+)\.[0-9a-f]{32}\.tmp")
 
 
 def validate_key(key: str) -> str:
@@ -136,6 +139,45 @@ class FileBlobStore:
                         pending.append(child)
                 elif child.startswith(prefix):
                     yield child
+
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[ListedObject]:
+        validate_prefix(prefix)
+        async for rel, size, modified in self._walk(prefix, temp_files=False):
+            yield ListedObject(rel, size, modified)
+
+    # -- crash recovery (reindex --repair) --------------------------------------------------------
+
+    async def list_unfinished(self, started_before: float) -> AsyncIterator[UnfinishedWrite]:
+        # A process killed between creating a temp file and linking or renaming it leaves the
+        # temp file. Its mtime is its last write: a temp file still being written stays young.
+        async for rel, _, modified in self._walk("", temp_files=True):
+            directory, _, name = rel.rpartition("/")
+            match = _TEMP_NAME.fullmatch(name)
+            if match is not None and modified < started_before:
+                key = f"{directory}/{match['name']}" if directory else match["name"]
+                yield UnfinishedWrite(key, modified, rel)
+
+    async def discard_unfinished(self, write: UnfinishedWrite) -> None:
+        directory, _, name = write.handle.rpartition("/")
+        if _TEMP_NAME.fullmatch(name) is None:
+            raise ValueError(f"not a temp file of this store: {write.handle!r}")
+        if directory:
+            validate_key(directory)  # the handle must not lead out of the store
+        await self._run(_unlink_if_present, self._root / write.handle)
+
+    async def _walk(self, prefix: str, *, temp_files: bool) -> AsyncIterator[tuple[str, int, float]]:
+        """(key, size, mtime) of the objects under ``prefix``, or (path, size, mtime) of the temp
+        files with ``temp_files``; one thread hop per directory."""
+        pending = [prefix.rpartition("/")[0]]
+        while pending:
+            rel = pending.pop()
+            for name, is_dir, size, modified in await self._run(_scan_stat, self._root / rel if rel else self._root):
+                child = f"{rel}/{name}" if rel else name
+                if is_dir:
+                    if not name.startswith(".") and (child.startswith(prefix) or prefix.startswith(child + "/")):
+                        pending.append(child)
+                elif name.startswith(".") == temp_files and child.startswith(prefix):
+                    yield child, size, modified
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -381,3 +423,22 @@ def _scan(directory: Path) -> list[tuple[str, bool]]:
             ]
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _scan_stat(directory: Path) -> list[tuple[str, bool, int, float]]:
+    """Like :func:`_scan`, with each file's size and mtime (0 for directories)."""
+    found: list[tuple[str, bool, int, float]] = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        found.append((entry.name, True, 0, 0.0))
+                    elif entry.is_file(follow_symlinks=False):
+                        info = entry.stat(follow_symlinks=False)
+                        found.append((entry.name, False, info.st_size, info.st_mtime))
+                except FileNotFoundError:
+                    continue  # removed while listed (a temp file linked and unlinked)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return found

@@ -15,19 +15,29 @@ without a column (:func:`gateway.adapters.postgres_search.norm_values`). The ver
 ``gateway_schema_version``; migrations run on first use (or ``dicomweb-gateway migrate``) inside
 a transaction holding an advisory lock, so replicas starting together migrate once.
 
-Concurrency: each ``add`` is one transaction of ``INSERT ... ON CONFLICT DO NOTHING`` statements
-in parent-to-child order; the unique indexes make concurrent adds of one SOP Instance UID, from
-any number of replicas, leave exactly one row (the loser sees the winner's row once it commits and
-answers IDENTICAL or CONFLICT). Deadlocks and serialization failures are retried. psycopg errors
+Concurrency: each ``add`` is one transaction, holding a transaction-scoped advisory lock on its SOP
+Instance UID (so it serializes with :meth:`PostgresIndex.begin_removal` of the same instance on any
+replica), of ``INSERT ... ON CONFLICT DO NOTHING`` statements in parent-to-child order; the unique
+indexes make concurrent adds of one SOP Instance UID, from any number of replicas, leave exactly
+one row (the loser sees the winner's row once it commits and answers IDENTICAL or CONFLICT).
+Deadlocks and serialization failures are retried. psycopg errors
 become :class:`gateway.errors.IndexError_` (503).
+
+Outages: while the server is stopped or unreachable every call fails at once with that 503
+(Retry-After); connections whose backends died are dropped at checkout; after the server returns,
+the first call within a second reconnects, without a gateway restart. Reads are run once more
+when their connection dies under them while the server answers; an ``add`` is too (it is
+idempotent). See :mod:`gateway.adapters.postgres_pool`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import time
+import uuid
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -37,15 +47,17 @@ import orjson
 import psycopg
 import psycopg.errors
 from psycopg.adapt import Buffer, Loader
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from gateway.adapters.postgres_pool import ConnectionLost, IndexConnections, one_line
 from gateway.adapters.postgres_search import norm_values, search_sql
 from gateway.adapters.sql_rows import (
     IndexRow,
     decode_metadata,
+    find_indexed,
     instance_sql,
     instance_values,
     instances_sql,
+    iter_instance_keys,
     record_from_row,
     series_values,
     study_values,
@@ -53,10 +65,13 @@ from gateway.adapters.sql_rows import (
 from gateway.adapters.sql_search import row_to_json, sql_columns
 from gateway.dicom.attributes import Level
 from gateway.dicom.query import QidoQuery
-from gateway.errors import IndexError_
-from gateway.ports import AddOutcome, InstanceRecord, SearchResult
+from gateway.errors import IndexError_, IndexOutcomeUnknown
+from gateway.ports import REMOVAL_LAPSE, AddOutcome, InstanceKey, InstanceRecord, KeepIf, SearchResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Advisory lock space of per-instance locks (the second key is a CRC of the SOP Instance UID:
+# a collision only makes two instances wait for each other).
+_INSTANCE_LOCKS = 0x44574749
 DEFAULT_MAX_RESULTS = 1000
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _RETRIES = 5
@@ -104,6 +119,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX instances_by_series_uid ON instances (series_uid, instance_number)",
         "CREATE INDEX instances_by_class ON instances (sop_class_uid)",
     ),
+    2: (
+        "ALTER TABLE instances ADD COLUMN shared boolean NOT NULL DEFAULT false",
+        f"CREATE TABLE removals (sop_uid {_UID} PRIMARY KEY, token text NOT NULL, since double precision NOT NULL)",
+    ),
 }
 
 
@@ -130,21 +149,48 @@ class PostgresIndex:
         self._where = _redacted(url)
         self._max_results = max_results
         self._timeout = timeout
-        self._pool: AsyncConnectionPool | None = None
+        kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+        if self._schema is not None:
+            kwargs["options"] = f"-c search_path={self._schema}"
+        # Outages (server stopped, crashed, backends terminated) are handled there: fast 503s,
+        # recovery without a restart (see gateway.adapters.postgres_pool).
+        self._connections = IndexConnections(
+            self._conninfo,
+            where=self._where,
+            kwargs=kwargs,
+            min_size=self._pool_min,
+            max_size=self._pool_max,
+            timeout=timeout,
+            configure=_configure,
+        )
         self._lock: anyio.Lock | None = None
-        self._closed = False
+        self._migrated = False
 
     # -- Index protocol ------------------------------------------------------------------------
 
     async def add(self, record: InstanceRecord) -> AddOutcome:
         row = await anyio.to_thread.run_sync(_PgRow.from_record, record)
+        unknown: IndexOutcomeUnknown | None = None
         for attempt in range(_RETRIES):
-            async with self._connection() as conn:
-                try:
-                    return await row.insert(conn)
-                except _RETRYABLE:
-                    if attempt == _RETRIES - 1:
-                        raise
+            try:
+                async with self._connection() as conn:
+                    try:
+                        return await row.insert(conn)
+                    except _RETRYABLE:
+                        if attempt == _RETRIES - 1:
+                            raise
+            except (ConnectionLost, IndexOutcomeUnknown) as exc:
+                # Its backend was terminated while the server answers: running the add again is
+                # safe (it finds its own row if the commit had landed: IDENTICAL), and it is how
+                # a commit of unknown outcome becomes known.
+                if isinstance(exc, IndexOutcomeUnknown):
+                    unknown = exc
+                if attempt == _RETRIES - 1:
+                    raise
+            except IndexError_ as exc:
+                if unknown is not None:
+                    raise unknown from exc  # the database could not be asked: still unknown
+                raise
         raise AssertionError("unreachable")
 
     async def get(self, study: str | None, series: str | None, sop: str) -> InstanceRecord | None:
@@ -180,9 +226,48 @@ class PostgresIndex:
                     if attempt == _RETRIES - 1:
                         raise
 
+    async def begin_removal(self, study: str, series: str, sop: str, *, keep_if: KeepIf) -> str | None:
+        for attempt in range(_RETRIES):
+            async with self._connection() as conn:
+                try:
+                    async with conn.transaction():
+                        await _lock_instance(conn, sop)
+                        cur = await conn.execute(
+                            "SELECT shared FROM instances WHERE sop_uid = %s AND study_uid = %s AND series_uid = %s",
+                            (sop, study, series),
+                        )
+                        found = await cur.fetchone()
+                        if found is not None:
+                            if keep_if is KeepIf.INDEXED or (keep_if is KeepIf.SHARED and found[0]):
+                                return None
+                            await _delete(conn, study, series, sop)
+                        token = uuid.uuid4().hex
+                        await conn.execute(
+                            "INSERT INTO removals (sop_uid, token, since) VALUES (%s, %s, %s) ON CONFLICT (sop_uid)"
+                            " DO UPDATE SET token = excluded.token, since = excluded.since",
+                            (sop, token, time.time()),
+                        )
+                        return token
+                except _RETRYABLE:
+                    if attempt == _RETRIES - 1:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def end_removal(self, sop: str, token: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM removals WHERE sop_uid = %s AND token = %s", (sop, token))
+
+    async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
+        rows = await self._fetch(
+            "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%%' AND NOT shared"
+            " AND stored_at < %s ORDER BY stored_at LIMIT %s",
+            [before, limit],
+        )
+        return [(str(a), str(b), str(c)) for a, b, c in rows]
+
     async def clear(self) -> None:
         async with self._connection() as conn:
-            await conn.execute("TRUNCATE instances, series, studies")
+            await conn.execute("TRUNCATE instances, series, studies, removals")
 
     async def ping(self) -> None:
         # Readiness probes time out after a few seconds: answer "unavailable" before they do.
@@ -190,10 +275,13 @@ class PostgresIndex:
             await conn.execute("SELECT 1")
 
     async def aclose(self) -> None:
-        self._closed = True
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        await self._connections.aclose()
+
+    def instance_keys(self, *, page_size: int = 1000) -> AsyncIterator[InstanceKey]:
+        return iter_instance_keys(self._fetch, "%s", page_size)
+
+    async def indexed(self, keys: Collection[InstanceKey]) -> set[InstanceKey]:
+        return await find_indexed(self._fetch, "%s", keys)
 
     # -- beyond the protocol -------------------------------------------------------------------
 
@@ -261,58 +349,36 @@ class PostgresIndex:
     @contextlib.asynccontextmanager
     async def _connection(self, *, wait: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled connection (autocommit). psycopg errors leaving the block become IndexError_
-        (callers that retry transient ones catch them inside the block)."""
-        pool = await self._open()
-        try:
-            async with pool.connection(timeout=wait or self._timeout) as conn:
-                yield conn
-        except PoolTimeout as exc:
-            raise IndexError_(f"the index database {self._where} cannot be reached: {exc}") from exc
-        except psycopg.Error as exc:
-            raise IndexError_(f"index database error: {_one_line(exc)}") from exc
+        (callers that retry transient ones catch them inside the block); the schema is migrated
+        on first use."""
+        if not self._migrated:
+            await self._migrate_once()
+        async with self._connections.connection(wait or self._timeout) as conn:
+            yield conn
 
     async def _fetch(self, sql: str, params: list[object]) -> list[tuple[Any, ...]]:
-        async with self._connection() as conn:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchall()
+        # A read runs once more when its connection died under it while the server answers (a
+        # backend terminated by a failover or pg_terminate_backend): nothing was changed, and
+        # the client gets its answer instead of a 503.
+        for attempt in range(2):
+            try:
+                async with self._connection() as conn:
+                    cur = await conn.execute(sql, params)
+                    return await cur.fetchall()
+            except ConnectionLost:
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
 
-    async def _open(self) -> AsyncConnectionPool:
-        if self._closed:
-            raise IndexError_("the index is closed")
-        if self._pool is not None:
-            return self._pool
+    async def _migrate_once(self) -> None:
         if self._lock is None:
             self._lock = anyio.Lock()
         async with self._lock:
-            if self._pool is not None:
-                return self._pool
-            kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
-            if self._schema is not None:
-                kwargs["options"] = f"-c search_path={self._schema}"
-            pool = AsyncConnectionPool(
-                self._conninfo,
-                min_size=self._pool_min,
-                max_size=self._pool_max,
-                kwargs=kwargs,
-                configure=_configure,
-                open=False,
-                timeout=self._timeout,
-                name="gateway-index",
-            )
-            try:
-                await pool.open(wait=True, timeout=self._timeout)
-                async with pool.connection(timeout=self._timeout) as conn:
-                    await _migrate(conn, self._schema)
-            except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    await pool.close()
-                if isinstance(exc, PoolTimeout):
-                    raise IndexError_(f"the index database {self._where} cannot be reached") from exc
-                if isinstance(exc, psycopg.Error):
-                    raise IndexError_(f"cannot open the index {self._where}: {_one_line(exc)}") from exc
-                raise
-            self._pool = pool
-            return pool
+            if self._migrated:
+                return
+            async with self._connections.connection(self._timeout) as conn:
+                await _migrate(conn, self._schema)
+            self._migrated = True
 
 
 def parse_url(url: str) -> tuple[str, str | None, int, int]:
@@ -420,11 +486,28 @@ class _PgRow(IndexRow):
 
     async def insert(self, conn: psycopg.AsyncConnection[Any]) -> AddOutcome:
         rec = self.record
-        found = await _sha256_of(conn, rec.sop_uid)
-        if found is not None:
-            return AddOutcome.IDENTICAL if found == rec.sha256 else AddOutcome.CONFLICT
+        committing = False  # set once only the COMMIT is left: a failure then has an unknown outcome
         try:
             async with conn.transaction():
+                await _lock_instance(conn, rec.sop_uid)
+                cur = await conn.execute("SELECT since FROM removals WHERE sop_uid = %s", (rec.sop_uid,))
+                removal = await cur.fetchone()
+                if removal is not None:
+                    if time.time() - removal[0] > REMOVAL_LAPSE:
+                        # Its remover died: the removal lapses, but the objects may be half
+                        # deleted, so the caller still writes them again before its next add.
+                        await conn.execute("DELETE FROM removals WHERE sop_uid = %s", (rec.sop_uid,))
+                    return AddOutcome.REMOVING
+                found = await _sha256_of(conn, rec.sop_uid)
+                if found is not None:
+                    if found != rec.sha256:
+                        return AddOutcome.CONFLICT
+                    # Another upload is now told this instance is stored: the first one's undo
+                    # must keep it.
+                    await conn.execute(
+                        "UPDATE instances SET shared = true WHERE sop_uid = %s AND NOT shared", (rec.sop_uid,)
+                    )
+                    return AddOutcome.IDENTICAL
                 study, series, instance = self.pg_study, self.pg_series, self.pg_instance
                 await conn.execute(_insert_sql("studies", study, "study_uid"), tuple(study.values()))
                 added = await conn.execute(
@@ -445,10 +528,21 @@ class _PgRow(IndexRow):
                     " WHERE study_uid = %s",
                     (new_series, rec.study_uid),
                 )
+                committing = True
         except _Exists:
             found = await _sha256_of(conn, rec.sop_uid)
             return AddOutcome.IDENTICAL if found == rec.sha256 else AddOutcome.CONFLICT
+        except psycopg.OperationalError as exc:
+            if committing and (conn.broken or conn.closed):
+                raise IndexOutcomeUnknown(f"the index connection broke while committing: {one_line(exc)}") from exc
+            raise
         return AddOutcome.INSERTED
+
+
+async def _lock_instance(conn: psycopg.AsyncConnection[Any], sop: str) -> None:
+    """Until the transaction ends, no other add or removal of ``sop`` runs (on any replica)."""
+    key = zlib.crc32(sop.encode()) - (1 << 31)  # int4 range
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_INSTANCE_LOCKS, key))
 
 
 async def _sha256_of(conn: psycopg.AsyncConnection[Any], sop: str) -> str | None:
@@ -503,7 +597,3 @@ def _redacted(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -2,7 +2,22 @@
 
 boto3 blocks, so every call runs in a worker thread behind one CapacityLimiter sized like the
 connection pool; botocore errors are translated to :mod:`gateway.errors` in one place
-(:func:`_translate`), keeping the original as ``__cause__``.
+(:func:`_translate`), keeping the original as ``__cause__``. Retries, and failing fast while the
+store is down, are :mod:`gateway.adapters.s3_retry`'s (botocore's own retries are off).
+
+How long a call can keep a request waiting on a failing store (defaults in brackets):
+
+* store down (refused, reset): the attempts and their backoff, about 0.15 s [3 attempts];
+* store hung (accepts, never answers) or unreachable (packets dropped): one ``read_timeout``
+  [6 s] or ``connect_timeout`` [3 s]: a timeout is not retried;
+* throttled: ``max_attempts`` answers and at most 1 + 2 + 4 ... s of backoff [3 s];
+* then, for ``s3_retry.COOLDOWN`` [3 s], every call fails at once.
+
+``read_timeout`` is how long the socket may stay silent, not a bound on a transfer: an upload
+or download that keeps moving bytes never hits it, however slow. What it bounds is the wait
+for the answer once a request is sent: S3 answers a PUT of a 16 MiB part within a second or
+so (SeaweedFS here: 0.5 s), and AWS's own guidance is to retry small GETs and PUTs not answered
+within 2 s; 6 s leaves room for a slow but alive store and keeps a STOW on a hung one under 10 s.
 """
 
 from __future__ import annotations
@@ -22,9 +37,12 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from gateway import observability
 from gateway.adapters.filestore import validate_key, validate_prefix
+from gateway.adapters.s3_retry import THROTTLING_CODES, StoreBreaker, StoreUnavailable, backoff, classify
+from gateway.adapters.s3_retry import error_code as _error_code
 from gateway.errors import AlreadyExists, GatewayError, NotFound, StorageError
-from gateway.ports import ObjectInfo
+from gateway.ports import ListedObject, ObjectInfo, UnfinishedWrite
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -40,6 +58,7 @@ _MIN_PART_SIZE = 5 * MiB  # S3: every part but the last must be at least 5 MiB
 _MAX_PARTS = 10_000  # S3: parts per upload
 _PART_CONCURRENCY = 4  # parts in flight per multipart upload (memory: this many parts)
 _COMPLETE_LOCK_STRIPES = 64
+_PROBE_TIMEOUT = 2.0  # readiness probes are themselves bounded by a few seconds
 
 
 def _storage_error(reason: str) -> GatewayError:
@@ -60,19 +79,8 @@ _ERRORS: dict[str, Callable[[str], GatewayError]] = {
     "PreconditionFailed": AlreadyExists,  # If-None-Match: * found the key taken
     "412": AlreadyExists,
     "ConditionalRequestConflict": AlreadyExists,  # AWS: a concurrent conditional write won (409)
-    "SlowDown": _throttled,
-    "503": _throttled,
-    "ServiceUnavailable": _throttled,
-    "Throttling": _throttled,
-    "RequestLimitExceeded": _throttled,
-    "TooManyRequests": _throttled,
+    **dict.fromkeys(THROTTLING_CODES, _throttled),  # SlowDown, 503, ... (after the retries)
 }
-
-
-def _error_code(exc: ClientError) -> str:
-    error = exc.response.get("Error", {})
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
-    return str(error.get("Code") or status)
 
 
 def _translate(exc: ClientError | BotoCoreError | OSError, what: str) -> GatewayError:
@@ -108,14 +116,16 @@ class S3BlobStore:
         max_threads: int = 16,
         multipart_threshold: int = 64 * MiB,
         part_size: int = 16 * MiB,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 6.0,
         max_attempts: int = 3,
     ) -> None:
         if part_size < _MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {_MIN_PART_SIZE} bytes (S3 minimum)")
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         prefix = prefix.strip("/")
         self._bucket = bucket
         self._prefix = (validate_key(prefix) + "/") if prefix else ""
@@ -123,6 +133,8 @@ class S3BlobStore:
         self._multipart_threshold = multipart_threshold
         self._part_size = part_size
         self._limiter = anyio.CapacityLimiter(max_threads)
+        self._max_attempts = max_attempts
+        self._breaker = StoreBreaker(f"S3 bucket {bucket}")
         # SeaweedFS 4.48 checks If-None-Match on CompleteMultipartUpload, but not atomically:
         # concurrent completes of one key can all succeed (measured: 2-7 winners of 8), while
         # its PutObject check is atomic. So completes of a key are serialised within this
@@ -133,7 +145,7 @@ class S3BlobStore:
             region_name=region,
             signature_version="s3v4",
             s3={"addressing_style": "path"},  # S3-compatible servers rarely have wildcard DNS
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": 1},  # our loop retries (see _attempt)
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_threads,
@@ -151,6 +163,21 @@ class S3BlobStore:
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             config=config,
+        )
+        # Readiness probes: one attempt with short timeouts, whatever the calls' settings.
+        self._probe_client: S3Client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=config.merge(
+                Config(
+                    connect_timeout=min(connect_timeout, _PROBE_TIMEOUT),
+                    read_timeout=min(read_timeout, _PROBE_TIMEOUT),
+                    max_pool_connections=1,
+                )
+            ),
         )
 
     @property
@@ -200,7 +227,9 @@ class S3BlobStore:
         response = await self._call(what, self._client.get_object, Bucket=self._bucket, Key=name)
         body = response["Body"]
         try:
-            while chunk := await self._call(what, body.read, chunk_size):
+            # One attempt per read, and no breaker: a broken body cannot be read again, and bytes
+            # arriving show the store is alive, whatever other calls saw.
+            while chunk := await self._attempt(what, functools.partial(body.read, chunk_size), 1, guarded=False):
                 yield chunk
         finally:
             body.close()  # releases (or drops) the pooled connection when the reader stops early
@@ -239,8 +268,11 @@ class S3BlobStore:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def ping(self) -> None:
+        """One HeadBucket with short timeouts, asked even while calls fail fast: readiness
+        probes are how a store that came back is noticed when no request arrives."""
+        probe = functools.partial(self._probe_client.head_bucket, Bucket=self._bucket)
         try:
-            await self._call("HeadBucket", self._client.head_bucket, Bucket=self._bucket)
+            await self._attempt("HeadBucket", probe, 1, guarded=False)
         except NotFound as exc:
             raise StorageError(f"S3 bucket {self._bucket} does not exist") from exc.__cause__
 
@@ -253,6 +285,7 @@ class S3BlobStore:
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._client.close)
+        await anyio.to_thread.run_sync(self._probe_client.close)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -260,11 +293,43 @@ class S3BlobStore:
         return self._prefix + validate_key(key)
 
     async def _call(self, what: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run one blocking client call in a worker thread and translate its failure."""
-        try:
-            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
-        except (ClientError, BotoCoreError, OSError) as exc:
-            raise _translate(exc, what) from exc
+        """Run one blocking client call in a worker thread, with retries; translate its failure."""
+        # A page iterator that raised is finished: calling next() again would end a listing
+        # early as if complete, so listing pages get a single attempt.
+        attempts = 1 if fn is _next_or_none else self._max_attempts
+        return await self._attempt(what, functools.partial(fn, *args, **kwargs), attempts)
+
+    async def _attempt(self, what: str, call: Callable[[], T], attempts: int, *, guarded: bool = True) -> T:
+        """The one retry loop (gateway.adapters.s3_retry): retry what is worth it, with backoff,
+        up to ``attempts``; while the breaker is open (``guarded``), fail without asking."""
+        run = functools.partial(self._guarded, call) if guarded else call
+        attempt = 1
+        while True:
+            try:
+                result = await anyio.to_thread.run_sync(run, limiter=self._limiter)
+            except StoreUnavailable:
+                observability.store_error("circuit_open")
+                raise
+            except (ClientError, BotoCoreError, OSError) as exc:
+                failure = classify(exc)
+                if failure.retryable and attempt < attempts:
+                    observability.store_retry(failure.value)
+                    await anyio.sleep(backoff(failure, attempt))
+                    attempt += 1
+                    continue
+                error = _translate(exc, what)
+                if isinstance(error, StorageError):  # not NotFound, AlreadyExists: answers, not faults
+                    observability.store_error(failure.value)
+                self._breaker.failed(failure, error.reason)
+                raise error from exc
+            self._breaker.succeeded()
+            return result
+
+    def _guarded(self, call: Callable[[], T]) -> T:
+        # Checked in the worker thread, so that a call queued behind the limiter while the store
+        # was found down fails at once too.
+        self._breaker.check()
+        return call()
 
     def _put_small(self, name: str, path: Path, sha256: str, content_type: str) -> None:
         with open(path, "rb") as body:
@@ -404,6 +469,45 @@ class S3BlobStore:
             # A concurrent start-up may have created it; BucketAlreadyExists (someone else's
             # bucket) is a real error.
             if _error_code(exc) != "BucketAlreadyOwnedByYou":
+                raise
+
+    # -- crash recovery (reindex --repair) --------------------------------------------------------
+
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[ListedObject]:
+        validate_prefix(prefix)
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = iter(paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix))
+        while (page := await self._call("ListObjectsV2", _next_or_none, pages)) is not None:
+            for item in page.get("Contents", []):
+                name = item.get("Key", "")
+                if name.startswith(self._prefix) and "LastModified" in item:
+                    yield ListedObject(name[len(self._prefix) :], item.get("Size", 0), item["LastModified"].timestamp())
+
+    async def list_unfinished(self, started_before: float) -> AsyncIterator[UnfinishedWrite]:
+        # Multipart uploads a killed process never completed nor aborted: S3 keeps (and bills)
+        # their parts until an AbortMultipartUpload, and lists them here with their start time.
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        pages = iter(paginator.paginate(Bucket=self._bucket, Prefix=self._prefix))
+        while (page := await self._call("ListMultipartUploads", _next_or_none, pages)) is not None:
+            for upload in page.get("Uploads", []):
+                name, upload_id, initiated = upload.get("Key", ""), upload.get("UploadId"), upload.get("Initiated")
+                if not name.startswith(self._prefix) or upload_id is None or initiated is None:
+                    continue
+                if initiated.timestamp() < started_before:
+                    yield UnfinishedWrite(name[len(self._prefix) :], initiated.timestamp(), upload_id)
+
+    async def discard_unfinished(self, write: UnfinishedWrite) -> None:
+        # The key is the listed one, not necessarily a valid object key (any writer may have
+        # started an upload under our prefix): S3 keys are opaque, so it is used unvalidated.
+        await self._call(
+            f"AbortMultipartUpload {write.key}", self._abort_if_present, self._prefix + write.key, write.handle
+        )
+
+    def _abort_if_present(self, name: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=name, UploadId=upload_id)
+        except ClientError as exc:
+            if _error_code(exc) not in ("NoSuchUpload", "404"):
                 raise
 
 

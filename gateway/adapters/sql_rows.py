@@ -8,13 +8,14 @@ holds (frames and pixel description as JSON text, metadata as the DICOM JSON byt
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, Self
 
 import orjson
 
 from gateway.adapters.sql_search import column_values
 from gateway.dicom.attributes import SERIES_INSTANCE_UID, SERIES_TAGS, STUDY_INSTANCE_UID, STUDY_TAGS
-from gateway.ports import InstanceRecord, PixelDescription
+from gateway.ports import InstanceKey, InstanceRecord, PixelDescription
 
 # The columns :func:`record_from_row` takes, in order (``i`` is the instances table).
 RECORD_COLUMNS = (
@@ -144,3 +145,44 @@ def instances_sql(placeholder: str, study: str, series: str | None) -> tuple[str
         params.append(series)
     sql += " ORDER BY se.series_number NULLS FIRST, i.series_uid, i.instance_number NULLS FIRST, i.sop_uid"
     return sql, params
+
+
+# Runs one SELECT with parameters and returns its rows (each adapter's own connection handling).
+Fetch = Callable[[str, list[object]], Awaitable[list[tuple[Any, ...]]]]
+# Instances whose membership one query checks: far below every driver's parameter limit.
+MEMBERSHIP_BATCH = 500
+
+
+async def iter_instance_keys(fetch: Fetch, placeholder: str, page_size: int) -> AsyncIterator[InstanceKey]:
+    """Every indexed instance in SOP Instance UID order, one page per query (keyset pagination:
+    each page is one range scan of the primary key however deep, and no query stays open)."""
+    after: str | None = None
+    while True:
+        if after is None:
+            sql = f"SELECT study_uid, series_uid, sop_uid FROM instances ORDER BY sop_uid LIMIT {placeholder}"
+            rows = await fetch(sql, [page_size])
+        else:
+            sql = (
+                "SELECT study_uid, series_uid, sop_uid FROM instances"
+                f" WHERE sop_uid > {placeholder} ORDER BY sop_uid LIMIT {placeholder}"
+            )
+            rows = await fetch(sql, [after, page_size])
+        for study, series, sop in rows:
+            yield study, series, sop
+        if len(rows) < page_size:
+            return
+        after = rows[-1][2]
+
+
+async def find_indexed(fetch: Fetch, placeholder: str, keys: Collection[InstanceKey]) -> set[InstanceKey]:
+    """Those of ``keys`` indexed under exactly their study and series (by SOP Instance UID in
+    batches, then compared whole: an instance indexed elsewhere is not the one asked for)."""
+    wanted = set(keys)
+    sops = sorted({sop for _, _, sop in wanted})
+    found: set[InstanceKey] = set()
+    for start in range(0, len(sops), MEMBERSHIP_BATCH):
+        batch: list[object] = list(sops[start : start + MEMBERSHIP_BATCH])
+        marks = ", ".join([placeholder] * len(batch))
+        rows = await fetch(f"SELECT study_uid, series_uid, sop_uid FROM instances WHERE sop_uid IN ({marks})", batch)
+        found.update((study, series, sop) for study, series, sop in rows)
+    return found & wanted

@@ -9,7 +9,10 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, created or migrated on
 * ``series`` — keyed by (study, series) UID: indexed series keys, ``num_instances``, ``attrs``
   (:data:`gateway.dicom.attributes.SERIES_TAGS`).
 * ``instances`` — keyed by SOP Instance UID: what :class:`gateway.ports.InstanceRecord` holds
-  (frames and pixel description as JSON, metadata as a BLOB of DICOM JSON).
+  (frames and pixel description as JSON, metadata as a BLOB of DICOM JSON), and ``shared``: set
+  once a second upload of the same bytes was told the instance is stored.
+* ``removals`` — SOP Instance UIDs whose objects are being deleted right now
+  (:meth:`gateway.ports.Index.begin_removal`); an ``add`` of one answers REMOVING.
 
 Concurrency: one writer connection, its transactions serialized (a capacity limiter of one in
 the event loop, a lock in the threads) and started with ``BEGIN IMMEDIATE`` so that writers in
@@ -24,7 +27,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,9 +38,11 @@ import anyio.to_thread
 from gateway.adapters.sql_rows import (
     IndexRow,
     decode_metadata,
+    find_indexed,
     instance_sql,
     instance_values,
     instances_sql,
+    iter_instance_keys,
     record_from_row,
     series_values,
     study_values,
@@ -45,11 +51,11 @@ from gateway.adapters.sqlite_search import COLUMNS, register_functions, row_to_j
 from gateway.dicom.attributes import Level
 from gateway.dicom.query import QidoQuery
 from gateway.errors import IndexError_
-from gateway.ports import AddOutcome, InstanceRecord, SearchResult
+from gateway.ports import REMOVAL_LAPSE, AddOutcome, InstanceKey, InstanceRecord, KeepIf, SearchResult
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_MAX_RESULTS = 1000
 
 
@@ -95,6 +101,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX instances_by_series ON instances (study_uid, series_uid, instance_number, sop_uid)",
         "CREATE INDEX instances_by_series_uid ON instances (series_uid, instance_number)",
         "CREATE INDEX instances_by_class ON instances (sop_class_uid)",
+    ),
+    2: (
+        "ALTER TABLE instances ADD COLUMN shared INTEGER NOT NULL DEFAULT 0",
+        "CREATE TABLE removals (sop_uid TEXT PRIMARY KEY NOT NULL, token TEXT NOT NULL, since REAL NOT NULL)",
     ),
 }
 
@@ -159,9 +169,45 @@ class SqliteIndex:
     async def delete(self, study: str, series: str, sop: str) -> None:
         await self._write(lambda: self._transaction(lambda conn: _delete(conn, study, series, sop)))
 
+    async def begin_removal(self, study: str, series: str, sop: str, *, keep_if: KeepIf) -> str | None:
+        # BEGIN IMMEDIATE serializes this with every add, in this process and any other.
+        def begin(conn: sqlite3.Connection) -> str | None:
+            found = conn.execute(
+                "SELECT shared FROM instances WHERE sop_uid = ? AND study_uid = ? AND series_uid = ?",
+                (sop, study, series),
+            ).fetchone()
+            if found is not None:
+                if keep_if is KeepIf.INDEXED or (keep_if is KeepIf.SHARED and found[0]):
+                    return None
+                _delete(conn, study, series, sop)
+            token = uuid.uuid4().hex
+            conn.execute(
+                "INSERT INTO removals (sop_uid, token, since) VALUES (?, ?, ?)"
+                " ON CONFLICT (sop_uid) DO UPDATE SET token = excluded.token, since = excluded.since",
+                (sop, token, time.time()),
+            )
+            return token
+
+        return await self._write(lambda: self._transaction(begin))
+
+    async def end_removal(self, sop: str, token: str) -> None:
+        await self._write(
+            lambda: self._transaction(
+                lambda conn: conn.execute("DELETE FROM removals WHERE sop_uid = ? AND token = ?", (sop, token))
+            )
+        )
+
+    async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
+        sql = (
+            "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%' AND shared = 0"
+            " AND stored_at < ? ORDER BY stored_at LIMIT ?"
+        )
+        rows = await self._read(lambda conn: conn.execute(sql, (before, limit)).fetchall())
+        return [(str(a), str(b), str(c)) for a, b, c in rows]
+
     async def clear(self) -> None:
         def clear(conn: sqlite3.Connection) -> None:
-            for table in ("instances", "series", "studies"):
+            for table in ("instances", "series", "studies", "removals"):
                 conn.execute(f"DELETE FROM {table}")
 
         await self._write(lambda: self._transaction(clear))
@@ -171,6 +217,15 @@ class SqliteIndex:
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._close)
+
+    def instance_keys(self, *, page_size: int = 1000) -> AsyncIterator[InstanceKey]:
+        return iter_instance_keys(self._read_rows, "?", page_size)
+
+    async def indexed(self, keys: Collection[InstanceKey]) -> set[InstanceKey]:
+        return await find_indexed(self._read_rows, "?", keys)
+
+    async def _read_rows(self, sql: str, params: list[object]) -> list[tuple[Any, ...]]:
+        return await self._read(lambda conn: conn.execute(sql, params).fetchall())
 
     # -- beyond the protocol -------------------------------------------------------------------
 
@@ -371,9 +426,20 @@ class _Row(IndexRow):
 
     def insert(self, conn: sqlite3.Connection) -> AddOutcome:
         rec = self.record
+        removal = conn.execute("SELECT since FROM removals WHERE sop_uid = ?", (rec.sop_uid,)).fetchone()
+        if removal is not None:
+            if time.time() - removal[0] > REMOVAL_LAPSE:
+                # Its remover died: the removal lapses, but the objects may be half deleted, so
+                # the caller still writes them again before its next add.
+                conn.execute("DELETE FROM removals WHERE sop_uid = ?", (rec.sop_uid,))
+            return AddOutcome.REMOVING
         found = conn.execute("SELECT sha256 FROM instances WHERE sop_uid = ?", (rec.sop_uid,)).fetchone()
         if found is not None:
-            return AddOutcome.IDENTICAL if found[0] == rec.sha256 else AddOutcome.CONFLICT
+            if found[0] != rec.sha256:
+                return AddOutcome.CONFLICT
+            # Another upload is now told this instance is stored: the first one's undo must keep it.
+            conn.execute("UPDATE instances SET shared = 1 WHERE sop_uid = ? AND shared = 0", (rec.sop_uid,))
+            return AddOutcome.IDENTICAL
         conn.execute(_insert_sql("studies", self.study, "study_uid"), tuple(self.study.values()))
         added = conn.execute(_insert_sql("series", self.series, "study_uid, series_uid"), tuple(self.series.values()))
         conn.execute(_insert_sql("instances", self.instance, None), tuple(self.instance.values()))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 import orjson
@@ -31,12 +31,19 @@ async def readyz(request: Request) -> Response:
     then decides readiness too."""
     gw = gateway_of(request)
     checks: dict[str, str] = {}
-    for name, probe in (("store", gw.store.ping), ("index", gw.index.ping)):
+
+    async def check(name: str, probe: Callable[[], Awaitable[None]]) -> None:
         try:
             await probe()
             checks[name] = "ok"
         except GatewayError as exc:
             checks[name] = f"unavailable: {exc.reason}"
+
+    # At once: a hung store (its probe bounded by a short timeout) must not delay the index's.
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(check, "store", gw.store.ping)
+        tasks.start_soon(check, "index", gw.index.ping)
+    checks = {name: checks[name] for name in ("store", "index")}
     ready = all(v == "ok" for v in checks.values())
     if gw.settings.ready_requires_pacs:
         pacs = await _echo_cached(request, gw.upstreams)

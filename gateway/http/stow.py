@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 import anyio
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.dicom import uids
 from gateway.dicom.media import APPLICATION_DICOM, APPLICATION_DICOM_JSON, MULTIPART_RELATED, parse_content_type
 from gateway.dicom.multipart import MultipartLimits, iter_parts
 from gateway.dicom.ziparchive import Skipped, ZipLimits, is_zip_media_type
-from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge, UnsupportedMediaType
 from gateway.http.context import base_url, gateway_of
 from gateway.http.security import restriction_of
 from gateway.services.stow import StowOutcome
 from gateway.services.zipstow import expand_archive, expand_archives
+from gateway.spool import process_spool_dir
 
 
 async def store_instances(request: Request) -> Response:
@@ -57,7 +59,7 @@ async def store_instances(request: Request) -> Response:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limits.max_body_bytes}")
-    spool = gw.settings.effective_spool_dir
+    spool = process_spool_dir(gw.settings.effective_spool_dir)  # swept when this process is gone
     spool.mkdir(parents=True, exist_ok=True)
     multipart_limits = MultipartLimits(
         max_parts=limits.max_parts,
@@ -67,12 +69,24 @@ async def store_instances(request: Request) -> Response:
     )
     async with (
         aclosing(
-            iter_parts(request.stream(), boundary.encode("latin-1"), spool_dir=spool, limits=multipart_limits)
+            iter_parts(_body(request), boundary.encode("latin-1"), spool_dir=spool, limits=multipart_limits)
         ) as received,
         aclosing(expand_archives(received, spool, zip_limits, skipped)) as parts,
     ):
         outcome = await gw.stow.store_parts(parts, study_uid=study, restriction=restriction_of(request))
     return await _finish(request, outcome, study, skipped)
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives. A client that hangs up before its end raises
+    :class:`ClientDisconnected`, a client-side refusal: it was never answered, so the service
+    undoes what the request stored (instances whose parts arrived whole before the cut too),
+    except what another upload was also told is stored."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise ClientDisconnected("the client closed the connection before the end of the request body") from None
 
 
 async def _store_archive(
@@ -85,13 +99,13 @@ async def _store_archive(
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
-    spool = gw.settings.effective_spool_dir
+    spool = process_spool_dir(gw.settings.effective_spool_dir)  # swept when this process is gone
     spool.mkdir(parents=True, exist_ok=True)
     path = spool / f".zipbody-{uuid.uuid4().hex}"
     try:
         size = 0
         async with await anyio.open_file(path, "wb") as f:
-            async for chunk in request.stream():
+            async for chunk in _body(request):
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")

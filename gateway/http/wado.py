@@ -19,7 +19,9 @@ from gateway.dicom.media import (
 from gateway.dicom.multipart import content_type_for_multipart, multipart_stream, new_boundary
 from gateway.errors import NotAcceptable
 from gateway.http.context import base_url, gateway_of
+from gateway.http.retrieve_warnings import add_retrieve_warnings
 from gateway.http.security import restriction_of
+from gateway.http.started import started_parts
 from gateway.ports import InstanceRecord
 from gateway.services.wado import INSTANCE_SYNTAXES, parse_frame_list
 
@@ -58,21 +60,29 @@ async def retrieve(request: Request) -> Response:
                 yield gw.retrieval.part(item, negotiated)
 
     media_type = content_type_for_multipart(negotiated.media_type, negotiated.transfer_syntax, boundary)
-    return StreamingResponse(multipart_stream(parts(), boundary), media_type=media_type, headers=_NO_TRANSFORM)
+    # The first bytes are read before the status is sent: a store that is down answers 503.
+    body = multipart_stream(await started_parts(parts()), boundary)
+    return StreamingResponse(body, media_type=media_type, headers=_NO_TRANSFORM)
 
 
 async def metadata(request: Request) -> Response:
     """``GET .../metadata`` at study, series or instance level, answered from the index."""
     gw = gateway_of(request)
     negotiated = negotiate_metadata(request.headers.get("accept"))
-    records = await gw.retrieval.select(*_uids(request), pacs=_pacs(request), restriction=restriction_of(request))
-    return Response(gw.wado.metadata_body(records, base_url(request)), media_type=negotiated.media_type)
+    notes: list[str] = []  # a PACS retrieve that sent only part of the entity says so
+    records = await gw.retrieval.select(
+        *_uids(request), pacs=_pacs(request), restriction=restriction_of(request), warnings=notes
+    )
+    response = Response(gw.wado.metadata_body(records, base_url(request)), media_type=negotiated.media_type)
+    return add_retrieve_warnings(response, notes)
 
 
-async def _one_instance(request: Request) -> InstanceRecord:
+async def _one_instance(request: Request, notes: list[str] | None = None) -> InstanceRecord:
     gw = gateway_of(request)
     study, series, sop = _uids(request)
-    records = await gw.retrieval.select(study, series, sop, pacs=_pacs(request), restriction=restriction_of(request))
+    records = await gw.retrieval.select(
+        study, series, sop, pacs=_pacs(request), restriction=restriction_of(request), warnings=notes
+    )
     return records[0]
 
 
@@ -80,7 +90,8 @@ async def frames(request: Request) -> Response:
     """``GET .../instances/{i}/frames/{list}`` (PS3.18 10.4.1.1.4)."""
     gw = gateway_of(request)
     numbers = parse_frame_list(request.path_params["frames"])
-    record = await _one_instance(request)
+    notes: list[str] = []
+    record = await _one_instance(request, notes)
     negotiated = negotiate_frames(
         request.headers.get("accept"),
         stored_syntaxes={record.transfer_syntax},
@@ -93,7 +104,7 @@ async def frames(request: Request) -> Response:
     bodies = await gw.wado.frames(record, numbers, negotiated)
     part_type = gw.wado.frame_content_type(record, negotiated)
     if not negotiated.multipart:  # one frame as its bare bitstream (image/jls, image/jp2, ...)
-        return Response(bodies[0], media_type=part_type, headers=_NO_TRANSFORM)
+        return add_retrieve_warnings(Response(bodies[0], media_type=part_type, headers=_NO_TRANSFORM), notes)
     boundary = new_boundary()
     media_type = content_type_for_multipart(negotiated.media_type, None, boundary)
     location = f"{base_url(request)}/studies/{record.study_uid}/series/{record.series_uid}/instances/{record.sop_uid}"
@@ -101,7 +112,8 @@ async def frames(request: Request) -> Response:
         (part_type, body, {"Content-Location": f"{location}/frames/{n}"})
         for n, body in zip(numbers, bodies, strict=True)
     ]
-    return StreamingResponse(multipart_stream(parts, boundary), media_type=media_type, headers=_NO_TRANSFORM)
+    response = StreamingResponse(multipart_stream(parts, boundary), media_type=media_type, headers=_NO_TRANSFORM)
+    return add_retrieve_warnings(response, notes)
 
 
 async def bulkdata(request: Request) -> Response:

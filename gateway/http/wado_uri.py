@@ -37,6 +37,7 @@ from gateway.dicom.render import RenderOptions, Viewport, Window
 from gateway.errors import BadRequest, NotAcceptable, NotFound
 from gateway.http.context import gateway_of
 from gateway.http.security import restriction_of
+from gateway.http.started import started
 from gateway.ports import InstanceRecord
 
 PRODUCED = (APPLICATION_DICOM, IMAGE_JPEG, IMAGE_PNG)
@@ -118,7 +119,7 @@ async def retrieve(request: Request) -> Response:
     record = records[0]
     media = _content_type(request, record)
     if media == APPLICATION_DICOM:
-        return _dicom(request, record)
+        return await _dicom(request, record)
     frame = _int(request, "frameNumber", 1, 1_000_000_000) or 1
     frames = record.pixel.number_of_frames if record.pixel else 0
     if frame > frames:
@@ -129,7 +130,7 @@ async def retrieve(request: Request) -> Response:
     return Response(body, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _dicom(request: Request, record: InstanceRecord) -> Response:
+async def _dicom(request: Request, record: InstanceRecord) -> Response:
     gw = gateway_of(request)
     syntax = request.query_params.get("transferSyntax") or EXPLICIT_VR_LITTLE_ENDIAN
     uids.require_uid(syntax, "transferSyntax")
@@ -142,4 +143,6 @@ def _dicom(request: Request, record: InstanceRecord) -> Response:
     ):
         raise NotAcceptable(f"object {record.sop_uid} cannot be sent in transfer syntax {syntax}")
     content_type, body = gw.wado.instance_part(record, Negotiated(APPLICATION_DICOM, syntax, False))
-    return StreamingResponse(body, media_type=content_type, headers={"Cache-Control": "private, no-transform"})
+    # The first bytes are read before the status is sent: a store that is down answers 503.
+    headers = {"Cache-Control": "private, no-transform"}
+    return StreamingResponse(await started(body), media_type=content_type, headers=headers)

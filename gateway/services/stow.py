@@ -6,10 +6,17 @@ Write order, which is what makes "acknowledged means durable" true:
 2. its DICOM JSON metadata object is written beside it;
 3. the index row is committed.
 
-An instance is reported in ReferencedSOPSequence only after all three returned. A crash in
-between leaves at most an orphan object that ``reindex`` sweeps, never an index row without its
-object. A concurrent or repeated upload of the same bytes finds the object taken, checks it is
-byte-identical (SHA-256) and completes steps 2 and 3 idempotently, so exactly one copy exists.
+An instance is reported in ReferencedSOPSequence only after all three returned, so **the index
+row is the commit point**: an object without a row was never acknowledged. A process killed at
+any moment (SIGKILL, power cut) therefore leaves at most: objects without a row (killed between
+steps 1 and 3), an unfinished S3 multipart upload or a file store temp file (killed inside step
+1), and its spooled request parts (``gateway.spool``) -- never an index row without its object,
+so nothing acknowledged is lost. ``dicomweb-gateway reindex --repair`` (``gateway.repair``)
+removes those leftovers in place, leaving anything younger than its grace period alone; a
+gateway sweeps the spool of dead processes when it starts. A retried upload does not wait for
+the repair: it finds the object taken, checks it is byte-identical (SHA-256) and completes steps
+2 and 3. The same holds for a concurrent or repeated upload of the same bytes, so exactly one
+copy exists.
 """
 
 from __future__ import annotations
@@ -32,8 +39,8 @@ from gateway.dicom import transcode, uids
 from gateway.dicom.media import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from gateway.dicom.parse import InstanceRejected, ParseLimits, parse_part10
 from gateway.dicom.query import Match, QidoQuery
-from gateway.errors import AlreadyExists, GatewayError
-from gateway.ports import AddOutcome, BlobStore, Index, InstanceRecord
+from gateway.errors import AlreadyExists, GatewayError, IndexOutcomeUnknown, ServiceUnavailable
+from gateway.ports import AddOutcome, BlobStore, Index, InstanceRecord, KeepIf
 from gateway.security.access import Restriction
 from gateway.services.claims import Claimant, InstanceClaims
 
@@ -45,6 +52,9 @@ FAILURE_DUPLICATE_SOP = 0x0111  # PS3.7 C.4.2.1.4: a different object under a st
 FAILURE_STUDY_MISMATCH = 0xA900  # instance does not belong to the study named in the URL
 FAILURE_UNSUPPORTED_MEDIA = 0xC000
 FAILURE_NOT_AUTHORIZED = 0x0124  # PS3.7 C.4.2.1.4 "Refused: Not Authorized"
+
+# Pauses between attempts while another replica removes the same instance (about 10 s in all).
+_REMOVAL_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.5, 2.0, 2.0, 2.0)
 
 
 class UploadedPart(Protocol):
@@ -100,6 +110,7 @@ class FailedInstance:
     failure_reason: int
     detail: str
     conflict: bool = False  # the data is fine but clashes with the request or the store
+    retry_after: int | None = None  # the store or index was unavailable: worth retrying later
 
 
 @dataclass
@@ -154,9 +165,14 @@ class StowService:
         async def store(index: int, content_type: str | None, path: Path) -> None:
             try:
                 part = _OwnedPart(content_type, path)
-                results[index] = await self.store_one(
-                    part, study_uid=study_uid, restriction=restriction, claimant=request
-                )
+                # A part being written is finished, then undone below if the request fails (a
+                # client hanging up cancels the pipeline): a write cut short could leave an object
+                # whose creation was never learnt of (an S3 multipart complete) or an index commit
+                # of unknown outcome, neither of which the undo would find.
+                with anyio.CancelScope(shield=True):
+                    results[index] = await self.store_one(
+                        part, study_uid=study_uid, restriction=restriction, claimant=request
+                    )
             finally:
                 # A metadata-only operation on the local spool disk: not worth a thread hop.
                 with contextlib.suppress(FileNotFoundError):
@@ -195,18 +211,20 @@ class StowService:
             elif result is not None:
                 outcome.failed.append(result)
                 observability.stow_instances(failed=1)
+        unavailable = [f.retry_after for f in outcome.failed if f.retry_after is not None]
+        if unavailable and not outcome.stored:
+            # Nothing stored, and the store or index is why: the request as a whole is unavailable
+            # (503 + Retry-After), not refused.
+            reason = next(f.detail for f in outcome.failed if f.retry_after is not None)
+            raise ServiceUnavailable(reason, retry_after=max(unavailable))
         return outcome
 
     async def _undo(self, stored: StoredInstance, request: Claimant) -> None:
         async with self._claims.undoing(stored.sop_instance_uid, request) as sole:
             if not sole:
-                return  # another upload relies on this instance now: it stays
-            try:
-                await self._index.delete(stored.study_uid, stored.series_uid, stored.sop_instance_uid)
-            except GatewayError as exc:
-                log.warning("could not unindex %s: %s", stored.sop_instance_uid, exc.reason)
-                return  # an indexed instance must keep its object
-            await self._delete_objects(stored.study_uid, stored.series_uid, stored.sop_instance_uid)
+                return  # another upload in this process relies on this instance now: it stays
+            # Another replica's upload may have been told it is stored: the index knows (KeepIf.SHARED).
+            await self._remove(stored.study_uid, stored.series_uid, stored.sop_instance_uid, KeepIf.SHARED)
 
     async def store_one(
         self,
@@ -234,6 +252,19 @@ class StowService:
                 f"StudyInstanceUID {record.study_uid} does not match the study {study_uid} in the request URL",
                 conflict=True,
             )
+        try:
+            return await self._store_parsed(record, part.path, restriction, claimant)
+        except ServiceUnavailable as exc:
+            # The store or index failed for this instance (its own writes are undone, or left
+            # uncommitted for ``reindex --repair``); others of the request may be stored, and the
+            # response says which (PS3.18 10.5.3: 202), so nothing unacknowledged stays indexed.
+            return FailedInstance(
+                record.sop_class_uid, record.sop_uid, FAILURE_PROCESSING, exc.reason, retry_after=exc.retry_after
+            )
+
+    async def _store_parsed(
+        self, record: InstanceRecord, path: Path, restriction: Restriction | None, claimant: Claimant | None
+    ) -> StoredInstance | FailedInstance:
         if restriction is not None and not await self._permitted(record, restriction):
             # Checked before anything is stored or compared, so a restricted principal learns
             # nothing about studies outside its restriction (gateway.security.access).
@@ -244,14 +275,12 @@ class StowService:
                 "this instance is outside the studies the credentials may write",
                 conflict=True,
             )
-        # Store or index failures propagate (503 with Retry-After): the client retries the request,
-        # and instances already stored in it then come back as identical duplicates.
         if self._compress_to is None or not self._compressible(record):
-            return await self.persist(record, part.path, claimant=claimant)
-        compressed = part.path.with_name(part.path.name + ".compressed")
+            return await self.persist(record, path, claimant=claimant)
+        compressed = path.with_name(path.name + ".compressed")
         try:
             record = await anyio.to_thread.run_sync(
-                self._compress, part.path, compressed, self._compress_to, limiter=self._parse_limiter
+                self._compress, path, compressed, self._compress_to, limiter=self._parse_limiter
             )
             return await self.persist(record, compressed, claimant=claimant)
         finally:
@@ -308,6 +337,39 @@ class StowService:
                 self._claims.release_all(who)
 
     async def _persist(self, record: InstanceRecord, path: Path, who: Claimant) -> StoredInstance | FailedInstance:
+        # REMOVING: an undo or sweep on another replica is deleting this instance's objects; once
+        # it is over they are written again (the removal blocks the index, not the store).
+        created = False
+        for wait in _REMOVAL_WAITS:
+            written = await self._write_objects(record, path, who)
+            if isinstance(written, FailedInstance):
+                return written
+            created = created or written[0]  # an earlier attempt's object counts as ours too
+            added = written[1]
+            if added is not AddOutcome.REMOVING:
+                break
+            await anyio.sleep(wait)
+        else:
+            raise ServiceUnavailable(
+                f"SOPInstanceUID {record.sop_uid} is being removed by another request; retry later", retry_after=5
+            )
+        if added is AddOutcome.CONFLICT:
+            # Same SOP Instance UID already indexed with other bytes (e.g. under another series).
+            if created:
+                await self._discard_unindexed(record, who)
+            return self._duplicate(record)
+        return StoredInstance(
+            record.sop_class_uid,
+            record.sop_uid,
+            record.study_uid,
+            record.series_uid,
+            created=created and added is AddOutcome.INSERTED,
+        )
+
+    async def _write_objects(
+        self, record: InstanceRecord, path: Path, who: Claimant
+    ) -> tuple[bool, AddOutcome] | FailedInstance:
+        """Steps 1-3 once: (whether this call created the object, the index's answer)."""
         key = uids.instance_key(record.study_uid, record.series_uid, record.sop_uid)
         created = True
         try:
@@ -323,30 +385,41 @@ class StowService:
                 record.metadata,
                 content_type="application/dicom+json",
             )
-            added = await self._index.add(record)
-        except BaseException:
-            # Unacknowledged: leave nothing we alone created behind (the reindex sweeps the rest).
-            if created:
+            return created, await self._index.add(record)
+        except BaseException as exc:
+            # Unacknowledged: leave nothing we alone created behind (the reindex sweeps the rest),
+            # unless the index may have committed the row after all.
+            if created and not isinstance(exc, IndexOutcomeUnknown):
                 with anyio.CancelScope(shield=True):
                     await self._discard_unindexed(record, who)
             raise
-        if added is AddOutcome.CONFLICT:
-            # Same SOP Instance UID already indexed with other bytes (e.g. under another series).
-            if created:
-                await self._discard_unindexed(record, who)
-            return self._duplicate(record)
-        return StoredInstance(
-            record.sop_class_uid,
-            record.sop_uid,
-            record.study_uid,
-            record.series_uid,
-            created=created and added is AddOutcome.INSERTED,
-        )
 
     async def _discard_unindexed(self, record: InstanceRecord, who: Claimant) -> None:
         async with self._claims.undoing(record.sop_uid, who) as sole:
             if sole:
-                await self._delete_objects(record.study_uid, record.series_uid, record.sop_uid)
+                await self._remove(record.study_uid, record.series_uid, record.sop_uid, KeepIf.INDEXED)
+
+    async def _remove(self, study: str, series: str, sop: str, keep_if: KeepIf) -> None:
+        """Delete an instance's row and objects unless ``keep_if``; see Index.begin_removal."""
+        try:
+            token = await self._index.begin_removal(study, series, sop, keep_if=keep_if)
+        except GatewayError as exc:
+            if keep_if is not KeepIf.INDEXED:
+                log.warning("could not unindex %s: %s", sop, exc.reason)
+                return  # an indexed instance must keep its objects
+            # Not indexed, and with the index unreachable no replica can commit it either: the
+            # objects go now (what fails here is left for ``reindex --repair``).
+            token = None
+            log.info("index unavailable (%s); removing the uncommitted objects of %s", exc.reason, sop)
+        else:
+            if token is None:
+                return
+        await self._delete_objects(study, series, sop)
+        if token is not None:
+            try:
+                await self._index.end_removal(sop, token)
+            except GatewayError as exc:  # the removal lapses (REMOVAL_LAPSE)
+                log.warning("could not end the removal of %s: %s", sop, exc.reason)
 
     async def _delete_objects(self, study: str, series: str, sop: str) -> None:
         for key in (uids.instance_key(study, series, sop), uids.metadata_key(study, series, sop)):
