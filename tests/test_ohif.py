@@ -204,15 +204,16 @@ def test_ohif_from_a_pacs(viewer_dist: Path, tmp_path: Path, pacs_gateway_factor
     """The studies live only in a PACS (Orthanc, by DIMSE): QIDO by C-FIND, the opened study
     retrieved by C-GET into the gateway's cache, its frames served from there.
 
-    Without the JPEG 2000 study: Orthanc 1.10 cannot send it by C-GET to the gateway (it would
-    have to transcode it to the Explicit VR Little Endian its C-GET association accepted, and
-    its DCMTK has no JPEG 2000 codec: "C-GET SCP: Cannot transcode ... from 1.2.840.10008.1.2.4.90").
+    The JPEG 2000 study included: Orthanc 1.10's DCMTK has no JPEG 2000 codec, so it can only
+    send it as stored, which the gateway's C-GET allows by proposing a JPEG 2000 context for the
+    study's SOP Classes (gateway.adapters.dimse_contexts).
     """
     from tests.fixtures_pacs import GATEWAY_AET, load_orthanc, node
     from tests.peers.orthanc import run_orthanc
 
     with run_orthanc(tmp_path / "orthanc", gateway_aet=GATEWAY_AET, gateway_port=scp_port) as orthanc:
-        studies = [s for s in STUDIES if s.description != "CT JPEG 2000"]
+        studies = list(STUDIES)
+        assert any(s.description == "CT JPEG 2000" for s in studies)
         load_orthanc(orthanc, [d for s in studies for d in s.data])
         gw = pacs_gateway_factory([node("orthanc", orthanc.dicom_port, orthanc.aet, dimse_timeout=20)])
         server = ohif.ViewerServer(viewer_dist, "", proxy=("/dicomweb", gw.root))

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
 import httpx
 import psutil
 import pytest
+from pynetdicom.association import Association
 
 from gateway.adapters.dimse import DimseUpstream
+from gateway.adapters.dimse_contexts import GET_KIND, QUERY_KIND, association_contexts
+from gateway.adapters.dimse_pool import AssociationPool
 from gateway.settings import PacsNode
 from tests.fixtures_gateway import RunningGateway
 from tests.fixtures_pacs import GATEWAY_AET, GatewayFactory, PacsData, load_orthanc, node
@@ -47,6 +53,11 @@ def test_closed_port_is_502_within_a_second(pacs_gateway_factory: GatewayFactory
     assert response.json() == []
     assert "PACS closed" in response.headers["warning"]
     assert elapsed < 1.0
+    # Searching that PACS alone has no other source: its failure is the answer.
+    response, elapsed = timed_get(f"{gw.url}/pacs/closed/studies")
+    assert response.status_code == 502, response.text
+    assert "Connection refused" in response.json()["reason"]
+    assert elapsed < 1.0
 
 
 def test_black_hole_is_504_within_the_configured_timeout(pacs_gateway_factory: GatewayFactory) -> None:
@@ -60,6 +71,9 @@ def test_black_hole_is_504_within_the_configured_timeout(pacs_gateway_factory: G
         response, elapsed = timed_get(f"{gw.url}/studies")
         assert response.status_code == 200
         assert "PACS hole" in response.headers["warning"]
+        assert elapsed < 2.5
+        response, elapsed = timed_get(f"{gw.url}/pacs/hole/studies")
+        assert response.status_code == 504, response.text
         assert elapsed < 2.5
 
 
@@ -146,3 +160,41 @@ async def test_a_consumer_leaving_early_aborts_the_retrieve(
         assert not any((tmp_path / "spool").glob("*.dcm"))
     finally:
         await upstream.aclose()
+
+
+def test_associations_being_opened_count_against_the_cap(orthanc_pacs: OrthancPeer) -> None:
+    """max_associations bounds what is open at once, including associations still being
+    requested: an idle one of another kind is released to make room for them."""
+    node_settings = PacsNode(
+        name="orthanc", ae_title=orthanc_pacs.aet, host="127.0.0.1", port=orthanc_pacs.dicom_port, max_associations=2
+    )
+    both_opening = threading.Barrier(2, timeout=10)
+
+    class RacingPool(AssociationPool):
+        def open(self, kind: Hashable, *, retry: bool = True) -> Association:
+            if kind == GET_KIND:
+                both_opening.wait()  # two checkouts are past the cap check before either connects
+            return super().open(kind, retry=retry)
+
+    pool = RacingPool(node_settings, GATEWAY_AET, association_contexts)
+    try:
+        idle, _ = pool.checkout(QUERY_KIND)
+        pool.checkin(idle, QUERY_KIND, healthy=True)
+        with ThreadPoolExecutor(2) as threads:
+            opened = [future.result() for future in [threads.submit(pool.checkout, GET_KIND) for _ in range(2)]]
+        assert all(assoc.is_established and not reused for assoc, reused in opened)
+        assert _settled(lambda: not idle.is_established)
+        assert len(_dicom_connections(os.getpid(), {orthanc_pacs.dicom_port})) <= 2
+        for assoc, _ in opened:
+            pool.checkin(assoc, GET_KIND, healthy=True)
+    finally:
+        pool.close()
+
+
+def _settled(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

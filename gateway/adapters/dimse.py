@@ -36,8 +36,18 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 
 from gateway import observability
-from gateway.adapters.dimse_contexts import FIND, GET, GET_KIND, MOVE, QUERY_KIND, association_contexts
-from gateway.adapters.dimse_pool import AssociationPool, AssociationRefused, ConnectionLost, abort_now
+from gateway.adapters.dimse_contexts import (
+    FIND,
+    FUZZY_QUERY_KIND,
+    GET,
+    MOVE,
+    QUERY_KIND,
+    association_contexts,
+    fuzzy_accepted,
+    get_kind,
+)
+from gateway.adapters.dimse_pool import AssociationPool, AssociationRefused, ConnectionLost
+from gateway.adapters.dimse_watchdog import abort_now
 from gateway.adapters.scp import StorageScp, spool_received
 from gateway.dicom import cfind
 from gateway.dicom.dimse_status import StatusClass, describe, status_class
@@ -49,6 +59,8 @@ from gateway.settings import PacsNode
 log = logging.getLogger(__name__)
 
 CANCEL_GRACE = 5.0  # seconds a PACS gets to honour a C-CANCEL before the association is aborted
+# PS3.18 8.3.4.x (QIDO-RS response, Warning header): the words the standard gives.
+FUZZY_NOT_SUPPORTED = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
 
 
 @dataclass
@@ -63,6 +75,7 @@ class _Retrieval:
     fallback: threading.Timer | None = None  # aborts when the PACS ignores the C-CANCEL
     over: bool = False  # the operation has ended (its association may be pooled again)
     warned: bool = False
+    warnings: list[str] = field(default_factory=list)  # final warning statuses, for the caller
     received: int = 0
     last_activity: float = field(default_factory=time.monotonic)
 
@@ -131,19 +144,24 @@ class DimseUpstream:
 
     async def find(self, query: QidoQuery, limit: int) -> FindResult:
         identifier = cfind.identifier(query)
+        # Fuzzy matching is a property of the association (PS3.4 C.5.1.1.1), not of a C-FIND.
+        kind = FUZZY_QUERY_KIND if query.fuzzy else QUERY_KIND
 
         def observed() -> FindResult:
             with self._observed("C-FIND") as observation:
-                result = self._pool.run(QUERY_KIND, partial(self._find, identifier, limit))
+                result = self._pool.run(kind, partial(self._find, identifier, limit, query.fuzzy))
                 observation.outcome = "cancel" if result.more else "warning" if result.warnings else "success"
                 return result
 
         return await anyio.to_thread.run_sync(observed, limiter=self._limits())
 
-    def _find(self, identifier: Dataset, limit: int, assoc: Association) -> FindResult:
+    def _find(self, identifier: Dataset, limit: int, fuzzy: bool, assoc: Association) -> FindResult:
         message_id = self._message_id()
         rows: list[dict[str, Any]] = []
         warnings: list[str] = []
+        if fuzzy and not fuzzy_accepted(assoc.acceptor.sop_class_extended):
+            # PS3.18 8.3.4.x: the PACS's rows come from literal matching; say so, naming it.
+            warnings.append(f"{self._pool.where}: {FUZZY_NOT_SUPPORTED}")
         more = answered = False
         last = time.monotonic()
         responses = self._send(lambda: assoc.send_c_find(identifier, FIND, msg_id=message_id), "C-FIND")
@@ -174,7 +192,13 @@ class DimseUpstream:
     # -- C-GET / C-MOVE --------------------------------------------------------------------
 
     async def retrieve(
-        self, study: str, series: str | None = None, sop: str | None = None
+        self,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        *,
+        sop_classes: frozenset[str] = frozenset(),
+        warnings: list[str] | None = None,
     ) -> AsyncGenerator[ReceivedInstance, None]:
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "IMAGE" if sop else "SERIES" if series else "STUDY"
@@ -201,7 +225,8 @@ class DimseUpstream:
                     if move:
                         self._pool.run(QUERY_KIND, partial(self._move, identifier, push, state))
                     else:
-                        self._pool.run(GET_KIND, partial(self._get, identifier, push, state))
+                        # Contexts for the located classes (originals as stored), else the wide set.
+                        self._pool.run(get_kind(sop_classes), partial(self._get, identifier, push, state))
                     observation.outcome = "cancel" if state.cancelled else "warning" if state.warned else "success"
             except BaseException as exc:
                 outcome = exc
@@ -224,11 +249,12 @@ class DimseUpstream:
             raise
         try:
             async for item in receive:
-                if item is None:
+                if item is None or isinstance(item, BaseException):
                     finished = True
-                    return
-                if isinstance(item, BaseException):
-                    finished = True
+                    if warnings is not None:  # written by the worker before it pushed the end
+                        warnings.extend(state.warnings)
+                    if item is None:
+                        return
                     raise item
                 yield item
         finally:
@@ -308,14 +334,16 @@ class DimseUpstream:
             raise UpstreamError(f"{self._pool.where}: C-MOVE needs the gateway's storage SCP (scp_port)")
         message_id = self._scp.expect(self.node.ae_title, partial(self._deliver, push, state))
         state.assoc, state.model, state.message_id = assoc, MOVE, message_id
+        failed = True
         try:
             responses = self._send(
                 lambda: assoc.send_c_move(identifier, self._scp_ae(), MOVE, msg_id=message_id), "C-MOVE"
             )
             self._drain(responses, "C-MOVE", state)
+            failed = False
         finally:
             state.over = True
-            self._scp.done(self.node.ae_title, message_id)
+            self._scp.done(self.node.ae_title, message_id, failed=failed)
 
     def _scp_ae(self) -> str:
         assert self._scp is not None
@@ -351,6 +379,7 @@ class DimseUpstream:
                 )
             if kind is StatusClass.WARNING:
                 state.warned = True
+                state.warnings.append(f"{self._pool.where}: {operation} finished with status {describe(code)}{counts}")
                 log.warning("%s: %s finished with status %s%s", self._pool.where, operation, describe(code), counts)
             if kind is StatusClass.CANCEL and not state.cancelled:
                 raise UpstreamError(f"{self._pool.where}: {operation} was cancelled by the PACS{counts}")

@@ -13,9 +13,11 @@ Everything here blocks and runs in worker threads (see :mod:`gateway.adapters.di
   meanwhile is noticed from its state machine, or fails before any answer and is replaced.
   Open associations (idle plus in use) never exceed the node's ``max_associations``: the
   caller bounds the ones in use, and an idle one of another kind is released to make room.
-* Every operation runs under a :class:`Deadline`: when it expires the association is aborted
-  (A-ABORT, PS3.8 7.3) and the waiting thread woken, so no thread waits on a PACS forever.
-  pynetdicom's own ``dimse_timeout`` bounds each single wait.
+* Every operation is watched (:mod:`gateway.adapters.dimse_watchdog`): when no PDU moves for
+  ``dimse_timeout`` or the operation outlives ``operation_timeout``, the association is aborted
+  (A-ABORT, PS3.8 7.3), its socket shut and the waiting thread woken, so no thread waits on a
+  silent PACS (a network partition) for longer than that. A failed association is aborted
+  without waiting for the PACS; a stale idle one is released in the background.
 * Failures to associate are told apart for the user: TCP connection refused or unreachable,
   the association rejected (with the reason, e.g. calling AE title not recognised), or no
   answer in time (a listener that accepts and never speaks).
@@ -35,6 +37,7 @@ from typing import Any, TypeVar
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
+from gateway.adapters.dimse_watchdog import Watchdog, abort_now, activity_of
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.settings import PacsNode
 
@@ -73,35 +76,6 @@ class ConnectionLost(UpstreamError):
         self.answered = answered
 
 
-class Deadline:
-    """Aborts ``assoc`` when ``seconds`` pass before :meth:`cancel`; ``expired`` says it did."""
-
-    def __init__(self, assoc: Association, seconds: float) -> None:
-        self.assoc = assoc
-        self.expired = False
-        self._timer = threading.Timer(seconds, self.fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def fire(self) -> None:
-        self.expired = True
-        abort_now(self.assoc)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
-def abort_now(assoc: Association) -> None:
-    """A-ABORT ``assoc`` and wake a thread blocked waiting for its next DIMSE message."""
-    try:
-        assoc.abort(block=False)
-    except Exception:  # the association may be half torn down already
-        log.debug("abort failed", exc_info=True)
-    # pynetdicom's waiters block on this queue for up to dimse_timeout; (None, None) is what it
-    # puts there itself when the peer aborts.
-    assoc.dimse.msg_queue.put((None, None))
-
-
 @dataclass
 class _Idle:
     assoc: Association
@@ -120,9 +94,11 @@ class AssociationPool:
         self._lock = threading.Lock()
         self._idle: list[_Idle] = []
         self._busy: set[Association] = set()
+        self._opening = 0  # associations being requested by checkout(): they count against the cap
         self._aes: dict[Hashable, tuple[AE, list[Any]]] = {}
         self._closed = False
         self._reaper: threading.Timer | None = None
+        self._watchdog = Watchdog(node.name)
 
     @property
     def where(self) -> str:
@@ -132,30 +108,34 @@ class AssociationPool:
     # -- running operations ----------------------------------------------------------------
 
     def run(self, kind: Hashable, operation: Callable[[Association], T]) -> T:
-        """Run ``operation`` on an association of ``kind`` under the node's operation deadline.
+        """Run ``operation`` on an association of ``kind``, watched for stalls (no PDU for
+        ``dimse_timeout``) and for the node's ``operation_timeout``.
 
         A reused association that turns out to be dead before answering anything is replaced
         by a fresh one once; the caller sees every other failure.
         """
         assoc, reused = self.checkout(kind)
+        node = self.node
         while True:
-            deadline = Deadline(assoc, self.node.operation_timeout)
+            watch = self._watchdog.watch(assoc, stall=node.dimse_timeout, limit=node.operation_timeout)
             healthy = False
             try:
                 result = operation(assoc)
                 healthy = True
                 return result
             except ConnectionLost as exc:
-                if deadline.expired:
+                if watch.reason == "operation":
                     raise UpstreamTimeout(
-                        f"{self.where} did not complete the operation within {self.node.operation_timeout:g} s"
+                        f"{self.where} did not complete the operation within {node.operation_timeout:g} s"
                     ) from exc
+                if watch.reason == "stall":
+                    raise UpstreamTimeout(f"{self.where}: no DIMSE traffic for {node.dimse_timeout:g} s") from exc
                 if not (reused and not exc.answered):
                     raise
                 log.debug("%s: pooled association was closed by the PACS; opening a new one", self.where)
             finally:
-                deadline.cancel()
-                self.checkin(assoc, kind, healthy=healthy and not deadline.expired)
+                self._watchdog.unwatch(watch)
+                self.checkin(assoc, kind, healthy=healthy and not watch.expired)
             assoc, reused = self.open(kind), False
 
     def checkout(self, kind: Hashable) -> tuple[Association, bool]:
@@ -175,17 +155,25 @@ class AssociationPool:
                 else:
                     keep.append(idle)
             # Make room under max_associations by closing an idle association of another kind.
-            while keep and found is None and len(keep) + len(self._busy) >= self.node.max_associations:
+            in_use = len(self._busy) + self._opening
+            while keep and found is None and len(keep) + in_use >= self.node.max_associations:
                 stale.append(keep.pop(0).assoc)
             self._idle = keep
             if found is not None:
                 self._busy.add(found)
-        for assoc in stale:
-            _release(assoc)
+            else:
+                self._opening += 1
+        if stale:
+            # Not on this request's time: releasing waits for the PACS (up to acse_timeout).
+            threading.Thread(target=_release_all, args=(stale,), name=f"release-{self.node.name}", daemon=True).start()
         if found is not None:
             found.dul._run_loop_delay = BUSY_RUN_LOOP_DELAY
             return found, True
-        return self.open(kind), False
+        try:
+            return self.open(kind), False
+        finally:
+            with self._lock:
+                self._opening -= 1
 
     def checkin(self, assoc: Association, kind: Hashable, *, healthy: bool) -> None:
         with self._lock:
@@ -277,12 +265,18 @@ class AssociationPool:
                 abort_now(assoc)
                 raise UpstreamError(f"{self.where}: the gateway is shutting down")
             self._busy.add(assoc)
+        activity = activity_of(assoc)
+        assoc.bind(evt.EVT_PDU_SENT, activity.touch)
+        assoc.bind(evt.EVT_PDU_RECV, activity.touch)
         assoc.dul._run_loop_delay = BUSY_RUN_LOOP_DELAY
         return assoc
 
     def _why_not(self, assoc: Association, connected: bool, elapsed: float, rejection: Any) -> Exception:
         node = self.node
         if not connected:
+            if elapsed >= node.connect_timeout * 0.9:
+                # Not asking again: a silent network (a partition) would cost another timeout.
+                return UpstreamTimeout(f"{self.where}: TCP connect timed out after {node.connect_timeout:g} s")
             # pynetdicom logs the socket error but keeps it; ask the network once more to name it.
             try:
                 with socket.create_connection((node.host, node.port), timeout=node.connect_timeout):
@@ -337,6 +331,11 @@ def _usable(assoc: Association) -> bool:
     """Established as far as the socket layer knows (a parked reactor does not update
     ``is_established`` when the PACS closes the connection; its state machine does)."""
     return bool(assoc.is_established) and assoc.dul.state_machine.current_state == DATA_TRANSFER
+
+
+def _release_all(associations: list[Association]) -> None:
+    for assoc in associations:
+        _release(assoc)
 
 
 def _release(assoc: Association) -> None:

@@ -7,6 +7,11 @@ are rejected with "calling AE title not recognised", PS3.8 9.3.4), and hands eac
 the retrieve waiting for it, found by the C-STORE request's Move Originator Message ID and the
 sending AE (PS3.7 9.1.1.1). A PACS that omits the Move Originator fields is routed by its AE
 title when it has exactly one move in progress; an instance nobody waits for is refused.
+
+A move the gateway gave up on (timeout, lost connection) may leave the PACS's association here
+stuck in the middle of a PDU when the network went silent; :meth:`StorageScp.done` then aborts
+that PACS's associations unless another move from it is still in progress, so no thread or
+socket waits for a peer that is gone.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pydicom.uid import UID
 from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, StoragePresentationContexts, evt
 
 from gateway.adapters.dimse_pool import set_nodelay
+from gateway.adapters.dimse_watchdog import abort_now
 from gateway.ports import ReceivedInstance
 
 log = logging.getLogger(__name__)
@@ -91,6 +97,7 @@ class StorageScp:
         self._syntaxes = syntaxes
         self._lock = threading.Lock()
         self._moves: dict[tuple[str, int], _Move] = {}
+        self._inbound: dict[str, set[Any]] = {}  # calling AE title -> its open associations
         self._ids = itertools.count(1)
         self._server: Any = None
         self.refused = 0  # instances nobody was waiting for (a counter for tests and logs)
@@ -104,7 +111,12 @@ class StorageScp:
         self._server = ae.start_server(
             (self.host, self.port),
             block=False,
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, self._on_store)],
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, set_nodelay),
+                (evt.EVT_ACCEPTED, self._on_accepted),
+                (evt.EVT_CONN_CLOSE, self._on_closed),
+                (evt.EVT_C_STORE, self._on_store),
+            ],
         )
         log.info("storage SCP %s listening on %s:%d for C-MOVE", self.ae_title, self.host, self.port)
 
@@ -125,9 +137,27 @@ class StorageScp:
                     self._moves[key] = _Move(calling_ae.strip(), message_id, sink)
                     return message_id
 
-    def done(self, calling_ae: str, message_id: int) -> None:
+    def done(self, calling_ae: str, message_id: int, *, failed: bool = False) -> None:
+        """The move has ended. ``failed``: the gateway gave up on it, so the PACS's associations
+        are aborted (without waiting for the PACS) unless another of its moves is in progress."""
+        calling_ae = calling_ae.strip()
         with self._lock:
-            self._moves.pop((calling_ae.strip(), message_id), None)
+            self._moves.pop((calling_ae, message_id), None)
+            busy = any(m.calling_ae == calling_ae for m in self._moves.values())
+            stale = list(self._inbound.get(calling_ae, ())) if failed and not busy else []
+        for assoc in stale:
+            log.info("aborting the C-MOVE sub-association from %s: the move failed", calling_ae)
+            abort_now(assoc)
+
+    def _on_accepted(self, event: Any) -> None:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        with self._lock:
+            self._inbound.setdefault(calling, set()).add(event.assoc)
+
+    def _on_closed(self, event: Any) -> None:
+        with self._lock:
+            for associations in self._inbound.values():
+                associations.discard(event.assoc)
 
     def _route(self, calling_ae: str, originator_ae: str | None, message_id: int | None) -> _Move | None:
         with self._lock:

@@ -90,6 +90,15 @@ class SqliteBridgeState:
         row = await self._run(lambda c: c.execute(f"SELECT 1 FROM retrieved WHERE key IN ({marks})", keys).fetchone())
         return row is not None
 
+    async def forget_retrieved(self, study: str, series: str) -> None:
+        # UIDs are digits and dots (validated), so the LIKE pattern has no wildcard of its own.
+        await self._run(
+            lambda c: c.execute(
+                "DELETE FROM retrieved WHERE key IN (?, ?) OR key LIKE ?",
+                (study, f"{study}/{series}", f"{study}/{series}/%"),
+            )
+        )
+
     async def enqueue_forward(self, node: str, study_uid: str, series_uid: str, sop_uid: str) -> None:
         now = time.time()
         await self._run(

@@ -21,6 +21,7 @@ from gateway.dicom.multipart import content_type_for_multipart, multipart_stream
 from gateway.dicom.render import RenderOptions
 from gateway.errors import NotAcceptable
 from gateway.http.context import base_url, gateway_of
+from gateway.http.retrieve_warnings import add_retrieve_warnings
 from gateway.http.security import restriction_of
 from gateway.ports import InstanceRecord
 from gateway.services.rendered import representative
@@ -49,10 +50,15 @@ def accept_of(request: Request) -> str | None:
     return request.query_params.get("accept") or request.headers.get("accept")
 
 
-async def _select(request: Request) -> list[InstanceRecord]:
+async def _select(request: Request, notes: list[str]) -> list[InstanceRecord]:
     p = request.path_params
     return await gateway_of(request).retrieval.select(
-        p["study"], p.get("series"), p.get("instance"), pacs=p.get("pacs"), restriction=restriction_of(request)
+        p["study"],
+        p.get("series"),
+        p.get("instance"),
+        pacs=p.get("pacs"),
+        restriction=restriction_of(request),
+        warnings=notes,  # a PACS retrieve that sent only part of the entity says so
     )
 
 
@@ -65,7 +71,8 @@ async def rendered(request: Request) -> Response:
     several = not instance_level or (numbers is not None and len(numbers) > 1)
     negotiated = negotiate_rendered(accept_of(request), multipart=several)
     options = render_options(request, negotiated.media_type)
-    records = await _select(request)
+    notes: list[str] = []
+    records = await _select(request, notes)
     targets: list[tuple[InstanceRecord, int]]
     if numbers is not None:
         targets = [(records[0], n) for n in numbers]
@@ -80,7 +87,7 @@ async def rendered(request: Request) -> Response:
             raise NotAcceptable(f"several frames need multipart/related; type={negotiated.media_type}")
         record, number = targets[0]
         body = await gw.renderer.render(record, number, options)
-        return Response(body, media_type=negotiated.media_type, headers=_CACHING)
+        return add_retrieve_warnings(Response(body, media_type=negotiated.media_type, headers=_CACHING), notes)
     if not targets:
         raise NotAcceptable("nothing to render: no instance here has pixel data")
     # Errors surface before the response starts: render the first image up front.
@@ -95,7 +102,8 @@ async def rendered(request: Request) -> Response:
 
     boundary = new_boundary()
     media_type = content_type_for_multipart(negotiated.media_type, None, boundary)
-    return StreamingResponse(multipart_stream(parts(), boundary), media_type=media_type, headers=_CACHING)
+    response = StreamingResponse(multipart_stream(parts(), boundary), media_type=media_type, headers=_CACHING)
+    return add_retrieve_warnings(response, notes)
 
 
 async def thumbnail(request: Request) -> Response:
@@ -105,11 +113,12 @@ async def thumbnail(request: Request) -> Response:
     numbers = parse_frame_list(frames) if frames is not None else None
     negotiated = negotiate_rendered(accept_of(request))
     options = render_options(request, negotiated.media_type)
-    records = await _select(request)
+    notes: list[str] = []
+    records = await _select(request, notes)
     if numbers is not None:
         if options.viewport is None:
             options = RenderOptions(options.media_type, options.quality, render.Viewport(128, 128), options.window)
         body = await gw.renderer.render(records[0], numbers[0], options)
     else:
         body = await gw.renderer.thumbnail(records, options)
-    return Response(body, media_type=negotiated.media_type, headers=_CACHING)
+    return add_retrieve_warnings(Response(body, media_type=negotiated.media_type, headers=_CACHING), notes)

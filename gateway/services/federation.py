@@ -27,7 +27,8 @@ consecutive pages neither overlap nor skip as long as each PACS has at most
 had more or the merged list continues.
 
 Failure of a PACS (refused, timed out, failure status) costs only its rows: the response
-carries the other sources' rows and a Warning naming the PACS.
+carries the other sources' rows and a Warning naming the PACS. A search of one node alone
+(``{base}/pacs/{name}/...``) has no other source: its failure is the answer (502 / 504).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class QidoFederation:
         local: SearchResult | None = None
         found: dict[str, FindResult] = {}
         warnings: list[str] = []
+        failures: list[UpstreamError | UpstreamTimeout] = []
 
         async def ask_index() -> None:
             nonlocal local
@@ -113,6 +115,7 @@ class QidoFederation:
             except (UpstreamError, UpstreamTimeout) as exc:
                 log.warning("QIDO: %s", exc.reason)
                 warnings.append(exc.reason)
+                failures.append(exc)
                 return
             found[name] = result
             warnings.extend(result.warnings)
@@ -123,6 +126,10 @@ class QidoFederation:
             for name in names:
                 tg.start_soon(ask, name)
 
+        if pacs is not None and failures:
+            # A per-node search has no other source whose rows a Warning could qualify: an empty
+            # 200 would claim the PACS holds nothing. Its failure is the answer (502 / 504).
+            raise failures[0]
         sources: list[tuple[str | None, list[DicomJson]]] = []
         more = False
         if local is not None:

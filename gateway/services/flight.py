@@ -52,6 +52,7 @@ class Flight:
     complete: bool = False  # no more arrivals: the retrieve is over
     done: bool = False  # ... and every arrival settled: the flight is over
     error: BaseException | None = None
+    warnings: list[str] = field(default_factory=list)  # the retrieve's final warning status, if any
     readers: int = 0
     changed: anyio.Event = field(default_factory=anyio.Event)
 

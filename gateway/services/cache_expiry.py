@@ -1,0 +1,109 @@
+"""Expiry of instances cached from a PACS (setting ``pacs_cache_max_age``, seconds; 0 = never).
+
+A background sweep, every ``max_age / 2`` seconds (at most a minute apart), removes instances
+whose index row says they came from a PACS (origin ``pacs:<name>``) and were cached more than
+``max_age`` ago. Instances stored by STOW are never touched, nor a cached instance that an
+upload was meanwhile told is stored (the index's ``shared`` mark, KeepIf.SHARED): only copies
+the PACS still holds are dropped, and a later request fetches them again.
+
+Order, for each instance: first the retrieved marks of its study and series (so no request
+takes a thinned-out series for whole), then the index row, then the objects. The row is the
+commit point (:meth:`gateway.ports.Index.begin_removal`): once it is gone the instance is not
+served; objects that cannot be deleted now are orphans that ``reindex --repair`` sweeps; an
+upload of the same instance meanwhile waits for the removal to end (its add answers REMOVING).
+
+Retrievals: a study with a retrieve in flight is skipped until the next sweep, and a retrieve
+of a study being swept waits until its sweep is over
+(:meth:`~gateway.services.upstream_retrieve.UpstreamRetrieveService.holding`), so a
+write-through never races the removal of the same instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+import anyio
+from anyio.abc import TaskGroup
+
+from gateway.dicom import uids
+from gateway.errors import GatewayError
+from gateway.ports import BlobStore, BridgeState, Index, KeepIf
+from gateway.services.upstream_retrieve import UpstreamRetrieveService
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # instances looked up per index query
+MAX_INTERVAL = 60.0
+
+
+class CacheExpiry:
+    """Removes instances cached from a PACS more than ``max_age`` seconds ago (see module)."""
+
+    def __init__(
+        self,
+        index: Index,
+        store: BlobStore,
+        state: BridgeState | None,
+        retrieval: UpstreamRetrieveService,
+        *,
+        max_age: float,
+    ) -> None:
+        self._index = index
+        self._store = store
+        self._state = state
+        self._retrieval = retrieval
+        self._max_age = max_age
+        self.interval = min(max(max_age / 2, 0.5), MAX_INTERVAL)
+
+    def start(self, tasks: TaskGroup) -> None:
+        tasks.start_soon(self._run)
+
+    async def _run(self) -> None:
+        while True:
+            await anyio.sleep(self.interval)
+            try:
+                removed = await self.sweep(time.time())
+            except GatewayError as exc:  # the index or store is away: try again next time
+                log.warning("cache expiry: %s", exc.reason)
+                continue
+            if removed:
+                log.info(
+                    "cache expiry: removed %d instance(s) cached from a PACS over %g s ago",
+                    removed,
+                    self._max_age,
+                )
+
+    async def sweep(self, now: float) -> int:
+        """Remove what expired by ``now`` (seconds since the epoch); the count removed."""
+        removed = 0
+        while True:
+            expired = await self._index.expired_cached(now - self._max_age, BATCH)
+            by_series: dict[tuple[str, str], list[str]] = defaultdict(list)
+            for study, series, sop in expired:
+                by_series[study, series].append(sop)
+            skipped = 0
+            for (study, series), sops in by_series.items():
+                async with self._retrieval.holding(study) as held:
+                    if not held:  # a retrieve of this study is in flight: next sweep
+                        skipped += len(sops)
+                        continue
+                    if self._state is not None:
+                        await self._state.forget_retrieved(study, series)
+                    for sop in sops:
+                        removed += await self._remove(study, series, sop)
+            if len(expired) < BATCH or skipped == len(expired):
+                return removed
+
+    async def _remove(self, study: str, series: str, sop: str) -> int:
+        token = await self._index.begin_removal(study, series, sop, keep_if=KeepIf.SHARED)
+        if token is None:  # an upload was told it is stored meanwhile: it stays
+            return 0
+        for key in (uids.instance_key(study, series, sop), uids.metadata_key(study, series, sop)):
+            try:
+                await self._store.delete(key)
+            except GatewayError as exc:  # an orphan now: reindex --repair removes it
+                log.warning("cache expiry: could not remove %s: %s", key, exc.reason)
+        await self._index.end_removal(sop, token)
+        return 1

@@ -1,0 +1,121 @@
+"""Expiry of instances cached from a PACS (``pacs_cache_max_age``): a retrieved series is
+removed from the cache after the age and fetched from the PACS again when asked for; STOWed
+instances, and cached ones an upload was told are stored, are never expired."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.ports import AddOutcome, Index
+from tests import factory
+from tests.fixtures_pacs import GATEWAY_AET, GatewayFactory, load_orthanc, node
+from tests.http_helpers import stow, uids_of
+from tests.peers.orthanc import OrthancPeer, orthanc_available, run_orthanc
+from tests.test_index_contract import record
+from tests.test_pacs_wado import by_sop, dataset_bytes, retrieve
+
+pytestmark = pytest.mark.timeout(120)
+
+MAX_AGE = 2.0
+PACS_STUDY = factory.new_uid("expiry-pacs-study")
+PACS_SERIES = factory.new_uid("expiry-pacs-series")
+STOW_STUDY = factory.new_uid("expiry-stow-study")
+STOW_SERIES = factory.new_uid("expiry-stow-series")
+
+
+def series(study: str, series_uid: str, seed: int, name: str) -> list[bytes]:
+    identity = {"study_uid": study, "series_uid": series_uid, "patient_name": name, "PatientID": f"PID-{seed}"}
+    return [factory.ct_instance(seed=seed + i, instance_number=i, **identity) for i in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def in_pacs() -> list[bytes]:
+    return series(PACS_STUDY, PACS_SERIES, 60, "EXPIRY^PACS")
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory, in_pacs: list[bytes], scp_port: int) -> Iterator[OrthancPeer]:
+    if not orthanc_available():
+        pytest.skip("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+    with run_orthanc(tmp_path_factory.mktemp("orthanc-expiry"), gateway_aet=GATEWAY_AET, gateway_port=scp_port) as peer:
+        load_orthanc(peer, in_pacs)
+        yield peer
+
+
+def cached_sops(data_dir: Path, study: str) -> set[str]:
+    return {uids_of(p.read_bytes())[2] for p in (data_dir / "objects").rglob("*.dcm") if study in str(p)}
+
+
+def wait_until(condition: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_cached_series_expires_and_is_fetched_again(
+    pacs_gateway_factory: GatewayFactory, orthanc: OrthancPeer, in_pacs: list[bytes], method: str
+) -> None:
+    gw = pacs_gateway_factory(
+        [node("orthanc", orthanc.dicom_port, orthanc.aet, retrieve=method)], pacs_cache_max_age=MAX_AGE
+    )
+    stowed = series(STOW_STUDY, STOW_SERIES, 70, "EXPIRY^STOW")
+    assert stow(gw.url, stowed).status_code == 200
+    url = f"{gw.url}/studies/{PACS_STUDY}/series/{PACS_SERIES}"
+    expected = {uids_of(d)[2]: dataset_bytes(d) for d in in_pacs}
+
+    first = by_sop(retrieve(url))
+    assert {sop: dataset_bytes(d) for sop, d in first.items()} == expected
+    assert gw.log().count("retrieving series") == 1
+    # Cached (written through once the retrieve ended), then gone after the age: the sweep runs
+    # every second here, and the machine may be busy, so a generous bound on noticing it.
+    assert wait_until(lambda: "cache expiry: removed 3 instance(s)" in gw.log(), 30), gw.log()[-3000:]
+    assert f"retrieved series {PACS_SERIES}" in gw.log()
+    assert not cached_sops(gw.data_dir, PACS_STUDY)
+
+    # Asked again: a fresh DIMSE retrieve from the PACS, the same bytes.
+    again = by_sop(retrieve(url))
+    assert {sop: dataset_bytes(d) for sop, d in again.items()} == expected
+    assert gw.log().count("retrieving series") == 2
+
+    # The STOWed series outlived several sweeps untouched, and is served from the store.
+    assert cached_sops(gw.data_dir, STOW_STUDY) == {uids_of(d)[2] for d in stowed}
+    served = by_sop(retrieve(f"{gw.url}/studies/{STOW_STUDY}/series/{STOW_SERIES}"))
+    assert set(served) == {uids_of(d)[2] for d in stowed}
+    assert gw.log().count("retrieving series") == 2
+
+
+# -- the index's part, over SQLite and PostgreSQL ------------------------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_index_lists_only_old_unshared_pacs_copies(index: Index) -> None:
+    def at(rec: object, origin: str, stored_at: float) -> object:
+        return dataclasses.replace(rec, origin=origin, stored_at=stored_at)  # type: ignore[type-var]
+
+    old_pacs = at(record(1, 1, 1), "pacs:orthanc", 1000.0)
+    older_pacs = at(record(1, 1, 2), "pacs:orthanc", 500.0)
+    new_pacs = at(record(1, 1, 3), "pacs:orthanc", 3000.0)
+    old_stow = at(record(2, 1, 1), "stow", 100.0)
+    shared_pacs = at(record(3, 1, 1), "pacs:dcmqrscp", 100.0)
+    for rec in (old_pacs, older_pacs, new_pacs, old_stow, shared_pacs):
+        assert await index.add(rec) is AddOutcome.INSERTED  # type: ignore[arg-type]
+    # An upload of the same bytes is told "stored": that copy must stay.
+    assert await index.add(dataclasses.replace(shared_pacs, origin="stow")) is AddOutcome.IDENTICAL  # type: ignore[type-var]
+
+    expired = await index.expired_cached(2000.0, 10)
+    assert expired == [(r.study_uid, r.series_uid, r.sop_uid) for r in (older_pacs, old_pacs)]  # type: ignore[attr-defined]
+    assert await index.expired_cached(2000.0, 1) == expired[:1]
