@@ -11,6 +11,7 @@ import uvicorn
 
 from gateway.app import build_index, build_store, create_app
 from gateway.errors import GatewayError
+from gateway.http.broken_off import BrokenOffResponses
 from gateway.http.deadlines import protocol_with_deadline
 from gateway.malloc import cap_malloc_arenas
 from gateway.observability import configure_logging
@@ -60,7 +61,7 @@ def serve(settings: Settings) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(f"dicomweb-gateway: cannot use the TLS certificate or key: {exc}", file=sys.stderr)
             return 2
-    app = create_app(settings)
+    app = BrokenOffResponses(create_app(settings))
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -129,5 +129,8 @@ async def read_file(path: Path) -> AsyncIterator[bytes]:
 def reraised(error: BaseException) -> BaseException:
     """A flight's error, raised in each request that follows it: a fresh instance of the kind."""
     if isinstance(error, GatewayError):
-        return type(error)(error.reason)
+        # Not type(error)(reason): subclasses may take more arguments (ConnectionLost's answered).
+        fresh = type(error).__new__(type(error), *error.args)
+        fresh.__dict__.update(error.__dict__)
+        return fresh
     return error
