@@ -256,14 +256,8 @@ class S3BlobStore:
         await self._call(f"GetObject {key}", self._download, name, Path(path))
 
     async def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
-        validate_prefix(prefix)
-        paginator = self._client.get_paginator("list_objects_v2")
-        pages = iter(paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix))
-        while (page := await self._call("ListObjectsV2", _next_or_none, pages)) is not None:
-            for item in page.get("Contents", []):
-                name = item.get("Key", "")
-                if name.startswith(self._prefix):
-                    yield name[len(self._prefix) :]
+        async for listed in self.list_objects(prefix):
+            yield listed.key
 
     # -- lifecycle ------------------------------------------------------------------------------
 

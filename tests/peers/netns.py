@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.peers.processes import stop_process
+
 PREFIX = "dwgw"
 SUBNET_PREFIX = "10.213"  # /30 blocks are taken from 10.213.0.0/16 (private, RFC 1918)
 LOCK_FILE = Path("/run/dwgw-netns.lock")  # serialises set-up between concurrent test runs
@@ -119,7 +121,7 @@ class Namespace:
 
     def stop_processes(self) -> None:
         for process in self._processes:
-            _stop(process)
+            stop_process(process, STOP_TIMEOUT)
         self._processes.clear()
 
 
@@ -207,14 +209,3 @@ def _setup_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()

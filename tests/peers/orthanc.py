@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from tests.peers.ports import free_port
+from tests.peers.processes import stop_process
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -144,7 +145,7 @@ def run_orthanc(
         _wait_until_ready(peer, process)
         yield peer
     finally:
-        _stop(process)
+        stop_process(process, STOP_TIMEOUT)
 
 
 def _wait_until_ready(peer: OrthancPeer, process: subprocess.Popen[bytes]) -> None:
@@ -160,17 +161,6 @@ def _wait_until_ready(peer: OrthancPeer, process: subprocess.Popen[bytes]) -> No
         if time.monotonic() > deadline:
             raise RuntimeError(f"Orthanc did not answer within {START_TIMEOUT} s:\n{_tail(peer.log_path)}")
         time.sleep(0.05)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _tail(path: Path, lines: int = 40) -> str:

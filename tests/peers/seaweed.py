@@ -21,6 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tests.peers.ports import free_port
+from tests.peers.processes import stop_process
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -161,7 +162,7 @@ class SeaweedServer:
         if self._process is not None:
             if self._frozen:
                 self.thaw()  # a stopped process would never act on SIGTERM
-            _stop(self._process, grace)
+            stop_process(self._process, grace)
             self._process = None
         _remove_stale_sockets(self._ports.values())
 
@@ -246,17 +247,6 @@ def _wait_until_ready(peer: SeaweedS3, process: subprocess.Popen[bytes], log_pat
             time.sleep(0.1)
     finally:
         client.close()
-
-
-def _stop(process: subprocess.Popen[bytes], grace: float = STOP_TIMEOUT) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _remove_stale_sockets(ports: Iterable[int]) -> None:
