@@ -51,11 +51,6 @@ STOP_TIMEOUT = 30.0
 StopMode = Literal["smart", "fast", "immediate"]
 
 
-def postgres_available() -> bool:
-    """True when the PostgreSQL server binaries are installed."""
-    return (PG_BIN / "postgres").is_file() and (PG_BIN / "initdb").is_file()
-
-
 class PrivatePostgres:
     """One cluster in ``root`` listening on 127.0.0.1:``port``; see the module docstring."""
 
