@@ -167,11 +167,13 @@ def idle_sample(gw: RunningGateway) -> ProcessSample:
     return sample
 
 
-def run_load(tmp: Path, name: str, plan: Plan, pid: int, interval: float) -> tuple[dict[str, Any], list[ProcessSample]]:
+def run_load(
+    tmp: Path, name: str, plan: Plan, gw: RunningGateway, interval: float
+) -> tuple[dict[str, Any], list[ProcessSample]]:
     """The load generator in a second process, with this process sampling the gateway meanwhile."""
     plan_path, result_path = tmp / f"{name}-plan.json", tmp / f"{name}-result.json"
     plan.dump(plan_path)
-    sampler = Sampler(pid, interval)
+    sampler = Sampler(gw.process.pid, interval, metrics_url=str(httpx.URL(gw.url).copy_with(path="/metrics")))
     sampler.start()
     try:
         command = [sys.executable, "-m", "bench.soak_load", str(plan_path), str(result_path)]
@@ -252,7 +254,7 @@ def run_soak(options: Options) -> SoakResult:
                 connections=options.connections,
             )
             log(f"priming: {primer.rate:g} requests/s for {primer.seconds:.0f} s")
-            prime, _ = run_load(tmp, "prime", primer, pid, options.sample_seconds)
+            prime, _ = run_load(tmp, "prime", primer, gw, options.sample_seconds)
             before = idle_sample(gw)
             plan = Plan(
                 base=gw.url,
@@ -264,7 +266,7 @@ def run_soak(options: Options) -> SoakResult:
                 connections=options.connections,
             )
             log(f"load: {plan.rate:g} requests/s for {plan.seconds:.0f} s")
-            load, samples = run_load(tmp, "load", plan, pid, options.sample_seconds)
+            load, samples = run_load(tmp, "load", plan, gw, options.sample_seconds)
             after = idle_sample(gw)
             acknowledged = [Acknowledged(**a) for a in [*prime["acknowledged"], *load["acknowledged"]]]
             log(f"reading back {len(acknowledged)} acknowledged instances")

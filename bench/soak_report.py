@@ -21,6 +21,7 @@ What "no leak" means here, concretely:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import statistics
 import threading
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
 MB = 1024 * 1024
@@ -48,6 +50,8 @@ class ProcessSample:
     fd_kinds: tuple[tuple[str, int], ...] = ()  # what the descriptors are (idle samples only)
     load1: float = 0.0  # the machine's 1-minute load average
     client_connections: int = 0  # TCP connections on the listening port, open (idle samples only)
+    index_memory: int = -1  # what SQLite holds (page caches, statements), from /metrics; -1 unknown
+    cache_bytes: int = -1  # what the gateway's bounded in-memory caches hold, from /metrics
 
     def describe_fds(self) -> str:
         return ", ".join(f"{kind} {n}" for kind, n in self.fd_kinds)
@@ -121,12 +125,31 @@ def sample_tree(pid: int, *, idle_port: int | None = None) -> ProcessSample | No
     )
 
 
-class Sampler:
-    """Samples :func:`sample_tree` every ``interval`` seconds in a thread while running."""
+def scrape_memory(metrics_url: str) -> tuple[int, int]:
+    """(index library memory, bytes in the in-memory caches) from the gateway's ``/metrics``;
+    -1 each when it does not answer. They tell bounded caches filling from a leak."""
+    index = cache = -1
+    try:
+        text = httpx.get(metrics_url, timeout=5).text
+    except httpx.HTTPError:
+        return index, cache
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == "dicomweb_gateway_index_memory_bytes":
+            index = int(float(value))
+        elif name.startswith("dicomweb_gateway_cache_bytes{"):
+            cache = max(cache, 0) + int(float(value))
+    return index, cache
 
-    def __init__(self, pid: int, interval: float) -> None:
+
+class Sampler:
+    """Samples :func:`sample_tree` every ``interval`` seconds in a thread while running, and the
+    gateway's own memory figures from ``metrics_url`` when given."""
+
+    def __init__(self, pid: int, interval: float, metrics_url: str | None = None) -> None:
         self.pid = pid
         self.interval = interval
+        self.metrics_url = metrics_url
         self.samples: list[ProcessSample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"soak-sampler-{pid}", daemon=True)
@@ -141,6 +164,9 @@ class Sampler:
     def _loop(self) -> None:
         while True:
             sample = sample_tree(self.pid)
+            if sample is not None and self.metrics_url:
+                index, cache = scrape_memory(self.metrics_url)
+                sample = dataclasses.replace(sample, index_memory=index, cache_bytes=cache)
             if sample is not None:
                 self.samples.append(sample)
             if self._stop.wait(self.interval):
@@ -182,6 +208,10 @@ class Figures:
     rss_end: int
     rss_growth: float
     rss_max: int
+    index_warm: int  # SQLite's own memory (window medians as for RSS; -1 unknown)
+    index_end: int
+    caches_warm: int  # the gateway's bounded in-memory caches
+    caches_end: int
     fd_min: int
     fd_max: int
     fd_max_first_half: int
@@ -230,9 +260,9 @@ def _summary(tallies: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _window_median(samples: list[ProcessSample], start: float, end: float) -> int:
-    inside = [s.rss for s in samples if start <= s.at <= end]
-    return int(statistics.median(inside)) if inside else 0
+def _window_median(samples: list[ProcessSample], start: float, end: float, what: str = "rss") -> int:
+    inside = [value for s in samples if start <= s.at <= end and (value := getattr(s, what)) >= 0]
+    return int(statistics.median(inside)) if inside else -1
 
 
 def evaluate(
@@ -287,6 +317,10 @@ def evaluate(
         rss_end=rss_end,
         rss_growth=(rss_end - rss_warm) / rss_warm if rss_warm else float("inf"),
         rss_max=max(s.rss for s in steady),
+        index_warm=_window_median(samples, warm_at, warm_at + window, "index_memory"),
+        index_end=_window_median(samples, end_at - window, end_at, "index_memory"),
+        caches_warm=_window_median(samples, warm_at, warm_at + window, "cache_bytes"),
+        caches_end=_window_median(samples, end_at - window, end_at, "cache_bytes"),
         fd_min=min(s.fds for s in steady),
         fd_max=max(s.fds for s in steady),
         fd_max_first_half=max(s.fds for s in first),
@@ -370,6 +404,8 @@ def render(f: Figures, *, title: str, setup: str, load_average: tuple[str, str])
         f"| RSS at the end (median of window) | {f.rss_end / MB:.1f} MiB |",
         f"| RSS growth | {f.rss_growth:+.2%} |",
         f"| RSS max after warm-up | {f.rss_max / MB:.1f} MiB |",
+        f"| SQLite's own memory after warm-up / end | {_mib(f.index_warm)} / {_mib(f.index_end)} |",
+        f"| frame/rendering caches after warm-up / end | {_mib(f.caches_warm)} / {_mib(f.caches_end)} |",
         f"| RSS idle before / after the load | {f.idle_before.rss / MB:.1f} / {f.idle_after.rss / MB:.1f} MiB |",
         f"| RssAnon / RssFile, idle before | {f.idle_before.anon / MB:.1f} / {f.idle_before.file / MB:.1f} MiB |",
         f"| RssAnon / RssFile, idle after | {f.idle_after.anon / MB:.1f} / {f.idle_after.file / MB:.1f} MiB |",
@@ -393,14 +429,18 @@ def render(f: Figures, *, title: str, setup: str, load_average: tuple[str, str])
     return "\n".join(lines) + "\n"
 
 
+def _mib(value: int) -> str:
+    return "unknown" if value < 0 else f"{value / MB:.1f} MiB"
+
+
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
 def samples_csv(samples: list[ProcessSample], started: float) -> str:
-    rows = ["seconds,rss_mib,anon_mib,file_mib,shmem_mib,fds,threads,load1"]
+    rows = ["seconds,rss_mib,anon_mib,file_mib,shmem_mib,index_mib,caches_mib,fds,threads,load1"]
     for s in samples:
-        memory = ",".join(f"{m / MB:.2f}" for m in (s.rss, s.anon, s.file, s.shmem))
+        memory = ",".join(f"{m / MB:.2f}" for m in (s.rss, s.anon, s.file, s.shmem, s.index_memory, s.cache_bytes))
         rows.append(f"{s.at - started:.1f},{memory},{s.fds},{s.threads},{s.load1:.2f}")
     return "\n".join(rows) + "\n"

@@ -14,6 +14,11 @@ every metric, so that adapters and services report with plain function calls, wi
   ``dicomweb_gateway_dimse_duration_seconds``, both by ``{node,operation,outcome}``;
 * caches — :func:`cache_lookup`: ``dicomweb_gateway_cache_lookups_total{cache,result}``
   (``result`` hit or miss; ``cache`` e.g. ``thumbnail``, ``frames``, ``pacs``);
+  and what the bounded in-memory caches hold, :func:`cache_size`:
+  ``dicomweb_gateway_cache_bytes{cache}``;
+* index — :func:`index_memory`: ``dicomweb_gateway_index_memory_bytes``, the memory the embedded
+  SQLite library holds (page caches of every connection, statements), so that RSS growth can be
+  told apart from it;
 * STOW — :func:`stow_instances`: ``dicomweb_gateway_stow_instances_total{outcome}`` (stored,
   failed);
 * object store — :func:`store_error` and :func:`store_retry`:
@@ -38,7 +43,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -52,9 +57,11 @@ __all__ = [
     "DimseObservation",
     "JsonFormatter",
     "cache_lookup",
+    "cache_size",
     "configure_logging",
     "current_request_id",
     "dimse_operation",
+    "index_memory",
     "last_dimse",
     "metrics_exposition",
     "observe_dimse",
@@ -100,6 +107,14 @@ DIMSE_DURATION = Histogram(
 )
 CACHE_LOOKUPS = Counter(
     "dicomweb_gateway_cache_lookups", "Cache lookups by cache and result", ["cache", "result"], registry=REGISTRY
+)
+CACHE_BYTES = Gauge(
+    "dicomweb_gateway_cache_bytes", "Bytes held by a bounded in-memory cache", ["cache"], registry=REGISTRY
+)
+INDEX_MEMORY = Gauge(
+    "dicomweb_gateway_index_memory_bytes",
+    "Memory held by the embedded index library (SQLite page caches and statements); 0 for PostgreSQL",
+    registry=REGISTRY,
 )
 STOW_INSTANCES = Counter(
     "dicomweb_gateway_stow_instances", "STOW-RS instances by outcome", ["outcome"], registry=REGISTRY
@@ -170,6 +185,17 @@ def dimse_operation(node: str, operation: str) -> Iterator[DimseObservation]:
 def cache_lookup(cache: str, *, hit: bool) -> None:
     """One lookup in a per-replica cache (thumbnails, decoded frames, PACS retrieves)."""
     CACHE_LOOKUPS.labels(cache, "hit" if hit else "miss").inc()
+
+
+def cache_size(cache: str, read: Callable[[], float]) -> None:
+    """Report the bytes ``cache`` holds by calling ``read`` at each scrape (the last cache
+    registered under a name is the one reported: one per process outside tests)."""
+    CACHE_BYTES.labels(cache).set_function(read)
+
+
+def index_memory(read: Callable[[], float]) -> None:
+    """Report the index library's memory by calling ``read`` at each scrape."""
+    INDEX_MEMORY.set_function(read)
 
 
 def stow_instances(*, stored: int = 0, failed: int = 0) -> None:

@@ -106,6 +106,26 @@ async def test_stow_and_byte_counters(client: Client) -> None:
 
 
 @pytest.mark.anyio
+async def test_memory_gauges_of_the_caches_and_the_index(client: Client) -> None:
+    """What bounded caches and SQLite hold is reported, so that a soak can tell them from a leak."""
+    data = factory.rle_instance(seed=701)  # frames of a compressed instance are decoded, and cached
+    body, content_type = stow_body([data])
+    assert (
+        await client.post("/dicomweb/studies", content=body, headers={"Content-Type": content_type})
+    ).status_code == 200
+    assert await sample(client, "dicomweb_gateway_cache_bytes", cache="frames") == 0
+    study, series, sop = uids_of(data)
+    frame = await client.get(
+        f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1",
+        headers={"Accept": 'multipart/related; type="application/octet-stream"'},
+    )
+    assert frame.status_code == 200
+    held = await sample(client, "dicomweb_gateway_cache_bytes", cache="frames")
+    assert held == 64 * 64 * 2  # the decoded frame
+    assert 0 < await sample(client, "dicomweb_gateway_index_memory_bytes") < 64 << 20
+
+
+@pytest.mark.anyio
 async def test_dimse_and_cache_hooks(client: Client) -> None:
     labels = {"node": "orthanc", "operation": "C-FIND"}
     ok = await sample(client, "dicomweb_gateway_dimse_operations_total", outcome="success", **labels)

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from gateway import observability
 from gateway.adapters.sql_rows import (
     IndexRow,
     decode_metadata,
@@ -47,6 +48,7 @@ from gateway.adapters.sql_rows import (
     series_values,
     study_values,
 )
+from gateway.adapters.sqlite_memory import sqlite_memory_used
 from gateway.adapters.sqlite_search import COLUMNS, register_functions, row_to_json, search_sql
 from gateway.dicom.attributes import Level
 from gateway.dicom.query import QidoQuery
@@ -134,6 +136,7 @@ class SqliteIndex:
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._closed = False
+        observability.index_memory(lambda: float(sqlite_memory_used() or 0))
 
     # -- Index protocol ------------------------------------------------------------------------
 

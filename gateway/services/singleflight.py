@@ -13,6 +13,7 @@ computation, and is not cached (the next request tries again).
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ class SingleFlightCache(Generic[K, V]):
         self._bytes = 0
         self._flights: dict[K, _Flight[V]] = {}
         self.computed = 0  # how many times a value was computed (tests and benchmarks read it)
+        # A weak reference: the metric must not keep a discarded cache (and its values) alive.
+        ref = weakref.ref(self)
+        observability.cache_size(name, lambda: float(cache.bytes) if (cache := ref()) is not None else 0.0)
 
     def __len__(self) -> int:
         return len(self._values)
