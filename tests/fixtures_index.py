@@ -41,7 +41,7 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
 
 
 def _postgres_backend(url: str) -> Backend:
-    conninfo, schema, _, _ = parse_postgres_url(url)
+    conninfo, schema = parse_postgres_url(url)[:2]
 
     def set_version(version: int) -> None:
         with psycopg.connect(conninfo, autocommit=True, options=f"-c search_path={schema}") as conn:

@@ -282,7 +282,7 @@ def sqlite_rows(data_dir: Path) -> IndexRows:
 
 
 def postgres_rows(url: str) -> IndexRows:
-    conninfo, schema, _, _ = parse_url(url)
+    conninfo, schema = parse_url(url)[:2]
 
     def rows() -> set[tuple[str, str, str]]:
         with psycopg.connect(conninfo, options=f"-c search_path={schema}") as conn:

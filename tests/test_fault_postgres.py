@@ -294,3 +294,55 @@ def _failed_sops(response: httpx.Response) -> set[str]:
     items = response.json().get("00081198", {}).get("Value", [])
     assert all(item["00081197"]["Value"] == [0x0110] for item in items)
     return {item["00081155"]["Value"][0] for item in items}
+
+
+def test_frozen_server_answers_503_at_the_operation_deadline_and_recovers(
+    tmp_path: Path, postgres: PrivatePostgres, schema: str
+) -> None:
+    """A server that stops answering without closing anything (every PostgreSQL process
+    SIGSTOPped: connects still succeed, sent data is still acknowledged by the kernel) must not
+    hang requests: the index URL's ``operation_timeout`` bounds each statement on the server and,
+    a second later, each use of a connection on the client."""
+    operation_timeout = 3
+    gw = start_gateway(
+        tmp_path, extra_args=("--index-url", f"{postgres.url}?schema={schema}&operation_timeout={operation_timeout}")
+    )
+    try:
+        before = _instances(3, "before-freeze")
+        study, series, _ = uids_of(before[0])
+        assert stow(gw.url, before).status_code == 200
+        late = _instances(1, "late-freeze")
+        late_sop = uids_of(late[0])[2]
+
+        postgres.freeze()
+        try:
+            response, elapsed = _timed(lambda: stow(gw.url, late))
+            _assert_index_unavailable(response, elapsed)
+            print(f"\nfrozen index: STOW answered 503 after {elapsed:.2f} s (operation_timeout {operation_timeout} s)")
+            assert _objects_named(gw, late_sop) == []
+            for read in (
+                lambda: httpx.get(f"{gw.url}/studies", timeout=CONNECTION_TIMEOUT),
+                lambda: httpx.get(f"{gw.url}/studies/{study}/series/{series}/metadata", timeout=CONNECTION_TIMEOUT),
+                lambda: _retrieve(gw, before[0]),
+            ):
+                response, elapsed = _timed(read)
+                _assert_index_unavailable(response, elapsed)
+            ready, elapsed = _timed(lambda: httpx.get(f"{gw.root}/readyz", timeout=CONNECTION_TIMEOUT))
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["index"].startswith("unavailable")
+            assert elapsed < OUTAGE_ANSWER_BOUND
+        finally:
+            postgres.thaw()
+
+        recovery = _wait_until_serving(gw, study)
+        print(f"frozen index: serving again {recovery:.2f} s after the server resumed")
+        assert gw.process.poll() is None
+        for data in before:
+            assert _stored_bytes(gw, data) == data
+        response = stow(gw.url, late)
+        assert response.status_code == 200, response.text
+        assert _stored_bytes(gw, late[0]) == late[0]
+        # The connections cut by the deadline are gone on the server too, not piled up.
+        assert postgres.client_backends() <= 10
+    finally:
+        stop_gateway(gw)

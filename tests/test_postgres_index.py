@@ -24,19 +24,22 @@ def anyio_backend() -> str:
 
 
 def test_url_parameters() -> None:
-    conninfo, schema, low, high = parse_url("postgres://u:pw@db:5433/imaging?schema=gw_1&pool_max=4&sslmode=require")
-    assert (schema, low, high) == ("gw_1", 1, 4)
-    assert conninfo == "postgresql://u:pw@db:5433/imaging?sslmode=require"
-    assert parse_url("postgresql:///imaging")[1:] == (None, 1, 10)
+    parsed = parse_url("postgres://u:pw@db:5433/imaging?schema=gw_1&pool_max=4&sslmode=require&operation_timeout=2.5")
+    assert (parsed.schema, parsed.pool_min, parsed.pool_max, parsed.operation_timeout) == ("gw_1", 1, 4, 2.5)
+    assert parsed.conninfo == "postgresql://u:pw@db:5433/imaging?sslmode=require"
+    assert parse_url("postgresql:///imaging")[1:] == (None, 1, 10, 8.0)
+    assert parse_url("postgresql:///imaging?operation_timeout=0").operation_timeout is None  # unbounded
     for bad in (
         "postgresql://db/x?schema=Bad-Name",
         "postgresql://db/x?schema=a;drop",
         "postgresql://db/x?pool_max=0",
         "postgresql://db/x?pool_min=5&pool_max=2",
         "postgresql://db/x?pool_max=many",
+        "postgresql://db/x?operation_timeout=soon",
+        "postgresql://db/x?operation_timeout=-1",
         "mysql://db/x",
     ):
-        with pytest.raises(ValueError, match=r"schema|pool|PostgreSQL"):
+        with pytest.raises(ValueError, match=r"schema|pool|PostgreSQL|operation_timeout"):
             parse_url(bad)
 
 
@@ -71,7 +74,7 @@ def test_migrate_command(postgres_url: str) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert f"version {SCHEMA_VERSION}" in run.stdout
-    conninfo, schema, _, _ = parse_url(postgres_url)
+    conninfo, schema = parse_url(postgres_url)[:2]
     with psycopg.connect(conninfo, options=f"-c search_path={schema}") as conn:
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))}
         version = conn.execute("SELECT version FROM gateway_schema_version").fetchone()

@@ -124,7 +124,7 @@ def _downgrade_to_version_1(backend: Backend) -> None:
         conn.close()
     else:
         assert backend.url is not None
-        conninfo, schema, _, _ = parse_url(backend.url)
+        conninfo, schema = parse_url(backend.url)[:2]
         with psycopg.connect(conninfo, autocommit=True, options=f"-c search_path={schema}") as conn:
             for statement in statements:
                 conn.execute(statement)

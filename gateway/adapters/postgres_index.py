@@ -5,8 +5,10 @@ through one is visible to QIDO/WADO through another as soon as it is acknowledge
 
 URL: ``postgresql://user:password@host:port/dbname?schema=NAME&pool_max=10`` (also
 ``postgres://``). ``schema`` (optional) puts the tables in that schema, created when missing;
-``pool_min`` / ``pool_max`` size the connection pool; every other parameter is libpq's
-(``sslmode``, ``connect_timeout``, ...).
+``pool_min`` / ``pool_max`` size the connection pool; ``operation_timeout`` (seconds, default
+8, 0 for none) bounds each statement on the server and, a second later, each use of a connection
+on the client (a frozen server); every other parameter is libpq's (``sslmode``,
+``connect_timeout``, ...).
 
 Schema: the same three tables as SQLite (see :mod:`gateway.adapters.sqlite_index`): text columns
 use the ``C`` collation (byte order, as SQLite, and B-tree indexes serve prefix ``LIKE``);
@@ -33,12 +35,13 @@ idempotent). See :mod:`gateway.adapters.postgres_pool`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Collection, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
@@ -47,6 +50,7 @@ import orjson
 import psycopg
 import psycopg.errors
 from psycopg.adapt import Buffer, Loader
+from psycopg.sql import SQL, Literal
 
 from gateway.adapters.postgres_pool import ConnectionLost, IndexConnections, one_line
 from gateway.adapters.postgres_search import norm_values, search_sql
@@ -74,6 +78,12 @@ SCHEMA_VERSION = 2
 _INSTANCE_LOCKS = 0x44574749
 DEFAULT_MAX_RESULTS = 1000
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# A statement running longer is cancelled by the server (503): within the 10 s in which a client
+# is told "unavailable" when the index is. ``operation_timeout`` in the URL changes it (0: none).
+DEFAULT_OPERATION_TIMEOUT = 8.0
+# The client's own deadline is this much later, for a server that does not answer at all.
+_DEADLINE_GRACE = 1.0
+_OUR_PARAMETERS = ("schema", "pool_min", "pool_max", "operation_timeout")
 _RETRIES = 5
 # Transient conflicts between concurrent transactions: the whole add is simply run again.
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure, psycopg.errors.ForeignKeyViolation)
@@ -145,7 +155,8 @@ class PostgresIndex:
     result flagged ``more``, PS3.18 8.3.4.4)."""
 
     def __init__(self, url: str, *, max_results: int = DEFAULT_MAX_RESULTS, timeout: float = 10.0) -> None:
-        self._conninfo, self._schema, self._pool_min, self._pool_max = parse_url(url)
+        parsed = parse_url(url)
+        self._conninfo, self._schema = parsed.conninfo, parsed.schema
         self._where = _redacted(url)
         self._max_results = max_results
         self._timeout = timeout
@@ -158,10 +169,11 @@ class PostgresIndex:
             self._conninfo,
             where=self._where,
             kwargs=kwargs,
-            min_size=self._pool_min,
-            max_size=self._pool_max,
+            min_size=parsed.pool_min,
+            max_size=parsed.pool_max,
             timeout=timeout,
-            configure=_configure,
+            deadline=None if parsed.operation_timeout is None else parsed.operation_timeout + _DEADLINE_GRACE,
+            configure=functools.partial(_configure, statement_timeout=parsed.operation_timeout),
         )
         self._lock: anyio.Lock | None = None
         self._migrated = False
@@ -271,7 +283,7 @@ class PostgresIndex:
 
     async def ping(self) -> None:
         # Readiness probes time out after a few seconds: answer "unavailable" before they do.
-        async with self._connection(wait=min(self._timeout, 3.0)) as conn:
+        async with self._connection(wait=min(self._timeout, 3.0), deadline=3.0) as conn:
             await conn.execute("SELECT 1")
 
     async def aclose(self) -> None:
@@ -298,7 +310,8 @@ class PostgresIndex:
         studies: dict[str, list[Any]] = {}
         series: dict[tuple[str, str], list[Any]] = {}
         count = 0
-        async with self._connection() as conn, conn.transaction():
+        async with self._connection(bulk=True) as conn, conn.transaction():
+            await _no_statement_timeout(conn)
             await conn.execute("SET CONSTRAINTS ALL DEFERRED")  # children are copied before parents
             async with conn.cursor() as cur:
                 columns = _PgRow.instance_columns()
@@ -334,7 +347,8 @@ class PostgresIndex:
 
     async def analyze(self) -> None:
         """Refresh the planner's statistics (after a bulk load)."""
-        async with self._connection() as conn:
+        async with self._connection(bulk=True) as conn, conn.transaction():
+            await _no_statement_timeout(conn)
             await conn.execute("ANALYZE studies, series, instances")
 
     async def explain(self, query: QidoQuery) -> str:
@@ -347,14 +361,24 @@ class PostgresIndex:
     # -- connections ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _connection(self, *, wait: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def _connection(
+        self, *, wait: float | None = None, bulk: bool = False, deadline: float | None = None
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled connection (autocommit). psycopg errors leaving the block become IndexError_
         (callers that retry transient ones catch them inside the block); the schema is migrated
-        on first use."""
+        on first use. The block has the URL's operation deadline, or ``deadline``; ``bulk``
+        work has none (it lifts the statement timeout in its transaction)."""
         if not self._migrated:
             await self._migrate_once()
-        async with self._connections.connection(wait or self._timeout) as conn:
-            yield conn
+        if bulk:
+            async with self._connections.connection(wait or self._timeout, deadline=None) as conn:
+                yield conn
+        elif deadline is not None:
+            async with self._connections.connection(wait or self._timeout, deadline=deadline) as conn:
+                yield conn
+        else:
+            async with self._connections.connection(wait or self._timeout) as conn:
+                yield conn
 
     async def _fetch(self, sql: str, params: list[object]) -> list[tuple[Any, ...]]:
         # A read runs once more when its connection died under it while the server answers (a
@@ -376,20 +400,30 @@ class PostgresIndex:
         async with self._lock:
             if self._migrated:
                 return
-            async with self._connections.connection(self._timeout) as conn:
+            async with self._connections.connection(self._timeout, deadline=None) as conn:
                 await _migrate(conn, self._schema)
             self._migrated = True
 
 
-def parse_url(url: str) -> tuple[str, str | None, int, int]:
-    """(libpq conninfo URL, schema, pool min, pool max) of an index URL; ValueError when bad."""
+class IndexUrl(NamedTuple):
+    """What an index URL says: the libpq URL and the gateway's own parameters."""
+
+    conninfo: str
+    schema: str | None
+    pool_min: int
+    pool_max: int
+    operation_timeout: float | None  # seconds; None: unbounded
+
+
+def parse_url(url: str) -> IndexUrl:
+    """The parts of an index URL; ValueError when bad."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ValueError(f"not a PostgreSQL URL: {_redacted(url)}")
     ours: dict[str, str] = {}
     libpq: list[tuple[str, str]] = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        (ours.__setitem__(key, value) if key in ("schema", "pool_min", "pool_max") else libpq.append((key, value)))
+        (ours.__setitem__(key, value) if key in _OUR_PARAMETERS else libpq.append((key, value)))
     schema = ours.get("schema") or None
     if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"index URL schema {schema!r} must be a lower-case SQL identifier")
@@ -400,17 +434,33 @@ def parse_url(url: str) -> tuple[str, str | None, int, int]:
         raise ValueError("index URL pool_min / pool_max must be integers") from None
     if not 0 <= pool_min <= pool_max or pool_max < 1:
         raise ValueError("index URL needs 0 <= pool_min <= pool_max and pool_max >= 1")
+    try:
+        timeout = float(ours.get("operation_timeout", str(DEFAULT_OPERATION_TIMEOUT)))
+    except ValueError:
+        raise ValueError("index URL operation_timeout must be a number of seconds") from None
+    if not 0 <= timeout < 86400:
+        raise ValueError("index URL operation_timeout must be between 0 (none) and 86400 seconds")
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(libpq), ""))
-    return conninfo, schema, pool_min, pool_max
+    return IndexUrl(conninfo, schema, pool_min, pool_max, timeout or None)
 
 
-async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+async def _configure(conn: psycopg.AsyncConnection[Any], *, statement_timeout: float | None) -> None:
     for name in ("json", "jsonb"):
         conn.adapters.register_loader(name, _RawJson)
+    # The server cancels a statement running too long, and the connection stays usable; the
+    # client's deadline (a little later) is for a server that cannot even do that.
+    milliseconds = 0 if statement_timeout is None else round(statement_timeout * 1000)
+    await conn.execute(SQL("SET statement_timeout = {}").format(Literal(milliseconds)))
+
+
+async def _no_statement_timeout(conn: psycopg.AsyncConnection[Any]) -> None:
+    """For bulk work inside a transaction: lift the statement timeout until it ends."""
+    await conn.execute("SET LOCAL statement_timeout = 0")
 
 
 async def _migrate(conn: psycopg.AsyncConnection[Any], schema: str | None) -> None:
     async with conn.transaction():
+        await _no_statement_timeout(conn)  # waiting for another replica's migration is fine
         # Replicas starting together: one migrates, the others wait here and then find it done.
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(f"dicomweb-gateway:{schema}".encode()),))
         if schema is not None:

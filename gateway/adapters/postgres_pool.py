@@ -23,6 +23,12 @@ seconds and heal without a restart:
 3. During an outage at most one request per :data:`PROBE_INTERVAL` tries a direct connection;
    when one succeeds the outage ends and a fresh pool replaces the closed one, so the gateway is
    back within about a second of the server accepting connections, however long it was away.
+4. A server that stops answering without closing anything (the process frozen, a partition that
+   drops packets) leaves a query waiting forever: TCP keeps the connection up, and a statement
+   timeout needs the server to enforce it. So each use of a connection has a deadline: when it
+   passes, a watchdog shuts the connection's socket down (the waiting query fails at once with a
+   broken connection), and an outage is declared without a probe, which would only wait for the
+   same silent server.
 
 Statements are not retried here: a read may be run again by the caller when it fails with
 :class:`ConnectionLost` (the server answers, only that connection died).
@@ -30,9 +36,12 @@ Statements are not retried here: a read may be run again by the caller when it f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import select
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +65,14 @@ DEFAULT_CONNECT_TIMEOUT = 5
 _CLOSE_TIMEOUT = 1.0
 # Retry-After of "the database is down": clients come back soon, the probe is cheap.
 _RETRY_AFTER = 2
+
+
+class _Default:
+    """The type of "the deadline given at construction" (None means no deadline)."""
+
+
+_DEFAULT = _Default()
+
 
 Configure = Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
 
@@ -86,6 +103,7 @@ class IndexConnections:
         min_size: int,
         max_size: int,
         timeout: float,
+        deadline: float | None = None,
         configure: Configure | None = None,
     ) -> None:
         self._conninfo = conninfo
@@ -98,6 +116,7 @@ class IndexConnections:
         self._min_size = min_size
         self._max_size = max_size
         self._timeout = timeout
+        self._deadline = deadline
         self._configure = configure
         self._pool: AsyncConnectionPool | None = None
         self._outage: _Outage | None = None
@@ -109,20 +128,36 @@ class IndexConnections:
         return self._connect_timeout
 
     @contextlib.asynccontextmanager
-    async def connection(self, wait: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def connection(
+        self, wait: float | None = None, *, deadline: float | _Default | None = _DEFAULT
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A live pooled connection, waited for at most ``wait`` seconds (default: the pool
-        timeout). psycopg errors leaving the block become :class:`IndexError_` (503), or
-        :class:`ConnectionLost` when the connection died but the server answers."""
+        timeout) and usable for ``deadline`` seconds (default: the one given at construction;
+        None: unbounded, for bulk work). psycopg errors leaving the block become
+        :class:`IndexError_` (503), or :class:`ConnectionLost` when the connection died but the
+        server answers; a block still waiting for the server at its deadline fails with the
+        503 of an outage."""
         pool = await self._pool_in_service()
         conn = await self._checkout(pool, self._timeout if wait is None else wait)
+        limit = self._deadline if isinstance(deadline, _Default) else deadline
+        watchdog = _Watchdog(conn, limit) if limit is not None else None
         try:
             yield conn
-        except psycopg.Error as exc:
-            if conn.broken or conn.closed:
-                await self._ensure_reachable()
-                raise ConnectionLost(f"the index connection was lost: {one_line(exc)}") from exc
-            raise IndexError_(f"index database error: {one_line(exc)}") from exc
+        except BaseException as exc:
+            if watchdog is not None and watchdog.fired:
+                await self._declare_outage(f"no answer within {limit:g} s")
+                if isinstance(exc, psycopg.Error):
+                    raise self._unavailable(self._outage) from exc
+                raise  # e.g. IndexOutcomeUnknown: the caller must still know the outcome is unknown
+            if isinstance(exc, psycopg.Error):
+                if conn.broken or conn.closed:
+                    await self._ensure_reachable()
+                    raise ConnectionLost(f"the index connection was lost: {one_line(exc)}") from exc
+                raise IndexError_(f"index database error: {one_line(exc)}") from exc
+            raise
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             # Even when the request is being cancelled: a connection not given back is lost to
             # the pool for good.
             with anyio.CancelScope(shield=True):
@@ -182,18 +217,20 @@ class IndexConnections:
         reason = await self._probe()
         if reason is None:
             return
+        await self._declare_outage(reason)
+        raise self._unavailable(self._outage)
+
+    async def _declare_outage(self, reason: str) -> None:
         now = anyio.current_time()
         if self._outage is None:
             self._outage = _Outage(since=now, reason=reason, probed_at=now)
             log.warning("index database %s unreachable: %s", self._where, reason)
-        outage = self._outage
         pool, self._pool = self._pool, None
         if pool is not None:
             # Closing wakes every request waiting for a connection (PoolClosed): they answer 503
             # now rather than after the pool timeout. Connections in use close when returned.
             with anyio.CancelScope(shield=True):
                 await pool.close(timeout=_CLOSE_TIMEOUT)
-        raise self._unavailable(outage)
 
     async def _probe(self) -> str | None:
         """One direct connection attempt, bounded by connect_timeout: None when it succeeds,
@@ -252,6 +289,25 @@ class IndexConnections:
                 checked_server = True
                 await self._ensure_reachable()  # is the server gone, or only this backend?
         raise IndexError_("every index database connection was found dead")
+
+
+class _Watchdog:
+    """Shuts ``conn``'s socket down after ``seconds`` unless cancelled first."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], seconds: float) -> None:
+        self.fired = False
+        self._conn = conn
+        self._handle = asyncio.get_running_loop().call_later(seconds, self._fire)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+    def _fire(self) -> None:
+        self.fired = True
+        # shutdown, not close: the descriptor stays psycopg's (closing it under a pending wait
+        # could let a new socket take its number); the wait sees end of file at once.
+        with contextlib.suppress(OSError, psycopg.Error), socket.socket(fileno=os.dup(self._conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 async def _usable(conn: psycopg.AsyncConnection[Any]) -> bool:

@@ -146,6 +146,23 @@ class PrivatePostgres:
         while self._backend_pids() and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster and every backend: the server stops answering, but the kernel
+        keeps its sockets up (connects succeed, sent data is acknowledged), as with a hung host
+        or a VM paused by its hypervisor. :meth:`thaw` resumes it."""
+        for pid in self._cluster_pids():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._cluster_pids():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def _cluster_pids(self) -> list[int]:
+        postmaster = self.pid
+        return ([postmaster] if postmaster is not None else []) + self._backend_pids()
+
     def terminate_backends(self) -> int:
         """``pg_terminate_backend`` every client backend but our own; returns how many. Waits
         until they are gone, as after a failover-like reset of all connections."""
