@@ -13,7 +13,7 @@ from gateway.app import build_index, build_store, create_app
 from gateway.errors import GatewayError
 from gateway.http.broken_off import BrokenOffResponses
 from gateway.http.deadlines import protocol_with_deadline
-from gateway.malloc import cap_malloc_arenas
+from gateway.malloc import cap_malloc_arenas, trim_periodically
 from gateway.observability import configure_logging
 from gateway.security.tls import server_context
 from gateway.settings import Settings
@@ -44,6 +44,7 @@ async def preflight(settings: Settings) -> str | None:
 
 def serve(settings: Settings) -> int:
     cap_malloc_arenas()  # before any worker thread (gateway.malloc: RSS creep under load)
+    trim_periodically(settings.memory_trim_interval)
     configure_logging(settings.log_level, json_lines=settings.log_format == "json")
     problem = anyio.run(preflight, settings)
     if problem:

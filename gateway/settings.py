@@ -183,6 +183,9 @@ class Settings:
     pacs_cache_max_age: float = 0.0
     # Store uncompressed uploads losslessly compressed: "" (as received), "jpeg-ls" or "jpeg2000".
     storage_compression: str = ""
+    # Seconds between returns of freed heap memory to the kernel (glibc malloc_trim; see
+    # gateway.malloc). 0: never.
+    memory_trim_interval: float = 30.0
 
     # Derived, validated views -------------------------------------------------------------
 
@@ -398,6 +401,8 @@ def _valid_ae_title(value: str) -> bool:
 
 def _validate_pacs(s: Settings) -> None:
     """The [[pacs]] nodes, the gateway's AE title, its storage SCP and forward_to."""
+    if s.memory_trim_interval < 0:
+        raise SettingsError("memory_trim_interval must be 0 (never) or positive seconds")
     if s.pacs_cache_max_age < 0:
         raise SettingsError("pacs_cache_max_age must be 0 (keep cached instances forever) or positive seconds")
     if not _valid_ae_title(s.ae_title):
