@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+import anyio
 import httpx
 import pytest
 from botocore.exceptions import (
@@ -32,6 +33,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from gateway.adapters.s3 import S3BlobStore
 from gateway.adapters.s3_retry import Failure, backoff, classify, worst_case_backoff
 from tests.factory import ct_instance, new_uid, write_large_multiframe
 from tests.fixtures_gateway import RunningGateway, start_gateway, stop_gateway
@@ -415,6 +417,46 @@ def test_download_stalling_mid_body_ends_the_response(
     proxy.heal()
     wait_ready(gw)  # the stall made the store count as down for a moment
     assert split_multipart(wado(gw, data))[0][1] == data
+
+
+# -- listings (reindex --repair) ---------------------------------------------------------------
+
+
+def test_a_throttled_listing_page_is_retried_and_the_listing_resumes(
+    bucket: S3Bucket, admin: S3Client, proxy: S3FaultProxy
+) -> None:
+    """``reindex --repair`` lists every object and unfinished upload page by page; a page refused
+    once (SlowDown) is asked again where the listing stood, not the listing ended or failed."""
+    names = [f"{PREFIX}/studies/1.2/series/3.4/instances/5.{n}.dcm" for n in range(5)]
+    for name in names:
+        admin.put_object(Bucket=bucket.bucket, Key=name, Body=b"x")
+    uploads = {admin.create_multipart_upload(Bucket=bucket.bucket, Key=name)["UploadId"] for name in names[:3]}
+    store = S3BlobStore(
+        bucket.bucket,
+        PREFIX,
+        endpoint_url=proxy.endpoint_url,
+        access_key=bucket.access_key,
+        secret_key=bucket.secret_key,
+    )
+
+    async def listed() -> tuple[list[str], set[str]]:
+        keys: list[str] = []
+        async for item in store.list_objects(page_size=2):
+            keys.append(item.key)
+            if len(keys) == 2:
+                proxy.throttle(1)  # the request for the second page
+        handles: set[str] = set()
+        async for write in store.list_unfinished(time.time() + 3600, page_size=2):
+            handles.add(write.handle)
+            if len(handles) == 2:
+                proxy.throttle(1)
+        await store.aclose()
+        return keys, handles
+
+    keys, handles = anyio.run(listed)
+    assert keys == sorted(name.removeprefix(PREFIX + "/") for name in names)
+    assert handles == uploads
+    assert proxy.count("GET", "throttled") == 2
 
 
 # -- the retry table (no peers) ----------------------------------------------------------------

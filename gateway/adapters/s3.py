@@ -27,7 +27,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -288,10 +288,7 @@ class S3BlobStore:
 
     async def _call(self, what: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one blocking client call in a worker thread, with retries; translate its failure."""
-        # A page iterator that raised is finished: calling next() again would end a listing
-        # early as if complete, so listing pages get a single attempt.
-        attempts = 1 if fn is _next_or_none else self._max_attempts
-        return await self._attempt(what, functools.partial(fn, *args, **kwargs), attempts)
+        return await self._attempt(what, functools.partial(fn, *args, **kwargs), self._max_attempts)
 
     async def _attempt(self, what: str, call: Callable[[], T], attempts: int, *, guarded: bool = True) -> T:
         """The one retry loop (gateway.adapters.s3_retry): retry what is worth it, with backoff,
@@ -467,28 +464,39 @@ class S3BlobStore:
 
     # -- crash recovery (reindex --repair) --------------------------------------------------------
 
-    async def list_objects(self, prefix: str = "") -> AsyncIterator[ListedObject]:
+    async def list_objects(self, prefix: str = "", *, page_size: int = 1000) -> AsyncIterator[ListedObject]:
         validate_prefix(prefix)
-        paginator = self._client.get_paginator("list_objects_v2")
-        pages = iter(paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix))
-        while (page := await self._call("ListObjectsV2", _next_or_none, pages)) is not None:
+        # Page by page with the continuation token, each page a call of its own with retries
+        # (boto3's paginator cannot resume after a page failed: a throttled page would end a
+        # repair's listing).
+        request: dict[str, Any] = {"Bucket": self._bucket, "Prefix": self._prefix + prefix, "MaxKeys": page_size}
+        while True:
+            page = await self._call("ListObjectsV2", self._client.list_objects_v2, **request)
             for item in page.get("Contents", []):
                 name = item.get("Key", "")
                 if name.startswith(self._prefix) and "LastModified" in item:
                     yield ListedObject(name[len(self._prefix) :], item.get("Size", 0), item["LastModified"].timestamp())
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            request["ContinuationToken"] = token
 
-    async def list_unfinished(self, started_before: float) -> AsyncIterator[UnfinishedWrite]:
+    async def list_unfinished(self, started_before: float, *, page_size: int = 1000) -> AsyncIterator[UnfinishedWrite]:
         # Multipart uploads a killed process never completed nor aborted: S3 keeps (and bills)
         # their parts until an AbortMultipartUpload, and lists them here with their start time.
-        paginator = self._client.get_paginator("list_multipart_uploads")
-        pages = iter(paginator.paginate(Bucket=self._bucket, Prefix=self._prefix))
-        while (page := await self._call("ListMultipartUploads", _next_or_none, pages)) is not None:
+        request: dict[str, Any] = {"Bucket": self._bucket, "Prefix": self._prefix, "MaxUploads": page_size}
+        while True:
+            page = await self._call("ListMultipartUploads", self._client.list_multipart_uploads, **request)
             for upload in page.get("Uploads", []):
                 name, upload_id, initiated = upload.get("Key", ""), upload.get("UploadId"), upload.get("Initiated")
                 if not name.startswith(self._prefix) or upload_id is None or initiated is None:
                     continue
                 if initiated.timestamp() < started_before:
                     yield UnfinishedWrite(name[len(self._prefix) :], initiated.timestamp(), upload_id)
+            key_marker, upload_marker = page.get("NextKeyMarker"), page.get("NextUploadIdMarker")
+            if not page.get("IsTruncated") or not (key_marker or upload_marker):
+                return
+            request["KeyMarker"], request["UploadIdMarker"] = key_marker or "", upload_marker or ""
 
     async def discard_unfinished(self, write: UnfinishedWrite) -> None:
         # The key is the listed one, not necessarily a valid object key (any writer may have
@@ -503,10 +511,6 @@ class S3BlobStore:
         except ClientError as exc:
             if _error_code(exc) not in ("NoSuchUpload", "404"):
                 raise
-
-
-def _next_or_none(pages: Iterator[T]) -> T | None:
-    return next(pages, None)
 
 
 def _pread_exactly(fd: int, offset: int, length: int) -> bytes:
