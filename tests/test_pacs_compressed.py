@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
+from gateway.adapters.dimse import DimseUpstream
+from gateway.settings import PacsNode
 from tests import factory
 from tests.fixtures_pacs import GATEWAY_AET, GatewayFactory, load_orthanc, node
 from tests.http_helpers import read, uids_of
@@ -22,6 +25,8 @@ pytestmark = pytest.mark.timeout(120)
 STUDY = factory.new_uid("compressed-study")
 CT_SERIES = factory.new_uid("compressed-ct-series")
 MR_SERIES = factory.new_uid("compressed-mr-series")
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 IDENTITY = {"study_uid": STUDY, "PatientID": "PID-COMPRESSED", "patient_name": "COMPRESSED^ORIGINALS"}
 
 
@@ -109,3 +114,34 @@ def test_one_instance_by_c_get(
     gw = pacs_gateway_factory([node("orthanc", orthanc.dicom_port, orthanc.aet)])
     received = by_sop(retrieve(f"{gw.url}/studies/{STUDY}/series/{CT_SERIES}/instances/{sop}"))
     assert_originals(received, {sop: data}, orthanc)
+
+
+def test_a_class_missing_from_sop_classes_in_study_is_found_and_asked_again(
+    tmp_path: Path, orthanc: OrthancPeer, originals: dict[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PACS whose SOP Classes in Study (0008,0062) misses a class it holds: the C-GET over the
+    located classes fails (Orthanc: C000H, no context to send the MR on); the adapter asks the
+    instances' classes by an IMAGE-level C-FIND and gets everything, each instance once."""
+    upstream = DimseUpstream(
+        PacsNode(name="orthanc", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port),
+        ae_title=GATEWAY_AET,
+        spool_dir=tmp_path,
+    )
+
+    async def retrieve_with(classes: frozenset[str]) -> dict[str, bytes]:
+        received: dict[str, bytes] = {}
+        try:
+            async for item in upstream.retrieve(STUDY, sop_classes=classes):
+                assert item.sop_uid not in received
+                received[item.sop_uid] = item.path.read_bytes()
+                item.path.unlink()
+        finally:
+            await upstream.aclose()
+        return received
+
+    classes = {str(read(data).SOPClassUID) for data in originals.values()}
+    assert classes == {CT_IMAGE_STORAGE, MR_IMAGE_STORAGE}
+    received = anyio.run(retrieve_with, frozenset({CT_IMAGE_STORAGE}))  # the MR class "not located"
+    assert_originals(received, originals, orthanc)
+    assert "were not located: asking again" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # nothing left spooled

@@ -40,6 +40,7 @@ from gateway.adapters.dimse_contexts import (
     FIND,
     FUZZY_QUERY_KIND,
     GET,
+    GET_KIND,
     MOVE,
     QUERY_KIND,
     association_contexts,
@@ -77,7 +78,12 @@ class _Retrieval:
     warned: bool = False
     warnings: list[str] = field(default_factory=list)  # final warning statuses, for the caller
     received: int = 0
+    delivered: set[str] = field(default_factory=set)  # SOP Instance UIDs handed over
     last_activity: float = field(default_factory=time.monotonic)
+
+
+class _OperationFailed(UpstreamError):
+    """A C-GET / C-MOVE ended with a Failure status (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
 
 
 class DimseUpstream:
@@ -225,8 +231,7 @@ class DimseUpstream:
                     if move:
                         self._pool.run(QUERY_KIND, partial(self._move, identifier, push, state))
                     else:
-                        # Contexts for the located classes (originals as stored), else the wide set.
-                        self._pool.run(get_kind(sop_classes), partial(self._get, identifier, push, state))
+                        self._c_get(identifier, push, state, sop_classes)
                     observation.outcome = "cancel" if state.cancelled else "warning" if state.warned else "success"
             except BaseException as exc:
                 outcome = exc
@@ -311,12 +316,63 @@ class DimseUpstream:
         state.last_activity = time.monotonic()
         if state.cancelled:
             raise RuntimeError("the retrieve was abandoned")
+        if item.sop_uid in state.delivered:  # sent again by a repeated C-GET: already handed over
+            item.path.unlink(missing_ok=True)
+            return
         try:
             push(item)
         except Exception:
             state.cancelled = True  # the consumer is gone (or the event loop stopped)
             raise
         state.received += 1
+        state.delivered.add(item.sop_uid)
+
+    def _c_get(
+        self, identifier: Dataset, push: Callable[[Any], None], state: _Retrieval, sop_classes: frozenset[str]
+    ) -> None:
+        """C-GET over contexts for the located classes (originals as stored), else the wide set.
+
+        The classes come from the PACS's own SOP Classes in Study (0008,0062); when that list
+        misses a class the study holds, the PACS has no context to send those instances on and
+        fails the C-GET (Orthanc: C000H at the first one). Then the classes are asked instance
+        by instance (an IMAGE-level C-FIND returning SOP Class UID) and the C-GET runs once more
+        with them; instances that already arrived are not handed over twice.
+        """
+        kind = get_kind(sop_classes)
+        try:
+            self._pool.run(kind, partial(self._get, identifier, push, state))
+        except _OperationFailed as exc:
+            if kind == GET_KIND or state.cancelled:
+                raise
+            classes = self._pool.run(QUERY_KIND, partial(self._instance_classes, identifier))
+            if classes <= sop_classes:
+                raise  # the classes were right: the failure is something else
+            log.warning("%s; SOP Classes %s were not located: asking again", exc.reason, sorted(classes - sop_classes))
+            state.over = False
+            self._pool.run(get_kind(classes), partial(self._get, identifier, push, state))
+
+    def _instance_classes(self, retrieve_identifier: Dataset, assoc: Association) -> frozenset[str]:
+        """The SOP Class UIDs of the instances a retrieve identifier names (IMAGE-level C-FIND)."""
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "IMAGE"
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(identifier, keyword, retrieve_identifier.get(keyword, ""))
+        identifier.SOPClassUID = ""
+        message_id = self._message_id()
+        classes: set[str] = set()
+        answered, last = False, time.monotonic()
+        responses = self._send(lambda: assoc.send_c_find(identifier, FIND, msg_id=message_id), "C-FIND")
+        for status, found in responses:
+            if "Status" not in status:
+                raise self._lost("C-FIND", answered=answered, last=last)
+            answered, last = True, time.monotonic()
+            code = int(status.Status)
+            if status_class(code) is StatusClass.PENDING:
+                if found is not None and found.get("SOPClassUID"):
+                    classes.add(str(found.SOPClassUID))
+            elif status_class(code) is StatusClass.FAILURE:
+                raise UpstreamError(f"{self._pool.where}: C-FIND failed with status {describe(code)}")
+        return frozenset(classes)
 
     def _get(self, identifier: Dataset, push: Callable[[Any], None], state: _Retrieval, assoc: Association) -> None:
         state.assoc, state.model, state.message_id = assoc, GET, self._message_id()
@@ -374,7 +430,7 @@ class DimseUpstream:
                 hint = ""
                 if operation == "C-MOVE":
                     hint = f"; does the PACS know {self._scp_ae()} as a move destination?"
-                raise UpstreamError(
+                raise _OperationFailed(
                     f"{self._pool.where}: {operation} failed with status {describe(code)}{counts}{hint}"
                 )
             if kind is StatusClass.WARNING:
