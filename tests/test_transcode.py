@@ -393,7 +393,7 @@ async def test_many_viewers_decode_a_frame_once(tmp_path: Path, monkeypatch: pyt
 
         async def viewer(target: str) -> None:
             negotiated = Negotiated("image/jp2" if target == J2K else "application/octet-stream", target, True)
-            results.extend(await wado.frames(record, [1], negotiated))
+            results.extend([frame async for frame in await wado.frames(record, [1], negotiated)])
 
         async with anyio.create_task_group() as tg:
             for i in range(24):
@@ -508,3 +508,46 @@ def test_compressed_storage_on_ingest(tmp_path: Path, setting: str, syntax: str)
         assert again.status_code == 200, again.text
     finally:
         stop_gateway(gw)
+
+
+@pytest.mark.anyio
+async def test_frames_are_read_one_at_a_time_as_the_response_is_consumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 30-frame request holds one frame in memory at a time, and a client that leaves after
+    two frames costs two reads, not thirty."""
+    store = FileBlobStore(tmp_path / "objects")
+    index = SqliteIndex(tmp_path / "index.sqlite3", max_results=100)
+    try:
+        data = factory.multiframe_xa(seed=5, frames=30, rows=32, cols=32)
+        path = tmp_path / "in.dcm"
+        path.write_bytes(data)
+        await StowService(store, index, ParseLimits()).persist(parse_part10(path, origin="stow"), path)
+        wado = WadoService(store, index)
+        record = (await wado.select(*uids_of(data)))[0]
+        reads = 0
+        real_read_range = store.read_range
+
+        async def counting_read_range(key: str, start: int, length: int) -> bytes:
+            nonlocal reads
+            reads += 1
+            return await real_read_range(key, start, length)
+
+        monkeypatch.setattr(store, "read_range", counting_read_range)
+        as_stored = Negotiated("application/octet-stream", None, True)
+        numbers = list(range(1, 31))
+
+        frames = await wado.frames(record, numbers, as_stored)
+        assert reads == 0  # validated, nothing read yet
+        first, second = await anext(frames), await anext(frames)
+        await frames.aclose()
+        assert reads == 2
+
+        pixels = pydicom.dcmread(io.BytesIO(data)).PixelData
+        size = len(pixels) // 30
+        assert (first, second) == (pixels[:size], pixels[size : 2 * size])
+        everything = [frame async for frame in await wado.frames(record, numbers, as_stored)]
+        assert b"".join(everything) == pixels
+        assert reads == 2 + 30
+    finally:
+        await index.aclose()

@@ -9,7 +9,7 @@ connection is aborted, never left hanging, as every store read is bounded by its
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -17,7 +17,7 @@ T = TypeVar("T")
 Part = tuple[str, AsyncIterator[bytes]]
 
 
-async def started(items: AsyncIterator[T]) -> AsyncIterator[T]:
+async def started(items: AsyncIterator[T]) -> AsyncGenerator[T, None]:
     """``items`` with its first item already taken: its errors are raised here."""
     try:
         first = await anext(items)
@@ -29,7 +29,7 @@ async def started(items: AsyncIterator[T]) -> AsyncIterator[T]:
     return _chain((first,), items)
 
 
-async def started_parts(parts: AsyncIterator[Part]) -> AsyncIterator[Part]:
+async def started_parts(parts: AsyncIterator[Part]) -> AsyncGenerator[Part, None]:
     """Multipart ``parts`` whose first part's body is :func:`started`."""
     try:
         first = await anext(parts)
@@ -46,7 +46,7 @@ async def started_parts(parts: AsyncIterator[Part]) -> AsyncIterator[Part]:
     return _chain(((first[0], body),), parts)
 
 
-async def _chain(head: tuple[T, ...], rest: AsyncIterator[T]) -> AsyncIterator[T]:
+async def _chain(head: tuple[T, ...], rest: AsyncIterator[T]) -> AsyncGenerator[T, None]:
     try:
         for item in head:
             yield item

@@ -21,7 +21,7 @@ from gateway.errors import NotAcceptable
 from gateway.http.context import base_url, gateway_of
 from gateway.http.retrieve_warnings import add_retrieve_warnings
 from gateway.http.security import restriction_of
-from gateway.http.started import started_parts
+from gateway.http.started import started, started_parts
 from gateway.ports import InstanceRecord
 from gateway.services.wado import INSTANCE_SYNTAXES, parse_frame_list
 
@@ -101,18 +101,27 @@ async def frames(request: Request) -> Response:
         raise NotAcceptable(
             f"a single-part {negotiated.media_type} response holds one frame; ask for multipart/related"
         )
-    bodies = await gw.wado.frames(record, numbers, negotiated)
+    # The first frame is read before the status is sent (a store that fails answers 503); the
+    # others as the response goes out.
+    bodies = await started(await gw.wado.frames(record, numbers, negotiated))
     part_type = gw.wado.frame_content_type(record, negotiated)
     if not negotiated.multipart:  # one frame as its bare bitstream (image/jls, image/jp2, ...)
-        return add_retrieve_warnings(Response(bodies[0], media_type=part_type, headers=_NO_TRANSFORM), notes)
+        body = await anext(bodies)
+        await bodies.aclose()
+        return add_retrieve_warnings(Response(body, media_type=part_type, headers=_NO_TRANSFORM), notes)
     boundary = new_boundary()
     media_type = content_type_for_multipart(negotiated.media_type, None, boundary)
     location = f"{base_url(request)}/studies/{record.study_uid}/series/{record.series_uid}/instances/{record.sop_uid}"
-    parts = [
-        (part_type, body, {"Content-Location": f"{location}/frames/{n}"})
-        for n, body in zip(numbers, bodies, strict=True)
-    ]
-    response = StreamingResponse(multipart_stream(parts, boundary), media_type=media_type, headers=_NO_TRANSFORM)
+
+    async def parts() -> AsyncIterator[tuple[str, bytes, dict[str, str]]]:
+        numbered = iter(numbers)
+        try:
+            async for body in bodies:
+                yield part_type, body, {"Content-Location": f"{location}/frames/{next(numbered)}"}
+        finally:
+            await bodies.aclose()
+
+    response = StreamingResponse(multipart_stream(parts(), boundary), media_type=media_type, headers=_NO_TRANSFORM)
     return add_retrieve_warnings(response, notes)
 
 

@@ -7,7 +7,7 @@ read of the stored object using the frame spans recorded at ingest.
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import anyio
 import pydicom
@@ -184,17 +184,34 @@ class WadoService:
                 raise NotFound(f"frame {n} does not exist: instance {record.sop_uid} has {count} frame(s)")
         return record.pixel
 
-    async def frames(self, record: InstanceRecord, numbers: Sequence[int], negotiated: Negotiated) -> list[bytes]:
-        """The requested frames in the negotiated syntax: as stored, or decoded (and re-encoded)."""
+    async def frames(
+        self, record: InstanceRecord, numbers: Sequence[int], negotiated: Negotiated
+    ) -> AsyncGenerator[bytes, None]:
+        """The requested frames in the negotiated syntax: as stored, or decoded (and re-encoded).
+
+        What can be refused (a missing frame, a syntax it cannot make) is refused here; the
+        frames themselves are read one at a time as the iterator is consumed, so a response
+        holds one frame in memory, not the request's all, and a client gone stops the reading."""
         self._check_frames(record, numbers)
         target = negotiated.transfer_syntax
-        if negotiated.as_stored or target == record.transfer_syntax or target is None:
-            return await self._stored_frames(record, numbers)
+        as_stored = negotiated.as_stored or target == record.transfer_syntax or target is None
         if target == EXPLICIT_VR_LITTLE_ENDIAN and record.transfer_syntax in transcode.NATIVE_LITTLE_ENDIAN:
-            return await self._stored_frames(record, numbers)
-        if target != EXPLICIT_VR_LITTLE_ENDIAN and target not in self.frame_syntaxes(record):
+            as_stored = True
+        if not as_stored and target != EXPLICIT_VR_LITTLE_ENDIAN and target not in self.frame_syntaxes(record):
             raise NotAcceptable(f"frames cannot be transcoded to {target}")
-        return [await self.frame_in(record, n, target) for n in numbers]
+        if as_stored and not record.frames:
+            # Deflated instances have no byte-addressable frames: the object is read once.
+            return _iterate(await self._frames_from_object(record, numbers))
+        return self._frame_stream(record, list(numbers), None if as_stored else target)
+
+    async def _frame_stream(
+        self, record: InstanceRecord, numbers: list[int], target: str | None
+    ) -> AsyncGenerator[bytes, None]:
+        for n in numbers:
+            if target is None:
+                yield (await self._stored_frames(record, [n]))[0]
+            else:
+                yield await self.frame_in(record, n, target)
 
     async def frame_in(self, record: InstanceRecord, number: int, target: str) -> bytes:
         """Frame ``number`` decoded (``target`` Explicit VR Little Endian) or re-encoded in
@@ -275,6 +292,11 @@ class WadoService:
     @staticmethod
     def key(record: InstanceRecord) -> str:
         return uids.instance_key(record.study_uid, record.series_uid, record.sop_uid)
+
+
+async def _iterate(items: list[bytes]) -> AsyncGenerator[bytes, None]:
+    for item in items:
+        yield item
 
 
 def _extract_frames(data: bytes, numbers: list[int]) -> list[bytes]:
