@@ -82,7 +82,12 @@ def build_gateway(
         max_sequence_depth=limits.max_sequence_depth, max_inflated_bytes=limits.max_inflated_bytes
     )
     stow = StowService(store, index, parse_limits, compress_to=STORAGE_COMPRESSION[settings.storage_compression])
-    wado = WadoService(store, index, max_decoded_frame_bytes=limits.max_decoded_frame_bytes)
+    wado = WadoService(
+        store,
+        index,
+        max_decoded_frame_bytes=limits.max_decoded_frame_bytes,
+        frame_cache_bytes=settings.frame_cache_bytes,
+    )
     # The PACS bridge (all empty without [[pacs]] nodes: then the index alone answers).
     nodes = dict(upstreams or {})
     forward = None
@@ -99,7 +104,7 @@ def build_gateway(
         retrieval=UpstreamRetrieveService(wado, stow, index, nodes, bridge_state, parse_limits=parse_limits),
         forward=forward,
         upstreams=nodes,
-        rendered=RenderService(wado),
+        rendered=RenderService(wado, cache_bytes=settings.rendered_cache_bytes),
     )
 
 

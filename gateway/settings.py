@@ -183,6 +183,10 @@ class Settings:
     pacs_cache_max_age: float = 0.0
     # Store uncompressed uploads losslessly compressed: "" (as received), "jpeg-ls" or "jpeg2000".
     storage_compression: str = ""
+    # Per-process in-memory caches (bytes): decoded or transcoded frames, and rendered images and
+    # thumbnails. Each bounds the memory it may hold (dicomweb_gateway_cache_bytes).
+    frame_cache_bytes: int = 256 << 20
+    rendered_cache_bytes: int = 64 << 20
     # Seconds between returns of freed heap memory to the kernel (glibc malloc_trim; see
     # gateway.malloc). 0: never.
     memory_trim_interval: float = 30.0
@@ -401,6 +405,8 @@ def _valid_ae_title(value: str) -> bool:
 
 def _validate_pacs(s: Settings) -> None:
     """The [[pacs]] nodes, the gateway's AE title, its storage SCP and forward_to."""
+    if s.frame_cache_bytes < 0 or s.rendered_cache_bytes < 0:
+        raise SettingsError("frame_cache_bytes and rendered_cache_bytes must be 0 (no cache) or positive")
     if s.memory_trim_interval < 0:
         raise SettingsError("memory_trim_interval must be 0 (never) or positive seconds")
     if s.pacs_cache_max_age < 0:

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.adapters.filestore import FileBlobStore
+from gateway.adapters.sqlite_index import SqliteIndex
+from gateway.app import build_gateway
 from gateway.settings import SettingsError, load_settings
 
 
@@ -52,6 +55,8 @@ def test_aws_variables_fill_s3_credentials() -> None:
         ({"DICOMWEB_GATEWAY_LIMITS__MAX_PARTS": "-1"}, "limits.max_parts must be positive"),
         ({"DICOMWEB_GATEWAY_NO_SUCH_THING": "1"}, "unknown setting no_such_thing"),
         ({"DICOMWEB_GATEWAY_LOG_LEVEL": "loud"}, "log_level"),
+        ({"DICOMWEB_GATEWAY_FRAME_CACHE_BYTES": "-1"}, "frame_cache_bytes"),
+        ({"DICOMWEB_GATEWAY_MEMORY_TRIM_INTERVAL": "-5"}, "memory_trim_interval"),
     ],
 )
 def test_wrong_settings_are_one_clear_error(environ: dict[str, str], message: str) -> None:
@@ -89,3 +94,13 @@ def test_cli_stops_with_one_line(argv: list[str], tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("dicomweb-gateway: ")
     assert "Traceback" not in result.stderr
+
+
+def test_cache_sizes_reach_the_caches(tmp_path: Path) -> None:
+    settings = load_settings(
+        environ={"DICOMWEB_GATEWAY_FRAME_CACHE_BYTES": "1048576", "DICOMWEB_GATEWAY_RENDERED_CACHE_BYTES": "4096"},
+        overrides={"data_dir": tmp_path},
+    )
+    gateway = build_gateway(settings, FileBlobStore(tmp_path / "objects"), SqliteIndex(tmp_path / "index.sqlite3"))
+    assert gateway.wado.frame_cache.max_bytes == 1 << 20
+    assert gateway.rendered.cache.max_bytes == 4096
