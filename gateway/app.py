@@ -27,6 +27,7 @@ from gateway.services.stow import StowService
 from gateway.services.upstream_retrieve import UpstreamRetrieveService
 from gateway.services.wado import WadoService
 from gateway.settings import STORAGE_COMPRESSION, PacsNode, Settings
+from gateway.spool import process_spool_dir
 
 
 def build_store(settings: Settings) -> BlobStore:
@@ -93,7 +94,7 @@ def build_gateway(
     forward = None
     if settings.forward_to is not None and bridge_state is not None:
         target = next(u for name, u in nodes.items() if name.lower() == settings.forward_to.lower())
-        forward = ForwardService(bridge_state, target, store, index, settings.effective_spool_dir / "pacs")
+        forward = ForwardService(bridge_state, target, store, index, pacs_spool_dir(settings))
     return Gateway(
         settings=settings,
         store=store,
@@ -108,11 +109,18 @@ def build_gateway(
     )
 
 
+def pacs_spool_dir(settings: Settings) -> Path:
+    """Where instances received from a PACS (C-GET, C-MOVE) and copies being forwarded to one
+    wait: under this process's spool directory, which start-up sweeps once the process is gone
+    (gateway.spool), so a crash mid-retrieve leaves nothing behind for good."""
+    return process_spool_dir(settings.effective_spool_dir) / "pacs"
+
+
 def build_upstream(settings: Settings, node: PacsNode, scp: Any = None) -> Upstream:
     """The DIMSE adapter for one ``[[pacs]]`` node (``scp``: the storage SCP for C-MOVE)."""
     from gateway.adapters.dimse import DimseUpstream
 
-    return DimseUpstream(node, ae_title=settings.ae_title, spool_dir=settings.effective_spool_dir / "pacs", scp=scp)
+    return DimseUpstream(node, ae_title=settings.ae_title, spool_dir=pacs_spool_dir(settings), scp=scp)
 
 
 @contextlib.asynccontextmanager
@@ -131,7 +139,7 @@ async def open_pacs(settings: Settings) -> AsyncIterator[tuple[dict[str, Upstrea
             ae_title=settings.ae_title,
             host=settings.scp_host,
             port=settings.scp_port,
-            spool_dir=settings.effective_spool_dir / "pacs",
+            spool_dir=pacs_spool_dir(settings),
             known_aes=[node.ae_title for node in settings.pacs],
             syntaxes=RECEIVE_SYNTAXES,
         )

@@ -205,9 +205,11 @@ def test_scp_spool_is_cleaned(pacs_gateway: RunningGateway, pacs_data: PacsData)
     retrieve(f"{pacs_gateway.url}/studies/{study}/series/{series}")
     # The response ends with the retrieve; the write-through to the cache finishes just after,
     # and then the spooled files go.
-    spool = Path(pacs_gateway.data_dir) / "spool" / "pacs"
+    spool = Path(pacs_gateway.data_dir) / "spool"
+    received = "stow-*/pacs/*.dcm"  # the process's own spool directory (gateway.spool)
     deadline = time.monotonic() + 20
-    while any(spool.glob("*.dcm")) and time.monotonic() < deadline:
+    while any(spool.glob(received)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(spool.glob("*.dcm")), "received files were left in the spool"
+    assert not any(spool.glob(received)), "received files were left in the spool"
+    assert any(spool.glob("stow-*/pacs")), "the files were received somewhere else"
     assert stored_instances(pacs_gateway) == len(pacs_data.series)
