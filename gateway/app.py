@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from gateway.dicom.parse import ParseLimits
+from gateway.errors import ServiceUnavailable
 from gateway.http.context import Gateway
 from gateway.http.errors import EXCEPTION_HANDLERS
 from gateway.http.metrics import ObservabilityMiddleware
@@ -28,6 +30,8 @@ from gateway.services.upstream_retrieve import UpstreamRetrieveService
 from gateway.services.wado import WadoService
 from gateway.settings import STORAGE_COMPRESSION, PacsNode, Settings
 from gateway.spool import process_spool_dir
+
+log = logging.getLogger(__name__)
 
 
 def build_store(settings: Settings) -> BlobStore:
@@ -68,6 +72,26 @@ def build_index(settings: Settings) -> Index:
     path = Path(url.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteIndex(path, max_results=settings.limits.max_qido_results)
+
+
+async def check_at_start(settings: Settings, store: BlobStore, index: Index) -> None:
+    """Ask the store and the index once before serving.
+
+    A local one (file store, SQLite) that fails stops the start: the problem is on this machine
+    (a path, permissions, a full disk) and someone must see it. A network peer (S3, PostgreSQL)
+    that is unavailable does not: the gateway serves, ``/readyz`` names it, and the adapters
+    reconnect by themselves once it answers; exiting would only make an orchestrator restart
+    the process with growing back-off after the peer is back.
+    """
+    remote_store = urlsplit(settings.effective_storage_url).scheme == "s3"
+    remote_index = urlsplit(settings.effective_index_url).scheme in ("postgresql", "postgres")
+    for what, ping, remote in (("object store", store.ping, remote_store), ("index", index.ping, remote_index)):
+        try:
+            await ping()
+        except ServiceUnavailable as exc:
+            if not remote:
+                raise
+            log.warning("the %s is unavailable at start-up; serving, /readyz reports it: %s", what, exc.reason)
 
 
 def build_gateway(
@@ -172,8 +196,7 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
         own_index = index or build_index(settings)
         try:
             security.open()
-            await own_store.ping()
-            await own_index.ping()
+            await check_at_start(settings, own_store, own_index)
             async with open_pacs(settings) as (upstreams, bridge_state), anyio.create_task_group() as tasks:
                 gateway = build_gateway(settings, own_store, own_index, upstreams=upstreams, bridge_state=bridge_state)
                 gateway.retrieval.start(tasks)

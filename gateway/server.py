@@ -9,7 +9,7 @@ import sys
 import anyio
 import uvicorn
 
-from gateway.app import build_index, build_store, create_app
+from gateway.app import build_index, build_store, check_at_start, create_app
 from gateway.errors import GatewayError
 from gateway.http.broken_off import BrokenOffResponses
 from gateway.http.deadlines import protocol_with_deadline
@@ -21,16 +21,16 @@ from gateway.spool import sweep_dead_spools
 
 
 async def preflight(settings: Settings) -> str | None:
-    """Open the store and the index once before serving; a problem is one line, not a traceback."""
+    """Open the store and the index once before serving; a problem is one line, not a traceback.
+    Network peers that are merely unavailable are not a problem here (see check_at_start)."""
     try:
         store = build_store(settings)
     except (GatewayError, OSError, ValueError) as exc:
         return f"cannot open the object store {settings.effective_storage_url}: {exc}"
     try:
-        await store.ping()
         index = build_index(settings)
         try:
-            await index.ping()
+            await check_at_start(settings, store, index)
         finally:
             await index.aclose()
     except GatewayError as exc:

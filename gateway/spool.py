@@ -2,12 +2,12 @@
 
 A STOW spools each received part to a file (``gateway.dicom.multipart``) and deletes it once the
 instance is stored or refused; instances received from a PACS and copies being forwarded to one
-wait in its ``pacs`` subdirectory the same way (``gateway.app.pacs_spool_dir``). A process killed mid-request (SIGKILL, OOM killer, power cut) never
-gets to delete its files, and the spool is shared: several gateway processes may use one data
-directory. So each process spools under a directory of its own,
-``{spool_dir}/stow-{pid}-{start}-{host}``, and a directory whose process is no longer running is
-removed whole: at start-up (:func:`sweep_dead_spools`, called by ``serve``) and by
-``dicomweb-gateway reindex --repair``.
+wait in its ``pacs`` subdirectory the same way (``gateway.app.pacs_spool_dir``). A process
+killed mid-request (SIGKILL, OOM killer, power cut) never gets to delete its files, and the
+spool is shared: several gateway processes may use one data directory. So each process spools
+under a directory of its own, ``{spool_dir}/stow-{pid}-{start}-{host}``, and a directory whose
+process is no longer running is removed whole: at start-up (:func:`sweep_dead_spools`, called
+by ``serve``) and by ``dicomweb-gateway reindex --repair``.
 
 ``start`` is the process's start time (Linux ``/proc/PID/stat``), so a recycled pid is not
 mistaken for the dead process; ``host`` keeps processes of other machines sharing the directory

@@ -58,7 +58,10 @@ def start_gateway(
     s3: Any = None,
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    until: str = "/readyz",
 ) -> RunningGateway:
+    """``dicomweb-gateway serve`` in a process, returned once ``until`` answers 200 (``/healthz``
+    for a gateway expected to start unready)."""
     port = free_port()
     data = tmp / "data"
     common = ["--data", str(data)]
@@ -95,7 +98,7 @@ def start_gateway(
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited with {process.returncode}:\n{gw.log()}")
         try:
-            if httpx.get(root + "/readyz", timeout=1).status_code == 200:
+            if httpx.get(root + until, timeout=1).status_code == 200:
                 return gw
         except httpx.TransportError:
             pass

@@ -346,3 +346,30 @@ def test_frozen_server_answers_503_at_the_operation_deadline_and_recovers(
         assert postgres.client_backends() <= 10
     finally:
         stop_gateway(gw)
+
+
+def test_started_while_the_server_is_down_it_serves_once_it_is_up(
+    tmp_path: Path, postgres: PrivatePostgres, schema: str
+) -> None:
+    """PostgreSQL is a network peer: down when the gateway starts is an outage like any other,
+    not a reason to exit (an orchestrator would restart it with growing back-off). The gateway
+    serves unready, says why, and is ready as soon as the server is."""
+    postgres.stop("fast")
+    gw = start_gateway(tmp_path, extra_args=("--index-url", f"{postgres.url}?schema={schema}"), until="/healthz")
+    try:
+        ready = httpx.get(f"{gw.root}/readyz", timeout=CONNECTION_TIMEOUT)
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["index"].startswith("unavailable")
+        assert "index is unavailable at start-up" in gw.log()
+        data = _instances(1, "cold-start")
+        response, elapsed = _timed(lambda: stow(gw.url, data))
+        _assert_index_unavailable(response, elapsed)
+
+        postgres.start()
+        _wait_until_serving(gw, uids_of(data[0])[0])
+        assert httpx.get(f"{gw.root}/readyz", timeout=CONNECTION_TIMEOUT).status_code == 200
+        assert stow(gw.url, data).status_code == 200
+        assert _stored_bytes(gw, data[0]) == data[0]
+        assert gw.process.poll() is None
+    finally:
+        stop_gateway(gw)
