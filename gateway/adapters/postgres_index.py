@@ -72,7 +72,7 @@ from gateway.dicom.query import QidoQuery
 from gateway.errors import IndexError_, IndexOutcomeUnknown
 from gateway.ports import REMOVAL_LAPSE, AddOutcome, InstanceKey, InstanceRecord, KeepIf, SearchResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Advisory lock space of per-instance locks (the second key is a CRC of the SOP Instance UID:
 # a collision only makes two instances wait for each other).
 _INSTANCE_LOCKS = 0x44574749
@@ -133,7 +133,13 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE instances ADD COLUMN shared boolean NOT NULL DEFAULT false",
         f"CREATE TABLE removals (sop_uid {_UID} PRIMARY KEY, token text NOT NULL, since double precision NOT NULL)",
     ),
+    # The cache expiry sweep walks this partial index (see the SQLite adapter).
+    3: ("CREATE INDEX instances_expiry ON instances (stored_at) WHERE origin LIKE 'pacs:%' AND NOT shared",),
 }
+EXPIRED_CACHED_SQL = (
+    "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%%' AND NOT shared"
+    " AND stored_at < %s ORDER BY stored_at LIMIT %s"
+)
 
 
 class _RawJson(Loader):
@@ -270,11 +276,7 @@ class PostgresIndex:
             await conn.execute("DELETE FROM removals WHERE sop_uid = %s AND token = %s", (sop, token))
 
     async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
-        rows = await self._fetch(
-            "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%%' AND NOT shared"
-            " AND stored_at < %s ORDER BY stored_at LIMIT %s",
-            [before, limit],
-        )
+        rows = await self._fetch(EXPIRED_CACHED_SQL, [before, limit])
         return [(str(a), str(b), str(c)) for a, b, c in rows]
 
     async def clear(self) -> None:

@@ -57,7 +57,7 @@ from gateway.ports import REMOVAL_LAPSE, AddOutcome, InstanceKey, InstanceRecord
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_MAX_RESULTS = 1000
 
 
@@ -108,7 +108,15 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE instances ADD COLUMN shared INTEGER NOT NULL DEFAULT 0",
         "CREATE TABLE removals (sop_uid TEXT PRIMARY KEY NOT NULL, token TEXT NOT NULL, since REAL NOT NULL)",
     ),
+    # The cache expiry sweep (EXPIRED_CACHED_SQL) walks this small index, oldest first, instead of
+    # scanning every instance row; the planner uses a partial index when the query repeats its
+    # WHERE terms exactly.
+    3: ("CREATE INDEX instances_expiry ON instances (stored_at) WHERE origin LIKE 'pacs:%' AND shared = 0",),
 }
+EXPIRED_CACHED_SQL = (
+    "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%' AND shared = 0"
+    " AND stored_at < ? ORDER BY stored_at LIMIT ?"
+)
 
 
 class SqliteIndex:
@@ -201,11 +209,7 @@ class SqliteIndex:
         )
 
     async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
-        sql = (
-            "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%' AND shared = 0"
-            " AND stored_at < ? ORDER BY stored_at LIMIT ?"
-        )
-        rows = await self._read(lambda conn: conn.execute(sql, (before, limit)).fetchall())
+        rows = await self._read(lambda conn: conn.execute(EXPIRED_CACHED_SQL, (before, limit)).fetchall())
         return [(str(a), str(b), str(c)) for a, b, c in rows]
 
     async def clear(self) -> None:
