@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from gateway.adapters.filestore import FileBlobStore
+from gateway.adapters.sqlite_index import SqliteIndex
+from gateway.dicom.parse import ParseLimits, parse_part10
+from gateway.errors import NotFound
 from gateway.ports import AddOutcome, Index
+from gateway.services.cache_expiry import CacheExpiry
+from gateway.services.stow import StowService
+from gateway.services.upstream_retrieve import UpstreamRetrieveService
+from gateway.services.wado import WadoService
 from tests import factory
 from tests.fixtures_pacs import GATEWAY_AET, GatewayFactory, load_orthanc, node
 from tests.http_helpers import stow, uids_of
@@ -79,7 +87,8 @@ def test_cached_series_expires_and_is_fetched_again(
     # every second here, and the machine may be busy, so a generous bound on noticing it.
     assert wait_until(lambda: "cache expiry: removed 3 instance(s)" in gw.log(), 30), gw.log()[-3000:]
     assert f"retrieved series {PACS_SERIES}" in gw.log()
-    assert not cached_sops(gw.data_dir, PACS_STUDY)
+    # The objects go one sweep after the rows (requests may still be reading them).
+    assert wait_until(lambda: not cached_sops(gw.data_dir, PACS_STUDY), 30)
 
     # Asked again: a fresh DIMSE retrieve from the PACS, the same bytes.
     again = by_sop(retrieve(url))
@@ -119,3 +128,42 @@ async def test_index_lists_only_old_unshared_pacs_copies(index: Index) -> None:
     expired = await index.expired_cached(2000.0, 10)
     assert expired == [(r.study_uid, r.series_uid, r.sop_uid) for r in (older_pacs, old_pacs)]  # type: ignore[attr-defined]
     assert await index.expired_cached(2000.0, 1) == expired[:1]
+
+
+@pytest.mark.anyio
+async def test_objects_outlive_their_rows_by_an_interval_for_reads_in_flight(tmp_path: Path) -> None:
+    """A request that found a cached instance just before the sweep removed its row may still be
+    reading it (a series retrieve reads instance after instance; frames are ranged reads): the
+    objects go one interval later, and not at all if the instance was indexed again meanwhile."""
+    store = FileBlobStore(tmp_path / "objects")
+    index = SqliteIndex(tmp_path / "index.sqlite3")
+    try:
+        stow_service = StowService(store, index, ParseLimits())
+        wado = WadoService(store, index)
+        instances = series(PACS_STUDY, PACS_SERIES, 10, "EXPIRY^INFLIGHT")
+        for n, data in enumerate(instances):
+            path = tmp_path / f"in-{n}.dcm"
+            path.write_bytes(data)
+            await stow_service.persist(parse_part10(path, origin="pacs:orthanc"), path)
+        retrieval = UpstreamRetrieveService(wado, stow_service, index, {}, None, parse_limits=ParseLimits())
+        expiry = CacheExpiry(index, store, None, retrieval, max_age=MAX_AGE)
+        keys = [WadoService.key(r) for r in await wado.select(PACS_STUDY, PACS_SERIES)]  # a request in flight
+        assert len(keys) == 3
+
+        assert await expiry.sweep(time.time() + 10 * MAX_AGE) == 3
+        with pytest.raises(NotFound):
+            await wado.select(PACS_STUDY, PACS_SERIES)  # new requests: gone (a PACS retrieve would follow)
+        assert [await store.read_all(key) for key in keys] == instances  # the request in flight: intact
+
+        # Indexed again before its objects were due (retrieved anew): that one keeps them.
+        again = tmp_path / "again.dcm"
+        again.write_bytes(instances[0])
+        await stow_service.persist(parse_part10(again, origin="pacs:orthanc"), again)
+        assert await expiry.delete_unindexed() == 0  # not due yet
+        assert await expiry.delete_unindexed(time.monotonic() + expiry.interval) == 2
+        assert await store.read_all(keys[0]) == instances[0]
+        for key in keys[1:]:
+            with pytest.raises(NotFound):
+                await store.read_all(key)
+    finally:
+        await index.aclose()

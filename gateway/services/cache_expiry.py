@@ -7,10 +7,13 @@ upload was meanwhile told is stored (the index's ``shared`` mark, KeepIf.SHARED)
 the PACS still holds are dropped, and a later request fetches them again.
 
 Order, for each instance: first the retrieved marks of its study and series (so no request
-takes a thinned-out series for whole), then the index row, then the objects. The row is the
-commit point (:meth:`gateway.ports.Index.begin_removal`): once it is gone the instance is not
-served; objects that cannot be deleted now are orphans that ``reindex --repair`` sweeps; an
-upload of the same instance meanwhile waits for the removal to end (its add answers REMOVING).
+takes a thinned-out series for whole), then the index row; the objects one sweep later. The row
+is the commit point (:meth:`gateway.ports.Index.begin_removal`): once it is gone the instance is
+not served to new requests. A request that found it just before may still be streaming it, so
+its objects stay for one more interval (at least :attr:`CacheExpiry.interval`) and are then
+deleted under a removal of their own that keeps them if the instance was indexed again meanwhile
+(``KeepIf.INDEXED``: retrieved anew, or uploaded). Objects left by a process that stopped in
+between, or that cannot be deleted, are orphans that ``reindex --repair`` sweeps.
 
 Retrievals: a study with a retrieve in flight is skipped until the next sweep, and a retrieve
 of a study being swept waits until its sweep is over
@@ -56,6 +59,8 @@ class CacheExpiry:
         self._retrieval = retrieval
         self._max_age = max_age
         self.interval = min(max(max_age / 2, 0.5), MAX_INTERVAL)
+        # Instances whose rows are gone, with when: their objects go once in-flight reads are over.
+        self._unindexed: list[tuple[float, str, str, str]] = []
 
     def start(self, tasks: TaskGroup) -> None:
         tasks.start_soon(self._run)
@@ -64,13 +69,14 @@ class CacheExpiry:
         while True:
             await anyio.sleep(self.interval)
             try:
+                await self.delete_unindexed()
                 removed = await self.sweep(time.time())
             except GatewayError as exc:  # the index or store is away: try again next time
                 log.warning("cache expiry: %s", exc.reason)
                 continue
             if removed:
                 log.info(
-                    "cache expiry: removed %d instance(s) cached from a PACS over %g s ago",
+                    "cache expiry: removed %d instance(s) cached from a PACS over %g s ago (objects next sweep)",
                     removed,
                     self._max_age,
                 )
@@ -100,10 +106,27 @@ class CacheExpiry:
         token = await self._index.begin_removal(study, series, sop, keep_if=KeepIf.SHARED)
         if token is None:  # an upload was told it is stored meanwhile: it stays
             return 0
-        for key in (uids.instance_key(study, series, sop), uids.metadata_key(study, series, sop)):
-            try:
-                await self._store.delete(key)
-            except GatewayError as exc:  # an orphan now: reindex --repair removes it
-                log.warning("cache expiry: could not remove %s: %s", key, exc.reason)
         await self._index.end_removal(sop, token)
+        self._unindexed.append((time.monotonic(), study, series, sop))
         return 1
+
+    async def delete_unindexed(self, now: float | None = None) -> int:
+        """Delete the objects of instances removed from the index at least one interval before
+        ``now`` (monotonic seconds; default: now); the count deleted."""
+        now = time.monotonic() if now is None else now
+        due = [entry for entry in self._unindexed if now - entry[0] >= self.interval]
+        deleted = 0
+        for entry in due:
+            _, study, series, sop = entry
+            token = await self._index.begin_removal(study, series, sop, keep_if=KeepIf.INDEXED)
+            self._unindexed.remove(entry)
+            if token is None:  # indexed again since (retrieved anew, or uploaded): its objects now
+                continue
+            for key in (uids.instance_key(study, series, sop), uids.metadata_key(study, series, sop)):
+                try:
+                    await self._store.delete(key)
+                except GatewayError as exc:  # an orphan now: reindex --repair removes it
+                    log.warning("cache expiry: could not remove %s: %s", key, exc.reason)
+            await self._index.end_removal(sop, token)
+            deleted += 1
+        return deleted
