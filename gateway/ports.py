@@ -203,9 +203,6 @@ class Index(Protocol):
     async def search(self, query: Any) -> SearchResult:
         """Answer a ``gateway.dicom.query.QidoQuery``."""
 
-    async def delete(self, study: str, series: str, sop: str) -> None:
-        """Remove one instance's row (reindex repair)."""
-
     async def begin_removal(self, study: str, series: str, sop: str, *, keep_if: KeepIf) -> str | None:
         """Before deleting an instance's objects: atomically remove its row (unless ``keep_if``
         says to keep it: then None) and record a removal of ``sop`` in progress, so that no

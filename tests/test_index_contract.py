@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from gateway.dicom.query import parse_qido
 from gateway.errors import IndexError_
-from gateway.ports import AddOutcome, Index, InstanceRecord, PixelDescription
+from gateway.ports import AddOutcome, Index, InstanceRecord, KeepIf, PixelDescription
 from gateway.services import qido
 from tests.fixtures_index import Backend
 
@@ -177,16 +177,23 @@ async def test_instances_are_ordered_by_series_and_instance_number(index: Index)
     assert await index.instances(f"{ROOT}.9") == []
 
 
+async def remove(index: Index, study: str, series: str, sop: str) -> None:
+    """What the gateway does to drop an instance (undo, repair, cache expiry): a removal."""
+    token = await index.begin_removal(study, series, sop, keep_if=KeepIf.NEVER)
+    assert token is not None
+    await index.end_removal(sop, token)
+
+
 @pytest.mark.anyio
-async def test_delete_maintains_counts_and_removes_empty_parents(index: Index) -> None:
+async def test_removal_maintains_counts_and_removes_empty_parents(index: Index) -> None:
     await add_all(index, record(1, 1, 1, Modality="CT"), record(1, 1, 2, Modality="CT"), record(1, 2, 1, Modality="MR"))
-    await index.delete(f"{ROOT}.1", f"{ROOT}.1.2", f"{ROOT}.1.2.1")
+    await remove(index, f"{ROOT}.1", f"{ROOT}.1.2", f"{ROOT}.1.2.1")
     rows = await search(index, "study")
     assert (values(rows, "00201206"), values(rows, "00201208")) == ([1], [2])
     assert rows[0]["00080061"]["Value"] == ["CT"]
-    await index.delete(f"{ROOT}.1", f"{ROOT}.1.1", f"{ROOT}.1.1.9")  # absent: no error
-    await index.delete(f"{ROOT}.1", f"{ROOT}.1.1", f"{ROOT}.1.1.1")
-    await index.delete(f"{ROOT}.1", f"{ROOT}.1.1", f"{ROOT}.1.1.2")
+    await remove(index, f"{ROOT}.1", f"{ROOT}.1.1", f"{ROOT}.1.1.9")  # absent: no error
+    await remove(index, f"{ROOT}.1", f"{ROOT}.1.1", f"{ROOT}.1.1.1")
+    await remove(index, f"{ROOT}.1", f"{ROOT}.1.1", f"{ROOT}.1.1.2")
     assert await search(index, "study") == []
     assert await search(index, "series") == []
 
@@ -498,7 +505,7 @@ async def test_instance_keys_pages_through_every_row(index: Index) -> None:
     for page_size in (1, 5, 12, 1000):
         assert [key async for key in index.instance_keys(page_size=page_size)] == expected
     gone = records[4]
-    await index.delete(gone.study_uid, gone.series_uid, gone.sop_uid)
+    await remove(index, gone.study_uid, gone.series_uid, gone.sop_uid)
     assert [key async for key in index.instance_keys(page_size=5)] == [
         key for key in expected if key[2] != gone.sop_uid
     ]

@@ -233,17 +233,6 @@ class PostgresIndex:
 
         return await anyio.to_thread.run_sync(convert)
 
-    async def delete(self, study: str, series: str, sop: str) -> None:
-        for attempt in range(_RETRIES):
-            async with self._connection() as conn:
-                try:
-                    async with conn.transaction():
-                        await _delete(conn, study, series, sop)
-                    return
-                except _RETRYABLE:
-                    if attempt == _RETRIES - 1:
-                        raise
-
     async def begin_removal(self, study: str, series: str, sop: str, *, keep_if: KeepIf) -> str | None:
         for attempt in range(_RETRIES):
             async with self._connection() as conn:

@@ -177,9 +177,6 @@ class SqliteIndex:
 
         return await self._read(work)
 
-    async def delete(self, study: str, series: str, sop: str) -> None:
-        await self._write(lambda: self._transaction(lambda conn: _delete(conn, study, series, sop)))
-
     async def begin_removal(self, study: str, series: str, sop: str, *, keep_if: KeepIf) -> str | None:
         # BEGIN IMMEDIATE serializes this with every add, in this process and any other.
         def begin(conn: sqlite3.Connection) -> str | None:
