@@ -168,15 +168,8 @@ class DimseUpstream:
         if fuzzy and not fuzzy_accepted(assoc.acceptor.sop_class_extended):
             # PS3.18 8.3.4.x: the PACS's rows come from literal matching; say so, naming it.
             warnings.append(f"{self._pool.where}: {FUZZY_NOT_SUPPORTED}")
-        more = answered = False
-        last = time.monotonic()
-        responses = self._send(lambda: assoc.send_c_find(identifier, FIND, msg_id=message_id), "C-FIND")
-        for status, found in responses:
-            if "Status" not in status:
-                raise self._lost("C-FIND", answered=answered, last=last)
-            answered, last = True, time.monotonic()
-            code = int(status.Status)
-            kind = status_class(code)
+        more = False
+        for kind, code, found in self._find_responses(assoc, identifier, message_id):
             if kind is StatusClass.PENDING:
                 if more:
                     continue  # responses already in flight when the C-CANCEL arrived
@@ -188,12 +181,26 @@ class DimseUpstream:
                     # One match beyond the limit: there are more. Stop the PACS (C-CANCEL, PS3.7 9.3.2.3).
                     more = True
                     assoc.send_c_cancel(message_id, query_model=FIND)
-                continue
-            if kind is StatusClass.FAILURE:
-                raise UpstreamError(f"{self._pool.where}: C-FIND failed with status {describe(code)}")
-            if kind is StatusClass.WARNING:
+            elif kind is StatusClass.WARNING:
                 warnings.append(f"{self._pool.where}: C-FIND status {describe(code)}")
         return FindResult(rows=rows, more=more, warnings=tuple(warnings))
+
+    def _find_responses(
+        self, assoc: Association, identifier: Dataset, message_id: int
+    ) -> Iterator[tuple[StatusClass, int, Dataset | None]]:
+        """The C-FIND's responses as (status class, status, identifier); a lost association, a
+        DIMSE timeout or a Failure status is raised instead."""
+        answered, last = False, time.monotonic()
+        responses = self._send(lambda: assoc.send_c_find(identifier, FIND, msg_id=message_id), "C-FIND")
+        for status, found in responses:
+            if "Status" not in status:
+                raise self._lost("C-FIND", answered=answered, last=last)
+            answered, last = True, time.monotonic()
+            code = int(status.Status)
+            kind = status_class(code)
+            if kind is StatusClass.FAILURE:
+                raise UpstreamError(f"{self._pool.where}: C-FIND failed with status {describe(code)}")
+            yield kind, code, found
 
     # -- C-GET / C-MOVE --------------------------------------------------------------------
 
@@ -358,20 +365,10 @@ class DimseUpstream:
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             setattr(identifier, keyword, retrieve_identifier.get(keyword, ""))
         identifier.SOPClassUID = ""
-        message_id = self._message_id()
         classes: set[str] = set()
-        answered, last = False, time.monotonic()
-        responses = self._send(lambda: assoc.send_c_find(identifier, FIND, msg_id=message_id), "C-FIND")
-        for status, found in responses:
-            if "Status" not in status:
-                raise self._lost("C-FIND", answered=answered, last=last)
-            answered, last = True, time.monotonic()
-            code = int(status.Status)
-            if status_class(code) is StatusClass.PENDING:
-                if found is not None and found.get("SOPClassUID"):
-                    classes.add(str(found.SOPClassUID))
-            elif status_class(code) is StatusClass.FAILURE:
-                raise UpstreamError(f"{self._pool.where}: C-FIND failed with status {describe(code)}")
+        for kind, _, found in self._find_responses(assoc, identifier, self._message_id()):
+            if kind is StatusClass.PENDING and found is not None and found.get("SOPClassUID"):
+                classes.add(str(found.SOPClassUID))
         return frozenset(classes)
 
     def _get(self, identifier: Dataset, push: Callable[[Any], None], state: _Retrieval, assoc: Association) -> None:
