@@ -114,12 +114,18 @@ class CacheExpiry:
         """Delete the objects of instances removed from the index at least one interval before
         ``now`` (monotonic seconds; default: now); the count deleted."""
         now = time.monotonic() if now is None else now
-        due = [entry for entry in self._unindexed if now - entry[0] >= self.interval]
+        # Appended in time order: the due ones are a prefix.
+        count = next(
+            (i for i, entry in enumerate(self._unindexed) if now - entry[0] < self.interval), len(self._unindexed)
+        )
+        due, self._unindexed = self._unindexed[:count], self._unindexed[count:]
         deleted = 0
-        for entry in due:
-            _, study, series, sop = entry
-            token = await self._index.begin_removal(study, series, sop, keep_if=KeepIf.INDEXED)
-            self._unindexed.remove(entry)
+        for done, (_, study, series, sop) in enumerate(due):
+            try:
+                token = await self._index.begin_removal(study, series, sop, keep_if=KeepIf.INDEXED)
+            except BaseException:
+                self._unindexed[:0] = due[done:]  # the index is away: next sweep
+                raise
             if token is None:  # indexed again since (retrieved anew, or uploaded): its objects now
                 continue
             for key in (uids.instance_key(study, series, sop), uids.metadata_key(study, series, sop)):
