@@ -551,3 +551,24 @@ async def test_frames_are_read_one_at_a_time_as_the_response_is_consumed(
         assert reads == 2 + 30
     finally:
         await index.aclose()
+
+
+@pytest.mark.anyio
+async def test_frames_of_a_deflated_instance_come_from_one_read_of_the_object(tmp_path: Path) -> None:
+    """Deflated Explicit VR Little Endian has no byte offsets for frames: the object is inflated
+    once and the frame taken from it, byte for byte the Pixel Data."""
+    store = FileBlobStore(tmp_path / "objects")
+    index = SqliteIndex(tmp_path / "index.sqlite3", max_results=100)
+    try:
+        data = factory.deflated_instance(seed=3)
+        path = tmp_path / "in.dcm"
+        path.write_bytes(data)
+        await StowService(store, index, ParseLimits()).persist(parse_part10(path, origin="stow"), path)
+        wado = WadoService(store, index)
+        record = (await wado.select(*uids_of(data)))[0]
+        assert not record.frames  # nothing to read by range
+        as_stored = Negotiated("application/octet-stream", None, True)
+        frames = [frame async for frame in await wado.frames(record, [1], as_stored)]
+        assert frames == [pydicom.dcmread(io.BytesIO(data)).PixelData]
+    finally:
+        await index.aclose()

@@ -199,14 +199,17 @@ class WadoService:
             as_stored = True
         if not as_stored and target != EXPLICIT_VR_LITTLE_ENDIAN and target not in self.frame_syntaxes(record):
             raise NotAcceptable(f"frames cannot be transcoded to {target}")
-        if as_stored and not record.frames:
-            # Deflated instances have no byte-addressable frames: the object is read once.
-            return _iterate(await self._frames_from_object(record, numbers))
         return self._frame_stream(record, list(numbers), None if as_stored else target)
 
     async def _frame_stream(
         self, record: InstanceRecord, numbers: list[int], target: str | None
     ) -> AsyncGenerator[bytes, None]:
+        """Frames ``numbers`` one by one: as stored (``target`` None), or made in ``target``."""
+        if target is None and not record.frames:
+            # Deflated instances have no byte-addressable frames: the object is read once.
+            for frame in await self._frames_from_object(record, numbers):
+                yield frame
+            return
         for n in numbers:
             if target is None:
                 yield (await self._stored_frames(record, [n]))[0]
@@ -292,11 +295,6 @@ class WadoService:
     @staticmethod
     def key(record: InstanceRecord) -> str:
         return uids.instance_key(record.study_uid, record.series_uid, record.sop_uid)
-
-
-async def _iterate(items: list[bytes]) -> AsyncGenerator[bytes, None]:
-    for item in items:
-        yield item
 
 
 def _extract_frames(data: bytes, numbers: list[int]) -> list[bytes]:
