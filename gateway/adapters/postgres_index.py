@@ -166,6 +166,8 @@ class PostgresIndex:
         self._where = _redacted(url)
         self._max_results = max_results
         self._timeout = timeout
+        # Each use of a connection: a little longer than the server's own statement timeout.
+        self._deadline = None if parsed.operation_timeout is None else parsed.operation_timeout + _DEADLINE_GRACE
         kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
         if self._schema is not None:
             kwargs["options"] = f"-c search_path={self._schema}"
@@ -178,7 +180,6 @@ class PostgresIndex:
             min_size=parsed.pool_min,
             max_size=parsed.pool_max,
             timeout=timeout,
-            deadline=None if parsed.operation_timeout is None else parsed.operation_timeout + _DEADLINE_GRACE,
             configure=functools.partial(_configure, statement_timeout=parsed.operation_timeout),
         )
         self._lock: anyio.Lock | None = None
@@ -361,15 +362,9 @@ class PostgresIndex:
         work has none (it lifts the statement timeout in its transaction)."""
         if not self._migrated:
             await self._migrate_once()
-        if bulk:
-            async with self._connections.connection(wait or self._timeout, deadline=None) as conn:
-                yield conn
-        elif deadline is not None:
-            async with self._connections.connection(wait or self._timeout, deadline=deadline) as conn:
-                yield conn
-        else:
-            async with self._connections.connection(wait or self._timeout) as conn:
-                yield conn
+        limit = None if bulk else deadline or self._deadline
+        async with self._connections.connection(wait or self._timeout, deadline=limit) as conn:
+            yield conn
 
     async def _fetch(self, sql: str, params: list[object]) -> list[tuple[Any, ...]]:
         # A read runs once more when its connection died under it while the server answers (a
@@ -391,7 +386,8 @@ class PostgresIndex:
         async with self._lock:
             if self._migrated:
                 return
-            async with self._connections.connection(self._timeout, deadline=None) as conn:
+            # No deadline: a migration may wait for another replica's.
+            async with self._connections.connection(self._timeout) as conn:
                 await _migrate(conn, self._schema)
             self._migrated = True
 

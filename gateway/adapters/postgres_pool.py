@@ -67,13 +67,6 @@ _CLOSE_TIMEOUT = 1.0
 _RETRY_AFTER = 2
 
 
-class _Default:
-    """The type of "the deadline given at construction" (None means no deadline)."""
-
-
-_DEFAULT = _Default()
-
-
 Configure = Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
 
 
@@ -103,7 +96,6 @@ class IndexConnections:
         min_size: int,
         max_size: int,
         timeout: float,
-        deadline: float | None = None,
         configure: Configure | None = None,
     ) -> None:
         self._conninfo = conninfo
@@ -116,7 +108,6 @@ class IndexConnections:
         self._min_size = min_size
         self._max_size = max_size
         self._timeout = timeout
-        self._deadline = deadline
         self._configure = configure
         self._pool: AsyncConnectionPool | None = None
         self._outage: _Outage | None = None
@@ -129,23 +120,21 @@ class IndexConnections:
 
     @contextlib.asynccontextmanager
     async def connection(
-        self, wait: float | None = None, *, deadline: float | _Default | None = _DEFAULT
+        self, wait: float | None = None, *, deadline: float | None = None
     ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A live pooled connection, waited for at most ``wait`` seconds (default: the pool
-        timeout) and usable for ``deadline`` seconds (default: the one given at construction;
-        None: unbounded, for bulk work). psycopg errors leaving the block become
-        :class:`IndexError_` (503), or :class:`ConnectionLost` when the connection died but the
-        server answers; a block still waiting for the server at its deadline fails with the
-        503 of an outage."""
+        timeout) and usable for ``deadline`` seconds (None: unbounded, for bulk work). psycopg
+        errors leaving the block become :class:`IndexError_` (503), or :class:`ConnectionLost`
+        when the connection died but the server answers; a block still waiting for the server
+        at its deadline fails with the 503 of an outage."""
         pool = await self._pool_in_service()
         conn = await self._checkout(pool, self._timeout if wait is None else wait)
-        limit = self._deadline if isinstance(deadline, _Default) else deadline
-        watchdog = _Watchdog(conn, limit) if limit is not None else None
+        watchdog = _Watchdog(conn, deadline) if deadline is not None else None
         try:
             yield conn
         except BaseException as exc:
             if watchdog is not None and watchdog.fired:
-                await self._declare_outage(f"no answer within {limit:g} s")
+                await self._declare_outage(f"no answer within {deadline:g} s")
                 if isinstance(exc, psycopg.Error):
                     raise self._unavailable(self._outage) from exc
                 raise  # e.g. IndexOutcomeUnknown: the caller must still know the outcome is unknown
