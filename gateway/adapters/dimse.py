@@ -77,7 +77,6 @@ class _Retrieval:
     over: bool = False  # the operation has ended (its association may be pooled again)
     warned: bool = False
     warnings: list[str] = field(default_factory=list)  # final warning statuses, for the caller
-    received: int = 0
     delivered: set[str] = field(default_factory=set)  # SOP Instance UIDs handed over
     last_activity: float = field(default_factory=time.monotonic)
 
@@ -331,7 +330,6 @@ class DimseUpstream:
         except Exception:
             state.cancelled = True  # the consumer is gone (or the event loop stopped)
             raise
-        state.received += 1
         state.delivered.add(item.sop_uid)
 
     def _c_get(
