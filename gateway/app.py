@@ -24,9 +24,11 @@ from gateway.ports import BlobStore, BridgeState, Index, Upstream
 from gateway.services.cache_expiry import CacheExpiry
 from gateway.services.federation import QidoFederation
 from gateway.services.forward import ForwardService
+from gateway.services.instance_writer import InstanceWriter
 from gateway.services.rendered import RenderService
 from gateway.services.stow import StowService
 from gateway.services.upstream_retrieve import UpstreamRetrieveService
+from gateway.services.visibility import Visibility
 from gateway.services.wado import WadoService
 from gateway.settings import STORAGE_COMPRESSION, PacsNode, Settings
 from gateway.spool import process_spool_dir
@@ -106,7 +108,10 @@ def build_gateway(
     parse_limits = ParseLimits(
         max_sequence_depth=limits.max_sequence_depth, max_inflated_bytes=limits.max_inflated_bytes
     )
-    stow = StowService(store, index, parse_limits, compress_to=STORAGE_COMPRESSION[settings.storage_compression])
+    # The one instance writer and the one visibility rule, shared by every way in.
+    writer = InstanceWriter(store, index)
+    visibility = Visibility(index)
+    stow = StowService(writer, visibility, parse_limits, compress_to=STORAGE_COMPRESSION[settings.storage_compression])
     wado = WadoService(
         store,
         index,
@@ -126,7 +131,7 @@ def build_gateway(
         stow=stow,
         wado=wado,
         qido=QidoFederation(index, nodes, max_results=limits.max_qido_results),
-        retrieval=UpstreamRetrieveService(wado, stow, index, nodes, bridge_state, parse_limits=parse_limits),
+        retrieval=UpstreamRetrieveService(wado, writer, index, nodes, bridge_state, parse_limits=parse_limits),
         forward=forward,
         upstreams=nodes,
         rendered=RenderService(wado, cache_bytes=settings.rendered_cache_bytes),

@@ -165,6 +165,9 @@ class AddOutcome(enum.Enum):
     # A removal of this SOP Instance UID (an undone upload, a sweep) is deleting its objects right
     # now: nothing changed; write the objects again once it is over, then add again.
     REMOVING = "removing"
+    # The study is indexed under another patient (PatientID, IssuerOfPatientID) than the
+    # instance names: refused, nothing changed (a "relational mismatch").
+    PATIENT_MISMATCH = "patient_mismatch"
 
 
 class KeepIf(enum.Enum):

@@ -1,7 +1,7 @@
 """``dicomweb-gateway reindex --repair``: reconcile the object store with the index, in place.
 
 A STOW writes the Part 10 object, then its metadata JSON, then the index row, and acknowledges
-the instance only after all three (:mod:`gateway.services.stow`). So **the index row is the
+the instance only after all three (:mod:`gateway.services.instance_writer`). So **the index row is the
 commit point**: an object without a row was never acknowledged, and a process killed at any
 moment leaves at most objects without a row, an unfinished S3 multipart upload (or a file store
 temp file), and spooled request parts. The repair removes exactly those, and does not clear the

@@ -141,6 +141,47 @@ async def test_concurrent_adds_through_two_connections(index: Index, backend: Ba
 
 
 @pytest.mark.anyio
+async def test_a_study_keeps_its_patient(index: Index) -> None:
+    # A "relational mismatch": the study's PatientID decides who may see it (study restrictions).
+    first = record(1, 1, 1, PatientID="P1", IssuerOfPatientID="H1")
+    assert await index.add(first) is AddOutcome.INSERTED
+    for other in (
+        record(1, 1, 2, PatientID="P2", IssuerOfPatientID="H1"),
+        record(1, 2, 3, PatientID="P1", IssuerOfPatientID="H2"),
+        record(1, 1, 4, PatientID="P1"),
+        record(1, 1, 5),
+    ):
+        assert await index.add(other) is AddOutcome.PATIENT_MISMATCH
+    # Padding is not significant (PS3.5 6.2); nothing of the refused instances was kept.
+    assert await index.add(record(1, 2, 6, PatientID="P1 ", IssuerOfPatientID="H1")) is AddOutcome.INSERTED
+    assert sorted(r.sop_uid for r in await index.instances(first.study_uid)) == [f"{ROOT}.1.1.1", f"{ROOT}.1.2.6"]
+    (row,) = await search(index, "study")
+    assert (values([row], "00201206"), values([row], "00201208"), values([row], "00100020")) == ([2], [2], ["P1"])
+
+
+@pytest.mark.anyio
+async def test_concurrent_first_instances_of_two_patients_leave_one(index: Index, backend: Backend) -> None:
+    # Two writers (replicas) create the same study at once for different patients: one wins,
+    # the other is refused, never a study holding both.
+    other = backend.open()
+    outcomes: dict[str, list[AddOutcome]] = {"P1": [], "P2": []}
+
+    async def add(idx: Index, patient: str, n: int) -> None:
+        outcomes[patient].append(await idx.add(record(1, 1, n, PatientID=patient)))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(1, 9):
+            tg.start_soon(add, index if n % 2 else other, "P1" if n % 2 else "P2", n)
+    await other.aclose()
+    (row,) = await search(index, "study")
+    winner = values([row], "00100020")[0]
+    loser = "P2" if winner == "P1" else "P1"
+    assert set(outcomes[winner]) == {AddOutcome.INSERTED}
+    assert set(outcomes[loser]) == {AddOutcome.PATIENT_MISMATCH}
+    assert len(await index.instances(row["0020000D"]["Value"][0])) == 4
+
+
+@pytest.mark.anyio
 async def test_concurrent_adds_of_many_series_through_two_connections(index: Index, backend: Backend) -> None:
     # New series of one study from both sides at once: the study's counters stay exact.
     other = backend.open()

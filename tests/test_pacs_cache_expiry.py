@@ -17,7 +17,7 @@ from gateway.dicom.parse import ParseLimits, parse_part10
 from gateway.errors import NotFound
 from gateway.ports import AddOutcome, Index
 from gateway.services.cache_expiry import CacheExpiry
-from gateway.services.stow import StowService
+from gateway.services.instance_writer import InstanceWriter
 from gateway.services.upstream_retrieve import UpstreamRetrieveService
 from gateway.services.wado import WadoService
 from tests import factory
@@ -138,14 +138,14 @@ async def test_objects_outlive_their_rows_by_an_interval_for_reads_in_flight(tmp
     store = FileBlobStore(tmp_path / "objects")
     index = SqliteIndex(tmp_path / "index.sqlite3")
     try:
-        stow_service = StowService(store, index, ParseLimits())
+        writer = InstanceWriter(store, index)
         wado = WadoService(store, index)
         instances = series(PACS_STUDY, PACS_SERIES, 10, "EXPIRY^INFLIGHT")
         for n, data in enumerate(instances):
             path = tmp_path / f"in-{n}.dcm"
             path.write_bytes(data)
-            await stow_service.persist(parse_part10(path, origin="pacs:orthanc"), path)
-        retrieval = UpstreamRetrieveService(wado, stow_service, index, {}, None, parse_limits=ParseLimits())
+            await writer.write(parse_part10(path, origin="pacs:orthanc"), path)
+        retrieval = UpstreamRetrieveService(wado, writer, index, {}, None, parse_limits=ParseLimits())
         expiry = CacheExpiry(index, store, None, retrieval, max_age=MAX_AGE)
         keys = [WadoService.key(r) for r in await wado.select(PACS_STUDY, PACS_SERIES)]  # a request in flight
         assert len(keys) == 3
@@ -158,7 +158,7 @@ async def test_objects_outlive_their_rows_by_an_interval_for_reads_in_flight(tmp
         # Indexed again before its objects were due (retrieved anew): that one keeps them.
         again = tmp_path / "again.dcm"
         again.write_bytes(instances[0])
-        await stow_service.persist(parse_part10(again, origin="pacs:orthanc"), again)
+        await writer.write(parse_part10(again, origin="pacs:orthanc"), again)
         assert await expiry.delete_unindexed() == 0  # not due yet
         assert await expiry.delete_unindexed(time.monotonic() + expiry.interval) == 2
         assert await store.read_all(keys[0]) == instances[0]

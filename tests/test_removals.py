@@ -29,8 +29,11 @@ from gateway.adapters.postgres_index import parse_url
 from gateway.dicom import uids
 from gateway.dicom.parse import ParseLimits
 from gateway.errors import BadRequest, IndexError_, IndexOutcomeUnknown, ServiceUnavailable
-from gateway.ports import AddOutcome, Index, InstanceRecord, KeepIf
-from gateway.services.stow import StoredInstance, StowService
+from gateway.ports import AddOutcome, BlobStore, Index, InstanceRecord, KeepIf
+from gateway.services.instance_writer import InstanceWriter
+from gateway.services.outcomes import StoredInstance
+from gateway.services.stow import StowService
+from gateway.services.visibility import Visibility
 from tests import factory
 from tests.fixtures_index import Backend
 from tests.test_index_contract import record, search, values
@@ -155,6 +158,10 @@ class GatedStore(FileBlobStore):
         await super().delete(key)
 
 
+def stow_service(store: BlobStore, index: Index) -> StowService:
+    return StowService(InstanceWriter(store, index), Visibility(index), ParseLimits())
+
+
 @dataclass
 class Replicas:
     a: StowService
@@ -179,8 +186,8 @@ async def replicas(backend: Backend, tmp_path: Path) -> AsyncIterator[Replicas]:
     a_index, b_index = backend.open(), backend.open()
     try:
         yield Replicas(
-            StowService(a_store, a_index, ParseLimits()),
-            StowService(b_store, b_index, ParseLimits()),
+            stow_service(a_store, a_index),
+            stow_service(b_store, b_index),
             a_store,
             a_index,
             objects,
@@ -300,7 +307,7 @@ class FailingAdds:
 async def test_objects_stay_when_the_commit_may_have_landed(replicas: Replicas, error: IndexError_, kept: bool) -> None:
     data = factory.ct_instance(seed=3)
     failing = cast(Index, FailingAdds(replicas.a_index, error))
-    service = StowService(FileBlobStore(replicas.objects), failing, ParseLimits())
+    service = stow_service(FileBlobStore(replicas.objects), failing)
 
     async def parts() -> AsyncIterator[Part]:
         yield replicas.part(data)

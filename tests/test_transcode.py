@@ -30,11 +30,11 @@ from gateway.dicom.media import JPEG_BASELINE_8BIT as JPEG
 from gateway.dicom.media import JPEG_LS_LOSSLESS as JLS
 from gateway.dicom.media import RLE_LOSSLESS as RLE
 from gateway.dicom.media import Negotiated
-from gateway.dicom.parse import ParseLimits, parse_part10
+from gateway.dicom.parse import parse_part10
 from gateway.errors import NotAcceptable
 from gateway.ports import PixelDescription
+from gateway.services.instance_writer import InstanceWriter
 from gateway.services.singleflight import SingleFlightCache
-from gateway.services.stow import StowService
 from gateway.services.wado import WadoService
 from tests import factory
 from tests.fixtures_gateway import RunningGateway
@@ -370,7 +370,7 @@ async def test_many_viewers_decode_a_frame_once(tmp_path: Path, monkeypatch: pyt
         data = ct16(JLS)
         path = tmp_path / "in.dcm"
         path.write_bytes(data)
-        stored = await StowService(store, index, ParseLimits()).persist(parse_part10(path, origin="stow"), path)
+        stored = await InstanceWriter(store, index).write(parse_part10(path, origin="stow"), path)
         wado = WadoService(store, index)
         record = (await wado.select(*uids_of(data)))[0]
         decodes = encodes = 0
@@ -522,7 +522,7 @@ async def test_frames_are_read_one_at_a_time_as_the_response_is_consumed(
         data = factory.multiframe_xa(seed=5, frames=30, rows=32, cols=32)
         path = tmp_path / "in.dcm"
         path.write_bytes(data)
-        await StowService(store, index, ParseLimits()).persist(parse_part10(path, origin="stow"), path)
+        await InstanceWriter(store, index).write(parse_part10(path, origin="stow"), path)
         wado = WadoService(store, index)
         record = (await wado.select(*uids_of(data)))[0]
         reads = 0
@@ -563,7 +563,7 @@ async def test_frames_of_a_deflated_instance_come_from_one_read_of_the_object(tm
         data = factory.deflated_instance(seed=3)
         path = tmp_path / "in.dcm"
         path.write_bytes(data)
-        await StowService(store, index, ParseLimits()).persist(parse_part10(path, origin="stow"), path)
+        await InstanceWriter(store, index).write(parse_part10(path, origin="stow"), path)
         wado = WadoService(store, index)
         record = (await wado.select(*uids_of(data)))[0]
         assert not record.frames  # nothing to read by range

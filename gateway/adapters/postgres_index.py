@@ -62,6 +62,7 @@ from gateway.adapters.sql_rows import (
     instance_values,
     instances_sql,
     iter_instance_keys,
+    patient_identity,
     record_from_row,
     series_values,
     study_values,
@@ -152,6 +153,10 @@ class _RawJson(Loader):
 
 class _Exists(Exception):
     """The SOP Instance UID was indexed concurrently: roll back and report what is there."""
+
+
+class _PatientMismatch(Exception):
+    """The study is indexed under another patient: roll back (AddOutcome.PATIENT_MISMATCH)."""
 
 
 class PostgresIndex:
@@ -547,6 +552,12 @@ class _PgRow(IndexRow):
                     return AddOutcome.IDENTICAL
                 study, series, instance = self.pg_study, self.pg_series, self.pg_instance
                 await conn.execute(_insert_sql("studies", study, "study_uid"), tuple(study.values()))
+                # After the insert, not before: a concurrent add creating the same study made it
+                # wait for that commit, and this statement's snapshot then sees the winner's row.
+                cur = await conn.execute("SELECT attrs FROM studies WHERE study_uid = %s", (rec.study_uid,))
+                stored = await cur.fetchone()
+                if stored is not None and patient_identity(orjson.loads(stored[0])) != self.patient:
+                    raise _PatientMismatch
                 added = await conn.execute(
                     _insert_sql("series", series, "study_uid, series_uid") + " RETURNING 1", tuple(series.values())
                 )
@@ -566,6 +577,8 @@ class _PgRow(IndexRow):
                     (new_series, rec.study_uid),
                 )
                 committing = True
+        except _PatientMismatch:
+            return AddOutcome.PATIENT_MISMATCH  # rolled back: nothing changed
         except _Exists:
             found = await _sha256_of(conn, rec.sop_uid)
             return AddOutcome.IDENTICAL if found == rec.sha256 else AddOutcome.CONFLICT

@@ -15,6 +15,7 @@ import orjson
 
 from gateway.adapters.sql_search import column_values
 from gateway.dicom.attributes import SERIES_INSTANCE_UID, SERIES_TAGS, STUDY_INSTANCE_UID, STUDY_TAGS
+from gateway.dicom.dicomjson import str_value
 from gateway.ports import InstanceKey, InstanceRecord, PixelDescription
 
 # The columns :func:`record_from_row` takes, in order (``i`` is the instances table).
@@ -45,6 +46,30 @@ class IndexRow:
             series=series_values(record, meta),
             instance=instance_values(record, meta),
         )
+
+    @property
+    def patient(self) -> tuple[str, str]:
+        """(PatientID, IssuerOfPatientID) of the instance, "" for either when absent."""
+        return patient_identity(self.meta)
+
+
+# PatientID and IssuerOfPatientID (PS3.3 C.7.1.1): together they name the patient.
+_PATIENT_ID, _ISSUER_OF_PATIENT_ID = "00100020", "00100021"
+
+
+def patient_identity(attrs: dict[str, Any]) -> tuple[str, str]:
+    """(PatientID, IssuerOfPatientID) of DICOM JSON attributes (a study's ``attrs``, an
+    instance's metadata), "" for either when absent or empty.
+
+    The index refuses an instance whose identity differs from its study's (AddOutcome
+    .PATIENT_MISMATCH): who may see a study is decided by its PatientID."""
+    return (_significant(str_value(attrs, _PATIENT_ID)), _significant(str_value(attrs, _ISSUER_OF_PATIENT_ID)))
+
+
+def _significant(value: str | None) -> str:
+    # Leading and trailing spaces and NUL padding are not significant in LO (PS3.5 6.2), and
+    # PostgreSQL's text cannot hold NUL (the stored copy lost it).
+    return (value or "").replace("\x00", "").strip()
 
 
 def decode_metadata(record: InstanceRecord) -> dict[str, Any]:

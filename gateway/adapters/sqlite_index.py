@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import orjson
 
 from gateway import observability
 from gateway.adapters.sql_rows import (
@@ -44,6 +45,7 @@ from gateway.adapters.sql_rows import (
     instance_values,
     instances_sql,
     iter_instance_keys,
+    patient_identity,
     record_from_row,
     series_values,
     study_values,
@@ -444,6 +446,10 @@ class _Row(IndexRow):
             # Another upload is now told this instance is stored: the first one's undo must keep it.
             conn.execute("UPDATE instances SET shared = 1 WHERE sop_uid = ? AND shared = 0", (rec.sop_uid,))
             return AddOutcome.IDENTICAL
+        # BEGIN IMMEDIATE holds the write lock: no other add can create the study meanwhile.
+        study = conn.execute("SELECT attrs FROM studies WHERE study_uid = ?", (rec.study_uid,)).fetchone()
+        if study is not None and patient_identity(orjson.loads(study[0])) != self.patient:
+            return AddOutcome.PATIENT_MISMATCH
         conn.execute(_insert_sql("studies", self.study, "study_uid"), tuple(self.study.values()))
         added = conn.execute(_insert_sql("series", self.series, "study_uid, series_uid"), tuple(self.series.values()))
         conn.execute(_insert_sql("instances", self.instance, None), tuple(self.instance.values()))

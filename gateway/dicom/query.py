@@ -102,6 +102,11 @@ class Match:
     def keyword(self) -> str:
         return keyword_for_tag(int(self.tag, 16)) or self.tag
 
+    @classmethod
+    def uid(cls, tag: str, level: Level, uid: str) -> Match:
+        """Single value matching of one UID (PS3.4 C.2.2.2.1), e.g. a study by its UID."""
+        return cls(tag=tag, vr="UI", level=level, kind="single", value=uid, values=(uid,))
+
 
 @dataclass(frozen=True)
 class QidoQuery:

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.dicom.dicomjson import str_value
+
 PATIENT_ID_TAG = "00100020"
 STUDY_UID_TAG = "0020000D"
 MAX_ENTRIES = 1000  # each entry is one bound SQL parameter; claims are not a bulk list
@@ -43,9 +45,9 @@ class Restriction:
             patient_id is not None and patient_id in self.patient_ids
         )
 
-    def allows_row(self, row: Mapping[str, Any]) -> bool:
+    def allows_row(self, row: dict[str, Any]) -> bool:
         """For a DICOM JSON study row (e.g. a C-FIND answer) carrying its own UID and PatientID."""
-        return self.allows(_first(row, STUDY_UID_TAG), _first(row, PATIENT_ID_TAG))
+        return self.allows(str_value(row, STUDY_UID_TAG), str_value(row, PATIENT_ID_TAG))
 
 
 def parse_restriction(claim: object) -> Restriction:
@@ -69,13 +71,3 @@ def _strings(value: object, name: str) -> frozenset[str]:
     if len(value) > MAX_ENTRIES:
         raise RestrictionError(f"restriction claim member {name} lists more than {MAX_ENTRIES} values")
     return frozenset(value)
-
-
-def _first(row: Mapping[str, Any], tag: str) -> str | None:
-    element = row.get(tag)
-    if not isinstance(element, Mapping):
-        return None
-    values = element.get("Value")
-    if isinstance(values, list) and values and isinstance(values[0], str):
-        return values[0]
-    return None

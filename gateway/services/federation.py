@@ -51,11 +51,12 @@ from gateway.dicom.attributes import (
     tag_of,
 )
 from gateway.dicom.cfind import RETRIEVE_AE_TITLE, row_uid
-from gateway.dicom.query import Match, QidoQuery
+from gateway.dicom.query import QidoQuery
 from gateway.errors import NotFound, UpstreamError, UpstreamTimeout
 from gateway.ports import DicomJson, FindResult, Index, SearchResult, Upstream
-from gateway.security.access import PATIENT_ID_TAG, Restriction
+from gateway.security.access import Restriction
 from gateway.services import qido
+from gateway.services.visibility import Visibility
 
 log = logging.getLogger(__name__)
 
@@ -154,27 +155,14 @@ class QidoFederation:
             study = row_uid(row, "study")
             if study is None:
                 continue
-            if restriction.allows_row(row) or study in restriction.study_uids:
-                kept.append(row)
-                continue
-            if PATIENT_ID_TAG in row or not restriction.patient_ids:
-                continue  # decided: the row's own PatientID is not listed
-            if study not in verdicts:
-                verdicts[study] = await study_allowed(upstream, study, restriction)
-            if verdicts[study]:
+            verdict = Visibility.row_decided(row, restriction)
+            if verdict is None:
+                if study not in verdicts:
+                    verdicts[study] = await Visibility.pacs_study_visible(upstream, study, restriction)
+                verdict = verdicts[study]
+            if verdict:
                 kept.append(row)
         return dataclasses.replace(result, rows=kept)
-
-
-async def study_allowed(upstream: Upstream, study: str, restriction: Restriction) -> bool:
-    """Whether a PACS's study is inside ``restriction`` (its PatientID asked by C-FIND)."""
-    if study in restriction.study_uids:
-        return True
-    if not restriction.patient_ids:
-        return False
-    match = Match(tag=STUDY_INSTANCE_UID, vr="UI", level="study", kind="single", value=study, values=(study,))
-    found = await upstream.find(QidoQuery(level="study", matches=(match,)), 1)
-    return any(restriction.allows_row(row) for row in found.rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,28 +1,11 @@
-"""STOW-RS (PS3.18 10.5): validate, store and index each uploaded instance.
-
-Write order, which is what makes "acknowledged means durable" true:
-
-1. the Part 10 object is created under its UID key, create-only (never overwritten);
-2. its DICOM JSON metadata object is written beside it;
-3. the index row is committed.
-
-An instance is reported in ReferencedSOPSequence only after all three returned, so **the index
-row is the commit point**: an object without a row was never acknowledged. A process killed at
-any moment (SIGKILL, power cut) therefore leaves at most: objects without a row (killed between
-steps 1 and 3), an unfinished S3 multipart upload or a file store temp file (killed inside step
-1), and its spooled request parts (``gateway.spool``) -- never an index row without its object,
-so nothing acknowledged is lost. ``dicomweb-gateway reindex --repair`` (``gateway.repair``)
-removes those leftovers in place, leaving anything younger than its grace period alone; a
-gateway sweeps the spool of dead processes when it starts. A retried upload does not wait for
-the repair: it finds the object taken, checks it is byte-identical (SHA-256) and completes steps
-2 and 3. The same holds for a concurrent or repeated upload of the same bytes, so exactly one
-copy exists.
+"""STOW-RS (PS3.18 10.5): a request's parts, permissions and compression; each parsed instance
+is then written by the one :class:`~gateway.services.instance_writer.InstanceWriter` (whose
+docstring gives the write order that makes "acknowledged means durable" true).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import uuid
@@ -35,26 +18,28 @@ import anyio
 import orjson
 
 from gateway import observability
-from gateway.dicom import transcode, uids
+from gateway.dicom import transcode
+from gateway.dicom.dicomjson import str_value
 from gateway.dicom.media import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from gateway.dicom.parse import InstanceRejected, ParseLimits, parse_part10
-from gateway.dicom.query import Match, QidoQuery
-from gateway.errors import AlreadyExists, GatewayError, IndexOutcomeUnknown, ServiceUnavailable
-from gateway.ports import AddOutcome, BlobStore, Index, InstanceRecord, KeepIf
-from gateway.security.access import Restriction
-from gateway.services.claims import Claimant, InstanceClaims
+from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.ports import InstanceRecord
+from gateway.security.access import PATIENT_ID_TAG, Restriction
+from gateway.services.claims import Claimant
+from gateway.services.instance_writer import InstanceWriter
+from gateway.services.outcomes import (
+    FAILURE_DUPLICATE_SOP,
+    FAILURE_PATIENT_MISMATCH,
+    FAILURE_PROCESSING,
+    FAILURE_STUDY_MISMATCH,
+    FAILURE_UNSUPPORTED_MEDIA,
+    FailedInstance,
+    StoredInstance,
+    not_authorized,
+)
+from gateway.services.visibility import Visibility
 
 log = logging.getLogger(__name__)
-
-# PS3.18 Table 10.5.3-2 / PS3.4 Annex B failure reasons used by the store service itself.
-FAILURE_PROCESSING = 0x0110
-FAILURE_DUPLICATE_SOP = 0x0111  # PS3.7 C.4.2.1.4: a different object under a stored SOP Instance UID
-FAILURE_STUDY_MISMATCH = 0xA900  # instance does not belong to the study named in the URL
-FAILURE_UNSUPPORTED_MEDIA = 0xC000
-FAILURE_NOT_AUTHORIZED = 0x0124  # PS3.7 C.4.2.1.4 "Refused: Not Authorized"
-
-# Pauses between attempts while another replica removes the same instance (about 10 s in all).
-_REMOVAL_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.5, 2.0, 2.0, 2.0)
 
 
 class UploadedPart(Protocol):
@@ -94,25 +79,6 @@ def _first_gateway_error(group: BaseExceptionGroup) -> BaseException:
     return flat[0]
 
 
-@dataclass(frozen=True)
-class StoredInstance:
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_uid: str
-    series_uid: str
-    created: bool = True  # False when an identical copy was already stored (nothing new to undo)
-
-
-@dataclass(frozen=True)
-class FailedInstance:
-    sop_class_uid: str | None
-    sop_instance_uid: str | None
-    failure_reason: int
-    detail: str
-    conflict: bool = False  # the data is fine but clashes with the request or the store
-    retry_after: int | None = None  # the store or index was unavailable: worth retrying later
-
-
 @dataclass
 class StowOutcome:
     stored: list[StoredInstance] = field(default_factory=list)
@@ -132,21 +98,20 @@ class StowOutcome:
 class StowService:
     def __init__(
         self,
-        store: BlobStore,
-        index: Index,
+        writer: InstanceWriter,
+        visibility: Visibility,
         parse_limits: ParseLimits,
         *,
         parse_threads: int = 2,
         pipeline: int = 8,
         compress_to: str | None = None,
     ) -> None:
-        self._store = store
-        self._index = index
+        self._writer = writer
+        self._visibility = visibility
         self._parse_limits = parse_limits
         # Lossless compression on ingest (settings.storage_compression): a transfer syntax UID.
         self._compress_to = compress_to
         self._parse_limiter = anyio.CapacityLimiter(parse_threads)
-        self._claims = InstanceClaims()
         self._pipeline = pipeline
 
     async def store_parts(
@@ -199,10 +164,10 @@ class StowService:
                 with anyio.CancelScope(shield=True):
                     for result in results:
                         if isinstance(result, StoredInstance) and result.created:
-                            await self._undo(result, request)
+                            await self._writer.undo(result, request)
             raise
         finally:
-            self._claims.release_all(request)
+            self._writer.release(request)
         outcome = StowOutcome()
         for result in results:
             if isinstance(result, StoredInstance):
@@ -218,13 +183,6 @@ class StowService:
             reason = next(f.detail for f in outcome.failed if f.retry_after is not None)
             raise ServiceUnavailable(reason, retry_after=max(unavailable))
         return outcome
-
-    async def _undo(self, stored: StoredInstance, request: Claimant) -> None:
-        async with self._claims.undoing(stored.sop_instance_uid, request) as sole:
-            if not sole:
-                return  # another upload in this process relies on this instance now: it stays
-            # Another replica's upload may have been told it is stored: the index knows (KeepIf.SHARED).
-            await self._remove(stored.study_uid, stored.series_uid, stored.sop_instance_uid, KeepIf.SHARED)
 
     async def store_one(
         self,
@@ -265,27 +223,36 @@ class StowService:
     async def _store_parsed(
         self, record: InstanceRecord, path: Path, restriction: Restriction | None, claimant: Claimant | None
     ) -> StoredInstance | FailedInstance:
-        if restriction is not None and not await self._permitted(record, restriction):
-            # Checked before anything is stored or compared, so a restricted principal learns
-            # nothing about studies outside its restriction (gateway.security.access).
-            return FailedInstance(
-                record.sop_class_uid,
-                record.sop_uid,
-                FAILURE_NOT_AUTHORIZED,
-                "this instance is outside the studies the credentials may write",
-                conflict=True,
-            )
+        if not await self._visibility.may_write(record, patient_id(record.metadata), restriction):
+            # Checked before anything is stored or compared (gateway.services.visibility).
+            return not_authorized(record.sop_class_uid, record.sop_uid)
         if self._compress_to is None or not self._compressible(record):
-            return await self.persist(record, path, claimant=claimant)
-        compressed = path.with_name(path.name + ".compressed")
-        try:
-            record = await anyio.to_thread.run_sync(
-                self._compress, path, compressed, self._compress_to, limiter=self._parse_limiter
-            )
-            return await self.persist(record, compressed, claimant=claimant)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(compressed)
+            written = await self._writer.write(record, path, claimant=claimant)
+        else:
+            compressed = path.with_name(path.name + ".compressed")
+            try:
+                record = await anyio.to_thread.run_sync(
+                    self._compress, path, compressed, self._compress_to, limiter=self._parse_limiter
+                )
+                written = await self._writer.write(record, compressed, claimant=claimant)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(compressed)
+        if (
+            restriction is not None
+            and isinstance(written, FailedInstance)
+            and written.failure_reason in (FAILURE_DUPLICATE_SOP, FAILURE_PATIENT_MISMATCH)
+            and not await self._hidden_clash_visible(record, restriction)
+        ):
+            # The clash is with an instance or a study the principal cannot see: answered as any
+            # instance outside its restriction, never naming what is hidden.
+            return not_authorized(record.sop_class_uid, record.sop_uid)
+        return written
+
+    async def _hidden_clash_visible(self, record: InstanceRecord, restriction: Restriction) -> bool:
+        return await self._visibility.instance_visible(
+            record.sop_uid, restriction
+        ) and await self._visibility.study_visible(record.study_uid, restriction)
 
     def _compressible(self, record: InstanceRecord) -> bool:
         """Uncompressed pixel data the configured lossless syntax can hold (else stored as received)."""
@@ -302,145 +269,10 @@ class StowService:
         target.write_bytes(transcode.transcode_instance(source, syntax))
         return parse_part10(target, origin="stow", limits=self._parse_limits)
 
-    async def _permitted(self, record: InstanceRecord, restriction: Restriction) -> bool:
-        """A listed study; or a listed PatientID for a new study or one already visible."""
-        if record.study_uid in restriction.study_uids:
-            return True
-        if patient_id(record.metadata) not in restriction.patient_ids:
-            return False
-        match = Match(
-            tag="0020000D", vr="UI", level="study", kind="single", value=record.study_uid, values=(record.study_uid,)
-        )
-        existing = QidoQuery(level="study", matches=(match,), limit=1)
-        if not (await self._index.search(existing)).rows:
-            return True
-        visible = dataclasses.replace(existing, restriction=restriction)
-        return bool((await self._index.search(visible)).rows)
-
     def _parse(self, path: Path) -> InstanceRecord:
         return parse_part10(path, origin="stow", limits=self._parse_limits)
-
-    async def persist(
-        self, record: InstanceRecord, path: Path, *, claimant: Claimant | None = None
-    ) -> StoredInstance | FailedInstance:
-        """Steps 1-3 of the module docstring for one parsed instance.
-
-        ``claimant`` keeps its claim on the instance after this returns (a STOW request holds it
-        until its response is decided); without one the claim lasts for this call only.
-        """
-        who = claimant or Claimant()
-        await self._claims.claim(record.sop_uid, who)
-        try:
-            return await self._persist(record, path, who)
-        finally:
-            if claimant is None:
-                self._claims.release_all(who)
-
-    async def _persist(self, record: InstanceRecord, path: Path, who: Claimant) -> StoredInstance | FailedInstance:
-        # REMOVING: an undo or sweep on another replica is deleting this instance's objects; once
-        # it is over they are written again (the removal blocks the index, not the store).
-        created = False
-        for wait in _REMOVAL_WAITS:
-            written = await self._write_objects(record, path, who)
-            if isinstance(written, FailedInstance):
-                return written
-            created = created or written[0]  # an earlier attempt's object counts as ours too
-            added = written[1]
-            if added is not AddOutcome.REMOVING:
-                break
-            await anyio.sleep(wait)
-        else:
-            raise ServiceUnavailable(
-                f"SOPInstanceUID {record.sop_uid} is being removed by another request; retry later", retry_after=5
-            )
-        if added is AddOutcome.CONFLICT:
-            # Same SOP Instance UID already indexed with other bytes (e.g. under another series).
-            if created:
-                await self._discard_unindexed(record, who)
-            return self._duplicate(record)
-        return StoredInstance(
-            record.sop_class_uid,
-            record.sop_uid,
-            record.study_uid,
-            record.series_uid,
-            created=created and added is AddOutcome.INSERTED,
-        )
-
-    async def _write_objects(
-        self, record: InstanceRecord, path: Path, who: Claimant
-    ) -> tuple[bool, AddOutcome] | FailedInstance:
-        """Steps 1-3 once: (whether this call created the object, the index's answer)."""
-        key = uids.instance_key(record.study_uid, record.series_uid, record.sop_uid)
-        created = True
-        try:
-            await self._store.put_file(key, path, sha256=record.sha256, content_type="application/dicom")
-        except AlreadyExists:
-            created = False
-            existing = await self._store.stat(key)
-            if existing is None or existing.sha256 != record.sha256:
-                return self._duplicate(record)
-        try:
-            await self._store.put_bytes(
-                uids.metadata_key(record.study_uid, record.series_uid, record.sop_uid),
-                record.metadata,
-                content_type="application/dicom+json",
-            )
-            return created, await self._index.add(record)
-        except BaseException as exc:
-            # Unacknowledged: leave nothing we alone created behind (the reindex sweeps the rest),
-            # unless the index may have committed the row after all.
-            if created and not isinstance(exc, IndexOutcomeUnknown):
-                with anyio.CancelScope(shield=True):
-                    await self._discard_unindexed(record, who)
-            raise
-
-    async def _discard_unindexed(self, record: InstanceRecord, who: Claimant) -> None:
-        async with self._claims.undoing(record.sop_uid, who) as sole:
-            if sole:
-                await self._remove(record.study_uid, record.series_uid, record.sop_uid, KeepIf.INDEXED)
-
-    async def _remove(self, study: str, series: str, sop: str, keep_if: KeepIf) -> None:
-        """Delete an instance's row and objects unless ``keep_if``; see Index.begin_removal."""
-        try:
-            token = await self._index.begin_removal(study, series, sop, keep_if=keep_if)
-        except GatewayError as exc:
-            if keep_if is not KeepIf.INDEXED:
-                log.warning("could not unindex %s: %s", sop, exc.reason)
-                return  # an indexed instance must keep its objects
-            # Not indexed, and with the index unreachable no replica can commit it either: the
-            # objects go now (what fails here is left for ``reindex --repair``).
-            token = None
-            log.info("index unavailable (%s); removing the uncommitted objects of %s", exc.reason, sop)
-        else:
-            if token is None:
-                return
-        await self._delete_objects(study, series, sop)
-        if token is not None:
-            try:
-                await self._index.end_removal(sop, token)
-            except GatewayError as exc:  # the removal lapses (REMOVAL_LAPSE)
-                log.warning("could not end the removal of %s: %s", sop, exc.reason)
-
-    async def _delete_objects(self, study: str, series: str, sop: str) -> None:
-        for key in (uids.instance_key(study, series, sop), uids.metadata_key(study, series, sop)):
-            try:
-                await self._store.delete(key)
-            except GatewayError as exc:  # the reindex sweeps what cannot be deleted now
-                log.warning("could not remove %s: %s", key, exc.reason)
-
-    @staticmethod
-    def _duplicate(record: InstanceRecord) -> FailedInstance:
-        return FailedInstance(
-            record.sop_class_uid,
-            record.sop_uid,
-            FAILURE_DUPLICATE_SOP,
-            f"SOPInstanceUID {record.sop_uid} is already stored with different content; refusing to overwrite",
-            conflict=True,
-        )
 
 
 def patient_id(metadata: bytes) -> str | None:
     """The PatientID of an instance's DICOM JSON metadata."""
-    element = orjson.loads(metadata).get("00100020") or {}
-    values = element.get("Value") or [None]
-    return values[0] if isinstance(values[0], str) else None
+    return str_value(orjson.loads(metadata), PATIENT_ID_TAG)

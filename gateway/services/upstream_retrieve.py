@@ -3,9 +3,9 @@
 A request the store cannot answer becomes one C-GET or C-MOVE at the request's level (study,
 series or instance; :meth:`gateway.ports.Upstream.retrieve`). Each instance received is handed
 to every waiting request at once, served from its spooled file (the first part goes out while
-the PACS is still sending the rest), and written through to the store and index exactly as a
-STOW would write it (:meth:`StowService.persist`, origin ``pacs:<name>``). The write-through
-runs when the retrieve has ended, so that parsing and indexing do not slow the DIMSE receive
+the PACS is still sending the rest), and written through to the store and index by the one
+instance writer STOW uses too (:mod:`gateway.services.instance_writer`, origin ``pacs:<name>``).
+The write-through runs when the retrieve has ended, so that parsing and indexing do not slow the DIMSE receive
 (one interpreter lock); the flight, and with it the spooled files, ends when everything is
 cached. The entity is then marked *retrieved* (:class:`gateway.ports.BridgeState`), and later
 requests are answered from the cache without any DIMSE traffic.
@@ -51,16 +51,17 @@ import anyio.abc
 from anyio.abc import TaskGroup
 
 from gateway import observability
-from gateway.dicom.attributes import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID, Level, tag_of
+from gateway.dicom.attributes import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID, tag_of
 from gateway.dicom.media import EXPLICIT_VR_LITTLE_ENDIAN, Negotiated
 from gateway.dicom.parse import InstanceRejected, ParseLimits, parse_part10
 from gateway.dicom.query import Match, QidoQuery
 from gateway.errors import GatewayError, NotFound, UpstreamError, UpstreamTimeout
 from gateway.ports import BridgeState, DicomJson, Index, InstanceRecord, ReceivedInstance, Upstream
 from gateway.security.access import Restriction
-from gateway.services.federation import study_allowed
 from gateway.services.flight import Arrival, Flight, read_file, reraised
-from gateway.services.stow import FailedInstance, StowService
+from gateway.services.instance_writer import InstanceWriter
+from gateway.services.outcomes import FailedInstance
+from gateway.services.visibility import Visibility
 from gateway.services.wado import WadoService
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class UpstreamRetrieveService:
     def __init__(
         self,
         wado: WadoService,
-        stow: StowService,
+        writer: InstanceWriter,
         index: Index,
         upstreams: Mapping[str, Upstream],
         state: BridgeState | None,
@@ -95,7 +96,7 @@ class UpstreamRetrieveService:
         parse_threads: int = 2,
     ) -> None:
         self._wado = wado
-        self._stow = stow
+        self._writer = writer
         self._index = index
         self._upstreams = dict(upstreams)
         self._state = state
@@ -246,7 +247,7 @@ class UpstreamRetrieveService:
     async def _visible(self, study: str, nodes: list[str], restriction: Restriction) -> bool:
         for name in nodes:
             try:
-                if await study_allowed(self._upstreams[name], study, restriction):
+                if await Visibility.pacs_study_visible(self._upstreams[name], study, restriction):
                     return True
             except (UpstreamError, UpstreamTimeout) as exc:
                 log.warning("cannot check access to study %s on %s: %s", study, name, exc.reason)
@@ -301,11 +302,11 @@ class UpstreamRetrieveService:
         instance (~160 ms for 300 from Orthanc) before the first byte."""
         study_query = QidoQuery(
             level="study",
-            matches=(_uid_match(STUDY_INSTANCE_UID, "study", flight.study),),
+            matches=(Match.uid(STUDY_INSTANCE_UID, "study", flight.study),),
             includes=frozenset({SOP_CLASSES_IN_STUDY}),
         )
         if flight.sop is not None and flight.series is not None:
-            match = _uid_match(SOP_INSTANCE_UID, "instance", flight.sop)
+            match = Match.uid(SOP_INSTANCE_UID, "instance", flight.sop)
             query = QidoQuery(
                 level="instance",
                 study=flight.study,
@@ -316,7 +317,7 @@ class UpstreamRetrieveService:
             found = await upstream.find(query, 1)
             return _values(found.rows, SOP_CLASS_UID) if found.rows else None
         if flight.series is not None:
-            match = _uid_match(SERIES_INSTANCE_UID, "series", flight.series)
+            match = Match.uid(SERIES_INSTANCE_UID, "series", flight.series)
             found = await upstream.find(QidoQuery(level="series", study=flight.study, matches=(match,)), 1)
             if not found.rows:
                 return None
@@ -383,7 +384,7 @@ class UpstreamRetrieveService:
         instance was refused). The spool file stays: the flight removes it when done."""
         try:
             record = await anyio.to_thread.run_sync(self._parse, item, node, limiter=self._parse_limiter)
-            outcome = await self._stow.persist(record, item.path)
+            outcome = await self._writer.write(record, item.path)
         except InstanceRejected as exc:
             log.warning("PACS %s sent an instance the gateway cannot store (%s): %s", node, item.sop_uid, exc.reason)
             return None
@@ -404,10 +405,6 @@ def _values(rows: list[DicomJson], tag: str) -> frozenset[str]:
         values = element.get("Value") if isinstance(element, dict) else None
         found.update(v for v in values or () if isinstance(v, str) and v)
     return frozenset(found)
-
-
-def _uid_match(tag: str, level: Level, uid: str) -> Match:
-    return Match(tag=tag, vr="UI", level=level, kind="single", value=uid, values=(uid,))
 
 
 def _ledger_key(flight: Flight) -> str:

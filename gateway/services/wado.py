@@ -21,11 +21,11 @@ from gateway.dicom.media import (
     JPEG_BASELINE_8BIT,
     Negotiated,
 )
-from gateway.dicom.query import Match, QidoQuery
 from gateway.errors import BadRequest, NotAcceptable, NotFound
 from gateway.ports import BlobStore, Index, InstanceRecord, PixelDescription
 from gateway.security.access import Restriction
 from gateway.services.singleflight import SingleFlightCache
+from gateway.services.visibility import Visibility
 
 # What this service can produce from stored instances (besides the stored bytes themselves):
 # uncompressed, and the compressed syntaxes of gateway.dicom.transcode (JPEG Baseline only for
@@ -73,6 +73,7 @@ class WadoService:
     ) -> None:
         self._store = store
         self._index = index
+        self._visibility = Visibility(index)
         self._cpu = anyio.CapacityLimiter(transcode_threads)
         self._max_decoded_frame_bytes = max_decoded_frame_bytes
         # Decoded and re-encoded frames, keyed by (object digest, frame number, syntax): many
@@ -116,14 +117,8 @@ class WadoService:
         return records
 
     async def visible(self, study: str, restriction: Restriction) -> bool:
-        """Whether the study is inside ``restriction``, decided by the index exactly as QIDO decides."""
-        if study in restriction.study_uids:
-            return True
-        if not restriction.patient_ids:
-            return False
-        match = Match(tag="0020000D", vr="UI", level="study", kind="single", value=study, values=(study,))
-        query = QidoQuery(level="study", matches=(match,), limit=1, restriction=restriction)
-        return bool((await self._index.search(query)).rows)
+        """Whether the study is inside ``restriction`` (gateway.services.visibility)."""
+        return await self._visibility.study_visible(study, restriction)
 
     # -- instances ---------------------------------------------------------------------------
 
