@@ -100,13 +100,15 @@ class HeaderDeadlineProtocol(_Base):
             if len(data) > room:
                 self._head_bytes = self.max_head_bytes
                 self._feed(data[:room])
-                if self._deadline is not None and not self.transport.is_closing():
+                if self._refused or self.transport.is_closing():
+                    return
+                if self._deadline is not None:
                     self._refuse_head(f"request head exceeds {self.max_head_bytes} bytes")
                     return
                 data = data[room:]
             else:
                 self._head_bytes += len(data)
-        if data and not self.transport.is_closing():
+        if data and not self._refused and not self.transport.is_closing():
             self._feed(data)
 
     def _feed(self, data: bytes) -> None:
