@@ -12,7 +12,8 @@ import uvicorn
 from gateway.app import build_index, build_store, check_at_start, create_app
 from gateway.errors import GatewayError
 from gateway.http.broken_off import BrokenOffResponses
-from gateway.http.deadlines import protocol_with_deadline
+from gateway.http.deadlines import protocol_with_limits
+from gateway.http.hosts import default_trusted_hosts
 from gateway.malloc import cap_malloc_arenas, trim_periodically
 from gateway.observability import configure_logging
 from gateway.security.tls import server_context
@@ -62,6 +63,13 @@ def serve(settings: Settings) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(f"dicomweb-gateway: cannot use the TLS certificate or key: {exc}", file=sys.stderr)
             return 2
+    if default_trusted_hosts(settings) == ("*",) and not settings.trusted_hosts:
+        logging.getLogger(__name__).warning(
+            "trusted_hosts is not set and %s names no host: any Host header is accepted, and URLs in "
+            "responses follow it; set trusted_hosts or public_base_url",
+            settings.host,
+        )
+    limits = settings.limits
     app = BrokenOffResponses(create_app(settings))
     config = uvicorn.Config(
         app,
@@ -75,9 +83,16 @@ def serve(settings: Settings) -> int:
         proxy_headers=False,
         server_header=False,
         # DICOM objects are rarely compressible enough to pay for gzip; never compress here.
-        timeout_keep_alive=settings.limits.keep_alive_timeout,
-        # Slow clients cannot hold connections: a deadline on each request head (slowloris).
-        http=protocol_with_deadline(settings.limits.header_timeout),
+        timeout_keep_alive=limits.keep_alive_timeout,
+        # Slow or flooding clients cannot hold connections or memory: a deadline and size caps
+        # on each request head (slowloris, header floods), and a cap on open connections.
+        http=protocol_with_limits(
+            header_timeout=limits.header_timeout,
+            max_head_bytes=limits.max_head_bytes,
+            max_header_fields=limits.max_header_fields,
+            max_connections=limits.max_connections,
+        ),
+        h11_max_incomplete_event_size=limits.max_head_bytes,
         ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
     )
     server = uvicorn.Server(config)

@@ -42,6 +42,12 @@ class Limits:
     header_timeout: float = 10.0  # seconds to send a complete request head (slowloris)
     keep_alive_timeout: int = 15  # seconds an idle keep-alive connection stays open
     body_timeout: float = 60.0  # seconds a request body may stall between two chunks
+    # After its first body_timeout seconds a request body must average at least this many bytes
+    # per second of waiting for the client (a trickle of one byte per chunk gap is cut: 408).
+    min_body_rate: float = 1024.0
+    max_head_bytes: int = 64 << 10  # request line + headers of one request (431 beyond)
+    max_header_fields: int = 100  # header lines in one request head (431 beyond)
+    max_connections: int = 1000  # open HTTP connections; more are answered 503 and closed at once
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,9 @@ class Settings:
     cors: CorsSettings = field(default_factory=CorsSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     trusted_proxies: tuple[str, ...] = ()  # addresses / networks whose X-Forwarded-* headers are honoured
+    # Host header values accepted (port ignored; "*.example.org" matches subdomains; "*" any).
+    # Empty: the public_base_url host, the bound address, and localhost names on loopback.
+    trusted_hosts: tuple[str, ...] = ()
     ae_title: str = "DICOMWEB_GW"  # the gateway's own AE title towards every PACS
     scp_port: int | None = None  # the C-STORE SCP for C-MOVE sub-operations (needed by retrieve = "move")
     scp_host: str = "0.0.0.0"  # address the C-STORE SCP binds

@@ -159,7 +159,7 @@ def multipart_upload(instances: Sequence[bytes], preamble: bytes = b"") -> Uploa
 def stow_head(upload: Upload, *, chunked: bool, length: int | None = None) -> bytes:
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length or len(upload.body)}"
     return (
-        f"POST /dicomweb/studies HTTP/1.1\r\nHost: gateway\r\nContent-Type: {upload.content_type}\r\n"
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {upload.content_type}\r\n"
         f"Accept: application/dicom+json\r\n{framing}\r\n\r\n"
     ).encode()
 
@@ -324,7 +324,7 @@ class Download:
 
     def request(self) -> bytes:
         return (
-            f"GET /dicomweb{self.path} HTTP/1.1\r\nHost: gateway\r\nAccept: {self.accept}\r\n"
+            f"GET /dicomweb{self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {self.accept}\r\n"
             "Accept-Encoding: identity\r\n\r\n"
         ).encode()
 

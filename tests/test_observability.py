@@ -37,7 +37,7 @@ async def client(tmp_path: Path) -> AsyncIterator[Client]:
     settings = load_settings(environ={}, overrides={"data_dir": tmp_path / "data"})
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), Client(transport=transport, base_url="http://gw") as http:
+    async with app.router.lifespan_context(app), Client(transport=transport, base_url="http://localhost") as http:
         yield http
 
 
@@ -212,7 +212,7 @@ async def test_readiness_reports_each_pacs(tmp_path: Path, monkeypatch: pytest.M
     observability.observe_dimse("up", "C-FIND", "success", 0.01)
     observability.observe_dimse("down", "C-GET", "refused", 0.01)
     try:
-        async with Client(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+        async with Client(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as http:
             response = await http.get("/readyz")
             again = await http.get("/readyz")
     finally:

@@ -354,7 +354,7 @@ def test_audit_trail(access_gateway: SecuredGateway, issuer: Issuer) -> None:
     httpx.get(access_gateway.url + f"/studies/{probe}/metadata", headers={"Authorization": "Bearer not-a-token"})
 
     def ours(line: dict[str, Any]) -> bool:
-        return line["ActiveParticipant"][0]["UserID"] == "auditor" or probe in line["http"]["path"]
+        return line["ActiveParticipant"][0]["UserID"] == "jwt:auditor" or probe in line["http"]["path"]
 
     lines = wait_for_audit(access_gateway, ours, 3)
     assert len(lines) == 3
@@ -390,7 +390,7 @@ def test_audit_of_stores_names_the_instances(access_gateway: SecuredGateway, iss
 
     (line,) = wait_for_audit(access_gateway, names_it, 1)
     assert line["EventIdentification"]["EventActionCode"] == "C"
-    assert line["ActiveParticipant"][0]["UserID"] == "uploader"
+    assert line["ActiveParticipant"][0]["UserID"] == "jwt:uploader"
     s, se, i = uids_of(data)
     stored = line["ParticipantObjectIdentification"][0]
     assert stored["ParticipantObjectID"] == i

@@ -67,7 +67,7 @@ def assert_clean(sg: SecuredGateway) -> None:
 
 def test_declared_oversized_body_is_refused_before_reading(limited: SecuredGateway) -> None:
     head = (
-        b"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\n"
+        b"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
         + f"Content-Length: {MAX_BODY + 1}\r\n\r\n".encode()
     )
@@ -200,7 +200,7 @@ def test_silent_connection_is_closed(limited: SecuredGateway) -> None:
 def test_slowloris_headers_are_cut(limited: SecuredGateway) -> None:
     with socket.create_connection(("127.0.0.1", port_of(limited))) as sock:
         started = time.monotonic()
-        sock.sendall(b"GET /dicomweb/studies HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"GET /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         closed = False
         for i in range(40):  # one header line every 0.2 s would hold it for 8 s
             try:
@@ -218,7 +218,7 @@ def test_slowloris_headers_are_cut(limited: SecuredGateway) -> None:
 
 def test_idle_keep_alive_connection_is_closed(limited: SecuredGateway) -> None:
     with socket.create_connection(("127.0.0.1", port_of(limited))) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         sock.settimeout(5)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         started = time.monotonic()
@@ -235,7 +235,7 @@ def test_keep_alive_requests_still_work(limited: SecuredGateway) -> None:
 
 def test_stalled_body_gets_408(limited: SecuredGateway) -> None:
     head = (
-        b"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\n"
+        b"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
         b"Content-Length: 100000\r\n\r\n"
     )

@@ -104,6 +104,7 @@ def test_https_urls(tls_gateway: SecuredGateway) -> None:
         response = client.post(tls_gateway.url + "/studies", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 200
     assert response.json()["00081190"]["Value"][0].startswith(tls_gateway.url)  # https://...
+    assert response.headers["strict-transport-security"] == "max-age=31536000"
     with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port gets nowhere
         httpx.get(tls_gateway.url.replace("https:", "http:") + "/studies", timeout=5)
 
@@ -137,7 +138,8 @@ FORWARDED = {
 
 @pytest.mark.parametrize(("trusted", "expected"), [(True, "https://imaging.example.org/pacs/dicomweb"), (False, None)])
 def test_forwarded_headers_only_from_trusted_proxies(tmp_path: Path, trusted: bool, expected: str | None) -> None:
-    config = 'trusted_proxies = ["127.0.0.0/8"]\n' if trusted else ""
+    # Behind a proxy the public name is what the Host check sees (gateway.http.hosts).
+    config = 'trusted_proxies = ["127.0.0.0/8"]\ntrusted_hosts = ["imaging.example.org"]\n' if trusted else ""
     sg = start_secured_gateway(tmp_path, config)
     try:
         body, content_type = stow_body([factory.ct_instance(seed=12, rows=8, cols=8)])

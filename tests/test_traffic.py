@@ -50,7 +50,7 @@ async def test_metrics_and_audit_report_the_same_single_count(tmp_path: Path) ->
     before_in, before_out = bytes_counted("in"), bytes_counted("out")
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             response = await client.post("/dicomweb/studies", content=body)
     finally:
         audit.close()

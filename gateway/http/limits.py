@@ -7,10 +7,16 @@ most the limit plus one chunk is ever read. The refusal is raised from ``receive
 error handler answers 413 with ``Connection: close``, so the rest of the body is not drained.
 
 A body that stalls for ``body_timeout`` seconds between chunks is answered 408 and the
-connection closed: a slow client cannot hold a request (and its spool file) open forever.
+connection closed: a slow client cannot hold a request (and its spool file) open forever. Nor
+can one that trickles a byte before each gap would expire: once the body has been waited for
+``body_timeout`` seconds in all, it must have averaged ``min_body_rate`` bytes per second of
+waiting, or it is answered 408 too. Only time spent waiting for the client counts, so a slow
+store behind the gateway never cuts an upload.
 """
 
 from __future__ import annotations
+
+import time
 
 import anyio
 from starlette.datastructures import Headers
@@ -21,10 +27,11 @@ from gateway.http.errors import error_response
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float, min_body_rate: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        self.min_body_rate = min_body_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,17 +48,25 @@ class BodyLimitMiddleware:
         has_body = declared not in (None, "0") or Headers(scope=scope).get("transfer-encoding") is not None
 
         body_done = False
+        waited_in_all = 0.0  # seconds spent waiting for body chunks
 
         async def limited_receive() -> Message:
-            nonlocal received, failed, body_done
+            nonlocal received, failed, body_done, waited_in_all
             if body_done:
                 # After the body only http.disconnect can come, possibly long after (streaming
                 # responses listen for it): no deadline on that wait.
                 return await receive()
-            with anyio.move_on_after(self.body_timeout) as waited:
+            # The rate allowance: the grace period plus the time the bytes so far justify.
+            allowance = self.body_timeout + received / self.min_body_rate - waited_in_all
+            wait = max(0.0, min(self.body_timeout, allowance))
+            started = time.monotonic()
+            with anyio.move_on_after(wait) as waited:
                 message = await receive()
+            waited_in_all += time.monotonic() - started
             if waited.cancelled_caught:
                 failed = True
+                if wait < self.body_timeout:
+                    raise RequestTimeout(f"request body arrived slower than {self.min_body_rate:g} bytes per second")
                 raise RequestTimeout(f"no request body received for {self.body_timeout:g} seconds")
             if message["type"] == "http.request":
                 body_done = not message.get("more_body", False)

@@ -28,7 +28,7 @@ from gateway.services.rendered import representative
 from gateway.services.wado import parse_frame_list
 
 # Rendered images are derived from immutable instances: a browser may reuse them for a while.
-_CACHING = {"Cache-Control": "private, max-age=3600"}
+_CACHING = {"Cache-Control": "private, no-store"}  # patient data (gateway.http.response_headers)
 
 
 def render_options(request: Request, media_type: str) -> RenderOptions:

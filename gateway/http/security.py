@@ -5,7 +5,9 @@ Runs before routing, so no endpoint can forget it. What each request needs (issu
 * ``/healthz``, ``/readyz``: nothing (probes);
 * GET / HEAD / OPTIONS (QIDO, WADO, capabilities): ``read``;
 * POST / PUT (STOW): ``write``;
-* DELETE and anything else that changes state: ``admin``.
+* DELETE and anything else that changes state: ``admin``;
+* ``GET /metrics``: ``metrics``, and an unrestricted principal (the counters cover every
+  study; a study-restricted principal gets 403 even with the scope).
 
 Missing or invalid credentials answer 401 with ``WWW-Authenticate: Bearer`` and, when
 credentials were sent, ``error`` / ``error_description`` (RFC 6750 3.1); a valid principal
@@ -27,16 +29,19 @@ from gateway.http.errors import error_response
 from gateway.security.access import Restriction
 from gateway.security.authenticator import Authenticator
 from gateway.security.jwt_auth import AuthError
-from gateway.security.principal import ADMIN, READ, WRITE, Principal
+from gateway.security.principal import ADMIN, METRICS, READ, WRITE, Principal
 from gateway.security.ratelimit import RateLimiter, retry_after_header
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+METRICS_PATH = "/metrics"
 REALM = "dicomweb-gateway"
 
 
 def required_scope(method: str, path: str) -> str | None:
     if path in OPEN_PATHS:
         return None
+    if path == METRICS_PATH:
+        return METRICS
     if method in ("GET", "HEAD", "OPTIONS"):
         return READ
     if method in ("POST", "PUT"):
@@ -94,8 +99,10 @@ class AuthMiddleware:
             await error_response(503, exc.reason, headers)(scope, receive, send)
             return
         state["principal"] = principal
-        if needed not in principal.scopes:
+        if needed not in principal.scopes or (needed == METRICS and principal.restriction is not None):
             description = f"this request needs the {needed} scope"
+            if needed in principal.scopes:
+                description = "this request needs the metrics scope without a study restriction"
             challenge = _challenge("insufficient_scope", description, needed)
             await error_response(403, description, {"WWW-Authenticate": challenge})(scope, receive, send)
             return

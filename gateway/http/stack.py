@@ -1,11 +1,13 @@
 """The middleware stack around the routes, outermost first, and the security objects it uses.
 
 1. forwarded headers from trusted proxies (so everything inside sees the real scheme/client);
-2. audit (sees every outcome, including 401/403/413 answered further in);
-3. CORP and CORS (preflights answered before authentication; 401s still carry CORS headers,
+2. response headers every answer carries (nosniff, no-store, HSTS over HTTPS);
+3. audit (sees every outcome, including 400/401/403/413 answered further in);
+4. the Host check (no URL is ever built from an untrusted Host header);
+5. CORP and CORS (preflights answered before authentication; 401s still carry CORS headers,
    so a browser viewer can read them);
-4. authentication, scope check and rate limit;
-5. the request body limit (bodies of rejected requests are never read).
+6. authentication, scope check and rate limit;
+7. the request body limit and minimum rate (bodies of rejected requests are never read).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from starlette.middleware import Middleware
 from gateway.http.audit import AuditMiddleware
 from gateway.http.cors import cors_middleware
 from gateway.http.forwarded import ForwardedMiddleware
+from gateway.http.hosts import TrustedHostMiddleware, default_trusted_hosts
 from gateway.http.limits import BodyLimitMiddleware
+from gateway.http.response_headers import ResponseHeadersMiddleware
 from gateway.http.security import AuthMiddleware
 from gateway.security.audit import AuditLog
 from gateway.security.authenticator import Authenticator
@@ -52,7 +56,9 @@ def middleware_stack(settings: Settings, security: Security) -> list[Middleware]
     stack: list[Middleware] = []
     if settings.trusted_proxies:
         stack.append(Middleware(ForwardedMiddleware, trusted=settings.trusted_proxies))
+    stack.append(Middleware(ResponseHeadersMiddleware))
     stack.append(Middleware(AuditMiddleware, audit=security.audit, base_path=settings.base_path))
+    stack.append(Middleware(TrustedHostMiddleware, trusted=default_trusted_hosts(settings)))
     stack += cors_middleware(settings.cors)
     stack.append(Middleware(AuthMiddleware, authenticator=security.authenticator, rate_limiter=security.rate_limiter))
     stack.append(
@@ -60,6 +66,7 @@ def middleware_stack(settings: Settings, security: Security) -> list[Middleware]
             BodyLimitMiddleware,
             max_body_bytes=settings.limits.max_body_bytes,
             body_timeout=settings.limits.body_timeout,
+            min_body_rate=settings.limits.min_body_rate,
         )
     )
     return stack

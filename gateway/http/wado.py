@@ -27,7 +27,7 @@ from gateway.services.wado import INSTANCE_SYNTAXES, parse_frame_list
 
 # Pixel data must not be gzip-compressed by middleware or proxies on our behalf: it costs far
 # more CPU than it saves on already-compressed or noisy image data.
-_NO_TRANSFORM = {"Cache-Control": "private, no-transform"}
+_NO_TRANSFORM = {"Cache-Control": "private, no-store, no-transform"}
 
 
 def _pacs(request: Request) -> str | None:

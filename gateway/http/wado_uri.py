@@ -127,7 +127,7 @@ async def retrieve(request: Request) -> Response:
     quality = _int(request, "imageQuality", 1, 100) or render.DEFAULT_QUALITY
     options = RenderOptions(media, quality, _viewport(request, record), _window(request))
     body = await gw.renderer.render(record, frame, options)
-    return Response(body, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+    return Response(body, media_type=media, headers={"Cache-Control": "private, no-store"})
 
 
 async def _dicom(request: Request, record: InstanceRecord) -> Response:
@@ -144,5 +144,5 @@ async def _dicom(request: Request, record: InstanceRecord) -> Response:
         raise NotAcceptable(f"object {record.sop_uid} cannot be sent in transfer syntax {syntax}")
     content_type, body = gw.wado.instance_part(record, Negotiated(APPLICATION_DICOM, syntax, False))
     # The first bytes are read before the status is sent: a store that is down answers 503.
-    headers = {"Cache-Control": "private, no-transform"}
+    headers = {"Cache-Control": "private, no-store, no-transform"}
     return StreamingResponse(await started(body), media_type=content_type, headers=headers)

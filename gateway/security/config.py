@@ -22,6 +22,17 @@ CORP_VALUES = frozenset({"same-site", "same-origin", "cross-origin"})
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?)*")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -47,7 +58,11 @@ def validate_security(s: Settings) -> None:
         parent = Path(destination).expanduser().parent
         if not parent.is_dir():
             raise SettingsError(f"audit.destination {destination!r}: directory {parent} does not exist")
-    for name in ("rate_per_second", "header_timeout", "body_timeout"):
+    for host in s.trusted_hosts:
+        name = host[2:] if host.startswith("*.") else host
+        if host != "*" and not (_HOST_NAME.fullmatch(name) or _is_ip(name.strip("[]"))):
+            raise SettingsError(f"trusted_hosts entry {host!r} must be a host name or address (no port), *.domain or *")
+    for name in ("rate_per_second", "header_timeout", "body_timeout", "min_body_rate"):
         if not math.isfinite(getattr(s.limits, name)):
             raise SettingsError(f"limits.{name} must be a finite number")
 

@@ -12,8 +12,13 @@ answered 401 with ``WWW-Authenticate: Bearer error="invalid_token"`` per RFC 675
   ``alg``/``use``, when given, agree). ``jku``, ``x5u``, ``jwk`` and ``x5c`` header parameters
   are never followed or used (RFC 8725 3.10): keys come only from the configured URL;
 * ``crit`` is refused (we understand no extensions, RFC 7515 4.1.11);
+* ``exp``, ``nbf`` and ``iat``, when present, JSON numbers (RFC 7519 NumericDate): PyJWT
+  would take the string ``"1999999999"`` as a date;
 * signature valid; ``iss`` and ``aud`` equal the configured ones; ``exp`` present and not past,
   ``nbf``/``iat`` not in the future, each with the configured leeway; ``sub`` present.
+
+The audit trail names a token's principal ``jwt:<sub>`` (:class:`Principal`), apart from API
+keys (``apikey:<name>``) whatever the ``sub`` says.
 
 JWKS cache: fetched with httpx on first use, refetched after ``jwks_max_age``, and refetched
 early when a token names an unknown ``kid`` (key rotation) - at most once per
@@ -159,6 +164,7 @@ class OidcVerifier:
         alg = header["alg"]
         if _KEY_TYPE.get(alg[:2]) != key.jwk.key_type or key.alg not in (None, alg):
             raise AuthError("token signing key does not fit its algorithm")
+        _check_numeric_dates(token)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -207,6 +213,19 @@ class OidcVerifier:
             for s in items
             if isinstance(s, str) and s.startswith(prefix) and s[len(prefix) :] in SCOPES
         )
+
+
+def _check_numeric_dates(token: str) -> None:
+    """``exp``/``nbf``/``iat`` must be JSON numbers (RFC 7519 2, NumericDate). Read before the
+    signature is checked: a refusal here says nothing a forger could use."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except PyJWTError:
+        raise AuthError("token is malformed") from None
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise AuthError(f"token {name} claim is not a NumericDate (a JSON number)")
 
 
 def _header(token: str, algorithms: tuple[str, ...]) -> dict[str, Any]:

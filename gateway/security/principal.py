@@ -7,11 +7,13 @@ from typing import Literal
 
 from gateway.security.access import Restriction
 
-# Scopes (issue #4): read = QIDO/WADO, write = STOW, admin = maintenance (reindex, delete).
+# Scopes (issue #4): read = QIDO/WADO, write = STOW, admin = maintenance (reindex, delete),
+# metrics = GET /metrics (Prometheus scraping; unrestricted principals only).
 READ = "read"
 WRITE = "write"
 ADMIN = "admin"
-SCOPES = frozenset({READ, WRITE, ADMIN})
+METRICS = "metrics"
+SCOPES = frozenset({READ, WRITE, ADMIN, METRICS})
 
 Kind = Literal["anonymous", "oidc", "apikey"]
 
@@ -28,8 +30,14 @@ class Principal:
 
     @property
     def audit_id(self) -> str:
-        """How the audit trail names this principal (PS3.15 A.5 ActiveParticipant UserID)."""
-        return f"apikey:{self.subject}" if self.kind == "apikey" else self.subject
+        """How the audit trail names this principal (PS3.15 A.5 ActiveParticipant UserID):
+        ``apikey:<name>`` or ``jwt:<sub>``, so a token whose ``sub`` is ``apikey:x`` is never
+        taken for the API key ``x`` (key names have no colon)."""
+        if self.kind == "apikey":
+            return f"apikey:{self.subject}"
+        if self.kind == "oidc":
+            return f"jwt:{self.subject}"
+        return self.subject
 
     @property
     def rate_key(self) -> str:
