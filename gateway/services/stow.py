@@ -111,6 +111,7 @@ class FailedInstance:
     detail: str
     conflict: bool = False  # the data is fine but clashes with the request or the store
     retry_after: int | None = None  # the store or index was unavailable: worth retrying later
+    study_uid: str | None = None  # when the data set could be read (for the audit trail)
 
 
 @dataclass
@@ -251,6 +252,7 @@ class StowService:
                 FAILURE_STUDY_MISMATCH,
                 f"StudyInstanceUID {record.study_uid} does not match the study {study_uid} in the request URL",
                 conflict=True,
+                study_uid=record.study_uid,
             )
         try:
             return await self._store_parsed(record, part.path, restriction, claimant)
@@ -259,7 +261,12 @@ class StowService:
             # uncommitted for ``reindex --repair``); others of the request may be stored, and the
             # response says which (PS3.18 10.5.3: 202), so nothing unacknowledged stays indexed.
             return FailedInstance(
-                record.sop_class_uid, record.sop_uid, FAILURE_PROCESSING, exc.reason, retry_after=exc.retry_after
+                record.sop_class_uid,
+                record.sop_uid,
+                FAILURE_PROCESSING,
+                exc.reason,
+                retry_after=exc.retry_after,
+                study_uid=record.study_uid,
             )
 
     async def _store_parsed(
@@ -274,6 +281,7 @@ class StowService:
                 FAILURE_NOT_AUTHORIZED,
                 "this instance is outside the studies the credentials may write",
                 conflict=True,
+                study_uid=record.study_uid,
             )
         if self._compress_to is None or not self._compressible(record):
             return await self.persist(record, path, claimant=claimant)
@@ -436,6 +444,7 @@ class StowService:
             FAILURE_DUPLICATE_SOP,
             f"SOPInstanceUID {record.sop_uid} is already stored with different content; refusing to overwrite",
             conflict=True,
+            study_uid=record.study_uid,
         )
 
 
