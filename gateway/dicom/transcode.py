@@ -21,12 +21,15 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import DataElement
 from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
+from pydicom.pixels.utils import pack_bits, pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.dicom.media import (
+    EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     JPEG_2000_LOSSLESS,
@@ -40,6 +43,9 @@ from gateway.ports import PixelDescription
 
 # Syntaxes whose frames are plain little-endian pixel bytes, identical on the wire.
 NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, "1.2.840.10008.1.2.1.99"})
+# Bytes per value of the VRs whose values are byte strings of words (PS3.5 7.3): these are what
+# a change of byte order must swap by hand (pydicom converts every other VR when it writes).
+_WORD_VRS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 def instance_to_uncompressed(source: Path | bytes, target: str) -> bytes:
@@ -49,7 +55,9 @@ def instance_to_uncompressed(source: Path | bytes, target: str) -> bytes:
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     ds = pydicom.dcmread(fp)
     try:
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
+        if ds.file_meta.TransferSyntaxUID == EXPLICIT_VR_BIG_ENDIAN:
+            _to_little_endian(ds)
+        elif ds.file_meta.TransferSyntaxUID.is_compressed:
             # decompress() swaps PixelData and fixes PhotometricInterpretation (e.g. YBR -> RGB);
             # it must keep the SOP Instance UID (pydicom 3 makes a new one unless told not to).
             ds.decompress(as_rgb=True, generate_instance_uid=False)
@@ -58,9 +66,41 @@ def instance_to_uncompressed(source: Path | bytes, target: str) -> bytes:
             f"stored transfer syntax {ds.file_meta.TransferSyntaxUID} cannot be decoded here: {exc}"
         ) from exc
     ds.file_meta.TransferSyntaxUID = UID(target)
+    return _encoded(ds, implicit_vr=target == ImplicitVRLittleEndian)
+
+
+def _encoded(ds: pydicom.Dataset, *, implicit_vr: bool) -> bytes:
+    """``ds`` as Part 10 bytes, little endian. dcmwrite, not save_as: save_as refuses a data set
+    read as big endian, whose word values :func:`_to_little_endian` has swapped already."""
     out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True, implicit_vr=target == ImplicitVRLittleEndian, little_endian=True)
+    pydicom.dcmwrite(out, ds, enforce_file_format=True, implicit_vr=implicit_vr, little_endian=True)
     return out.getvalue()
+
+
+def _to_little_endian(ds: pydicom.Dataset) -> None:
+    """Make a data set read as Explicit VR Big Endian (retired, PS3.5 A.3) writable as little
+    endian: pydicom re-encodes numbers, strings and tags itself, but leaves the byte strings of
+    OW / OF / OL / OD / OV values as they are. Pixel Data is decoded by pydicom with the
+    original syntax (it knows 8-bit data sent as OW, and cells of 16 or 32 bits) and written
+    back in little-endian cells; every other word value is swapped per word."""
+    if "PixelData" in ds:
+        pixel = description_of(ds)
+        # raw: the stored values, no colour conversion; samples come back interleaved.
+        arr = np.asarray(pixel_array(ds, raw=True))
+        if pixel.bits_allocated == 1:
+            ds.PixelData = pack_bits(arr)
+        else:
+            if pixel.samples_per_pixel > 1 and pixel.planar_configuration == 1:
+                arr = np.moveaxis(arr, -1, -3)  # back to colour-by-plane, as stored
+            ds.PixelData = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"))).tobytes()
+        ds["PixelData"].VR = "OW" if pixel.bits_allocated > 8 else "OB"
+
+    def swap(dataset: pydicom.Dataset, elem: DataElement) -> None:
+        size = _WORD_VRS.get(elem.VR)
+        if size and elem.tag != 0x7FE00010 and isinstance(elem.value, bytes) and len(elem.value) % size == 0:
+            elem.value = np.frombuffer(elem.value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
+
+    ds.walk(swap)
 
 
 def _one_frame(pixel: PixelDescription, *, planar_configuration: int) -> dict[str, Any]:
@@ -82,6 +122,8 @@ def decode_frame(encoded: bytes, transfer_syntax: str, pixel: PixelDescription) 
     """One compressed frame decoded to native little-endian pixel bytes."""
     if transfer_syntax in NATIVE_LITTLE_ENDIAN:
         return encoded
+    if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN:
+        return _swapped_frame(encoded, pixel)
     try:
         decoder = get_decoder(UID(transfer_syntax))
         options = {**_one_frame(pixel, planar_configuration=pixel.planar_configuration), "as_rgb": True}
@@ -91,6 +133,17 @@ def decode_frame(encoded: bytes, transfer_syntax: str, pixel: PixelDescription) 
         raise NotAcceptable(f"frame in transfer syntax {transfer_syntax} cannot be decoded here: {exc}") from exc
     little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     return bytes(np.ascontiguousarray(little).tobytes())
+
+
+def _swapped_frame(frame: bytes, pixel: PixelDescription) -> bytes:
+    """A native big-endian frame in little-endian pixel cells (PS3.5 A.3). Cells of 8 bits or
+    fewer have no byte order (Pixel Data of 8-bit data is OB as pydicom and modalities write it;
+    the rare 8-bit OW is converted whole-instance by :func:`_to_little_endian`)."""
+    if pixel.bits_allocated not in (16, 32, 64):
+        return frame
+    size = pixel.bits_allocated // 8
+    usable = len(frame) - len(frame) % size
+    return np.frombuffer(frame[:usable], dtype=f">u{size}").astype(f"<u{size}").tobytes() + frame[usable:]
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -107,7 +160,7 @@ _COLOUR = ("RGB", "YBR_FULL")  # what decoded colour frames are in (see decoded_
 
 def can_decode(transfer_syntax: str) -> bool:
     """Whether frames stored in ``transfer_syntax`` can be decoded to native pixels here."""
-    if transfer_syntax in NATIVE_LITTLE_ENDIAN:
+    if transfer_syntax in NATIVE_LITTLE_ENDIAN or transfer_syntax == EXPLICIT_VR_BIG_ENDIAN:
         return True
     try:
         return bool(get_decoder(UID(transfer_syntax)).is_available)
@@ -240,6 +293,8 @@ def transcode_instance(source: Path | bytes, target: str, *, quality: int = DEFA
     if stored == target:
         return source if isinstance(source, bytes) else Path(source).read_bytes()
     try:
+        if ds.file_meta.TransferSyntaxUID == EXPLICIT_VR_BIG_ENDIAN:
+            _to_little_endian(ds)
         if "PixelData" in ds:
             if ds.file_meta.TransferSyntaxUID.is_compressed:
                 ds.decompress(as_rgb=True, generate_instance_uid=False)
@@ -252,9 +307,7 @@ def transcode_instance(source: Path | bytes, target: str, *, quality: int = DEFA
     except Exception as exc:  # pydicom raises a variety of codec errors
         raise NotAcceptable(f"instance cannot be transcoded from {stored} to {target}: {exc}") from exc
     ds.file_meta.TransferSyntaxUID = UID(target)
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    return out.getvalue()
+    return _encoded(ds, implicit_vr=False)
 
 
 def description_of(ds: pydicom.Dataset) -> PixelDescription:
