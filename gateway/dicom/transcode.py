@@ -187,8 +187,12 @@ def can_encode(target: str, pixel: PixelDescription | None) -> bool:
         return False
     if pixel is None:
         return True  # no pixel data: the syntax only changes the label (see transcode_instance)
-    if pixel.samples_per_pixel not in (1, 3) or pixel.bits_allocated not in (8, 16):
+    if pixel.samples_per_pixel not in (1, 3) or pixel.bits_allocated not in (8, 16, 32):
         return False
+    if pixel.bits_allocated == 32:
+        # PS3.5 G.2: RLE takes 32-bit samples (4 segments each), encoded by pylibjpeg-rle (pydicom's
+        # own RLE encoder stops at 16 bits); the JPEG family does not. Monochrome only here.
+        return target == RLE_LOSSLESS and pixel.samples_per_pixel == 1 and _has_rle32()
     photometric = pixel.photometric_interpretation
     if pixel.samples_per_pixel == 3 and photometric not in _COLOUR:
         return False  # e.g. YBR_FULL_422 native data: not what the encoders take
@@ -219,7 +223,7 @@ def encodable_syntaxes(pixel: PixelDescription | None, stored: str) -> frozenset
 
 def frame_array(native: bytes, pixel: PixelDescription) -> np.ndarray:
     """Native little-endian frame bytes as (rows, columns[, samples]), samples interleaved."""
-    kinds = {(8, 0): "u1", (8, 1): "i1", (16, 0): "<u2", (16, 1): "<i2"}
+    kinds = {(8, 0): "u1", (8, 1): "i1", (16, 0): "<u2", (16, 1): "<i2", (32, 0): "<u4", (32, 1): "<i4"}
     dtype = np.dtype(kinds[(pixel.bits_allocated, pixel.pixel_representation)])
     count = pixel.rows * pixel.columns * pixel.samples_per_pixel
     arr = np.frombuffer(native, dtype=dtype, count=count)
@@ -257,6 +261,8 @@ def encode_frame(native: bytes, pixel: PixelDescription, target: str, *, quality
     arr = frame_array(native, pixel)
     if target == JPEG_BASELINE_8BIT:
         return _jpeg_baseline(arr, quality)
+    if target == RLE_LOSSLESS and pixel.bits_allocated == 32:
+        return _rle32(arr)
     options = _one_frame(pixel, planar_configuration=0)  # frame_array interleaves the samples
     if target == JPEG_2000_LOSSLESS and pixel.samples_per_pixel == 3:
         # No reversible colour transform: the codestream decodes to the RGB it was given.
@@ -265,7 +271,43 @@ def encode_frame(native: bytes, pixel: PixelDescription, target: str, *, quality
         encoder = get_encoder(UID(target))
         return bytes(encoder.encode(arr, encoding_plugin=_plugin(target), **options))
     except Exception as exc:  # codec errors (e.g. values outside Bits Stored)
-        raise NotAcceptable(f"frame cannot be encoded in transfer syntax {target}: {exc}") from exc
+        raise NotAcceptable(_encoder_refusal(target, pixel, exc)) from exc
+
+
+def _encoder_refusal(target: str, pixel: PixelDescription, exc: Exception) -> str:
+    """A 406 reason in DICOM terms for a codec that refused a frame, not the library's text."""
+    size = f"{pixel.columns}x{pixel.rows}"
+    if target == JPEG_LS_LOSSLESS and "too small" in str(exc):
+        # pyjpegls gives CharLS an output buffer of twice the frame's size: the codestream's
+        # headers alone do not fit that for tiny frames (a 3x3 image), nor for small noisy ones.
+        return (
+            f"this {size} frame cannot be encoded in JPEG-LS Lossless ({target}) here: the encoder's output buffer"
+            " is too small for its codestream, which happens with very small frames; ask for Explicit VR Little"
+            f" Endian ({EXPLICIT_VR_LITTLE_ENDIAN}) or RLE Lossless ({RLE_LOSSLESS})"
+        )
+    cause = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+    return f"this {size} frame cannot be encoded in transfer syntax {target}: {cause[:200]}"
+
+
+def _has_rle32() -> bool:
+    try:
+        import rle.utils  # noqa: F401  (pylibjpeg-rle)
+    except ImportError:
+        return False
+    return True
+
+
+def _rle32(arr: np.ndarray) -> bytes:
+    """One monochrome 32-bit frame as an RLE Lossless bitstream: a header and four byte-plane
+    segments, most significant first (PS3.5 G.2, G.5)."""
+    from rle.utils import encode_pixel_data
+
+    rows, columns = arr.shape
+    data = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"))).tobytes()
+    encoded: bytes = encode_pixel_data(
+        data, rows=rows, columns=columns, samples_per_pixel=1, bits_allocated=32, byteorder="<"
+    )
+    return encoded
 
 
 def _plugin(target: str) -> str:
@@ -334,6 +376,10 @@ def _compress(ds: pydicom.Dataset, target: str) -> None:
     size = pixel.rows * pixel.columns * pixel.samples_per_pixel * pixel.bits_allocated // 8
     data: bytes = ds.PixelData
     frames = [frame_array(data[i * size : (i + 1) * size], pixel) for i in range(pixel.number_of_frames)]
+    if target == RLE_LOSSLESS and pixel.bits_allocated == 32:
+        ds.PixelData = encapsulate([_rle32(frame) for frame in frames])
+        ds["PixelData"].VR = "OB"
+        return
     arr = frames[0] if pixel.number_of_frames == 1 else np.stack(frames)
     ds.compress(target, arr, encoding_plugin=_plugin(target), generate_instance_uid=False, **options)
 

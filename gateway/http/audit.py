@@ -55,6 +55,7 @@ class AuditMiddleware:
             scope["type"] != "http"
             or not self.audit.enabled
             or not path.startswith(self.base_path + "/")
+            or path == self.base_path + "/"  # the landing answer (gateway.http.landing): no patient data
             or scope["method"] == "OPTIONS"
             or path in OPEN_PATHS
         ):
