@@ -166,7 +166,7 @@ async def open_pacs(settings: Settings) -> AsyncIterator[tuple[dict[str, Upstrea
     if settings.scp_port is not None:
         scp = StorageScp(
             ae_title=settings.ae_title,
-            host=settings.scp_host,
+            host=settings.effective_scp_host,
             port=settings.scp_port,
             spool_dir=pacs_spool_dir(settings),
             known_aes=[node.ae_title for node in settings.pacs],
@@ -175,9 +175,8 @@ async def open_pacs(settings: Settings) -> AsyncIterator[tuple[dict[str, Upstrea
         try:
             await anyio.to_thread.run_sync(scp.start)
         except OSError as exc:
-            raise RuntimeError(
-                f"cannot run the storage SCP on {settings.scp_host}:{settings.scp_port}: {exc.strerror or exc}"
-            ) from exc
+            where = f"{settings.effective_scp_host}:{settings.scp_port}"
+            raise RuntimeError(f"cannot run the storage SCP on {where}: {exc.strerror or exc}") from exc
     state = SqliteBridgeState(settings.data_dir / "pacs-bridge.sqlite3")
     upstreams = {node.name: build_upstream(settings, node, scp) for node in settings.pacs}
     try:

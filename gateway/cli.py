@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway import package_version
 from gateway.security.apikey_cli import add_apikey_parser, run_apikey
 from gateway.settings import Settings, SettingsError, load_settings
 
@@ -27,6 +28,7 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicomweb-gateway", description="DICOMweb gateway")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP server")

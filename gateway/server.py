@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import sys
 
@@ -41,6 +42,30 @@ async def preflight(settings: Settings) -> str | None:
     finally:
         await store.aclose()
     return None
+
+
+def _base_url(settings: Settings, *, tls: bool) -> str:
+    """The DICOMweb base URL a client on this machine would use (the start-up log names it)."""
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1" if host != "::" else "::1"  # every interface: this machine's loopback is one
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal (RFC 3986 3.2.2)
+    return f"{'https' if tls else 'http'}://{host}:{settings.port}{settings.base_path}"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also logs the DICOMweb base URL once it listens (uvicorn's own
+    line names the socket only, without the base path)."""
+
+    def __init__(self, config: uvicorn.Config, *, base_url: str) -> None:
+        super().__init__(config)
+        self._base_url = base_url
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            logging.getLogger(__name__).info("DICOMweb base URL: %s", self._base_url)
 
 
 def serve(settings: Settings) -> int:
@@ -95,7 +120,7 @@ def serve(settings: Settings) -> int:
         h11_max_incomplete_event_size=limits.max_head_bytes,
         ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, base_url=_base_url(settings, tls=context is not None))
     try:
         server.run()
     except OSError as exc:  # e.g. address already in use

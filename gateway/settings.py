@@ -183,7 +183,9 @@ class Settings:
     trusted_hosts: tuple[str, ...] = ()
     ae_title: str = "DICOMWEB_GW"  # the gateway's own AE title towards every PACS
     scp_port: int | None = None  # the C-STORE SCP for C-MOVE sub-operations (needed by retrieve = "move")
-    scp_host: str = "0.0.0.0"  # address the C-STORE SCP binds
+    # Address the C-STORE SCP binds; "" (default): the HTTP ``host``, so a gateway on 127.0.0.1
+    # does not open its DIMSE port to the network behind the operator's back.
+    scp_host: str = ""
     forward_to: str | None = None  # name of a PACS that receives every STOWed instance (C-STORE)
     ready_requires_pacs: bool = False  # /readyz fails while a PACS does not answer C-ECHO (else only reported)
     pacs: tuple[PacsNode, ...] = ()  # [[pacs]] tables
@@ -209,6 +211,10 @@ class Settings:
     @property
     def effective_index_url(self) -> str:
         return self.index_url or f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    @property
+    def effective_scp_host(self) -> str:
+        return self.scp_host or self.host
 
     @property
     def effective_spool_dir(self) -> Path:

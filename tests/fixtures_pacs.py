@@ -144,7 +144,6 @@ def pacs_gateway_factory(tmp_path: Path, scp_port: int) -> Iterator[GatewayFacto
         """``where``: the directory of an earlier (stopped) gateway to restart on its data."""
         settings.setdefault("ae_title", GATEWAY_AET)
         settings.setdefault("scp_port", scp_port)
-        settings.setdefault("scp_host", "127.0.0.1")
         if where is None:
             where = tmp_path / f"gw{len(started)}"
             where.mkdir()

@@ -21,12 +21,15 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import DataElement
 from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
+from pydicom.pixels.utils import pack_bits, pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.dicom.media import (
+    EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     JPEG_2000_LOSSLESS,
@@ -40,6 +43,9 @@ from gateway.ports import PixelDescription
 
 # Syntaxes whose frames are plain little-endian pixel bytes, identical on the wire.
 NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, "1.2.840.10008.1.2.1.99"})
+# Bytes per value of the VRs whose values are byte strings of words (PS3.5 7.3): these are what
+# a change of byte order must swap by hand (pydicom converts every other VR when it writes).
+_WORD_VRS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 def instance_to_uncompressed(source: Path | bytes, target: str) -> bytes:
@@ -49,7 +55,9 @@ def instance_to_uncompressed(source: Path | bytes, target: str) -> bytes:
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     ds = pydicom.dcmread(fp)
     try:
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
+        if ds.file_meta.TransferSyntaxUID == EXPLICIT_VR_BIG_ENDIAN:
+            _to_little_endian(ds)
+        elif ds.file_meta.TransferSyntaxUID.is_compressed:
             # decompress() swaps PixelData and fixes PhotometricInterpretation (e.g. YBR -> RGB);
             # it must keep the SOP Instance UID (pydicom 3 makes a new one unless told not to).
             ds.decompress(as_rgb=True, generate_instance_uid=False)
@@ -58,9 +66,41 @@ def instance_to_uncompressed(source: Path | bytes, target: str) -> bytes:
             f"stored transfer syntax {ds.file_meta.TransferSyntaxUID} cannot be decoded here: {exc}"
         ) from exc
     ds.file_meta.TransferSyntaxUID = UID(target)
+    return _encoded(ds, implicit_vr=target == ImplicitVRLittleEndian)
+
+
+def _encoded(ds: pydicom.Dataset, *, implicit_vr: bool) -> bytes:
+    """``ds`` as Part 10 bytes, little endian. dcmwrite, not save_as: save_as refuses a data set
+    read as big endian, whose word values :func:`_to_little_endian` has swapped already."""
     out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True, implicit_vr=target == ImplicitVRLittleEndian, little_endian=True)
+    pydicom.dcmwrite(out, ds, enforce_file_format=True, implicit_vr=implicit_vr, little_endian=True)
     return out.getvalue()
+
+
+def _to_little_endian(ds: pydicom.Dataset) -> None:
+    """Make a data set read as Explicit VR Big Endian (retired, PS3.5 A.3) writable as little
+    endian: pydicom re-encodes numbers, strings and tags itself, but leaves the byte strings of
+    OW / OF / OL / OD / OV values as they are. Pixel Data is decoded by pydicom with the
+    original syntax (it knows 8-bit data sent as OW, and cells of 16 or 32 bits) and written
+    back in little-endian cells; every other word value is swapped per word."""
+    if "PixelData" in ds:
+        pixel = description_of(ds)
+        # raw: the stored values, no colour conversion; samples come back interleaved.
+        arr = np.asarray(pixel_array(ds, raw=True))
+        if pixel.bits_allocated == 1:
+            ds.PixelData = pack_bits(arr)
+        else:
+            if pixel.samples_per_pixel > 1 and pixel.planar_configuration == 1:
+                arr = np.moveaxis(arr, -1, -3)  # back to colour-by-plane, as stored
+            ds.PixelData = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"))).tobytes()
+        ds["PixelData"].VR = "OW" if pixel.bits_allocated > 8 else "OB"
+
+    def swap(dataset: pydicom.Dataset, elem: DataElement) -> None:
+        size = _WORD_VRS.get(elem.VR)
+        if size and elem.tag != 0x7FE00010 and isinstance(elem.value, bytes) and len(elem.value) % size == 0:
+            elem.value = np.frombuffer(elem.value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
+
+    ds.walk(swap)
 
 
 def _one_frame(pixel: PixelDescription, *, planar_configuration: int) -> dict[str, Any]:
@@ -82,6 +122,8 @@ def decode_frame(encoded: bytes, transfer_syntax: str, pixel: PixelDescription) 
     """One compressed frame decoded to native little-endian pixel bytes."""
     if transfer_syntax in NATIVE_LITTLE_ENDIAN:
         return encoded
+    if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN:
+        return _swapped_frame(encoded, pixel)
     try:
         decoder = get_decoder(UID(transfer_syntax))
         options = {**_one_frame(pixel, planar_configuration=pixel.planar_configuration), "as_rgb": True}
@@ -91,6 +133,17 @@ def decode_frame(encoded: bytes, transfer_syntax: str, pixel: PixelDescription) 
         raise NotAcceptable(f"frame in transfer syntax {transfer_syntax} cannot be decoded here: {exc}") from exc
     little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     return bytes(np.ascontiguousarray(little).tobytes())
+
+
+def _swapped_frame(frame: bytes, pixel: PixelDescription) -> bytes:
+    """A native big-endian frame in little-endian pixel cells (PS3.5 A.3). Cells of 8 bits or
+    fewer have no byte order (Pixel Data of 8-bit data is OB as pydicom and modalities write it;
+    the rare 8-bit OW is converted whole-instance by :func:`_to_little_endian`)."""
+    if pixel.bits_allocated not in (16, 32, 64):
+        return frame
+    size = pixel.bits_allocated // 8
+    usable = len(frame) - len(frame) % size
+    return np.frombuffer(frame[:usable], dtype=f">u{size}").astype(f"<u{size}").tobytes() + frame[usable:]
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -107,7 +160,7 @@ _COLOUR = ("RGB", "YBR_FULL")  # what decoded colour frames are in (see decoded_
 
 def can_decode(transfer_syntax: str) -> bool:
     """Whether frames stored in ``transfer_syntax`` can be decoded to native pixels here."""
-    if transfer_syntax in NATIVE_LITTLE_ENDIAN:
+    if transfer_syntax in NATIVE_LITTLE_ENDIAN or transfer_syntax == EXPLICIT_VR_BIG_ENDIAN:
         return True
     try:
         return bool(get_decoder(UID(transfer_syntax)).is_available)
@@ -134,8 +187,12 @@ def can_encode(target: str, pixel: PixelDescription | None) -> bool:
         return False
     if pixel is None:
         return True  # no pixel data: the syntax only changes the label (see transcode_instance)
-    if pixel.samples_per_pixel not in (1, 3) or pixel.bits_allocated not in (8, 16):
+    if pixel.samples_per_pixel not in (1, 3) or pixel.bits_allocated not in (8, 16, 32):
         return False
+    if pixel.bits_allocated == 32:
+        # PS3.5 G.2: RLE takes 32-bit samples (4 segments each), encoded by pylibjpeg-rle (pydicom's
+        # own RLE encoder stops at 16 bits); the JPEG family does not. Monochrome only here.
+        return target == RLE_LOSSLESS and pixel.samples_per_pixel == 1 and _has_rle32()
     photometric = pixel.photometric_interpretation
     if pixel.samples_per_pixel == 3 and photometric not in _COLOUR:
         return False  # e.g. YBR_FULL_422 native data: not what the encoders take
@@ -166,7 +223,7 @@ def encodable_syntaxes(pixel: PixelDescription | None, stored: str) -> frozenset
 
 def frame_array(native: bytes, pixel: PixelDescription) -> np.ndarray:
     """Native little-endian frame bytes as (rows, columns[, samples]), samples interleaved."""
-    kinds = {(8, 0): "u1", (8, 1): "i1", (16, 0): "<u2", (16, 1): "<i2"}
+    kinds = {(8, 0): "u1", (8, 1): "i1", (16, 0): "<u2", (16, 1): "<i2", (32, 0): "<u4", (32, 1): "<i4"}
     dtype = np.dtype(kinds[(pixel.bits_allocated, pixel.pixel_representation)])
     count = pixel.rows * pixel.columns * pixel.samples_per_pixel
     arr = np.frombuffer(native, dtype=dtype, count=count)
@@ -204,6 +261,8 @@ def encode_frame(native: bytes, pixel: PixelDescription, target: str, *, quality
     arr = frame_array(native, pixel)
     if target == JPEG_BASELINE_8BIT:
         return _jpeg_baseline(arr, quality)
+    if target == RLE_LOSSLESS and pixel.bits_allocated == 32:
+        return _rle32(arr)
     options = _one_frame(pixel, planar_configuration=0)  # frame_array interleaves the samples
     if target == JPEG_2000_LOSSLESS and pixel.samples_per_pixel == 3:
         # No reversible colour transform: the codestream decodes to the RGB it was given.
@@ -212,7 +271,43 @@ def encode_frame(native: bytes, pixel: PixelDescription, target: str, *, quality
         encoder = get_encoder(UID(target))
         return bytes(encoder.encode(arr, encoding_plugin=_plugin(target), **options))
     except Exception as exc:  # codec errors (e.g. values outside Bits Stored)
-        raise NotAcceptable(f"frame cannot be encoded in transfer syntax {target}: {exc}") from exc
+        raise NotAcceptable(_encoder_refusal(target, pixel, exc)) from exc
+
+
+def _encoder_refusal(target: str, pixel: PixelDescription, exc: Exception) -> str:
+    """A 406 reason in DICOM terms for a codec that refused a frame, not the library's text."""
+    size = f"{pixel.columns}x{pixel.rows}"
+    if target == JPEG_LS_LOSSLESS and "too small" in str(exc):
+        # pyjpegls gives CharLS an output buffer of twice the frame's size: the codestream's
+        # headers alone do not fit that for tiny frames (a 3x3 image), nor for small noisy ones.
+        return (
+            f"this {size} frame cannot be encoded in JPEG-LS Lossless ({target}) here: the encoder's output buffer"
+            " is too small for its codestream, which happens with very small frames; ask for Explicit VR Little"
+            f" Endian ({EXPLICIT_VR_LITTLE_ENDIAN}) or RLE Lossless ({RLE_LOSSLESS})"
+        )
+    cause = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+    return f"this {size} frame cannot be encoded in transfer syntax {target}: {cause[:200]}"
+
+
+def _has_rle32() -> bool:
+    try:
+        import rle.utils  # noqa: F401  (pylibjpeg-rle)
+    except ImportError:
+        return False
+    return True
+
+
+def _rle32(arr: np.ndarray) -> bytes:
+    """One monochrome 32-bit frame as an RLE Lossless bitstream: a header and four byte-plane
+    segments, most significant first (PS3.5 G.2, G.5)."""
+    from rle.utils import encode_pixel_data
+
+    rows, columns = arr.shape
+    data = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"))).tobytes()
+    encoded: bytes = encode_pixel_data(
+        data, rows=rows, columns=columns, samples_per_pixel=1, bits_allocated=32, byteorder="<"
+    )
+    return encoded
 
 
 def _plugin(target: str) -> str:
@@ -240,6 +335,8 @@ def transcode_instance(source: Path | bytes, target: str, *, quality: int = DEFA
     if stored == target:
         return source if isinstance(source, bytes) else Path(source).read_bytes()
     try:
+        if ds.file_meta.TransferSyntaxUID == EXPLICIT_VR_BIG_ENDIAN:
+            _to_little_endian(ds)
         if "PixelData" in ds:
             if ds.file_meta.TransferSyntaxUID.is_compressed:
                 ds.decompress(as_rgb=True, generate_instance_uid=False)
@@ -252,9 +349,7 @@ def transcode_instance(source: Path | bytes, target: str, *, quality: int = DEFA
     except Exception as exc:  # pydicom raises a variety of codec errors
         raise NotAcceptable(f"instance cannot be transcoded from {stored} to {target}: {exc}") from exc
     ds.file_meta.TransferSyntaxUID = UID(target)
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    return out.getvalue()
+    return _encoded(ds, implicit_vr=False)
 
 
 def description_of(ds: pydicom.Dataset) -> PixelDescription:
@@ -281,6 +376,10 @@ def _compress(ds: pydicom.Dataset, target: str) -> None:
     size = pixel.rows * pixel.columns * pixel.samples_per_pixel * pixel.bits_allocated // 8
     data: bytes = ds.PixelData
     frames = [frame_array(data[i * size : (i + 1) * size], pixel) for i in range(pixel.number_of_frames)]
+    if target == RLE_LOSSLESS and pixel.bits_allocated == 32:
+        ds.PixelData = encapsulate([_rle32(frame) for frame in frames])
+        ds["PixelData"].VR = "OB"
+        return
     arr = frames[0] if pixel.number_of_frames == 1 else np.stack(frames)
     ds.compress(target, arr, encoding_plugin=_plugin(target), generate_instance_uid=False, **options)
 

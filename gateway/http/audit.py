@@ -5,6 +5,7 @@ are not recorded. See :mod:`gateway.security.audit` for the line format."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -14,23 +15,32 @@ from gateway.http.traffic import counted
 from gateway.security.audit import AccessRecord, AuditLog
 
 _LEVELS = {"studies": "study", "series": "series", "instances": "instance"}
+# WADO-URI (PS3.18 9.1.2.1) names the object in query parameters, not in the path.
+_WADO_URI_PARAMETERS = {"studyUID": "study", "seriesUID": "series", "objectUID": "instance"}
 
 
-def classify(method: str, relative: str, status: int) -> tuple[str, dict[str, str]]:
-    """(action, path UIDs) of a request path below the DICOMweb base."""
+def classify(
+    method: str, relative: str, status: int, query: Sequence[tuple[str, str]] = ()
+) -> tuple[str, dict[str, str]]:
+    """(action, UIDs) of a request below the DICOMweb base: the UIDs of its path, or of its
+    query for WADO-URI (``/wado``, also under ``/pacs/{name}``)."""
     segments = [s for s in relative.split("/") if s]
     uids: dict[str, str] = {}
     for name, value in zip(segments[::2], segments[1::2], strict=False):
         if name in _LEVELS:
             uids[_LEVELS[name]] = value[:64]
+    if segments and segments[-1] == "wado":
+        for name, value in query:
+            if name in _WADO_URI_PARAMETERS and value:
+                uids.setdefault(_WADO_URI_PARAMETERS[name], value[:64])
     if status == 401:
         return "authenticate", uids
     if method in ("POST", "PUT"):
         return "store", uids
     if method == "DELETE":
         return "delete", uids
-    query = bool(segments) and len(segments) % 2 == 1 and segments[-1] in _LEVELS
-    return ("query" if query else "retrieve"), uids
+    search = bool(segments) and len(segments) % 2 == 1 and segments[-1] in _LEVELS
+    return ("query" if search else "retrieve"), uids
 
 
 class AuditMiddleware:
@@ -45,6 +55,7 @@ class AuditMiddleware:
             scope["type"] != "http"
             or not self.audit.enabled
             or not path.startswith(self.base_path + "/")
+            or path == self.base_path + "/"  # the landing answer (gateway.http.landing): no patient data
             or scope["method"] == "OPTIONS"
             or path in OPEN_PATHS
         ):
@@ -58,7 +69,8 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
         finally:
             status = traffic.status
-            action, uids = classify(scope["method"], path[len(self.base_path) :], status)
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)[:100]
+            action, uids = classify(scope["method"], path[len(self.base_path) :], status, query)
             client = scope.get("client")
             record = AccessRecord(
                 action=action,
@@ -71,7 +83,9 @@ class AuditMiddleware:
                 bytes_received=traffic.received,
                 duration=time.monotonic() - started,
                 uids=uids,
-                query=parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)[:100],
+                query=query,
                 stored=list(state.get("stored_instances", ())),
+                failed=list(state.get("failed_instances", ())),
+                outcome_reason=state.get("auth_failure") if status == 401 else None,
             )
             self.audit.write(record)

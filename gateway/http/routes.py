@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Mount, Route
 
-from gateway.http import capabilities, health, metrics, qido, rendered, stow, wado, wado_uri
+from gateway.http import capabilities, health, landing, metrics, qido, rendered, stow, wado, wado_uri
 
 S = "/studies/{study}"
 SE = S + "/series/{series}"
@@ -53,6 +53,8 @@ def all_routes(base_path: str) -> list[BaseRoute]:
         Route("/metrics", metrics.metrics, methods=["GET"]),
     ]
     if not base_path:
-        return probes + dicomweb_routes()
+        return [*probes, Route("/", landing.landing, methods=["GET"]), *dicomweb_routes()]
     base = capabilities.OptionsRoute(base_path, capabilities.describe, methods=["OPTIONS"])  # OPTIONS {base}
-    return [*probes, base, Mount(base_path, routes=dicomweb_routes())]
+    # GET {base} and {base}/: what this is and where to go (a 404 after a redirect before).
+    home = [Route(path, landing.landing, methods=["GET"]) for path in (base_path, base_path + "/")]
+    return [*probes, base, *home, Mount(base_path, routes=dicomweb_routes())]

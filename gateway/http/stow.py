@@ -124,10 +124,11 @@ async def _finish(request: Request, outcome: StowOutcome, study: str | None, ski
     if gw.forward is not None:
         # Queued durably before the acknowledgement; sent to the PACS after it (services/forward.py).
         await gw.forward.enqueue((s.study_uid, s.series_uid, s.sop_instance_uid) for s in outcome.stored)
-    # For the audit trail (gateway.http.audit): which instances this request stored.
-    request.scope.setdefault("state", {})["stored_instances"] = [
-        (s.study_uid, s.series_uid, s.sop_instance_uid) for s in outcome.stored
-    ]
+    # For the audit trail (gateway.http.audit): which instances this request stored, and which
+    # it did not (a refused upload is a trace too).
+    state = request.scope.setdefault("state", {})
+    state["stored_instances"] = [(s.study_uid, s.series_uid, s.sop_instance_uid) for s in outcome.stored]
+    state["failed_instances"] = [(f.study_uid, f.sop_instance_uid, f.failure_reason) for f in outcome.failed]
     response = _store_response(outcome, base_url(request), study)
     # Members of ZIP archives that are not instances: reported, not stored, not failures.
     for item in skipped[: max(0, 50 - len(outcome.failed))]:

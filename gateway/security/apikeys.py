@@ -77,18 +77,25 @@ class ApiKeyStore:
 
     def authenticate(self, token: str) -> Principal | None:
         """The key's principal, or None when the key is unknown, wrong or revoked."""
+        return self.check(token)[0]
+
+    def check(self, token: str) -> tuple[Principal | None, str]:
+        """The key's principal and ``"ok"``, or None and why not, for the audit trail only:
+        ``malformed``, ``unknown_key``, ``revoked_key`` or ``bad_secret`` (the client is told
+        none of this; each costs the same hashing work)."""
         match = _KEY.fullmatch(token)
         if match is None:
-            return None
+            return None, "malformed"
         self._refresh()
         entry = self._by_id.get(match.group(1))
         if entry is None or entry.revoked:
             # Spend the same hashing work either way: no timing signal for existing ids.
             hmac.compare_digest(_digest(b"\0" * 16, match.group(2)), b"\0" * 32)
-            return None
+            return None, "unknown_key" if entry is None else "revoked_key"
         if not hmac.compare_digest(_digest(entry.salt, match.group(2)), entry.digest):
-            return None
-        return Principal(subject=entry.name, kind="apikey", scopes=entry.scopes, restriction=entry.restriction)
+            return None, "bad_secret"
+        principal = Principal(subject=entry.name, kind="apikey", scopes=entry.scopes, restriction=entry.restriction)
+        return principal, "ok"
 
     def _refresh(self) -> None:
         now = time.monotonic()

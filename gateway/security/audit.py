@@ -10,7 +10,11 @@ plus what a gateway operator needs next to them (HTTP method, path, status, byte
   User Authentication 110114 for rejected credentials), the study/series/instance UIDs of the
   path, and the QIDO parameter *names* - their values are patient data (names, IDs, dates) and
   are kept only with ``audit.include_query_values``;
-* outcome: EventOutcomeIndicator 0 success, 4 minor failure (4xx), 8 serious failure (5xx).
+* outcome: EventOutcomeIndicator 0 success, 4 minor failure (4xx), 8 serious failure (5xx);
+  for refused credentials (401) EventOutcomeDescription is a machine-readable reason
+  (``expired``, ``bad_signature``, ``unknown_kid``, ``alg_not_allowed``, ``malformed``,
+  ``unknown_key``, ``revoked_key``, ...); a STOW names the instances it stored and those it did
+  not (``ParticipantObjectDescription`` "not stored", with their FailureReason).
 
 Lines go to stdout or are appended to a file; nothing in them is a stack trace.
 """
@@ -58,6 +62,10 @@ class AccessRecord:
     uids: dict[str, str] = field(default_factory=dict)  # "study"/"series"/"instance" -> UID
     query: list[tuple[str, str]] = field(default_factory=list)
     stored: list[tuple[str, str, str]] = field(default_factory=list)  # STOW: (study, series, sop)
+    # STOW: instances not stored, (study or None, sop, FailureReason); parts with no readable
+    # SOP Instance UID are counted only.
+    failed: list[tuple[str | None, str | None, int]] = field(default_factory=list)
+    outcome_reason: str | None = None  # why credentials were refused (401), machine-readable
 
 
 def outcome_indicator(status: int) -> int:
@@ -93,6 +101,9 @@ def to_event(record: AccessRecord, *, include_query_values: bool, source_id: str
             "duration_ms": round(record.duration * 1000, 1),
         },
     }
+    if record.outcome_reason:
+        # PS3.15 A.5.1 EventOutcomeDescription; here a short code (expired, bad_signature, ...).
+        event["EventIdentification"]["EventOutcomeDescription"] = record.outcome_reason
     return event
 
 
@@ -114,6 +125,33 @@ def _objects(record: AccessRecord, include_values: bool) -> list[dict[str, Any]]
                 "ParticipantObjectIDTypeCode": _ID_TYPES["instance"],
                 "ParticipantObjectID": sop,
                 "ParticipantObjectDetail": {"StudyInstanceUID": study, "SeriesInstanceUID": series},
+            }
+        )
+    for failed_study, failed_sop, reason in record.failed:
+        if failed_sop is None:
+            continue
+        detail = {"StudyInstanceUID": failed_study} if failed_study else {}
+        objects.append(
+            {
+                "ParticipantObjectTypeCode": 2,
+                "ParticipantObjectIDTypeCode": _ID_TYPES["instance"],
+                "ParticipantObjectID": failed_sop,
+                # Not stored: the STOW FailureReason (PS3.18 10.5.3, PS3.4 B.2.3) says why.
+                "ParticipantObjectDescription": "not stored",
+                "ParticipantObjectDetail": {**detail, "FailureReason": f"{reason:04X}"},
+            }
+        )
+    unnamed = sum(1 for _, sop, _ in record.failed if sop is None)
+    if unnamed:
+        objects.append(
+            {
+                "ParticipantObjectTypeCode": 2,
+                "ParticipantObjectIDTypeCode": _ID_TYPES["instance"],
+                "ParticipantObjectID": "",
+                "ParticipantObjectDescription": f"not stored: {unnamed} part(s) without a readable SOP Instance UID",
+                "ParticipantObjectDetail": {
+                    "FailureReason": sorted({f"{r:04X}" for _, sop, r in record.failed if sop is None})
+                },
             }
         )
     if record.action == "query":

@@ -40,22 +40,24 @@ class Authenticator:
             return ANONYMOUS
         if not authorization:
             # RFC 6750 3.1: no error code when the request carried no credentials at all.
-            raise AuthError("authentication required", error=None)
+            raise AuthError("authentication required", error=None, reason="no_credentials")
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise AuthError("use the Bearer authentication scheme (RFC 6750)", error="invalid_request")
+            raise AuthError(
+                "use the Bearer authentication scheme (RFC 6750)", error="invalid_request", reason="bad_scheme"
+            )
         if looks_like_api_key(token):
             try:
-                principal = self._api_keys.authenticate(token) if self._api_keys else None
+                principal, why = self._api_keys.check(token) if self._api_keys else (None, "api_keys_off")
             except ApiKeyError as exc:
                 log.error("%s", exc)
                 raise ServiceUnavailable("API keys cannot be checked now") from exc
             if principal is None:
-                raise AuthError("API key is not valid")
+                raise AuthError("API key is not valid", reason=why)
             return principal
         if self._oidc is None:
-            raise AuthError("bearer token is not a valid API key")
+            raise AuthError("bearer token is not a valid API key", reason="malformed")
         return await self._oidc.verify(token)
 
     async def aclose(self) -> None:

@@ -63,12 +63,16 @@ _ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})  # RFC 9068 2
 
 class AuthError(Exception):
     """The request's credentials are missing or invalid (401). ``error`` is the RFC 6750 3.1
-    code; ``description`` is safe to send (no token contents beyond what the client sent)."""
+    code; ``description`` is safe to send (no token contents beyond what the client sent);
+    ``reason`` is a short machine-readable code for the audit trail (``expired``,
+    ``bad_signature``, ``unknown_kid``, ``alg_not_allowed``, ``malformed``, ``revoked_key``, ...),
+    which may say more than the client is told (an API key's revocation, say)."""
 
-    def __init__(self, description: str, error: str | None = "invalid_token") -> None:
+    def __init__(self, description: str, error: str | None = "invalid_token", *, reason: str = "invalid") -> None:
         super().__init__(description)
         self.error = error
         self.description = description
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -160,10 +164,10 @@ class OidcVerifier:
         header = _header(token, self._settings.algorithms)
         key = await self._jwks.key(header["kid"])
         if key is None:
-            raise AuthError("token signing key (kid) is unknown")
+            raise AuthError("token signing key (kid) is unknown", reason="unknown_kid")
         alg = header["alg"]
         if _KEY_TYPE.get(alg[:2]) != key.jwk.key_type or key.alg not in (None, alg):
-            raise AuthError("token signing key does not fit its algorithm")
+            raise AuthError("token signing key does not fit its algorithm", reason="key_mismatch")
         _check_numeric_dates(token)
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -176,32 +180,32 @@ class OidcVerifier:
                 options={"require": ["exp", "iss", "aud", "sub"], "verify_iat": True},
             )
         except ExpiredSignatureError:
-            raise AuthError("token has expired") from None
+            raise AuthError("token has expired", reason="expired") from None
         except ImmatureSignatureError:
-            raise AuthError("token is not yet valid") from None
+            raise AuthError("token is not yet valid", reason="not_yet_valid") from None
         except InvalidIssuerError:
-            raise AuthError("token issuer is not accepted") from None
+            raise AuthError("token issuer is not accepted", reason="bad_issuer") from None
         except InvalidAudienceError:
-            raise AuthError("token audience is not accepted") from None
+            raise AuthError("token audience is not accepted", reason="bad_audience") from None
         except MissingRequiredClaimError as exc:
-            raise AuthError(f"token lacks the {exc.claim} claim") from None
+            raise AuthError(f"token lacks the {exc.claim} claim", reason="missing_claim") from None
         except InvalidSignatureError:
-            raise AuthError("token signature is invalid") from None
+            raise AuthError("token signature is invalid", reason="bad_signature") from None
         except PyJWTError:
-            raise AuthError("token is malformed") from None
+            raise AuthError("token is malformed", reason="malformed") from None
         return self._principal(claims)
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
-            raise AuthError("token subject is malformed")
+            raise AuthError("token subject is malformed", reason="malformed")
         restriction = None
         claim_name = self._settings.restriction_claim
         if claim_name and claim_name in claims:
             try:
                 restriction = parse_restriction(claims[claim_name])
             except RestrictionError as exc:
-                raise AuthError(f"token {exc}") from None
+                raise AuthError(f"token {exc}", reason="bad_restriction") from None
         return Principal(subject=subject[:256], kind="oidc", scopes=self._scopes(claims), restriction=restriction)
 
     def _scopes(self, claims: dict[str, Any]) -> frozenset[str]:
@@ -221,36 +225,42 @@ def _check_numeric_dates(token: str) -> None:
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
     except PyJWTError:
-        raise AuthError("token is malformed") from None
+        raise AuthError("token is malformed", reason="malformed") from None
     for name in ("exp", "nbf", "iat"):
         value = claims.get(name)
         if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise AuthError(f"token {name} claim is not a NumericDate (a JSON number)")
+            raise AuthError(f"token {name} claim is not a NumericDate (a JSON number)", reason="bad_type")
 
 
 def _header(token: str, algorithms: tuple[str, ...]) -> dict[str, Any]:
     """The JOSE header of a compact JWS, after the structural checks of the module docstring."""
     if len(token) > MAX_TOKEN_BYTES:
-        raise AuthError("token is too large")
+        raise AuthError("token is too large", reason="too_large")
     segments = token.split(".")
     if len(segments) == 5:
-        raise AuthError("encrypted tokens (JWE) are not accepted")
-    if len(segments) != 3 or not all(_SEGMENT.fullmatch(s) for s in segments):
-        raise AuthError("token is not a compact JWS")
+        raise AuthError("encrypted tokens (JWE) are not accepted", reason="encrypted")
+    # An empty signature is an Unsecured JWS (RFC 7519 6, alg "none"): read its header first, so
+    # the audit trail says it was refused for its algorithm.
+    if len(segments) != 3 or not all(_SEGMENT.fullmatch(s) for s in segments[:2]):
+        raise AuthError("token is not a compact JWS", reason="malformed")
+    if segments[2] and not _SEGMENT.fullmatch(segments[2]):
+        raise AuthError("token is not a compact JWS", reason="malformed")
     try:
         header = jwt.get_unverified_header(token)
     except PyJWTError:
-        raise AuthError("token header is malformed") from None
+        raise AuthError("token header is malformed", reason="malformed") from None
     alg = header.get("alg")
     if "enc" in header:
-        raise AuthError("encrypted tokens (JWE) are not accepted")
+        raise AuthError("encrypted tokens (JWE) are not accepted", reason="encrypted")
     if not isinstance(alg, str) or alg not in algorithms:
-        raise AuthError("token algorithm is not accepted")
+        raise AuthError("token algorithm is not accepted", reason="alg_not_allowed")
+    if not segments[2]:
+        raise AuthError("token is not a compact JWS", reason="malformed")
     if "crit" in header:
-        raise AuthError("token has critical header extensions")
+        raise AuthError("token has critical header extensions", reason="crit_header")
     typ = header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
-        raise AuthError("token type is not accepted")
+        raise AuthError("token type is not accepted", reason="bad_type")
     if not isinstance(header.get("kid"), str) or not header["kid"]:
-        raise AuthError("token names no signing key (kid)")
+        raise AuthError("token names no signing key (kid)", reason="no_kid")
     return header

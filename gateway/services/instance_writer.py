@@ -187,6 +187,7 @@ class InstanceWriter:
             FAILURE_DUPLICATE_SOP,
             f"SOPInstanceUID {record.sop_uid} is already stored with different content; refusing to overwrite",
             conflict=True,
+            study_uid=record.study_uid,
         )
 
     @staticmethod
@@ -199,4 +200,5 @@ class InstanceWriter:
             f"the PatientID or IssuerOfPatientID differs from the patient that study {record.study_uid}"
             " is stored under (relational mismatch); correct the patient, or use another StudyInstanceUID",
             conflict=True,
+            study_uid=record.study_uid,
         )

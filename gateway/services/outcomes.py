@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.ports import InstanceRecord
+
 FAILURE_PROCESSING = 0x0110
 FAILURE_DUPLICATE_SOP = 0x0111  # PS3.7 C.4.2.1.4: a different object under a stored SOP Instance UID
 FAILURE_NOT_AUTHORIZED = 0x0124  # PS3.7 C.4.2.1.4 "Refused: Not Authorized"
@@ -42,8 +44,16 @@ class FailedInstance:
     detail: str
     conflict: bool = False  # the data is fine but clashes with the request or the store
     retry_after: int | None = None  # the store or index was unavailable: worth retrying later
+    study_uid: str | None = None  # when the data set could be read (for the audit trail)
 
 
-def not_authorized(sop_class_uid: str | None, sop_instance_uid: str | None) -> FailedInstance:
+def not_authorized(record: InstanceRecord) -> FailedInstance:
     """The refusal of an instance outside a restriction (see :data:`NOT_AUTHORIZED_TEXT`)."""
-    return FailedInstance(sop_class_uid, sop_instance_uid, FAILURE_NOT_AUTHORIZED, NOT_AUTHORIZED_TEXT, conflict=True)
+    return FailedInstance(
+        record.sop_class_uid,
+        record.sop_uid,
+        FAILURE_NOT_AUTHORIZED,
+        NOT_AUTHORIZED_TEXT,
+        conflict=True,
+        study_uid=record.study_uid,
+    )

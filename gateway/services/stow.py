@@ -209,6 +209,7 @@ class StowService:
                 FAILURE_STUDY_MISMATCH,
                 f"StudyInstanceUID {record.study_uid} does not match the study {study_uid} in the request URL",
                 conflict=True,
+                study_uid=record.study_uid,
             )
         try:
             return await self._store_parsed(record, part.path, restriction, claimant)
@@ -217,7 +218,12 @@ class StowService:
             # uncommitted for ``reindex --repair``); others of the request may be stored, and the
             # response says which (PS3.18 10.5.3: 202), so nothing unacknowledged stays indexed.
             return FailedInstance(
-                record.sop_class_uid, record.sop_uid, FAILURE_PROCESSING, exc.reason, retry_after=exc.retry_after
+                record.sop_class_uid,
+                record.sop_uid,
+                FAILURE_PROCESSING,
+                exc.reason,
+                retry_after=exc.retry_after,
+                study_uid=record.study_uid,
             )
 
     async def _store_parsed(
@@ -225,7 +231,7 @@ class StowService:
     ) -> StoredInstance | FailedInstance:
         if not await self._visibility.may_write(record, patient_id(record.metadata), restriction):
             # Checked before anything is stored or compared (gateway.services.visibility).
-            return not_authorized(record.sop_class_uid, record.sop_uid)
+            return not_authorized(record)
         if self._compress_to is None or not self._compressible(record):
             written = await self._writer.write(record, path, claimant=claimant)
         else:
@@ -246,7 +252,7 @@ class StowService:
         ):
             # The clash is with an instance or a study the principal cannot see: answered as any
             # instance outside its restriction, never naming what is hidden.
-            return not_authorized(record.sop_class_uid, record.sop_uid)
+            return not_authorized(record)
         return written
 
     async def _hidden_clash_visible(self, record: InstanceRecord, restriction: Restriction) -> bool:
