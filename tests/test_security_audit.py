@@ -157,7 +157,7 @@ def test_refused_stow_leaves_a_trace(audited: tuple[SecuredGateway, dict[str, st
     body, content_type = stow_body(outside)
     response = httpx.post(sg.url + "/studies", content=body, headers={**prober, "Content-Type": content_type})
     assert response.status_code == 409, response.text
-    line = wait_for(sg, lambda x: x["ActiveParticipant"][0]["UserID"] == "prober")
+    line = wait_for(sg, lambda x: x["ActiveParticipant"][0]["UserID"] == "jwt:prober")
     assert line["EventIdentification"]["EventActionCode"] == "C"
     assert line["EventIdentification"]["EventOutcomeIndicator"] == 4
     expected = [{"StudyInstanceUID": uids_of(d)[0], "FailureReason": "0124", "sop": uids_of(d)[2]} for d in outside]
