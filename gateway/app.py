@@ -21,6 +21,7 @@ from gateway.http.metrics import ObservabilityMiddleware
 from gateway.http.routes import all_routes
 from gateway.http.stack import build_security, middleware_stack
 from gateway.ports import BlobStore, BridgeState, Index, Upstream
+from gateway.services.budget import ByteBudget
 from gateway.services.cache_expiry import CacheExpiry
 from gateway.services.federation import QidoFederation
 from gateway.services.forward import ForwardService
@@ -112,6 +113,7 @@ def build_gateway(
         index,
         max_decoded_frame_bytes=limits.max_decoded_frame_bytes,
         frame_cache_bytes=settings.frame_cache_bytes,
+        budget=ByteBudget(limits.whole_object_bytes),
     )
     # The PACS bridge (all empty without [[pacs]] nodes: then the index alone answers).
     nodes = dict(upstreams or {})
