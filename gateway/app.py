@@ -105,7 +105,9 @@ def build_gateway(
 ) -> Gateway:
     limits = settings.limits
     parse_limits = ParseLimits(
-        max_sequence_depth=limits.max_sequence_depth, max_inflated_bytes=limits.max_inflated_bytes
+        max_sequence_depth=limits.max_sequence_depth,
+        max_inflated_bytes=limits.max_inflated_bytes,
+        max_text_value_bytes=limits.max_text_value_bytes,
     )
     stow = StowService(store, index, parse_limits, compress_to=STORAGE_COMPRESSION[settings.storage_compression])
     wado = WadoService(
