@@ -4,6 +4,7 @@ out is refused without reading the object, and whole-object work has a process-w
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,3 +228,17 @@ async def test_budget_queues_then_refuses() -> None:
                 pass
         tasks.cancel_scope.cancel()
     assert budget.used == 0
+
+
+@pytest.mark.anyio
+async def test_encapsulated_pixel_data_is_one_range_up_to_its_delimiter(app: App) -> None:
+    data = factory.jpeg_baseline_instance(seed=11, frames=3, fragments_per_frame=2)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    await stow(app.http, data)
+    app.store.ranged.clear()
+    response = await app.http.get(
+        f"{instance_url(ds)}/bulkdata/7FE00010", headers={"Accept": "application/octet-stream"}
+    )
+    assert response.status_code == 200
+    assert response.content == ds.PixelData  # items (offset table, fragments), no delimiter
+    assert app.store.whole == 0

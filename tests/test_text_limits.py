@@ -161,3 +161,19 @@ async def test_a_large_qido_answer_is_streamed_and_the_same_json(
     everything = orjson.loads((await http.get(f"{BASE}/studies", params={"includefield": "00081030"})).content)
     assert len(everything) == 12
     assert {row["00081030"]["Value"][0].split()[1] for row in everything} == {str(i) for i in range(12)}
+
+
+@pytest.mark.anyio
+async def test_the_unbounded_text_cap_is_a_setting(tmp_path: Path) -> None:
+    ds = implicit_ct(seed=3)
+    ds.add_new(0x0040A160, "UT", "t" * (100 << 10))  # TextValue, over the default 64 KiB
+    instance = factory.to_part10_bytes(ds, IMPLICIT)
+    for cap, status in ((None, 400), (1 << 20, 200)):
+        overrides = {"data_dir": tmp_path / f"data-{cap}", "limits": {"max_text_value_bytes": cap} if cap else {}}
+        app = create_app(load_settings(environ={}, overrides=overrides))
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            response = await stow(c, instance)
+        assert response.status_code == status, response.text
+        if status == 400:
+            assert failure_reasons(response) == [0xA700]
