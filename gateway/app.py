@@ -104,11 +104,7 @@ def build_gateway(
     bridge_state: BridgeState | None = None,
 ) -> Gateway:
     limits = settings.limits
-    parse_limits = ParseLimits(
-        max_sequence_depth=limits.max_sequence_depth,
-        max_inflated_bytes=limits.max_inflated_bytes,
-        max_text_value_bytes=limits.max_text_value_bytes,
-    )
+    parse_limits = parse_limits_of(settings)
     stow = StowService(store, index, parse_limits, compress_to=STORAGE_COMPRESSION[settings.storage_compression])
     wado = WadoService(
         store,
@@ -134,6 +130,16 @@ def build_gateway(
         forward=forward,
         upstreams=nodes,
         rendered=RenderService(wado, cache_bytes=settings.rendered_cache_bytes),
+    )
+
+
+def parse_limits_of(settings: Settings) -> ParseLimits:
+    """What parsing one instance may cost, from ``limits.*`` (uploads, PACS cache fill, reindex)."""
+    limits = settings.limits
+    return ParseLimits(
+        max_sequence_depth=limits.max_sequence_depth,
+        max_inflated_bytes=limits.max_inflated_bytes,
+        max_text_value_bytes=limits.max_text_value_bytes,
     )
 
 
