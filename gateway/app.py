@@ -21,6 +21,7 @@ from gateway.http.metrics import ObservabilityMiddleware
 from gateway.http.routes import all_routes
 from gateway.http.stack import build_security, middleware_stack
 from gateway.ports import BlobStore, BridgeState, Index, Upstream
+from gateway.services.budget import ByteBudget
 from gateway.services.cache_expiry import CacheExpiry
 from gateway.services.federation import QidoFederation
 from gateway.services.forward import ForwardService
@@ -105,9 +106,7 @@ def build_gateway(
     bridge_state: BridgeState | None = None,
 ) -> Gateway:
     limits = settings.limits
-    parse_limits = ParseLimits(
-        max_sequence_depth=limits.max_sequence_depth, max_inflated_bytes=limits.max_inflated_bytes
-    )
+    parse_limits = parse_limits_of(settings)
     # The one instance writer and the one visibility rule, shared by every way in.
     writer = InstanceWriter(store, index)
     visibility = Visibility(index)
@@ -117,6 +116,7 @@ def build_gateway(
         index,
         max_decoded_frame_bytes=limits.max_decoded_frame_bytes,
         frame_cache_bytes=settings.frame_cache_bytes,
+        budget=ByteBudget(limits.whole_object_bytes),
     )
     # The PACS bridge (all empty without [[pacs]] nodes: then the index alone answers).
     nodes = dict(upstreams or {})
@@ -135,6 +135,16 @@ def build_gateway(
         forward=forward,
         upstreams=nodes,
         rendered=RenderService(wado, cache_bytes=settings.rendered_cache_bytes),
+    )
+
+
+def parse_limits_of(settings: Settings) -> ParseLimits:
+    """What parsing one instance may cost, from ``limits.*`` (uploads, PACS cache fill, reindex)."""
+    limits = settings.limits
+    return ParseLimits(
+        max_sequence_depth=limits.max_sequence_depth,
+        max_inflated_bytes=limits.max_inflated_bytes,
+        max_text_value_bytes=limits.max_text_value_bytes,
     )
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import anyio
 from tqdm import tqdm
 
-from gateway.app import build_gateway, build_index, build_store
+from gateway.app import build_gateway, build_index, build_store, parse_limits_of
 from gateway.dicom import uids
-from gateway.dicom.parse import InstanceRejected, parse_part10
+from gateway.dicom.parse import InstanceRejected, ParseLimits, parse_part10
 from gateway.errors import GatewayError
 from gateway.ports import BlobStore, Index
 from gateway.repair import DEFAULT_GRACE, IndexLooksLost, repair
@@ -28,8 +28,13 @@ from gateway.settings import Settings
 from gateway.spool import sweep_dead_spools
 
 
-async def reindex(store: BlobStore, index: Index, *, progress: bool) -> tuple[int, int]:
-    """Rebuild ``index`` from ``store``; returns (instances indexed, objects rejected)."""
+async def reindex(
+    store: BlobStore, index: Index, *, progress: bool, limits: ParseLimits | None = None
+) -> tuple[int, int]:
+    """Rebuild ``index`` from ``store``; returns (instances indexed, objects rejected). ``limits``:
+    those the uploads were parsed with (the configured ``limits.*``), so that what was accepted
+    is indexed again."""
+    limits = limits or ParseLimits()
     keys = [k async for k in store.list_keys("studies/")]
     instance_keys = [k for k in keys if k.endswith(".dcm")]
     await index.clear()
@@ -40,7 +45,7 @@ async def reindex(store: BlobStore, index: Index, *, progress: bool) -> tuple[in
             where = uids.parse_instance_key(key)
             await store.download(key, local)
             try:
-                record = await anyio.to_thread.run_sync(lambda: parse_part10(local, origin="stow"))
+                record = await anyio.to_thread.run_sync(lambda: parse_part10(local, origin="stow", limits=limits))
             except InstanceRejected as exc:
                 rejected += 1
                 print(f"rejected {key}: {exc.reason}", file=sys.stderr)
@@ -67,7 +72,7 @@ def run_reindex(
         try:
             if repair:
                 return await _repair(settings, store, index, grace=grace, dry_run=dry_run)
-            indexed, rejected = await reindex(store, index, progress=progress)
+            indexed, rejected = await reindex(store, index, progress=progress, limits=parse_limits_of(settings))
         except GatewayError as exc:
             print(f"dicomweb-gateway: reindex failed: {exc.reason}", file=sys.stderr)
             return 1

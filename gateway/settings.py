@@ -37,6 +37,11 @@ class Limits:
     max_inflated_bytes: int = 1 << 30  # deflated transfer syntax cap
     max_qido_results: int = 1000  # default and ceiling for QIDO limit
     max_decoded_frame_bytes: int = 256 << 20  # a compressed frame is not decoded past this size
+    # Process-wide: what transcoding, whole-object frame reads and deflated bulk data may hold at
+    # once (estimated per object); past it requests wait briefly, then 503 (gateway.services.budget).
+    whole_object_bytes: int = 512 << 20
+    # UT, UC and UR values (no PS3.5 maximum) are refused at ingest beyond this (gateway.dicom.textlimits).
+    max_text_value_bytes: int = 64 << 10
     rate_per_second: float = 100.0  # per authenticated principal (token subject or API key): token bucket
     rate_burst: int = 1000  # OHIF asks for every frame of a series at once
     header_timeout: float = 10.0  # seconds to send a complete request head (slowloris)

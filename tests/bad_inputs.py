@@ -191,6 +191,15 @@ def dicom_cases() -> Iterator[Case]:
         yield Case(f"dicom: DICOMDIR-like SOP class in {ts}", body=wrap(
             factory.with_meta(good, MediaStorageSOPClassUID="1.2.840.10008.1.3.10", TransferSyntaxUID=ts)
         ))  # fmt: skip
+    # Implicit VR has 32-bit lengths: text values past PS3.5's maxima (and past what explicit VR
+    # can encode) are refused by gateway.dicom.textlimits.
+    for keyword, size in (("PatientName", 3 << 20), ("StudyDescription", 300), ("ImageComments", 1 << 20)):
+        ds = factory.ct_dataset(seed=4, rows=8, cols=8)
+        setattr(ds, keyword, "X" * size)
+        yield Case(
+            f"dicom: implicit VR {keyword} of {size} bytes",
+            body=wrap(factory.to_part10_bytes(ds, ImplicitVRLittleEndian)),
+        )
     study = factory.new_uid("other-study")
     yield Case("dicom: study mismatch with URL", path=f"/studies/{study}", body=wrap(good))
 

@@ -175,7 +175,9 @@ class DimseUpstream:
                 if found is None:
                     warnings.append(f"{self._pool.where}: a C-FIND response could not be decoded")
                 elif len(rows) < limit:
-                    rows.append(cfind.response_row(found))
+                    notes: list[str] = []
+                    rows.append(cfind.response_row(found, notes))
+                    warnings.extend(f"{self._pool.where}: {note}" for note in notes)
                 else:
                     # One match beyond the limit: there are more. Stop the PACS (C-CANCEL, PS3.7 9.3.2.3).
                     more = True

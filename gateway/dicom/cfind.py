@@ -26,6 +26,7 @@ from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
+from gateway.dicom import textlimits
 from gateway.dicom.attributes import (
     PARENT_UIDS,
     PIXEL_DATA_TAGS,
@@ -153,13 +154,20 @@ def _typed(vr: str, value: str | list[str] | None) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def response_row(ds: Dataset) -> dict[str, Any]:
+def response_row(ds: Dataset, warnings: list[str] | None = None) -> dict[str, Any]:
     """One C-FIND response identifier as a QIDO row (DICOM JSON), as the PACS sent it.
 
     QueryRetrieveLevel and SpecificCharacterSet are dropped (DICOM JSON is always UTF-8,
-    PS3.18 F.2); everything else, empty values included, is kept.
+    PS3.18 F.2); everything else, empty values included, is kept, except text values beyond the
+    bounds of gateway.dicom.textlimits (those of an instance at ingest): such an attribute is
+    sent empty, and a sentence naming it is appended to ``warnings``.
     """
     with pydicom_warnings_suppressed():
+        for found in list(textlimits.oversized(ds)):
+            del found.container[found.tag]
+            found.container.add_new(found.tag, found.vr, None)
+            if warnings is not None:
+                warnings.append(f"{found.reason()}: left empty in a C-FIND response")
         if _SPECIFIC_CHARACTER_SET_INT not in ds:
             guessed = guess_character_set(ds)
             if guessed:

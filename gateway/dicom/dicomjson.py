@@ -108,7 +108,7 @@ def _element(ds: Dataset, tag: BaseTag, prefix: str, tagpath: str, threshold: in
     item: DataElement | RawDataElement = ds.get_item(tag, keep_deferred=True)
     uri = f"{prefix}{tagpath}"
     if isinstance(item, RawDataElement):
-        vr = _raw_vr(ds, item)
+        vr = raw_vr(ds, item)
         if item.value is None and item.length != 0:
             # Deferred by dcmread: answer with a URI rather than reading the value (F.2.7).
             bulk_vr = vr or _deferred_ambiguous_vr(item)
@@ -151,7 +151,7 @@ def _element(ds: Dataset, tag: BaseTag, prefix: str, tagpath: str, threshold: in
     return js
 
 
-def _raw_vr(ds: Dataset, raw: RawDataElement) -> str | None:
+def raw_vr(ds: Dataset, raw: RawDataElement) -> str | None:
     """The VR pydicom will give a raw element, found without converting (or reading) its value.
 
     Asks pydicom's own VR hook (dictionary, private dictionary, UN replacement). None when that
@@ -181,7 +181,7 @@ def _deferred_ambiguous_vr(raw: RawDataElement) -> str | None:
 
 
 def _empty_for(ds: Dataset, item: DataElement | RawDataElement) -> dict[str, Any] | None:
-    vr = _raw_vr(ds, item) if isinstance(item, RawDataElement) else str(item.VR)
+    vr = raw_vr(ds, item) if isinstance(item, RawDataElement) else str(item.VR)
     return {"vr": vr} if vr else None
 
 
@@ -321,5 +321,6 @@ __all__ = [
     "first_value",
     "pn_alphabetic",
     "pydicom_warnings_suppressed",
+    "raw_vr",
     "str_value",
 ]

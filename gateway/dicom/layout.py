@@ -60,6 +60,18 @@ class _Container:
     end: int | None  # None for undefined length
     implicit: bool
     little: bool
+    # Tag path of what it holds, as in a BulkDataURI (gateway.dicom.dicomjson): "" for the data
+    # set, "SEQ/" for a sequence, "SEQ/index/" for one of its items. Kept only by :meth:`Walker.locate`.
+    path: str = ""
+    items: int = 0  # items of a sequence seen so far
+
+
+class _Found(Exception):
+    """Ends a :meth:`Walker.locate` walk at the element it looks for."""
+
+    def __init__(self, located: Located) -> None:
+        super().__init__()
+        self.located = located
 
 
 def valid_vr_bytes(b: bytes) -> bool:
@@ -82,6 +94,21 @@ class Walker:
         self.f = f
         self.size = size
         self.max_sequence_depth = max_sequence_depth
+        self._target: str | None = None
+
+    def locate(self, start: int, implicit: bool, little: bool, tagpath: str) -> Located | None:
+        """Where the element a BulkDataURI tag path names lies (``"7FE00010"``,
+        ``"00540016/0/00181072"``), by the same header-only walk, stopping once it is found;
+        None when the data set has no such element. For encapsulated data ``length`` is
+        UNDEFINED and the value ends where its last fragment ends."""
+        self._target = tagpath.upper()
+        try:
+            self.walk(start, implicit, little)
+        except _Found as found:
+            return found.located
+        finally:
+            self._target = None
+        return None
 
     def read(self, pos: int, n: int) -> bytes:
         self.f.seek(pos)
@@ -110,7 +137,9 @@ class Walker:
                 if tag == ITEM:
                     end = None if length == UNDEFINED else self._bounded(pos + 8 + length, stack, "a sequence item")
                     implicit = c.implicit or self._item_is_implicit(pos + 8, c.little, end)
-                    stack.append(_Container("item", end, implicit, c.little))
+                    path = f"{c.path}{c.items}/" if self._target is not None else ""
+                    c.items += 1
+                    stack.append(_Container("item", end, implicit, c.little, path))
                 elif tag == SEQ_DELIM and c.end is None:
                     stack.pop()
                     depth -= 1
@@ -136,24 +165,35 @@ class Walker:
                     self._check_depth(depth)
                     # PS3.5 6.2.2: the content of an undefined-length UN is implicit VR little endian.
                     little_inside = True if vr == "UN" else c.little
-                    stack.append(_Container("sequence", None, contents_implicit, little_inside))
+                    stack.append(
+                        _Container("sequence", None, contents_implicit, little_inside, self._path(c, tag, "/"))
+                    )
                     pos = value_pos
                 else:
                     fragments, pos = self._fragments(value_pos, c.little, stack)
                     if top and tag in _TOP_LEVEL_OF_INTEREST:
                         found[tag] = Located(value_pos, UNDEFINED, vr, fragments)
+                    self._check_target(c, tag, Located(value_pos, UNDEFINED, vr, fragments))
                 continue
             end = self._bounded(value_pos + length, stack, "an element value")
             if length and (vr == "SQ" or (vr is None and dictionary_vr(tag) == "SQ")):
                 depth += 1
                 self._check_depth(depth)
-                stack.append(_Container("sequence", end, elem_implicit, c.little))
+                stack.append(_Container("sequence", end, elem_implicit, c.little, self._path(c, tag, "/")))
                 pos = value_pos
                 continue
             if top and tag in _TOP_LEVEL_OF_INTEREST:
                 found[tag] = Located(value_pos, length, vr)
+            self._check_target(c, tag, Located(value_pos, length, vr))
             pos = end
         return found
+
+    def _path(self, c: _Container, tag: int, suffix: str = "") -> str:
+        return f"{c.path}{tag:08X}{suffix}" if self._target is not None else ""
+
+    def _check_target(self, c: _Container, tag: int, located: Located) -> None:
+        if self._target is not None and self._path(c, tag) == self._target:
+            raise _Found(located)
 
     def _check_depth(self, depth: int) -> None:
         if depth > self.max_sequence_depth:

@@ -51,6 +51,7 @@ from gateway.dicom.layout import (
 )
 from gateway.dicom.part10 import CHUNK, FileMeta, dataset_start, inflate, read_meta
 from gateway.dicom.rejection import FailureReason, InstanceRejected, malformed, reject
+from gateway.dicom.textlimits import DEFAULT_MAX_TEXT_VALUE_BYTES, UNBOUNDED, oversized
 from gateway.dicom.uids import is_valid_uid
 from gateway.ports import InstanceRecord, PixelDescription, Span
 
@@ -89,6 +90,7 @@ class ParseLimits:
     min_inflate_allowance: int = 64 << 20
     max_inflated_bytes: int = 1 << 30
     temp_dir: Path | None = None  # where a deflated data set is inflated (default: system temp)
+    max_text_value_bytes: int = DEFAULT_MAX_TEXT_VALUE_BYTES  # UT, UC, UR (gateway.dicom.textlimits)
 
     def inflate_allowance(self, compressed: int) -> int:
         """How many bytes a deflated data set of ``compressed`` bytes may inflate to."""
@@ -183,6 +185,7 @@ def _parse_dataset(path: Path, meta: FileMeta, limits: ParseLimits, origin: str,
             with pydicom_warnings_suppressed():
                 ds = pydicom.dcmread(path, defer_size=limits.defer_size)
                 uids = _identity(ds)
+                _check_text(ds, limits)
                 pixel_tag = next((t for t in PIXEL_TAGS if t in found), None)
                 pixel = _pixel_description(ds, pixel_tag, found, limits) if pixel_tag else None
                 frames: tuple[tuple[Span, ...], ...] = ()
@@ -212,6 +215,16 @@ def _parse_dataset(path: Path, meta: FileMeta, limits: ParseLimits, origin: str,
             raise rejected from None
     study, series, sop, sop_class = uids
     return _Parsed(study, series, sop, sop_class, metadata, frames, pixel)
+
+
+def _check_text(ds: Dataset, limits: ParseLimits) -> None:
+    """Refuse text values beyond their bounds (gateway.dicom.textlimits), naming the element:
+    a value past a configured cap is Out of Resources, one far past its PS3.5 maximum an Error."""
+    for found in oversized(ds, limits.max_text_value_bytes):
+        code = (
+            FailureReason.OUT_OF_RESOURCES if found.vr in UNBOUNDED else FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+        )
+        raise reject(code, found.reason())
 
 
 def _identify(exc: InstanceRejected, ds: Dataset | None) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from gateway.dicom import uids
 from gateway.dicom.media import negotiate_qido
@@ -16,6 +17,10 @@ from gateway.http.context import base_url, gateway_of
 from gateway.http.security import restriction_of
 
 Level = Literal["study", "series", "instance"]
+
+# Answers of more rows than this are serialized row by row as they are sent, never as one body.
+STREAM_ROWS = 100
+_CHUNK = 64 << 10
 
 
 def _endpoint(level: Level):  # type: ignore[no-untyped-def]
@@ -37,7 +42,12 @@ def _endpoint(level: Level):  # type: ignore[no-untyped-def]
         query = dataclasses.replace(query, restriction=restriction_of(request))
         # Under {base}/pacs/{name} only that PACS is asked (gateway.services.federation).
         result = await gw.qido.search(query, base_url=base_url(request), pacs=request.path_params.get("pacs"))
-        response = Response(orjson.dumps(result.rows), media_type=negotiated.media_type)
+        response: Response
+        if len(result.rows) > STREAM_ROWS:
+            # The headers (Warning included) are all decided here, before the body starts.
+            response = StreamingResponse(json_array(result.rows), media_type=negotiated.media_type)
+        else:
+            response = Response(orjson.dumps(result.rows), media_type=negotiated.media_type)
         if result.more:
             # PS3.18 8.3.4.4 / 10.6.3.2: tell the client the list was cut by limit.
             response.headers["warning"] = (
@@ -55,6 +65,23 @@ def _endpoint(level: Level):  # type: ignore[no-untyped-def]
 search_studies = _endpoint("study")
 search_series = _endpoint("series")
 search_instances = _endpoint("instance")
+
+
+async def json_array(rows: list[Any]) -> AsyncIterator[bytes]:
+    """``rows`` as one JSON array, in chunks of about 64 KiB, each row serialized (and let go)
+    only as its turn comes."""
+    pending: list[bytes] = [b"["]
+    size = 1
+    for i in range(len(rows)):
+        row, rows[i] = rows[i], None
+        encoded = orjson.dumps(row)
+        pending.append(encoded if i == 0 else b"," + encoded)
+        size += len(encoded) + 1
+        if size >= _CHUNK:
+            yield b"".join(pending)
+            pending, size = [], 0
+    pending.append(b"]")
+    yield b"".join(pending)
 
 
 def _header_text(text: str) -> str:

@@ -131,9 +131,11 @@ async def bulkdata(request: Request) -> Response:
     path = request.path_params["path"]
     record = await _one_instance(request)
     negotiated = negotiate_bulkdata(request.headers.get("accept"))
-    value = await gw.wado.bulkdata(record, path)
+    # A path the metadata never handed out is refused before anything is read; the value is
+    # streamed in ranged reads, its first chunk read before the status is sent (503 if the store fails).
+    value = await started(await gw.wado.bulkdata(record, path))
     if not negotiated.multipart:
-        return Response(value, media_type=APPLICATION_OCTET_STREAM, headers=_NO_TRANSFORM)
+        return StreamingResponse(value, media_type=APPLICATION_OCTET_STREAM, headers=_NO_TRANSFORM)
     boundary = new_boundary()
     media_type = content_type_for_multipart(APPLICATION_OCTET_STREAM, None, boundary)
     return StreamingResponse(

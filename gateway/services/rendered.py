@@ -44,7 +44,7 @@ class RenderService:
         async def compute() -> bytes:
             native, pixel = await self._wado.decoded_frame(record, frame)
             metadata = orjson.loads(record.metadata)
-            bulk = {path: await self._wado.bulkdata(record, path) for path in render.bulk_paths(metadata)}
+            bulk = {path: await self._wado.bulkdata_bytes(record, path) for path in render.bulk_paths(metadata)}
             attrs = render.attributes_from_json(metadata, pixel, frame, bulk)
             return await anyio.to_thread.run_sync(render.render, native, pixel, attrs, options, limiter=self._cpu)
 

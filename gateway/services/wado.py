@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 import anyio
 import pydicom
 from pydicom.encaps import generate_frames
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from gateway.dicom import transcode, uids
 from gateway.dicom.media import (
@@ -22,8 +23,10 @@ from gateway.dicom.media import (
     Negotiated,
 )
 from gateway.errors import BadRequest, NotAcceptable, NotFound
-from gateway.ports import BlobStore, Index, InstanceRecord, PixelDescription
+from gateway.ports import BlobStore, Index, InstanceRecord, PixelDescription, Span
 from gateway.security.access import Restriction
+from gateway.services import bulkdata
+from gateway.services.budget import ByteBudget, whole_object_cost
 from gateway.services.singleflight import SingleFlightCache
 from gateway.services.visibility import Visibility
 
@@ -36,6 +39,7 @@ DEFAULT_FRAME_CACHE_BYTES = 256 << 20
 
 _BULK_KEY = b'"BulkDataURI":"'
 PIXEL_DATA_PATH = "7FE00010"
+_CHUNK = 1 << 20  # bulk data goes out in ranged reads of this size
 
 
 def absolute_bulk_uris(metadata: bytes, base_url: str) -> bytes:
@@ -70,10 +74,13 @@ class WadoService:
         transcode_threads: int = 2,
         max_decoded_frame_bytes: int = 256 << 20,
         frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES,
+        budget: ByteBudget | None = None,
     ) -> None:
         self._store = store
         self._index = index
         self._visibility = Visibility(index)
+        # Work that must hold a whole object in memory reserves its cost here first (see budget).
+        self.budget = budget or ByteBudget()
         self._cpu = anyio.CapacityLimiter(transcode_threads)
         self._max_decoded_frame_bytes = max_decoded_frame_bytes
         # Decoded and re-encoded frames, keyed by (object digest, frame number, syntax): many
@@ -132,8 +139,11 @@ class WadoService:
         return content_type, self._transcoded(record, target)
 
     async def _transcoded(self, record: InstanceRecord, target: str) -> AsyncIterator[bytes]:
-        data = await self._store.read_all(self.key(record))
-        yield await anyio.to_thread.run_sync(transcode.transcode_instance, data, target, limiter=self._cpu)
+        async with self.budget.reserve(whole_object_cost(record), f"transcoding instance {record.sop_uid}"):
+            data = await self._store.read_all(self.key(record))
+            out = await anyio.to_thread.run_sync(transcode.transcode_instance, data, target, limiter=self._cpu)
+            del data
+            yield out
 
     async def check_transcodable(self, study: str, series: str | None, sop: str | None, negotiated: Negotiated) -> None:
         """Refuse (406), before a response starts, a compressed syntax that instances held in the
@@ -148,6 +158,8 @@ class WadoService:
         else:
             records = await self._index.instances(study, series)
         for record in records:
+            if record.transfer_syntax != target:
+                self.budget.check(whole_object_cost(record), f"transcoding instance {record.sop_uid}")
             if record.transfer_syntax != target and target not in transcode.encodable_syntaxes(
                 record.pixel, record.transfer_syntax
             ):
@@ -271,21 +283,57 @@ class WadoService:
         return out
 
     async def _frames_from_object(self, record: InstanceRecord, numbers: Sequence[int]) -> list[bytes]:
-        data = await self._store.read_all(self.key(record))
-        return await anyio.to_thread.run_sync(_extract_frames, data, list(numbers), limiter=self._cpu)
+        async with self.budget.reserve(whole_object_cost(record), f"frames of instance {record.sop_uid}"):
+            data = await self._store.read_all(self.key(record))
+            return await anyio.to_thread.run_sync(_extract_frames, data, list(numbers), limiter=self._cpu)
 
     # -- bulk data ---------------------------------------------------------------------------
 
-    async def bulkdata(self, record: InstanceRecord, path: str) -> bytes:
-        """The value of the element a BulkDataURI names (``7FE00010`` or ``SEQ/index/TAG`` paths)."""
-        if path.upper() == PIXEL_DATA_PATH and record.frames and record.pixel is not None:
-            spans = [s for frame in record.frames for s in frame]
-            if len(record.frames[0]) == 1 and record.transfer_syntax in transcode.NATIVE_LITTLE_ENDIAN:
-                start = spans[0][0]
-                end = spans[-1][0] + spans[-1][1]
-                return await self._store.read_range(self.key(record), start, end - start)
-        data = await self._store.read_all(self.key(record))
-        return await anyio.to_thread.run_sync(_element_value, data, path, limiter=self._cpu)
+    async def bulkdata(self, record: InstanceRecord, path: str) -> AsyncGenerator[bytes, None]:
+        """The value of the element a BulkDataURI names (``7FE00010`` or ``SEQ/index/TAG`` paths),
+        in chunks. A path the metadata never handed out is NotFound without reading the object;
+        the value is found by ranged reads of the element headers and read as one byte range
+        (a deflated instance has no byte ranges: it is read whole, within the budget)."""
+        tagpath = bulkdata.handed_out(record, path)
+        if tagpath is None:
+            raise NotFound(f"instance {record.sop_uid} has no bulk data {path[:80]!r}")
+        span = await self._bulk_span(record, tagpath)
+        if span is None:
+            return self._bulk_from_object(record, tagpath)
+        return self._ranges(record, span)
+
+    async def bulkdata_bytes(self, record: InstanceRecord, path: str) -> bytes:
+        """:meth:`bulkdata` in one piece (small values: the LUTs a rendering needs)."""
+        return b"".join([chunk async for chunk in await self.bulkdata(record, path)])
+
+    async def _bulk_span(self, record: InstanceRecord, tagpath: str) -> Span | None:
+        if record.transfer_syntax == DeflatedExplicitVRLittleEndian:
+            return None
+        native = record.transfer_syntax in transcode.NATIVE_LITTLE_ENDIAN
+        if tagpath == PIXEL_DATA_PATH and record.frames and native and len(record.frames[0]) == 1:
+            # Native pixel data: its frames, back to back, from the index alone.
+            start = record.frames[0][0][0]
+            end = record.frames[-1][-1][0] + record.frames[-1][-1][1]
+            return start, end - start
+        span = await anyio.to_thread.run_sync(bulkdata.locate, self._store, self.key(record), record, tagpath)
+        if span is None:
+            raise NotFound(f"bulk data {tagpath} not found in instance {record.sop_uid}")
+        return span
+
+    async def _ranges(self, record: InstanceRecord, span: Span) -> AsyncGenerator[bytes, None]:
+        offset, length = span
+        end = offset + length
+        while offset < end:
+            n = min(_CHUNK, end - offset)
+            yield await self._store.read_range(self.key(record), offset, n)
+            offset += n
+
+    async def _bulk_from_object(self, record: InstanceRecord, tagpath: str) -> AsyncGenerator[bytes, None]:
+        async with self.budget.reserve(whole_object_cost(record), f"bulk data of instance {record.sop_uid}"):
+            data = await self._store.read_all(self.key(record))
+            value = await anyio.to_thread.run_sync(_element_value, data, tagpath, limiter=self._cpu)
+            del data
+            yield value
 
     @staticmethod
     def key(record: InstanceRecord) -> str:
