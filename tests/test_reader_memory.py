@@ -74,7 +74,7 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
     transport = httpx.ASGITransport(app=asgi)
     async with (
         asgi.router.lifespan_context(asgi),
-        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http,
     ):
         yield App(http, store, asgi.state.gateway.wado.budget)
 
