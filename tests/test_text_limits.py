@@ -118,7 +118,10 @@ async def http(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = load_settings(environ={}, overrides={"data_dir": tmp_path / "data"})
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c,
+    ):
         yield c
 
 
@@ -172,7 +175,10 @@ async def test_the_unbounded_text_cap_is_a_setting(tmp_path: Path) -> None:
         overrides = {"data_dir": tmp_path / f"data-{cap}", "limits": {"max_text_value_bytes": cap} if cap else {}}
         app = create_app(load_settings(environ={}, overrides=overrides))
         transport = httpx.ASGITransport(app=app)
-        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c,
+        ):
             response = await stow(c, instance)
         assert response.status_code == status, response.text
         if status == 400:
