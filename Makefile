@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test check install bench bench-viewer
+.PHONY: run test check docs install bench bench-viewer
 
 run:
 	bash scripts/run.sh $(ARGS)
@@ -15,6 +15,11 @@ check: $(VENV)/.test
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict --site-dir site
+
+# The documentation site, served at http://127.0.0.1:8000 while editing docs/.
+docs: $(VENV)/.test
+	$(BIN)/mkdocs serve
 
 bench: $(VENV)/.test
 	$(BIN)/python bench/run.py $(ARGS)
