@@ -260,7 +260,7 @@ def _open(backend: str, args: argparse.Namespace, tmp: Path, size: int) -> tuple
 
 
 def table(results: Sequence[Measured]) -> str:
-    """The README table: one row per query and size, p50 / p95 (rows answered) per backend."""
+    """The docs/benchmarks.md table: one row per query and size, p50 / p95 (rows answered) per backend."""
     sizes = sorted({r.instances for r in results})
     backends = sorted({r.backend for r in results}, key=["sqlite", "postgres"].index)
     names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}

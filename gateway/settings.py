@@ -27,7 +27,7 @@ class SettingsError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """Hard limits on client input (each enforced with a 4xx; see the README)."""
+    """Hard limits on client input (each enforced with a 4xx; see docs/security.md)."""
 
     max_body_bytes: int = 4 << 30  # one STOW request
     max_parts: int = 10_000  # parts in one STOW request
@@ -94,7 +94,7 @@ class OidcSettings:
     leeway: float = 30.0  # seconds of clock skew allowed on exp / nbf / iat
     scope_claim: str = "scope"  # space-separated string (RFC 8693) or a JSON list
     scope_prefix: str = ""  # e.g. "dicomweb." when the provider's scopes are "dicomweb.read"
-    restriction_claim: str | None = None  # claim limiting a token to studies; see the README
+    restriction_claim: str | None = None  # claim limiting a token to studies; see docs/security.md
     jwks_min_refresh: float = 30.0  # seconds between JWKS refetches caused by unknown kids
     jwks_max_age: float = 3600.0  # seconds before the JWKS is refetched anyway
 

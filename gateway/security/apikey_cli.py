@@ -33,7 +33,7 @@ def add_apikey_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
             )
             p.add_argument(
                 "--restriction",
-                help='study restriction as JSON, e.g. \'{"StudyInstanceUID": ["1.2.3"]}\' (see the README)',
+                help='study restriction as JSON, e.g. \'{"StudyInstanceUID": ["1.2.3"]}\' (see docs/security.md)',
             )
 
 
