@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from gateway.dicom.media import JPEG_2000_LOSSLESS, JPEG_LS_LOSSLESS, RLE_LOSSLESS
 from gateway.http.routes import dicomweb_routes
@@ -127,6 +128,6 @@ def test_a_preflight_is_cors_not_capabilities(gw: RunningGateway) -> None:
 
 
 def test_spec_documents_capabilities() -> None:
-    spec = (Path(__file__).resolve().parent.parent / "openapi" / "dicomweb.yaml").read_text()
-    assert "  /dicomweb:\n    options:" in spec
-    assert "  /dicomweb/{path}:\n" in spec
+    spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "openapi" / "dicomweb.yaml").read_text())
+    assert spec["paths"]["/dicomweb"]["options"]["operationId"] == "retrieveCapabilities"
+    assert "options" in spec["paths"]["/dicomweb/{path}"]
