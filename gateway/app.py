@@ -25,12 +25,12 @@ from gateway.services.budget import ByteBudget
 from gateway.services.cache_expiry import CacheExpiry
 from gateway.services.federation import QidoFederation
 from gateway.services.forward import ForwardService
+from gateway.services.instance_reader import InstanceReader
 from gateway.services.instance_writer import InstanceWriter
 from gateway.services.rendered import RenderService
 from gateway.services.stow import StowService
 from gateway.services.upstream_retrieve import UpstreamRetrieveService
 from gateway.services.visibility import Visibility
-from gateway.services.wado import WadoService
 from gateway.settings import STORAGE_COMPRESSION, PacsNode, Settings
 from gateway.spool import process_spool_dir
 
@@ -111,7 +111,7 @@ def build_gateway(
     writer = InstanceWriter(store, index)
     visibility = Visibility(index)
     stow = StowService(writer, visibility, parse_limits, compress_to=STORAGE_COMPRESSION[settings.storage_compression])
-    wado = WadoService(
+    reader = InstanceReader(
         store,
         index,
         max_decoded_frame_bytes=limits.max_decoded_frame_bytes,
@@ -129,12 +129,12 @@ def build_gateway(
         store=store,
         index=index,
         stow=stow,
-        wado=wado,
+        wado=reader,
         qido=QidoFederation(index, nodes, max_results=limits.max_qido_results),
-        retrieval=UpstreamRetrieveService(wado, writer, index, nodes, bridge_state, parse_limits=parse_limits),
+        retrieval=UpstreamRetrieveService(reader, writer, index, nodes, bridge_state, parse_limits=parse_limits),
         forward=forward,
         upstreams=nodes,
-        rendered=RenderService(wado, cache_bytes=settings.rendered_cache_bytes),
+        rendered=RenderService(reader, cache_bytes=settings.rendered_cache_bytes),
     )
 
 

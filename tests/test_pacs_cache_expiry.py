@@ -17,9 +17,9 @@ from gateway.dicom.parse import ParseLimits, parse_part10
 from gateway.errors import NotFound
 from gateway.ports import AddOutcome, Index
 from gateway.services.cache_expiry import CacheExpiry
+from gateway.services.instance_reader import InstanceReader
 from gateway.services.instance_writer import InstanceWriter
 from gateway.services.upstream_retrieve import UpstreamRetrieveService
-from gateway.services.wado import WadoService
 from tests import factory
 from tests.fixtures_pacs import GATEWAY_AET, GatewayFactory, load_orthanc, node
 from tests.http_helpers import stow, uids_of
@@ -139,20 +139,20 @@ async def test_objects_outlive_their_rows_by_an_interval_for_reads_in_flight(tmp
     index = SqliteIndex(tmp_path / "index.sqlite3")
     try:
         writer = InstanceWriter(store, index)
-        wado = WadoService(store, index)
+        reader = InstanceReader(store, index)
         instances = series(PACS_STUDY, PACS_SERIES, 10, "EXPIRY^INFLIGHT")
         for n, data in enumerate(instances):
             path = tmp_path / f"in-{n}.dcm"
             path.write_bytes(data)
             await writer.write(parse_part10(path, origin="pacs:orthanc"), path)
-        retrieval = UpstreamRetrieveService(wado, writer, index, {}, None, parse_limits=ParseLimits())
+        retrieval = UpstreamRetrieveService(reader, writer, index, {}, None, parse_limits=ParseLimits())
         expiry = CacheExpiry(index, store, None, retrieval, max_age=MAX_AGE)
-        keys = [WadoService.key(r) for r in await wado.select(PACS_STUDY, PACS_SERIES)]  # a request in flight
+        keys = [InstanceReader.key(r) for r in await reader.select(PACS_STUDY, PACS_SERIES)]  # a request in flight
         assert len(keys) == 3
 
         assert await expiry.sweep(time.time() + 10 * MAX_AGE) == 3
         with pytest.raises(NotFound):
-            await wado.select(PACS_STUDY, PACS_SERIES)  # new requests: gone (a PACS retrieve would follow)
+            await reader.select(PACS_STUDY, PACS_SERIES)  # new requests: gone (a PACS retrieve would follow)
         assert [await store.read_all(key) for key in keys] == instances  # the request in flight: intact
 
         # Indexed again before its objects were due (retrieved anew): that one keeps them.

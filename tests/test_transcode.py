@@ -33,9 +33,9 @@ from gateway.dicom.media import Negotiated
 from gateway.dicom.parse import parse_part10
 from gateway.errors import NotAcceptable
 from gateway.ports import PixelDescription
+from gateway.services.instance_reader import InstanceReader
 from gateway.services.instance_writer import InstanceWriter
 from gateway.services.singleflight import SingleFlightCache
-from gateway.services.wado import WadoService
 from tests import factory
 from tests.fixtures_gateway import RunningGateway
 from tests.http_helpers import split_multipart, stow, uids_of
@@ -371,8 +371,8 @@ async def test_many_viewers_decode_a_frame_once(tmp_path: Path, monkeypatch: pyt
         path = tmp_path / "in.dcm"
         path.write_bytes(data)
         stored = await InstanceWriter(store, index).write(parse_part10(path, origin="stow"), path)
-        wado = WadoService(store, index)
-        record = (await wado.select(*uids_of(data)))[0]
+        reader = InstanceReader(store, index)
+        record = (await reader.select(*uids_of(data)))[0]
         decodes = encodes = 0
         real_decode, real_encode = transcode.decode_frame, transcode.encode_frame
 
@@ -393,7 +393,7 @@ async def test_many_viewers_decode_a_frame_once(tmp_path: Path, monkeypatch: pyt
 
         async def viewer(target: str) -> None:
             negotiated = Negotiated("image/jp2" if target == J2K else "application/octet-stream", target, True)
-            results.extend([frame async for frame in await wado.frames(record, [1], negotiated)])
+            results.extend([frame async for frame in await reader.frames(record, [1], negotiated)])
 
         async with anyio.create_task_group() as tg:
             for i in range(24):
@@ -523,8 +523,8 @@ async def test_frames_are_read_one_at_a_time_as_the_response_is_consumed(
         path = tmp_path / "in.dcm"
         path.write_bytes(data)
         await InstanceWriter(store, index).write(parse_part10(path, origin="stow"), path)
-        wado = WadoService(store, index)
-        record = (await wado.select(*uids_of(data)))[0]
+        reader = InstanceReader(store, index)
+        record = (await reader.select(*uids_of(data)))[0]
         reads = 0
         real_read_range = store.read_range
 
@@ -537,7 +537,7 @@ async def test_frames_are_read_one_at_a_time_as_the_response_is_consumed(
         as_stored = Negotiated("application/octet-stream", None, True)
         numbers = list(range(1, 31))
 
-        frames = await wado.frames(record, numbers, as_stored)
+        frames = await reader.frames(record, numbers, as_stored)
         assert reads == 0  # validated, nothing read yet
         first, second = await anext(frames), await anext(frames)
         await frames.aclose()
@@ -546,7 +546,7 @@ async def test_frames_are_read_one_at_a_time_as_the_response_is_consumed(
         pixels = pydicom.dcmread(io.BytesIO(data)).PixelData
         size = len(pixels) // 30
         assert (first, second) == (pixels[:size], pixels[size : 2 * size])
-        everything = [frame async for frame in await wado.frames(record, numbers, as_stored)]
+        everything = [frame async for frame in await reader.frames(record, numbers, as_stored)]
         assert b"".join(everything) == pixels
         assert reads == 2 + 30
     finally:
@@ -564,11 +564,11 @@ async def test_frames_of_a_deflated_instance_come_from_one_read_of_the_object(tm
         path = tmp_path / "in.dcm"
         path.write_bytes(data)
         await InstanceWriter(store, index).write(parse_part10(path, origin="stow"), path)
-        wado = WadoService(store, index)
-        record = (await wado.select(*uids_of(data)))[0]
+        reader = InstanceReader(store, index)
+        record = (await reader.select(*uids_of(data)))[0]
         assert not record.frames  # nothing to read by range
         as_stored = Negotiated("application/octet-stream", None, True)
-        frames = [frame async for frame in await wado.frames(record, [1], as_stored)]
+        frames = [frame async for frame in await reader.frames(record, [1], as_stored)]
         assert frames == [pydicom.dcmread(io.BytesIO(data)).PixelData]
     finally:
         await index.aclose()

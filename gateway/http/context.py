@@ -10,10 +10,10 @@ from starlette.requests import Request
 from gateway.ports import BlobStore, Index, Upstream
 from gateway.services.federation import QidoFederation
 from gateway.services.forward import ForwardService
+from gateway.services.instance_reader import InstanceReader
 from gateway.services.rendered import RenderService
 from gateway.services.stow import StowService
 from gateway.services.upstream_retrieve import UpstreamRetrieveService
-from gateway.services.wado import WadoService
 from gateway.settings import Settings
 
 
@@ -23,7 +23,7 @@ class Gateway:
     store: BlobStore
     index: Index
     stow: StowService
-    wado: WadoService
+    wado: InstanceReader
     qido: QidoFederation  # QIDO over the index and the PACS nodes
     retrieval: UpstreamRetrieveService  # WADO selections: the cache, or a PACS through it
     forward: ForwardService | None  # STOW forwarding to settings.forward_to
@@ -32,7 +32,7 @@ class Gateway:
 
     @property
     def renderer(self) -> RenderService:
-        """The render service (built from ``wado`` when not wired in)."""
+        """The render service (built from the reader ``wado`` when not wired in)."""
         if self.rendered is None:
             object.__setattr__(self, "rendered", RenderService(self.wado))
         assert self.rendered is not None

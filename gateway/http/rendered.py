@@ -24,8 +24,8 @@ from gateway.http.context import base_url, gateway_of
 from gateway.http.retrieve_warnings import add_retrieve_warnings
 from gateway.http.security import restriction_of
 from gateway.ports import InstanceRecord
+from gateway.services.instance_reader import parse_frame_list
 from gateway.services.rendered import representative
-from gateway.services.wado import parse_frame_list
 
 # Rendered images are derived from immutable instances: a browser may reuse them for a while.
 _CACHING = {"Cache-Control": "private, no-store"}  # patient data (gateway.http.response_headers)

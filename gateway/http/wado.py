@@ -23,7 +23,7 @@ from gateway.http.retrieve_warnings import add_retrieve_warnings
 from gateway.http.security import restriction_of
 from gateway.http.started import started, started_parts
 from gateway.ports import InstanceRecord
-from gateway.services.wado import INSTANCE_SYNTAXES, parse_frame_list
+from gateway.services.instance_reader import INSTANCE_SYNTAXES, parse_frame_list
 
 # Pixel data must not be gzip-compressed by middleware or proxies on our behalf: it costs far
 # more CPU than it saves on already-compressed or noisy image data.

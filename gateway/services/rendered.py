@@ -1,6 +1,6 @@
 """Retrieve Rendered and Thumbnail (PS3.18 8.3.5, 10.4.1.1.3): consumer images of stored frames.
 
-Frames are decoded through :meth:`WadoService.decoded_frame` (ranged reads, single flight and
+Frames are decoded through :meth:`InstanceReader.decoded_frame` (ranged reads, single flight and
 the frame cache) and rendered by the pure pipeline of :mod:`gateway.dicom.render`. Finished
 images are kept in their own bounded cache, keyed by the object digest, frame and rendering
 options, and computed once however many viewers ask at once: a study list showing thumbnails
@@ -23,16 +23,16 @@ from gateway.dicom import render
 from gateway.dicom.render import RenderOptions, Viewport
 from gateway.errors import NotFound
 from gateway.ports import InstanceRecord
+from gateway.services.instance_reader import InstanceReader
 from gateway.services.singleflight import SingleFlightCache
-from gateway.services.wado import WadoService
 
 DEFAULT_THUMBNAIL = Viewport(128, 128)
 DEFAULT_CACHE_BYTES = 64 << 20
 
 
 class RenderService:
-    def __init__(self, wado: WadoService, *, threads: int = 2, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self._wado = wado
+    def __init__(self, reader: InstanceReader, *, threads: int = 2, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self._reader = reader
         self._cpu = anyio.CapacityLimiter(threads)
         self.cache: SingleFlightCache[tuple[object, ...], bytes] = SingleFlightCache(
             "rendered", max_bytes=cache_bytes, size=len
@@ -42,9 +42,9 @@ class RenderService:
         """Frame ``frame`` (1-based) of ``record`` rendered as ``options`` say."""
 
         async def compute() -> bytes:
-            native, pixel = await self._wado.decoded_frame(record, frame)
+            native, pixel = await self._reader.decoded_frame(record, frame)
             metadata = orjson.loads(record.metadata)
-            bulk = {path: await self._wado.bulkdata_bytes(record, path) for path in render.bulk_paths(metadata)}
+            bulk = {path: await self._reader.bulkdata_bytes(record, path) for path in render.bulk_paths(metadata)}
             attrs = render.attributes_from_json(metadata, pixel, frame, bulk)
             return await anyio.to_thread.run_sync(render.render, native, pixel, attrs, options, limiter=self._cpu)
 

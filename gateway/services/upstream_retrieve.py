@@ -59,10 +59,10 @@ from gateway.errors import GatewayError, NotFound, UpstreamError, UpstreamTimeou
 from gateway.ports import BridgeState, DicomJson, Index, InstanceRecord, ReceivedInstance, Upstream
 from gateway.security.access import Restriction
 from gateway.services.flight import Arrival, Flight, read_file, reraised
+from gateway.services.instance_reader import InstanceReader
 from gateway.services.instance_writer import InstanceWriter
 from gateway.services.outcomes import FailedInstance
 from gateway.services.visibility import Visibility
-from gateway.services.wado import WadoService
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class UpstreamRetrieveService:
 
     def __init__(
         self,
-        wado: WadoService,
+        reader: InstanceReader,
         writer: InstanceWriter,
         index: Index,
         upstreams: Mapping[str, Upstream],
@@ -95,7 +95,7 @@ class UpstreamRetrieveService:
         parse_limits: ParseLimits,
         parse_threads: int = 2,
     ) -> None:
-        self._wado = wado
+        self._reader = reader
         self._writer = writer
         self._index = index
         self._upstreams = dict(upstreams)
@@ -134,7 +134,7 @@ class UpstreamRetrieveService:
             raise reraised(flight.error)
         if warnings is not None:
             warnings.extend(flight.warnings)
-        return await self._wado.select(study, series, sop)
+        return await self._reader.select(study, series, sop)
 
     async def stream(
         self,
@@ -163,7 +163,7 @@ class UpstreamRetrieveService:
         for the cache; one that needs transcoding waits until it is cached, then is served as
         any cached instance."""
         if isinstance(item, InstanceRecord):
-            return self._wado.instance_part(item, negotiated)
+            return self._reader.instance_part(item, negotiated)
         syntax = item.received.transfer_syntax
         if negotiated.as_stored or negotiated.transfer_syntax == syntax:
             return negotiated.part_content_type(syntax), read_file(item.received.path)
@@ -175,7 +175,7 @@ class UpstreamRetrieveService:
         if item.record is None:
             # Refused by the cache (see the log): nothing can be transcoded. The part stays empty.
             return
-        _, body = self._wado.instance_part(item.record, negotiated)
+        _, body = self._reader.instance_part(item.record, negotiated)
         async for chunk in body:
             yield chunk
 
@@ -186,7 +186,7 @@ class UpstreamRetrieveService:
     ) -> list[InstanceRecord] | None:
         """The records to answer from, or None when a PACS must be asked."""
         if pacs is None and not self._upstreams:
-            return await self._wado.select(study, series, sop, restriction=restriction)
+            return await self._reader.select(study, series, sop, restriction=restriction)
         if pacs is not None and pacs not in self._upstreams:
             raise NotFound(f"no PACS named {pacs!r} is configured")
         records = await self._complete_in_cache(study, series, sop, restriction)
@@ -197,7 +197,7 @@ class UpstreamRetrieveService:
         self, study: str, series: str | None, sop: str | None, restriction: Restriction | None
     ) -> list[InstanceRecord] | None:
         try:
-            records = await self._wado.select(study, series, sop, restriction=restriction)
+            records = await self._reader.select(study, series, sop, restriction=restriction)
         except NotFound:
             return None
         if sop is not None or any(not r.origin.startswith("pacs:") for r in records):

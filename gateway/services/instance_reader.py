@@ -1,4 +1,7 @@
-"""WADO-RS (PS3.18 10.4): instances, metadata, frames and bulk data from the store and index.
+"""Reading stored instances (PS3.18 10.4): instances, metadata, frames and bulk data from the
+store and index, in the stored transfer syntax or transcoded. It knows nothing of a PACS: which
+instances to read, and whether a PACS must first be asked, is :mod:`gateway.services.retrieval`'s
+decision.
 
 Metadata is answered from the index without touching the Part 10 objects; a frame is one ranged
 read of the stored object using the frame spans recorded at ingest.
@@ -65,7 +68,9 @@ def parse_frame_list(text: str) -> list[int]:
     return numbers
 
 
-class WadoService:
+class InstanceReader:
+    """Reads what the store and index hold: selections, instance bytes, frames, bulk data."""
+
     def __init__(
         self,
         store: BlobStore,
