@@ -27,6 +27,7 @@ from gateway.services.federation import QidoFederation
 from gateway.services.forward import ForwardService
 from gateway.services.instance_reader import InstanceReader
 from gateway.services.instance_writer import InstanceWriter
+from gateway.services.pacs_flights import PacsFlights
 from gateway.services.rendered import RenderService
 from gateway.services.stow import StowService
 from gateway.services.upstream_retrieve import UpstreamRetrieveService
@@ -124,6 +125,7 @@ def build_gateway(
     if settings.forward_to is not None and bridge_state is not None:
         target = next(u for name, u in nodes.items() if name.lower() == settings.forward_to.lower())
         forward = ForwardService(bridge_state, target, store, index, pacs_spool_dir(settings))
+    flights = PacsFlights(writer, index, nodes, bridge_state, parse_limits=parse_limits)
     return Gateway(
         settings=settings,
         store=store,
@@ -131,7 +133,7 @@ def build_gateway(
         stow=stow,
         wado=reader,
         qido=QidoFederation(index, nodes, max_results=limits.max_qido_results),
-        retrieval=UpstreamRetrieveService(reader, writer, index, nodes, bridge_state, parse_limits=parse_limits),
+        retrieval=UpstreamRetrieveService(reader, flights),
         forward=forward,
         upstreams=nodes,
         rendered=RenderService(reader, cache_bytes=settings.rendered_cache_bytes),
@@ -216,7 +218,11 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
                 gateway.retrieval.start(tasks)
                 if settings.pacs_cache_max_age > 0 and upstreams:
                     expiry = CacheExpiry(
-                        own_index, own_store, bridge_state, gateway.retrieval, max_age=settings.pacs_cache_max_age
+                        own_index,
+                        own_store,
+                        bridge_state,
+                        gateway.retrieval.flights,
+                        max_age=settings.pacs_cache_max_age,
                     )
                     expiry.start(tasks)
                 if gateway.forward is not None:

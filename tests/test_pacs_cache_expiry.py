@@ -19,7 +19,7 @@ from gateway.ports import AddOutcome, Index
 from gateway.services.cache_expiry import CacheExpiry
 from gateway.services.instance_reader import InstanceReader
 from gateway.services.instance_writer import InstanceWriter
-from gateway.services.upstream_retrieve import UpstreamRetrieveService
+from gateway.services.pacs_flights import PacsFlights
 from tests import factory
 from tests.fixtures_pacs import GATEWAY_AET, GatewayFactory, load_orthanc, node
 from tests.http_helpers import stow, uids_of
@@ -145,8 +145,8 @@ async def test_objects_outlive_their_rows_by_an_interval_for_reads_in_flight(tmp
             path = tmp_path / f"in-{n}.dcm"
             path.write_bytes(data)
             await writer.write(parse_part10(path, origin="pacs:orthanc"), path)
-        retrieval = UpstreamRetrieveService(reader, writer, index, {}, None, parse_limits=ParseLimits())
-        expiry = CacheExpiry(index, store, None, retrieval, max_age=MAX_AGE)
+        flights = PacsFlights(writer, index, {}, None, parse_limits=ParseLimits())
+        expiry = CacheExpiry(index, store, None, flights, max_age=MAX_AGE)
         keys = [InstanceReader.key(r) for r in await reader.select(PACS_STUDY, PACS_SERIES)]  # a request in flight
         assert len(keys) == 3
 

@@ -17,7 +17,7 @@ between, or that cannot be deleted, are orphans that ``reindex --repair`` sweeps
 
 Retrievals: a study with a retrieve in flight is skipped until the next sweep, and a retrieve
 of a study being swept waits until its sweep is over
-(:meth:`~gateway.services.upstream_retrieve.UpstreamRetrieveService.holding`), so a
+(:meth:`~gateway.services.pacs_flights.PacsFlights.holding`), so a
 write-through never races the removal of the same instance.
 """
 
@@ -33,7 +33,7 @@ from anyio.abc import TaskGroup
 from gateway.dicom import uids
 from gateway.errors import GatewayError
 from gateway.ports import BlobStore, BridgeState, Index, KeepIf
-from gateway.services.upstream_retrieve import UpstreamRetrieveService
+from gateway.services.pacs_flights import PacsFlights
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,14 @@ class CacheExpiry:
         index: Index,
         store: BlobStore,
         state: BridgeState | None,
-        retrieval: UpstreamRetrieveService,
+        flights: PacsFlights,
         *,
         max_age: float,
     ) -> None:
         self._index = index
         self._store = store
         self._state = state
-        self._retrieval = retrieval
+        self._flights = flights
         self._max_age = max_age
         self.interval = min(max(max_age / 2, 0.5), MAX_INTERVAL)
         # Instances whose rows are gone, with when: their objects go once in-flight reads are over.
@@ -91,7 +91,7 @@ class CacheExpiry:
                 by_series[study, series].append(sop)
             skipped = 0
             for (study, series), sops in by_series.items():
-                async with self._retrieval.holding(study) as held:
+                async with self._flights.holding(study) as held:
                     if not held:  # a retrieve of this study is in flight: next sweep
                         skipped += len(sops)
                         continue
