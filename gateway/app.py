@@ -29,8 +29,8 @@ from gateway.services.instance_reader import InstanceReader
 from gateway.services.instance_writer import InstanceWriter
 from gateway.services.pacs_flights import PacsFlights
 from gateway.services.rendered import RenderService
+from gateway.services.retrieval import RetrievalService
 from gateway.services.stow import StowService
-from gateway.services.upstream_retrieve import UpstreamRetrieveService
 from gateway.services.visibility import Visibility
 from gateway.settings import STORAGE_COMPRESSION, PacsNode, Settings
 from gateway.spool import process_spool_dir
@@ -131,12 +131,10 @@ def build_gateway(
         store=store,
         index=index,
         stow=stow,
-        wado=reader,
         qido=QidoFederation(index, nodes, max_results=limits.max_qido_results),
-        retrieval=UpstreamRetrieveService(reader, flights),
+        retrieval=RetrievalService(reader, flights, RenderService(reader, cache_bytes=settings.rendered_cache_bytes)),
         forward=forward,
         upstreams=nodes,
-        rendered=RenderService(reader, cache_bytes=settings.rendered_cache_bytes),
     )
 
 

@@ -76,7 +76,7 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
         asgi.router.lifespan_context(asgi),
         httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http,
     ):
-        yield App(http, store, asgi.state.gateway.wado.budget)
+        yield App(http, store, asgi.state.gateway.retrieval.reader.budget)
 
 
 def instance_with_bulk_data() -> tuple[Dataset, bytes]:

@@ -102,5 +102,5 @@ def test_cache_sizes_reach_the_caches(tmp_path: Path) -> None:
         overrides={"data_dir": tmp_path},
     )
     gateway = build_gateway(settings, FileBlobStore(tmp_path / "objects"), SqliteIndex(tmp_path / "index.sqlite3"))
-    assert gateway.wado.frame_cache.max_bytes == 1 << 20
-    assert gateway.rendered.cache.max_bytes == 4096
+    assert gateway.retrieval.reader.frame_cache.max_bytes == 1 << 20
+    assert gateway.retrieval.renderer.cache.max_bytes == 4096

@@ -10,10 +10,8 @@ from starlette.requests import Request
 from gateway.ports import BlobStore, Index, Upstream
 from gateway.services.federation import QidoFederation
 from gateway.services.forward import ForwardService
-from gateway.services.instance_reader import InstanceReader
-from gateway.services.rendered import RenderService
+from gateway.services.retrieval import RetrievalService
 from gateway.services.stow import StowService
-from gateway.services.upstream_retrieve import UpstreamRetrieveService
 from gateway.settings import Settings
 
 
@@ -23,20 +21,10 @@ class Gateway:
     store: BlobStore
     index: Index
     stow: StowService
-    wado: InstanceReader
     qido: QidoFederation  # QIDO over the index and the PACS nodes
-    retrieval: UpstreamRetrieveService  # WADO selections: the cache, or a PACS through it
+    retrieval: RetrievalService  # WADO: the cache, or a PACS through it; frames, bulk data, rendered
     forward: ForwardService | None  # STOW forwarding to settings.forward_to
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # the PACS nodes, by name (readiness)
-    rendered: RenderService | None = None  # rendered images and thumbnails (always set by create_app)
-
-    @property
-    def renderer(self) -> RenderService:
-        """The render service (built from the reader ``wado`` when not wired in)."""
-        if self.rendered is None:
-            object.__setattr__(self, "rendered", RenderService(self.wado))
-        assert self.rendered is not None
-        return self.rendered
 
 
 def gateway_of(request: Request) -> Gateway:

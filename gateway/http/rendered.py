@@ -86,17 +86,17 @@ async def rendered(request: Request) -> Response:
         if len(targets) != 1:
             raise NotAcceptable(f"several frames need multipart/related; type={negotiated.media_type}")
         record, number = targets[0]
-        body = await gw.renderer.render(record, number, options)
+        body = await gw.retrieval.render(record, number, options)
         return add_retrieve_warnings(Response(body, media_type=negotiated.media_type, headers=_CACHING), notes)
     if not targets:
         raise NotAcceptable("nothing to render: no instance here has pixel data")
     # Errors surface before the response starts: render the first image up front.
-    first = await gw.renderer.render(*targets[0], options)
+    first = await gw.retrieval.render(*targets[0], options)
     base = base_url(request)
 
     async def parts() -> AsyncIterator[tuple[str, bytes, dict[str, str]]]:
         for i, (record, number) in enumerate(targets):
-            body = first if i == 0 else await gw.renderer.render(record, number, options)
+            body = first if i == 0 else await gw.retrieval.render(record, number, options)
             where = f"{base}/studies/{record.study_uid}/series/{record.series_uid}/instances/{record.sop_uid}"
             yield negotiated.media_type, body, {"Content-Location": f"{where}/frames/{number}/rendered"}
 
@@ -118,7 +118,7 @@ async def thumbnail(request: Request) -> Response:
     if numbers is not None:
         if options.viewport is None:
             options = RenderOptions(options.media_type, options.quality, render.Viewport(128, 128), options.window)
-        body = await gw.renderer.render(records[0], numbers[0], options)
+        body = await gw.retrieval.render(records[0], numbers[0], options)
     else:
-        body = await gw.renderer.thumbnail(records, options)
+        body = await gw.retrieval.thumbnail(records, options)
     return add_retrieve_warnings(Response(body, media_type=negotiated.media_type, headers=_CACHING), notes)

@@ -51,7 +51,7 @@ async def retrieve(request: Request) -> Response:
         stored_syntaxes=retrieval.syntaxes,
         supported=INSTANCE_SYNTAXES,
     )
-    await gw.wado.check_transcodable(*_uids(request), negotiated)
+    await gw.retrieval.check_transcodable(*_uids(request), negotiated)
     boundary = new_boundary()
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
@@ -73,7 +73,7 @@ async def metadata(request: Request) -> Response:
     records = await gw.retrieval.select(
         *_uids(request), pacs=_pacs(request), restriction=restriction_of(request), warnings=notes
     )
-    response = Response(gw.wado.metadata_body(records, base_url(request)), media_type=negotiated.media_type)
+    response = Response(gw.retrieval.metadata_body(records, base_url(request)), media_type=negotiated.media_type)
     return add_retrieve_warnings(response, notes)
 
 
@@ -95,7 +95,7 @@ async def frames(request: Request) -> Response:
     negotiated = negotiate_frames(
         request.headers.get("accept"),
         stored_syntaxes={record.transfer_syntax},
-        supported=gw.wado.frame_syntaxes(record),
+        supported=gw.retrieval.frame_syntaxes(record),
     )
     if not negotiated.multipart and len(numbers) != 1:
         raise NotAcceptable(
@@ -103,8 +103,8 @@ async def frames(request: Request) -> Response:
         )
     # The first frame is read before the status is sent (a store that fails answers 503); the
     # others as the response goes out.
-    bodies = await started(await gw.wado.frames(record, numbers, negotiated))
-    part_type = gw.wado.frame_content_type(record, negotiated)
+    bodies = await started(await gw.retrieval.frames(record, numbers, negotiated))
+    part_type = gw.retrieval.frame_content_type(record, negotiated)
     if not negotiated.multipart:  # one frame as its bare bitstream (image/jls, image/jp2, ...)
         body = await anext(bodies)
         await bodies.aclose()
@@ -133,7 +133,7 @@ async def bulkdata(request: Request) -> Response:
     negotiated = negotiate_bulkdata(request.headers.get("accept"))
     # A path the metadata never handed out is refused before anything is read; the value is
     # streamed in ranged reads, its first chunk read before the status is sent (503 if the store fails).
-    value = await started(await gw.wado.bulkdata(record, path))
+    value = await started(await gw.retrieval.bulkdata(record, path))
     if not negotiated.multipart:
         return StreamingResponse(value, media_type=APPLICATION_OCTET_STREAM, headers=_NO_TRANSFORM)
     boundary = new_boundary()

@@ -126,7 +126,7 @@ async def retrieve(request: Request) -> Response:
         raise NotFound(f"frame {frame} does not exist: object {record.sop_uid} has {frames} frame(s)")
     quality = _int(request, "imageQuality", 1, 100) or render.DEFAULT_QUALITY
     options = RenderOptions(media, quality, _viewport(request, record), _window(request))
-    body = await gw.renderer.render(record, frame, options)
+    body = await gw.retrieval.render(record, frame, options)
     return Response(body, media_type=media, headers={"Cache-Control": "private, no-store"})
 
 
@@ -142,7 +142,7 @@ async def _dicom(request: Request, record: InstanceRecord) -> Response:
         producible or syntax in transcode.encodable_syntaxes(record.pixel, record.transfer_syntax)
     ):
         raise NotAcceptable(f"object {record.sop_uid} cannot be sent in transfer syntax {syntax}")
-    content_type, body = gw.wado.instance_part(record, Negotiated(APPLICATION_DICOM, syntax, False))
+    content_type, body = gw.retrieval.part(record, Negotiated(APPLICATION_DICOM, syntax, False))
     # The first bytes are read before the status is sent: a store that is down answers 503.
     headers = {"Cache-Control": "private, no-store, no-transform"}
     return StreamingResponse(await started(body), media_type=content_type, headers=headers)

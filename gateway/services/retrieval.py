@@ -1,8 +1,28 @@
-"""WADO-RS for instances the store does not hold: from the cache, or a PACS through it.
+"""Retrieval: the one service every WADO route calls, and (next) the C-GET/C-MOVE SCP.
 
-A request the store cannot answer joins a PACS flight (:mod:`gateway.services.pacs_flights`):
-one C-GET or C-MOVE shared by every request for the entity, each instance served from its
-spooled file as it arrives and written through to the cache.
+It decides where the instances a selection names come from, and hands out what a response needs
+of them; the work is delegated:
+
+* instances the store holds are read by :class:`~gateway.services.instance_reader.InstanceReader`
+  (stored bytes, transcoding, frames, bulk data, metadata);
+* instances it does not hold are fetched by a PACS flight
+  (:class:`~gateway.services.pacs_flights.PacsFlights`: one C-GET or C-MOVE shared by every
+  request for the entity, each instance served from its spooled file as it arrives and written
+  through to the cache);
+* rendered images and thumbnails are made by :class:`~gateway.services.rendered.RenderService`.
+
+Its API takes plain values (UIDs, a :class:`~gateway.dicom.media.Negotiated`, the principal's
+:class:`~gateway.security.access.Restriction`), no HTTP types, so that any front door can use it.
+A C-GET or C-MOVE SCP, for instance, serves a study/series/instance selection thus::
+
+    retrieval = await service.stream(study, series, sop, restriction=principal_restriction)
+    async with aclosing(retrieval.items) as items:  # stored instances, or PACS arrivals as they come
+        async for item in items:
+            sop_uid, stored_syntax = instance_identity(item)
+            body = service.instance_bytes(item, accepted_syntax)  # None: as stored
+            ...  # a Part 10 file (File Meta Information included), as an async byte iterator
+
+A study outside the restriction is NotFound, exactly like an absent one.
 
 When is the cache enough? An instance held in the index always is. A study or series is when
 it holds anything that did not come from a PACS (the gateway is then its authority), or when
@@ -17,37 +37,43 @@ missing instances (the log and the ``warning`` outcome of the DIMSE metric say w
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from anyio.abc import TaskGroup
 
 from gateway import observability
-from gateway.dicom.media import EXPLICIT_VR_LITTLE_ENDIAN, Negotiated
+from gateway.dicom.media import APPLICATION_DICOM, AS_STORED, EXPLICIT_VR_LITTLE_ENDIAN, Negotiated
+from gateway.dicom.render import RenderOptions
 from gateway.errors import NotFound, UpstreamError
 from gateway.ports import InstanceRecord
 from gateway.security.access import Restriction
 from gateway.services.flight import Arrival, read_file, reraised
 from gateway.services.instance_reader import InstanceReader
 from gateway.services.pacs_flights import PacsFlights
+from gateway.services.rendered import RenderService
 
 
 @dataclass(frozen=True)
 class Retrieval:
     """What a WADO-RS instances response streams: index records (from the cache) or arrivals
     of a PACS retrieve (in arrival order), and the transfer syntaxes known when it starts (for
-    Accept negotiation). Turn each item into a part with :meth:`UpstreamRetrieveService.part`."""
+    Accept negotiation). Turn each item into a part with :meth:`RetrievalService.part`
+    (or :meth:`RetrievalService.instance_bytes`)."""
 
     items: AsyncGenerator[InstanceRecord | Arrival, None]
     syntaxes: frozenset[str]
 
 
-class UpstreamRetrieveService:
-    """Answers WADO selections from the store, or from a PACS through the cache."""
+class RetrievalService:
+    """Answers selections from the store, or from a PACS through the cache (see the module)."""
 
-    def __init__(self, reader: InstanceReader, flights: PacsFlights) -> None:
-        self._reader = reader
-        self.flights = flights  # the cache expiry holds studies through it
+    def __init__(self, reader: InstanceReader, flights: PacsFlights, renderer: RenderService) -> None:
+        # Public for the composition root (the cache expiry holds studies through the flights)
+        # and for tests that look at caches and budgets; callers use the methods below.
+        self.reader = reader
+        self.flights = flights
+        self.renderer = renderer
 
     def start(self, tasks: TaskGroup) -> None:
         """Run PACS flights in ``tasks`` (the application's lifespan task group)."""
@@ -77,7 +103,7 @@ class UpstreamRetrieveService:
             raise reraised(flight.error)
         if warnings is not None:
             warnings.extend(flight.warnings)
-        return await self._reader.select(study, series, sop)
+        return await self.reader.select(study, series, sop)
 
     async def stream(
         self,
@@ -106,7 +132,7 @@ class UpstreamRetrieveService:
         for the cache; one that needs transcoding waits until it is cached, then is served as
         any cached instance."""
         if isinstance(item, InstanceRecord):
-            return self._reader.instance_part(item, negotiated)
+            return self.reader.instance_part(item, negotiated)
         syntax = item.received.transfer_syntax
         if negotiated.as_stored or negotiated.transfer_syntax == syntax:
             return negotiated.part_content_type(syntax), read_file(item.received.path)
@@ -118,9 +144,51 @@ class UpstreamRetrieveService:
         if item.record is None:
             # Refused by the cache (see the log): nothing can be transcoded. The part stays empty.
             return
-        _, body = self._reader.instance_part(item.record, negotiated)
+        _, body = self.reader.instance_part(item.record, negotiated)
         async for chunk in body:
             yield chunk
+
+    def instance_bytes(self, item: InstanceRecord | Arrival, transfer_syntax: str | None) -> AsyncIterator[bytes]:
+        """One item of a :class:`Retrieval` as a Part 10 file in ``transfer_syntax`` (None: as
+        stored), for a caller with no media types to negotiate (a C-GET/C-MOVE SCP)."""
+        negotiated = Negotiated(APPLICATION_DICOM, transfer_syntax or AS_STORED, False)
+        return self.part(item, negotiated)[1]
+
+    async def check_transcodable(self, study: str, series: str | None, sop: str | None, negotiated: Negotiated) -> None:
+        """Refuse (406), before a response starts, a syntax cached instances cannot be made in
+        (:meth:`InstanceReader.check_transcodable`); call it after :meth:`stream` authorised."""
+        await self.reader.check_transcodable(study, series, sop, negotiated)
+
+    # -- what is answered from the cache once selected ---------------------------------------
+
+    def metadata_body(self, records: Sequence[InstanceRecord], base_url: str) -> bytes:
+        """The DICOM JSON array of the instances' metadata (BulkDataURIs under ``base_url``)."""
+        return self.reader.metadata_body(records, base_url)
+
+    def frame_syntaxes(self, record: InstanceRecord) -> frozenset[str]:
+        """What frames of ``record`` can be sent in (for negotiation)."""
+        return self.reader.frame_syntaxes(record)
+
+    async def frames(
+        self, record: InstanceRecord, numbers: Sequence[int], negotiated: Negotiated
+    ) -> AsyncGenerator[bytes, None]:
+        """Frames ``numbers`` in the negotiated syntax, read as the iterator is consumed."""
+        return await self.reader.frames(record, numbers, negotiated)
+
+    def frame_content_type(self, record: InstanceRecord, negotiated: Negotiated) -> str:
+        return self.reader.frame_content_type(record, negotiated)
+
+    async def bulkdata(self, record: InstanceRecord, path: str) -> AsyncGenerator[bytes, None]:
+        """The value a BulkDataURI ``path`` names, in chunks (NotFound if never handed out)."""
+        return await self.reader.bulkdata(record, path)
+
+    async def render(self, record: InstanceRecord, frame: int, options: RenderOptions) -> bytes:
+        """Frame ``frame`` (1-based) of ``record`` rendered as ``options`` say."""
+        return await self.renderer.render(record, frame, options)
+
+    async def thumbnail(self, records: Sequence[InstanceRecord], options: RenderOptions) -> bytes:
+        """The thumbnail of an instance, series or study (its ``records``)."""
+        return await self.renderer.thumbnail(records, options)
 
     # -- the cache ---------------------------------------------------------------------------
 
@@ -129,7 +197,7 @@ class UpstreamRetrieveService:
     ) -> list[InstanceRecord] | None:
         """The records to answer from, or None when a PACS must be asked."""
         if pacs is None and not self.flights.configured:
-            return await self._reader.select(study, series, sop, restriction=restriction)
+            return await self.reader.select(study, series, sop, restriction=restriction)
         if pacs is not None and not self.flights.knows(pacs):
             raise NotFound(f"no PACS named {pacs!r} is configured")
         records = await self._complete_in_cache(study, series, sop, restriction)
@@ -140,7 +208,7 @@ class UpstreamRetrieveService:
         self, study: str, series: str | None, sop: str | None, restriction: Restriction | None
     ) -> list[InstanceRecord] | None:
         try:
-            records = await self._reader.select(study, series, sop, restriction=restriction)
+            records = await self.reader.select(study, series, sop, restriction=restriction)
         except NotFound:
             return None
         if sop is not None or any(not r.origin.startswith("pacs:") for r in records):
@@ -153,3 +221,10 @@ class UpstreamRetrieveService:
 async def _iterate(records: list[InstanceRecord]) -> AsyncGenerator[InstanceRecord | Arrival, None]:
     for record in records:
         yield record
+
+
+def instance_identity(item: InstanceRecord | Arrival) -> tuple[str, str]:
+    """The SOP Instance UID and stored transfer syntax of one item of a :class:`Retrieval`."""
+    if isinstance(item, InstanceRecord):
+        return item.sop_uid, item.transfer_syntax
+    return item.received.sop_uid, item.received.transfer_syntax
