@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset
 
 from gateway.dicom.query import QidoQuery
 from gateway.dimse.find_answer import patient_rows, response_identifier
-from gateway.dimse.find_query import FindFailure, FindRequest, parse_find
+from gateway.dimse.find_query import UNABLE_TO_PROCESS, FindFailure, FindRequest, parse_find
 from gateway.errors import ServiceUnavailable
 from gateway.ports import SearchResult
 from gateway.security.access import Restriction
@@ -118,7 +118,7 @@ class FindHandler:
         keys: tuple[str, ...] = ()
         status, comment = UNABLE_TO_PROCESS_INTERNAL, "internal error"
         try:
-            request = parse_find(event.identifier, str(event.request.AffectedSOPClassUID))
+            request = parse_find(_identifier(event), str(event.request.AffectedSOPClassUID))
             level, keys = request.level, request.key_names
             rows = self._rows(request, peer)
             pending = PENDING_OPTIONAL_KEYS_UNSUPPORTED if request.unsupported else PENDING
@@ -177,6 +177,14 @@ class FindHandler:
                 self._on_outcome(outcome)
             except Exception:
                 log.exception("C-FIND outcome hook failed")
+
+
+def _identifier(event: Any) -> Dataset:
+    try:
+        identifier: Dataset = event.identifier  # decoded by pynetdicom on first access
+    except Exception as exc:
+        raise FindFailure(UNABLE_TO_PROCESS, "the identifier cannot be decoded") from exc
+    return identifier
 
 
 def _failure(status: int, comment: str, offending: int | None = None) -> Dataset:
