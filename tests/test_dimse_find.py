@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from gateway.security.access import Restriction
@@ -20,6 +24,7 @@ from tests import factory
 from tests.dimse_find_scp import FindScp, Peer, find_scp
 from tests.fixtures_pacs import PacsData, node
 from tests.http_helpers import uids_of
+from tests.peers.blackhole import black_hole
 from tests.peers.orthanc import OrthancPeer
 
 pytestmark = pytest.mark.skipif(
@@ -162,8 +167,8 @@ def test_a_bad_identifier_gets_a_failure_status(scp: FindScp, tmp_path: Path, ke
     assert f"Final Find Response ({expected})" in log, log
 
 
-def pynetdicom_find(port: int, identifier: Dataset, *, cancel_after: int | None = None) -> list[tuple[Dataset, Any]]:
-    """(status data set, identifier) of each response; C-CANCEL after ``cancel_after`` pendings."""
+def pynetdicom_find(port: int, identifier: Dataset) -> list[tuple[Dataset, Any]]:
+    """(status data set, identifier) of each response."""
     ae = AE(ae_title="FINDSCU")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", port, ae_title="GATEWAY")
@@ -172,28 +177,58 @@ def pynetdicom_find(port: int, identifier: Dataset, *, cancel_after: int | None 
     try:
         for status, found in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind, msg_id=7):
             responses.append((status, found))
-            if cancel_after is not None and len(responses) == cancel_after:
-                context = assoc.accepted_contexts[0].context_id
-                assoc.send_c_cancel(7, context)
     finally:
         assoc.release()
     return responses
 
 
+def find_then_cancel(port: int, identifier: Dataset, *, after: float) -> list[int]:
+    """Statuses of a C-FIND whose C-CANCEL (PS3.7 9.3.2.3) is sent ``after`` seconds after the
+    request, before any answer is read."""
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", port, ae_title="GATEWAY")
+    assert assoc.is_established
+    statuses: list[int] = []
+    try:
+        context = assoc.accepted_contexts[0]
+        request = C_FIND()
+        request.MessageID = 7
+        request.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
+        request.Priority = 2
+        request.Identifier = BytesIO(encode(identifier, context.transfer_syntax[0].is_implicit_VR, True) or b"")
+        assoc.dimse.send_msg(request, context.context_id)
+        time.sleep(after)
+        assoc.send_c_cancel(7, context.context_id)
+        while True:
+            _, response = assoc.dimse.get_msg(block=True)
+            assert response is not None, "no final C-FIND response"
+            statuses.append(int(response.Status))
+            if statuses[-1] not in (0xFF00, 0xFF01):
+                break
+    finally:
+        assoc.release()
+    return statuses
+
+
 def test_c_cancel_stops_the_search(tmp_path: Path) -> None:
+    """A search held up by a PACS that does not answer is cancelled while it waits: no row is
+    sent once the C-CANCEL is in, and the final status is Cancel (0xFE00). (An SCP with every
+    row at hand may send them all before a requester reads the first: only a search still
+    running can be cancelled, as here.)"""
     many = factory.Patient("MANY^STUDIES", "PID-MANY")
-    with find_scp(tmp_path, peers=PEERS) as scp:
-        scp.stow(*(factory.ct_instance(seed=1000 + i, rows=8, cols=8, patient=many) for i in range(200)))
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = ""
-        query.PatientName = "MANY*"
-        everything = pynetdicom_find(scp.port, query)
-        cancelled = pynetdicom_find(scp.port, query, cancel_after=1)
-    assert [s.Status for s, _ in everything].count(0xFF00) == 200
-    assert everything[-1][0].Status == 0x0000
-    assert cancelled[-1][0].Status == 0xFE00
-    assert [s.Status for s, _ in cancelled].count(0xFF00) < 200
+    with black_hole() as silent_port:
+        silent = node("silent", silent_port, "SILENT", acse_timeout=4.0, connect_timeout=4.0)
+        with find_scp(tmp_path, peers=PEERS, pacs=[silent]) as scp:
+            scp.stow(*(factory.ct_instance(seed=1000 + i, rows=8, cols=8, patient=many) for i in range(50)))
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = ""
+            query.PatientName = "MANY*"
+            # The association is up at once; the PACS leg then waits up to acse_timeout (4 s)
+            # for an answer that never comes, well past the 0.5 s at which the cancel is sent.
+            cancelled = find_then_cancel(scp.port, query, after=0.5)
+    assert cancelled == [0xFE00]
 
 
 def test_a_failure_status_says_why(scp: FindScp) -> None:
