@@ -10,15 +10,14 @@ import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
+
+from gateway.dicom.query import QidoQuery
 
 # Re-exported: the records' home is the pure floor below (gateway.dicom.records).
 from gateway.dicom.records import InstanceRecord as InstanceRecord
 from gateway.dicom.records import PixelDescription as PixelDescription
 from gateway.dicom.records import Span as Span
-
-if TYPE_CHECKING:
-    from gateway.dicom.query import QidoQuery
 
 # A DICOM JSON object (PS3.18 F.2): {"0020000D": {"vr": "UI", "Value": [...]}, ...}
 DicomJson = dict[str, Any]
@@ -165,8 +164,8 @@ class Index(Protocol):
     async def instances(self, study: str, series: str | None = None) -> list[InstanceRecord]:
         """All instances of a study or series, ordered by series then instance number."""
 
-    async def search(self, query: Any) -> SearchResult:
-        """Answer a ``gateway.dicom.query.QidoQuery``."""
+    async def search(self, query: QidoQuery) -> SearchResult:
+        """Answer a QIDO query (its restriction, if any, applied in the database)."""
 
     async def begin_removal(self, study: str, series: str, sop: str, *, keep_if: KeepIf) -> str | None:
         """Before deleting an instance's objects: atomically remove its row (unless ``keep_if``
