@@ -9,9 +9,15 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from gateway.settings import Settings, SettingsError
+from gateway.errors import SettingsError
+
+if TYPE_CHECKING:
+    # For the annotation only: gateway.settings calls validate_security while it validates,
+    # so a run-time import would make the two modules import each other.
+    from gateway.settings import Settings
 
 # Asymmetric algorithms only (RFC 8725 3.1-3.2): a JWKS publishes public keys, so an HMAC
 # algorithm here could only mean key confusion (HS256 "signed" with the RSA public key).
