@@ -18,12 +18,13 @@ from pathlib import Path
 import anyio
 from tqdm import tqdm
 
-from gateway.app import build_gateway, build_index, build_store, parse_limits_of
+from gateway.app import build_index, build_store
 from gateway.dicom import uids
 from gateway.dicom.parse import InstanceRejected, ParseLimits, parse_part10
 from gateway.errors import GatewayError
 from gateway.ports import BlobStore, Index
 from gateway.repair import DEFAULT_GRACE, IndexLooksLost, repair
+from gateway.services.bundle import build_gateway, parse_limits_of
 from gateway.settings import Settings
 from gateway.spool import sweep_dead_spools
 

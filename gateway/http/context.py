@@ -1,42 +1,11 @@
-"""What endpoints reach through ``request.app.state``: the wired services and URL helpers."""
+"""What endpoints reach through ``request.app.state``: the wired services (the bundle of
+``gateway.services.bundle``) and the URL helpers."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-
 from starlette.requests import Request
 
-from gateway.ports import BlobStore, Index, Upstream
-from gateway.services.federation import QidoFederation
-from gateway.services.forward import ForwardService
-from gateway.services.rendered import RenderService
-from gateway.services.stow import StowService
-from gateway.services.upstream_retrieve import UpstreamRetrieveService
-from gateway.services.wado import WadoService
-from gateway.settings import Settings
-
-
-@dataclass(frozen=True)
-class Gateway:
-    settings: Settings
-    store: BlobStore
-    index: Index
-    stow: StowService
-    wado: WadoService
-    qido: QidoFederation  # QIDO over the index and the PACS nodes
-    retrieval: UpstreamRetrieveService  # WADO selections: the cache, or a PACS through it
-    forward: ForwardService | None  # STOW forwarding to settings.forward_to
-    upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # the PACS nodes, by name (readiness)
-    rendered: RenderService | None = None  # rendered images and thumbnails (always set by create_app)
-
-    @property
-    def renderer(self) -> RenderService:
-        """The render service (built from ``wado`` when not wired in)."""
-        if self.rendered is None:
-            object.__setattr__(self, "rendered", RenderService(self.wado))
-        assert self.rendered is not None
-        return self.rendered
+from gateway.services.bundle import Gateway
 
 
 def gateway_of(request: Request) -> Gateway:
