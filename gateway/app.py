@@ -15,9 +15,9 @@ from starlette.middleware import Middleware
 
 from gateway.errors import ServiceUnavailable
 from gateway.http.errors import EXCEPTION_HANDLERS
-from gateway.http.metrics import ObservabilityMiddleware
+from gateway.http.middleware.metrics import ObservabilityMiddleware
+from gateway.http.middleware.stack import build_security, middleware_stack
 from gateway.http.routes import all_routes
-from gateway.http.stack import build_security, middleware_stack
 from gateway.ports import BlobStore, BridgeState, Index, Upstream
 from gateway.services.bundle import build_gateway, pacs_spool_dir
 from gateway.services.cache_expiry import CacheExpiry

@@ -1,4 +1,4 @@
-"""Request ids, JSON logs and Prometheus metrics (gateway/observability.py, gateway/http/metrics.py)."""
+"""Request ids, JSON logs and Prometheus metrics (gateway/observability.py, gateway/http/middleware/metrics.py)."""
 
 from __future__ import annotations
 

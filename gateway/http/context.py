@@ -22,6 +22,6 @@ def base_url(request: Request) -> str:
     settings = gateway_of(request).settings
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
-    # X-Forwarded-Prefix from a trusted proxy (gateway.http.forwarded): the path it strips.
+    # X-Forwarded-Prefix from a trusted proxy (gateway.http.middleware.forwarded): the path it strips.
     prefix: str = request.scope.get("state", {}).get("forwarded_prefix", "")
     return str(request.base_url).rstrip("/") + prefix + settings.base_path

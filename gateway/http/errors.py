@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import GatewayError, ServiceUnavailable
-from gateway.http.broken_off import gateway_error_behind
+from gateway.http.middleware.broken_off import gateway_error_behind
 
 log = logging.getLogger("gateway.http")
 
@@ -42,7 +42,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     if gateway_error_behind(exc) is None:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     # else: a GatewayError after the response started (Starlette re-raises it as a RuntimeError):
-    # an expected fault, logged in one line by gateway.http.broken_off.
+    # an expected fault, logged in one line by gateway.http.middleware.broken_off.
     return error_response(500, "internal error; see the gateway log")
 
 

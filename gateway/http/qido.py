@@ -14,7 +14,7 @@ from gateway.dicom import uids
 from gateway.dicom.media import negotiate_qido
 from gateway.dicom.query import parse_qido
 from gateway.http.context import base_url, gateway_of
-from gateway.http.security import restriction_of
+from gateway.http.middleware.security import restriction_of
 
 Level = Literal["study", "series", "instance"]
 

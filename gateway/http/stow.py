@@ -18,7 +18,7 @@ from gateway.dicom.multipart import MultipartLimits, iter_parts
 from gateway.dicom.ziparchive import Skipped, ZipLimits, is_zip_media_type
 from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge, UnsupportedMediaType
 from gateway.http.context import base_url, gateway_of
-from gateway.http.security import restriction_of
+from gateway.http.middleware.security import restriction_of
 from gateway.services.stow import StowOutcome
 from gateway.services.zipstow import expand_archive, expand_archives
 from gateway.spool import process_spool_dir
@@ -124,7 +124,7 @@ async def _finish(request: Request, outcome: StowOutcome, study: str | None, ski
     if gw.forward is not None:
         # Queued durably before the acknowledgement; sent to the PACS after it (services/forward.py).
         await gw.forward.enqueue((s.study_uid, s.series_uid, s.sop_instance_uid) for s in outcome.stored)
-    # For the audit trail (gateway.http.audit): which instances this request stored, and which
+    # For the audit trail (gateway.http.middleware.audit): which instances this request stored, and which
     # it did not (a refused upload is a trace too).
     state = request.scope.setdefault("state", {})
     state["stored_instances"] = [(s.study_uid, s.series_uid, s.sop_instance_uid) for s in outcome.stored]
