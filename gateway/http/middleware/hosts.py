@@ -26,8 +26,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.http.errors import error_response
-from gateway.security.config import is_loopback
 from gateway.settings import Settings
+from gateway.settings_security import is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,8 @@
 """Start-up validation of the security settings: one :class:`SettingsError` line per problem.
 
+Part of the settings floor (``gateway.settings`` calls it), not of the security package: the
+security package reads the settings, so the settings must not import it.
+
 The rule that matters most: authentication may be off only on a loopback address (the embedded
 default). Binding anything else without it refuses to start.
 """
