@@ -1,0 +1,1 @@
+"""The DIMSE front door: pynetdicom event handlers over the same services as DICOMweb."""
