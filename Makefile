@@ -15,6 +15,7 @@ check: $(VENV)/.test
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/mkdocs build --strict --site-dir site
 
 # The documentation site, served at http://127.0.0.1:8000 while editing docs/.

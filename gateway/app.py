@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,27 +13,15 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from gateway.dicom.parse import ParseLimits
 from gateway.errors import ServiceUnavailable
-from gateway.http.context import Gateway
 from gateway.http.errors import EXCEPTION_HANDLERS
-from gateway.http.metrics import ObservabilityMiddleware
+from gateway.http.middleware.metrics import ObservabilityMiddleware
+from gateway.http.middleware.stack import build_security, middleware_stack
 from gateway.http.routes import all_routes
-from gateway.http.stack import build_security, middleware_stack
 from gateway.ports import BlobStore, BridgeState, Index, Upstream
-from gateway.services.budget import ByteBudget
+from gateway.services.bundle import build_gateway, pacs_spool_dir
 from gateway.services.cache_expiry import CacheExpiry
-from gateway.services.federation import QidoFederation
-from gateway.services.forward import ForwardService
-from gateway.services.instance_reader import InstanceReader
-from gateway.services.instance_writer import InstanceWriter
-from gateway.services.pacs_flights import PacsFlights
-from gateway.services.rendered import RenderService
-from gateway.services.retrieval import RetrievalService
-from gateway.services.stow import StowService
-from gateway.services.visibility import Visibility
-from gateway.settings import STORAGE_COMPRESSION, PacsNode, Settings
-from gateway.spool import process_spool_dir
+from gateway.settings import PacsNode, Settings
 
 log = logging.getLogger(__name__)
 
@@ -96,63 +84,6 @@ async def check_at_start(settings: Settings, store: BlobStore, index: Index) -> 
             if not remote:
                 raise
             log.warning("the %s is unavailable at start-up; serving, /readyz reports it: %s", what, exc.reason)
-
-
-def build_gateway(
-    settings: Settings,
-    store: BlobStore,
-    index: Index,
-    *,
-    upstreams: Mapping[str, Upstream] | None = None,
-    bridge_state: BridgeState | None = None,
-) -> Gateway:
-    limits = settings.limits
-    parse_limits = parse_limits_of(settings)
-    # The one instance writer and the one visibility rule, shared by every way in.
-    writer = InstanceWriter(store, index)
-    visibility = Visibility(index)
-    stow = StowService(writer, visibility, parse_limits, compress_to=STORAGE_COMPRESSION[settings.storage_compression])
-    reader = InstanceReader(
-        store,
-        index,
-        max_decoded_frame_bytes=limits.max_decoded_frame_bytes,
-        frame_cache_bytes=settings.frame_cache_bytes,
-        budget=ByteBudget(limits.whole_object_bytes),
-    )
-    # The PACS bridge (all empty without [[pacs]] nodes: then the index alone answers).
-    nodes = dict(upstreams or {})
-    forward = None
-    if settings.forward_to is not None and bridge_state is not None:
-        target = next(u for name, u in nodes.items() if name.lower() == settings.forward_to.lower())
-        forward = ForwardService(bridge_state, target, store, index, pacs_spool_dir(settings))
-    flights = PacsFlights(writer, index, nodes, bridge_state, parse_limits=parse_limits)
-    return Gateway(
-        settings=settings,
-        store=store,
-        index=index,
-        stow=stow,
-        qido=QidoFederation(index, nodes, max_results=limits.max_qido_results),
-        retrieval=RetrievalService(reader, flights, RenderService(reader, cache_bytes=settings.rendered_cache_bytes)),
-        forward=forward,
-        upstreams=nodes,
-    )
-
-
-def parse_limits_of(settings: Settings) -> ParseLimits:
-    """What parsing one instance may cost, from ``limits.*`` (uploads, PACS cache fill, reindex)."""
-    limits = settings.limits
-    return ParseLimits(
-        max_sequence_depth=limits.max_sequence_depth,
-        max_inflated_bytes=limits.max_inflated_bytes,
-        max_text_value_bytes=limits.max_text_value_bytes,
-    )
-
-
-def pacs_spool_dir(settings: Settings) -> Path:
-    """Where instances received from a PACS (C-GET, C-MOVE) and copies being forwarded to one
-    wait: under this process's spool directory, which start-up sweeps once the process is gone
-    (gateway.spool), so a crash mid-retrieve leaves nothing behind for good."""
-    return process_spool_dir(settings.effective_spool_dir) / "pacs"
 
 
 def build_upstream(settings: Settings, node: PacsNode, scp: Any = None) -> Upstream:

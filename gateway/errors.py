@@ -105,3 +105,10 @@ class AlreadyExists(GatewayError):
     """Create-only write found the key taken. Internal: never reaches a client as such."""
 
     status = 409
+
+
+class SettingsError(Exception):
+    """A setting is missing, malformed or inconsistent; the message is one line for the user.
+
+    Not a client failure (outside the tree above): the gateway refuses to start with it.
+    """

@@ -1,9 +1,9 @@
 """Metrics (Prometheus) and request ids: what every part of the gateway reports through.
 
-One registry (:data:`REGISTRY`, served at ``/metrics`` by :mod:`gateway.http.metrics`) holds
+One registry (:data:`REGISTRY`, served at ``/metrics`` by :mod:`gateway.http.middleware.metrics`) holds
 every metric, so that adapters and services report with plain function calls, without wiring:
 
-* HTTP — counted by the ASGI middleware in :mod:`gateway.http.metrics`:
+* HTTP — counted by the ASGI middleware in :mod:`gateway.http.middleware.metrics`:
   ``dicomweb_gateway_http_requests_total{method,route,status}``,
   ``dicomweb_gateway_http_request_duration_seconds{method,route,status}`` (``route`` is the
   route's template, e.g. ``/dicomweb/studies/{study}/series``, never the concrete path),

@@ -10,17 +10,17 @@ import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from gateway.dicom.query import QidoQuery
+from gateway.dicom.query import QidoQuery
+
+# Re-exported: the records' home is the pure floor below (gateway.dicom.records).
+from gateway.dicom.records import InstanceRecord as InstanceRecord
+from gateway.dicom.records import PixelDescription as PixelDescription
+from gateway.dicom.records import Span as Span
 
 # A DICOM JSON object (PS3.18 F.2): {"0020000D": {"vr": "UI", "Value": [...]}, ...}
 DicomJson = dict[str, Any]
-
-# Byte range (offset, length) of one fragment value inside a stored Part 10 object.
-Span = tuple[int, int]
-
 
 # ---------------------------------------------------------------------------------------------
 # Object store
@@ -113,45 +113,6 @@ class BlobStore(Protocol):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PixelDescription:
-    """What a decoder needs to turn one stored frame into pixels (PS3.3 C.7.6.3)."""
-
-    rows: int
-    columns: int
-    samples_per_pixel: int
-    bits_allocated: int
-    bits_stored: int
-    pixel_representation: int
-    photometric_interpretation: str
-    planar_configuration: int
-    number_of_frames: int
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    """Everything the index keeps about one stored instance.
-
-    ``metadata`` is the instance's DICOM JSON (orjson bytes, one object) without pixel data;
-    its BulkDataURI values are *relative* (``studies/.../bulkdata/...``) and are made absolute
-    at response time by prefixing the public base URL, so the index never stores a host name.
-    ``frames[i]`` lists the spans of frame i+1's fragment values (one span for native data).
-    """
-
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    transfer_syntax: str
-    size: int
-    sha256: str
-    origin: str  # "stow", "reindex", or "pacs:<name>" for instances cached from a PACS
-    metadata: bytes
-    frames: tuple[tuple[Span, ...], ...] = ()
-    pixel: PixelDescription | None = None
-    stored_at: float = 0.0  # seconds since the epoch
-
-
 # A removal (see Index.begin_removal) whose process died lapses after this many seconds. Long
 # enough for a slow store to finish deleting two objects (its calls are bounded by the S3
 # timeouts), short enough that an instance is not blocked for long after a crash.
@@ -203,8 +164,8 @@ class Index(Protocol):
     async def instances(self, study: str, series: str | None = None) -> list[InstanceRecord]:
         """All instances of a study or series, ordered by series then instance number."""
 
-    async def search(self, query: Any) -> SearchResult:
-        """Answer a ``gateway.dicom.query.QidoQuery``."""
+    async def search(self, query: QidoQuery) -> SearchResult:
+        """Answer a QIDO query (its restriction, if any, applied in the database)."""
 
     async def begin_removal(self, study: str, series: str, sop: str, *, keep_if: KeepIf) -> str | None:
         """Before deleting an instance's objects: atomically remove its row (unless ``keep_if``

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
+# Re-exported: defined beside the other errors so that the validators of a settings section
+# (gateway.settings_security) can raise it without importing this module, which calls them.
+from gateway.errors import SettingsError as SettingsError
+
 ENV_PREFIX = "DICOMWEB_GATEWAY_"
-
-
-class SettingsError(Exception):
-    """A setting is missing, malformed or inconsistent; the message is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -401,7 +401,7 @@ def _validate(s: Settings) -> Settings:
         )
     _validate_s3(s.s3)
     _validate_pacs(s)
-    from gateway.security.config import validate_security
+    from gateway.settings_security import validate_security
 
     validate_security(s)
     return s

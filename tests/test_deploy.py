@@ -123,7 +123,7 @@ def test_values_match_the_schema_and_the_gateway_settings(values_file: Path | No
     if secrets["apiKeys"]["existingSecret"]:  # mounted from the Secret; here a file in tmp
         env["DICOMWEB_GATEWAY_AUTH__API_KEYS_FILE"] = str(tmp_path / secrets["apiKeys"]["key"])
     if values_file is None:
-        # Serving beyond loopback needs authentication (gateway/security/config.py): the bare
+        # Serving beyond loopback needs authentication (gateway/settings_security.py): the bare
         # defaults cannot start until the user names an OIDC or API-key Secret, and say so.
         with pytest.raises(SettingsError, match="without authentication"):
             load_settings(environ=env)

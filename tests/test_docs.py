@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.cli import build_parser
+from gateway.commands.cli import build_parser
 from gateway.settings import PacsNode, Settings
 
 ROOT = Path(__file__).resolve().parent.parent

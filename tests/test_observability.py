@@ -1,4 +1,4 @@
-"""Request ids, JSON logs and Prometheus metrics (gateway/observability.py, gateway/http/metrics.py)."""
+"""Request ids, JSON logs and Prometheus metrics (gateway/observability.py, gateway/http/middleware/metrics.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from starlette.routing import Route
 from gateway import observability
 from gateway.adapters.filestore import FileBlobStore
 from gateway.adapters.sqlite_index import SqliteIndex
-from gateway.app import build_gateway, create_app
+from gateway.app import create_app
 from gateway.errors import UpstreamError
 from gateway.http import health
+from gateway.services.bundle import build_gateway
 from gateway.settings import load_settings
 from tests import factory
 from tests.fixtures_gateway import RunningGateway

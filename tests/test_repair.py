@@ -1,4 +1,4 @@
-"""``reindex --repair`` (gateway/repair.py) and the spool sweep (gateway/spool.py): each kind of
+"""``reindex --repair`` (gateway/commands/repair.py) and the spool sweep (gateway/spool.py): each kind of
 leftover a crashed write can leave, over both object stores and both indexes, plus the races a
 live system adds (an instance committed, or its object written again, while the repair runs).
 
@@ -20,10 +20,10 @@ import pytest
 from gateway.adapters.filestore import FileBlobStore
 from gateway.adapters.s3 import S3BlobStore
 from gateway.adapters.sqlite_index import SqliteIndex
+from gateway.commands.repair import IndexLooksLost, RepairReport, repair
 from gateway.dicom import uids
 from gateway.dicom.parse import parse_part10
 from gateway.ports import BlobStore, Index, InstanceKey, InstanceRecord, ObjectInfo
-from gateway.repair import IndexLooksLost, RepairReport, repair
 from gateway.spool import process_spool_dir, sweep_dead_spools
 from tests import factory
 from tests.fixtures_s3 import S3Bucket

@@ -138,7 +138,7 @@ FORWARDED = {
 
 @pytest.mark.parametrize(("trusted", "expected"), [(True, "https://imaging.example.org/pacs/dicomweb"), (False, None)])
 def test_forwarded_headers_only_from_trusted_proxies(tmp_path: Path, trusted: bool, expected: str | None) -> None:
-    # Behind a proxy the public name is what the Host check sees (gateway.http.hosts).
+    # Behind a proxy the public name is what the Host check sees (gateway.http.middleware.hosts).
     config = 'trusted_proxies = ["127.0.0.0/8"]\ntrusted_hosts = ["imaging.example.org"]\n' if trusted else ""
     sg = start_secured_gateway(tmp_path, config)
     try:

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.adapters.filestore import FileBlobStore
 from gateway.adapters.sqlite_index import SqliteIndex
-from gateway.app import build_gateway
+from gateway.services.bundle import build_gateway
 from gateway.settings import SettingsError, load_settings
 
 

@@ -1,5 +1,5 @@
 """Body bytes and status are counted once per request and reported alike by metrics and audit
-(gateway/http/traffic.py, used by gateway/http/metrics.py and gateway/http/audit.py)."""
+(gateway/http/middleware/traffic.py, used by the metrics and the audit middlewares beside it)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.http.audit import AuditMiddleware
-from gateway.http.metrics import ObservabilityMiddleware
-from gateway.http.traffic import Traffic, counted
+from gateway.http.middleware.audit import AuditMiddleware
+from gateway.http.middleware.metrics import ObservabilityMiddleware
+from gateway.http.middleware.traffic import Traffic, counted
 from gateway.observability import REGISTRY
 from gateway.security.audit import AuditLog
 

@@ -18,8 +18,8 @@ import struct
 from pydicom.uid import UID, MPEGTransferSyntaxes
 
 from gateway.dicom.layout import EXTENDED_LENGTHS, EXTENDED_OFFSETS, PIXEL_DATA, Located, Walker
+from gateway.dicom.records import PixelDescription, Span
 from gateway.dicom.rejection import FailureReason, malformed, reject
-from gateway.ports import PixelDescription, Span
 
 log = logging.getLogger(__name__)
 

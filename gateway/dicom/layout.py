@@ -19,8 +19,8 @@ from typing import IO
 
 from pydicom.datadict import dictionary_VR
 
+from gateway.dicom.records import Span
 from gateway.dicom.rejection import FailureReason, malformed, reject, truncated
-from gateway.ports import Span
 
 ITEM = 0xFFFEE000
 ITEM_DELIM = 0xFFFEE00D

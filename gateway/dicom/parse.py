@@ -50,10 +50,10 @@ from gateway.dicom.layout import (
     dictionary_vr,
 )
 from gateway.dicom.part10 import CHUNK, FileMeta, dataset_start, inflate, read_meta
+from gateway.dicom.records import InstanceRecord, PixelDescription, Span
 from gateway.dicom.rejection import FailureReason, InstanceRejected, malformed, reject
 from gateway.dicom.textlimits import DEFAULT_MAX_TEXT_VALUE_BYTES, UNBOUNDED, oversized
 from gateway.dicom.uids import is_valid_uid
-from gateway.ports import InstanceRecord, PixelDescription, Span
 
 __all__ = [
     "FAILURE_CANNOT_UNDERSTAND",

@@ -53,9 +53,9 @@ from gateway.dicom.attributes import (
     vr_of,
 )
 from gateway.dicom.matching import temporal_bounds
+from gateway.dicom.restriction import Restriction
 from gateway.dicom.uids import require_uid
 from gateway.errors import BadRequest
-from gateway.security.access import Restriction
 
 __all__ = ["Level", "Match", "MatchKind", "QidoQuery", "parse_qido"]
 
@@ -122,7 +122,7 @@ class QidoQuery:
     fuzzy: bool = False
     limit: int | None = None
     offset: int = 0
-    # Study-level access restriction of the requesting principal (gateway.security.access):
+    # Study-level access restriction of the requesting principal (gateway.dicom.restriction):
     # indexes apply it where rows are selected, so limit/offset count only visible rows.
     restriction: Restriction | None = None
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from gateway.dicom.records import PixelDescription
 from gateway.errors import BadRequest, NotAcceptable
-from gateway.ports import PixelDescription
 
 IMAGE_JPEG = "image/jpeg"
 IMAGE_PNG = "image/png"

@@ -38,8 +38,8 @@ from gateway.dicom.media import (
     RLE_LOSSLESS,
     is_encapsulated,
 )
+from gateway.dicom.records import PixelDescription
 from gateway.errors import NotAcceptable
-from gateway.ports import PixelDescription
 
 # Syntaxes whose frames are plain little-endian pixel bytes, identical on the wire.
 NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, "1.2.840.10008.1.2.1.99"})

@@ -5,7 +5,7 @@ syntaxes) of requests and responses.
 
 A plain OPTIONS is this transaction. A CORS preflight (OPTIONS with ``Origin`` and
 ``Access-Control-Request-Method``) never gets here when CORS is configured: the CORS middleware,
-outside the routes, answers it (gateway.http.cors). The document is built from the application's
+outside the routes, answers it (gateway.http.middleware.cors). The document is built from the application's
 own route table, so it cannot describe a route that is not served, or miss one. It names path
 templates only (``studies/{study}``), never the UIDs of the request.
 """

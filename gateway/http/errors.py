@@ -13,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import GatewayError, ServiceUnavailable
-from gateway.http.broken_off import gateway_error_behind
 
 log = logging.getLogger("gateway.http")
 
@@ -42,7 +41,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     if gateway_error_behind(exc) is None:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     # else: a GatewayError after the response started (Starlette re-raises it as a RuntimeError):
-    # an expected fault, logged in one line by gateway.http.broken_off.
+    # an expected fault, logged in one line by gateway.http.middleware.broken_off.
     return error_response(500, "internal error; see the gateway log")
 
 
@@ -51,3 +50,16 @@ EXCEPTION_HANDLERS = {
     HTTPException: http_exception,
     Exception: unexpected_error,
 }
+
+
+def gateway_error_behind(exc: BaseException) -> GatewayError | None:
+    """The GatewayError behind ``exc`` (Starlette re-raises a handled error that came too late
+    as a RuntimeError caused by it)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, GatewayError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -14,7 +14,8 @@ from gateway.dicom import uids
 from gateway.dicom.media import negotiate_qido
 from gateway.dicom.query import parse_qido
 from gateway.http.context import base_url, gateway_of
-from gateway.http.security import restriction_of
+from gateway.http.middleware.security import restriction_of
+from gateway.http.warning_header import add_warnings, warning_value
 
 Level = Literal["study", "series", "instance"]
 
@@ -50,12 +51,11 @@ def _endpoint(level: Level):  # type: ignore[no-untyped-def]
             response = Response(orjson.dumps(result.rows), media_type=negotiated.media_type)
         if result.more:
             # PS3.18 8.3.4.4 / 10.6.3.2: tell the client the list was cut by limit.
-            response.headers["warning"] = (
-                '299 dicomweb-gateway "There are additional results that can be requested with offset"'
+            response.headers["warning"] = warning_value(
+                "There are additional results that can be requested with offset"
             )
-        for warning in result.extra.get("warnings", ()):
-            # A PACS that failed costs only its rows; say which and why (PS3.18 8.3.4.x).
-            response.headers.append("warning", f'299 dicomweb-gateway "{_header_text(warning)}"')
+        # A PACS that failed costs only its rows; say which and why (PS3.18 8.3.4.x).
+        add_warnings(response, result.extra.get("warnings", ()))
         return response
 
     search.__name__ = f"search_{level}"
@@ -82,7 +82,3 @@ async def json_array(rows: list[Any]) -> AsyncIterator[bytes]:
             pending, size = [], 0
     pending.append(b"]")
     yield b"".join(pending)
-
-
-def _header_text(text: str) -> str:
-    return "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else " " for c in text)[:300]

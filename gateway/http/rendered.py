@@ -21,14 +21,14 @@ from gateway.dicom.multipart import content_type_for_multipart, multipart_stream
 from gateway.dicom.render import RenderOptions
 from gateway.errors import NotAcceptable
 from gateway.http.context import base_url, gateway_of
+from gateway.http.middleware.security import restriction_of
 from gateway.http.retrieve_warnings import add_retrieve_warnings
-from gateway.http.security import restriction_of
 from gateway.ports import InstanceRecord
 from gateway.services.instance_reader import parse_frame_list
 from gateway.services.rendered import representative
 
 # Rendered images are derived from immutable instances: a browser may reuse them for a while.
-_CACHING = {"Cache-Control": "private, no-store"}  # patient data (gateway.http.response_headers)
+_CACHING = {"Cache-Control": "private, no-store"}  # patient data (gateway.http.middleware.response_headers)
 
 
 def render_options(request: Request, media_type: str) -> RenderOptions:

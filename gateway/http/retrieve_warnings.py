@@ -10,13 +10,8 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
+from gateway.http.warning_header import add_warnings
+
 
 def add_retrieve_warnings(response: Response, warnings: list[str]) -> Response:
-    for warning in warnings:
-        response.headers.append("warning", f'299 dicomweb-gateway "{_header_text(warning)}"')
-    return response
-
-
-def _header_text(text: str) -> str:
-    # A quoted-string of printable ASCII (RFC 7230 3.2.6), kept short.
-    return "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else " " for c in text)[:300]
+    return add_warnings(response, warnings)

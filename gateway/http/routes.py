@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Mount, Route
 
-from gateway.http import capabilities, health, landing, metrics, qido, rendered, stow, wado, wado_uri
+from gateway.http import capabilities, health, landing, qido, rendered, stow, wado, wado_uri
+from gateway.http.middleware import metrics
 
 S = "/studies/{study}"
 SE = S + "/series/{series}"

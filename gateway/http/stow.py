@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
 
 import anyio
 import orjson
@@ -18,8 +17,10 @@ from gateway.dicom.multipart import MultipartLimits, iter_parts
 from gateway.dicom.ziparchive import Skipped, ZipLimits, is_zip_media_type
 from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge, UnsupportedMediaType
 from gateway.http.context import base_url, gateway_of
-from gateway.http.security import restriction_of
+from gateway.http.middleware.security import restriction_of
+from gateway.http.warning_header import add_warnings
 from gateway.services.stow import StowOutcome
+from gateway.services.stow_response import MAX_NOTES, store_instances_response
 from gateway.services.zipstow import expand_archive, expand_archives
 from gateway.spool import process_spool_dir
 
@@ -124,65 +125,15 @@ async def _finish(request: Request, outcome: StowOutcome, study: str | None, ski
     if gw.forward is not None:
         # Queued durably before the acknowledgement; sent to the PACS after it (services/forward.py).
         await gw.forward.enqueue((s.study_uid, s.series_uid, s.sop_instance_uid) for s in outcome.stored)
-    # For the audit trail (gateway.http.audit): which instances this request stored, and which
+    # For the audit trail (gateway.http.middleware.audit): which instances this request stored, and which
     # it did not (a refused upload is a trace too).
     state = request.scope.setdefault("state", {})
     state["stored_instances"] = [(s.study_uid, s.series_uid, s.sop_instance_uid) for s in outcome.stored]
     state["failed_instances"] = [(f.study_uid, f.sop_instance_uid, f.failure_reason) for f in outcome.failed]
-    response = _store_response(outcome, base_url(request), study)
+    answer = store_instances_response(outcome, base_url(request), study)
+    response = Response(orjson.dumps(answer.dataset), status_code=answer.status, media_type=APPLICATION_DICOM_JSON)
     # Members of ZIP archives that are not instances: reported, not stored, not failures.
-    for item in skipped[: max(0, 50 - len(outcome.failed))]:
-        response.headers.append("warning", f'299 dicomweb-gateway "{_header_safe(item.name)}: skipped, {item.reason}"')
-    return response
-
-
-def _store_response(outcome: StowOutcome, base: str, study: str | None) -> Response:
-    """The Store Instances Response (PS3.18 10.5.3.2) as DICOM JSON."""
-    body: dict[str, Any] = {}
-    studies = {s.study_uid for s in outcome.stored}
-    retrieve_study = study or (next(iter(studies)) if len(studies) == 1 else None)
-    if retrieve_study:
-        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{retrieve_study}"]}
-    if outcome.failed:
-        body["00081198"] = {
-            "vr": "SQ",
-            "Value": [_failed_item(f.sop_class_uid, f.sop_instance_uid, f.failure_reason) for f in outcome.failed],
-        }
-    if outcome.stored:
-        body["00081199"] = {
-            "vr": "SQ",
-            "Value": [
-                {
-                    "00081150": {"vr": "UI", "Value": [s.sop_class_uid]},
-                    "00081155": {"vr": "UI", "Value": [s.sop_instance_uid]},
-                    "00081190": {
-                        "vr": "UR",
-                        "Value": [f"{base}/studies/{s.study_uid}/series/{s.series_uid}/instances/{s.sop_instance_uid}"],
-                    },
-                }
-                for s in outcome.stored
-            ],
-        }
-    # The JSON has only the numeric FailureReason; the human-readable detail of each failure goes
-    # into a Warning header (PS3.18 8.3.4.x allows Warning on any response).
-    headers = [
-        ("warning", f'299 dicomweb-gateway "{f.sop_instance_uid or "part"}: {_header_safe(f.detail)}"')
-        for f in outcome.failed[:50]
+    skipped_notes = [
+        f"{item.name}: skipped, {item.reason}" for item in skipped[: max(0, MAX_NOTES - len(answer.notes))]
     ]
-    response = Response(orjson.dumps(body), status_code=outcome.http_status, media_type=APPLICATION_DICOM_JSON)
-    for name, value in headers:
-        response.headers.append(name, value)
-    return response
-
-
-def _failed_item(sop_class: str | None, sop_instance: str | None, reason: int) -> dict[str, Any]:
-    item: dict[str, Any] = {}
-    item["00081150"] = {"vr": "UI", "Value": [sop_class]} if sop_class else {"vr": "UI"}
-    item["00081155"] = {"vr": "UI", "Value": [sop_instance]} if sop_instance else {"vr": "UI"}
-    item["00081197"] = {"vr": "US", "Value": [reason]}
-    return item
-
-
-def _header_safe(text: str) -> str:
-    cleaned = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else " " for c in text)
-    return cleaned[:300]
+    return add_warnings(response, [*answer.notes, *skipped_notes])

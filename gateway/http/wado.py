@@ -19,8 +19,8 @@ from gateway.dicom.media import (
 from gateway.dicom.multipart import content_type_for_multipart, multipart_stream, new_boundary
 from gateway.errors import NotAcceptable
 from gateway.http.context import base_url, gateway_of
+from gateway.http.middleware.security import restriction_of
 from gateway.http.retrieve_warnings import add_retrieve_warnings
-from gateway.http.security import restriction_of
 from gateway.http.started import started, started_parts
 from gateway.ports import InstanceRecord
 from gateway.services.instance_reader import INSTANCE_SYNTAXES, parse_frame_list

@@ -36,7 +36,7 @@ from gateway.dicom.media import (
 from gateway.dicom.render import RenderOptions, Viewport, Window
 from gateway.errors import BadRequest, NotAcceptable, NotFound
 from gateway.http.context import gateway_of
-from gateway.http.security import restriction_of
+from gateway.http.middleware.security import restriction_of
 from gateway.http.started import started
 from gateway.ports import InstanceRecord
 

@@ -13,41 +13,24 @@ rejects the token (fail closed). An empty object, or empty lists, grant no study
 PatientID alone is unique only within its issuer (IssuerOfPatientID); deployments that mix
 issuers should restrict by StudyInstanceUID.
 
-This module is pure: the index applies a restriction in SQL (so QIDO limit/offset stay
-correct), services check it, and rows from elsewhere (a PACS) are filtered with
-:meth:`Restriction.allows`.
+This module parses the claim; the :class:`Restriction` it yields is a pure value of the DICOM
+floor (``gateway.dicom.restriction``), which the query model, the index and the services use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
-from gateway.dicom.dicomjson import str_value
+# Re-exported: the value object's home is the pure floor (gateway.dicom.restriction).
+from gateway.dicom.restriction import PATIENT_ID_TAG as PATIENT_ID_TAG
+from gateway.dicom.restriction import STUDY_UID_TAG as STUDY_UID_TAG
+from gateway.dicom.restriction import Restriction as Restriction
 
-PATIENT_ID_TAG = "00100020"
-STUDY_UID_TAG = "0020000D"
 MAX_ENTRIES = 1000  # each entry is one bound SQL parameter; claims are not a bulk list
 
 
 class RestrictionError(ValueError):
     """The restriction claim is malformed (the token must then be rejected)."""
-
-
-@dataclass(frozen=True)
-class Restriction:
-    patient_ids: frozenset[str] = frozenset()
-    study_uids: frozenset[str] = frozenset()
-
-    def allows(self, study_uid: str | None, patient_id: str | None) -> bool:
-        return (study_uid is not None and study_uid in self.study_uids) or (
-            patient_id is not None and patient_id in self.patient_ids
-        )
-
-    def allows_row(self, row: dict[str, Any]) -> bool:
-        """For a DICOM JSON study row (e.g. a C-FIND answer) carrying its own UID and PatientID."""
-        return self.allows(str_value(row, STUDY_UID_TAG), str_value(row, PATIENT_ID_TAG))
 
 
 def parse_restriction(claim: object) -> Restriction:

@@ -12,7 +12,7 @@ point**: an object without a row was never acknowledged. A process killed at any
 (SIGKILL, power cut) therefore leaves at most: objects without a row (killed between steps 1 and
 3), an unfinished S3 multipart upload or a file store temp file (killed inside step 1), and its
 spooled request parts (``gateway.spool``) -- never an index row without its object, so nothing
-acknowledged is lost. ``dicomweb-gateway reindex --repair`` (``gateway.repair``) removes those
+acknowledged is lost. ``dicomweb-gateway reindex --repair`` (``gateway.commands.repair``) removes those
 leftovers in place, leaving anything younger than its grace period alone; a gateway sweeps the
 spool of dead processes when it starts. A retried upload does not wait for the repair: it finds
 the object taken, checks it is byte-identical (SHA-256) and completes steps 2 and 3. The same

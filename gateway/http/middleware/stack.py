@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 from starlette.middleware import Middleware
 
-from gateway.http.audit import AuditMiddleware
-from gateway.http.cors import cors_middleware
-from gateway.http.forwarded import ForwardedMiddleware
-from gateway.http.hosts import TrustedHostMiddleware, default_trusted_hosts
-from gateway.http.limits import BodyLimitMiddleware
-from gateway.http.response_headers import ResponseHeadersMiddleware
-from gateway.http.security import AuthMiddleware
+from gateway.http.middleware.audit import AuditMiddleware
+from gateway.http.middleware.cors import cors_middleware
+from gateway.http.middleware.forwarded import ForwardedMiddleware
+from gateway.http.middleware.hosts import TrustedHostMiddleware, default_trusted_hosts
+from gateway.http.middleware.limits import BodyLimitMiddleware
+from gateway.http.middleware.response_headers import ResponseHeadersMiddleware
+from gateway.http.middleware.security import AuthMiddleware
 from gateway.security.audit import AuditLog
 from gateway.security.authenticator import Authenticator
 from gateway.security.ratelimit import RateLimiter

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import package_version
-from gateway.security.apikey_cli import add_apikey_parser, run_apikey
+from gateway.commands.apikey import add_apikey_parser, run_apikey
 from gateway.settings import Settings, SettingsError, load_settings
 
 
@@ -109,11 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dicomweb-gateway: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        from gateway.server import serve
+        from gateway.commands.serve import serve
 
         return serve(settings)
     if args.command == "reindex":
-        from gateway.reindex import run_reindex
+        from gateway.commands.reindex import run_reindex
 
         if not args.repair and (args.grace is not None or args.dry_run):
             print("dicomweb-gateway: --grace and --dry-run go with --repair", file=sys.stderr)
@@ -125,11 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings, repair=args.repair, progress=not args.quiet, grace=args.grace, dry_run=args.dry_run
         )
     if args.command == "echo":
-        from gateway.echo import run_echo
+        from gateway.commands.echo import run_echo
 
         return run_echo(settings, args.name)
     if args.command == "migrate":
-        from gateway.migrate import run_migrate
+        from gateway.commands.migrate import run_migrate
 
         return run_migrate(settings)
     raise AssertionError(args.command)  # argparse guarantees a known command

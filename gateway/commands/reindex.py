@@ -6,7 +6,7 @@ store is the source of truth: objects that are not valid instances are reported 
 must be stopped meanwhile (the index is empty until the rebuild ends).
 
 With ``--repair`` (after a crash, or regularly): an in-place reconciliation that keeps the index
-and is safe beside live gateways: see :mod:`gateway.repair`.
+and is safe beside live gateways: see :mod:`gateway.commands.repair`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from pathlib import Path
 import anyio
 from tqdm import tqdm
 
-from gateway.app import build_gateway, build_index, build_store, parse_limits_of
+from gateway.app import build_index, build_store
+from gateway.commands.repair import DEFAULT_GRACE, IndexLooksLost, repair
 from gateway.dicom import uids
 from gateway.dicom.parse import InstanceRejected, ParseLimits, parse_part10
 from gateway.errors import GatewayError
 from gateway.ports import BlobStore, Index
-from gateway.repair import DEFAULT_GRACE, IndexLooksLost, repair
+from gateway.services.bundle import build_gateway, parse_limits_of
 from gateway.settings import Settings
 from gateway.spool import sweep_dead_spools
 

@@ -90,7 +90,7 @@ class AuthMiddleware:
         try:
             principal = await self.authenticator.authenticate(Headers(scope=scope).get("authorization"))
         except AuthError as exc:
-            state["auth_failure"] = exc.reason  # for the audit trail (gateway.http.audit)
+            state["auth_failure"] = exc.reason  # for the audit trail (gateway.http.middleware.audit)
             challenge = _challenge(exc.error, exc.description)
             response = error_response(401, exc.description, {"WWW-Authenticate": challenge})
             await response(scope, receive, send)

@@ -10,8 +10,8 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.http.security import OPEN_PATHS
-from gateway.http.traffic import counted
+from gateway.http.middleware.security import OPEN_PATHS
+from gateway.http.middleware.traffic import counted
 from gateway.security.audit import AccessRecord, AuditLog
 
 _LEVELS = {"studies": "study", "series": "series", "instances": "instance"}
@@ -63,7 +63,7 @@ class AuditMiddleware:
             return
         started = time.monotonic()
         state = scope.setdefault("state", {})
-        # Counted by the observability middleware outside, when there is one (gateway.http.traffic).
+        # Counted by the observability middleware outside, when there is one (gateway.http.middleware.traffic).
         traffic, receive, send = counted(scope, receive, send)
         try:
             await self.app(scope, receive, send)

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.http.traffic import counted
+from gateway.http.middleware.traffic import counted
 from gateway.observability import (
     HTTP_BYTES,
     HTTP_DURATION,

@@ -9,7 +9,7 @@
   gateway's own frame and rendered caches make repeated requests cheap instead;
 * ``Strict-Transport-Security: max-age=31536000`` on responses sent over HTTPS, whether the
   gateway serves TLS itself or a trusted proxy says so (``X-Forwarded-Proto: https``, applied
-  to the scope by :mod:`gateway.http.forwarded`, which runs before this).
+  to the scope by :mod:`gateway.http.middleware.forwarded`, which runs before this).
 """
 
 from __future__ import annotations

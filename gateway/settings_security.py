@@ -1,5 +1,8 @@
 """Start-up validation of the security settings: one :class:`SettingsError` line per problem.
 
+Part of the settings floor (``gateway.settings`` calls it), not of the security package: the
+security package reads the settings, so the settings must not import it.
+
 The rule that matters most: authentication may be off only on a loopback address (the embedded
 default). Binding anything else without it refuses to start.
 """
@@ -9,9 +12,15 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from gateway.settings import Settings, SettingsError
+from gateway.errors import SettingsError
+
+if TYPE_CHECKING:
+    # For the annotation only: gateway.settings calls validate_security while it validates,
+    # so a run-time import would make the two modules import each other.
+    from gateway.settings import Settings
 
 # Asymmetric algorithms only (RFC 8725 3.1-3.2): a JWKS publishes public keys, so an HMAC
 # algorithm here could only mean key confusion (HS256 "signed" with the RSA public key).

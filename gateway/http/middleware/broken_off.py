@@ -19,7 +19,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError
+from gateway.http.errors import gateway_error_behind
 
 log = logging.getLogger("gateway.http")
 
@@ -71,16 +71,3 @@ class BrokenOffResponses:
                 "%s %s: the response broke off after it started: %s", scope["method"], scope["path"], cause.reason
             )
             _broke_off.set(True)
-
-
-def gateway_error_behind(exc: BaseException) -> GatewayError | None:
-    """The GatewayError behind ``exc`` (Starlette re-raises a handled error that came too late
-    as a RuntimeError caused by it)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, GatewayError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None

@@ -12,9 +12,9 @@ import uvicorn
 
 from gateway.app import build_index, build_store, check_at_start, create_app
 from gateway.errors import GatewayError
-from gateway.http.broken_off import BrokenOffResponses
-from gateway.http.deadlines import protocol_with_limits
-from gateway.http.hosts import default_trusted_hosts
+from gateway.http.middleware.broken_off import BrokenOffResponses
+from gateway.http.middleware.deadlines import protocol_with_limits
+from gateway.http.middleware.hosts import default_trusted_hosts
 from gateway.malloc import cap_malloc_arenas, trim_periodically
 from gateway.observability import configure_logging
 from gateway.security.tls import server_context
@@ -102,7 +102,7 @@ def serve(settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         # Logging is configured above (JSON lines with request ids); the access log is written by
-        # gateway.http.metrics, which knows the request id and the route.
+        # gateway.http.middleware.metrics, which knows the request id and the route.
         log_config=None,
         access_log=False,
         proxy_headers=False,

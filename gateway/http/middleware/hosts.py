@@ -3,7 +3,7 @@
 Without ``public_base_url`` the URLs the gateway emits (RetrieveURL, BulkDataURIs, the Location
 of a trailing-slash redirect) are built from the request's Host header; a client that sends
 ``Host: evil.example`` would otherwise get links, and redirects, pointing there. Requests whose
-Host (after :mod:`gateway.http.forwarded`, so behind a trusted proxy its X-Forwarded-Host) is
+Host (after :mod:`gateway.http.middleware.forwarded`, so behind a trusted proxy its X-Forwarded-Host) is
 not in ``trusted_hosts`` are answered 400 before anything else looks at them; a request without
 a Host header is served (URLs then come from the bound address). The probes (``/healthz``,
 ``/readyz``, ``/metrics``) emit no URLs and are exempt: orchestrators and scrapers address the
@@ -26,8 +26,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.http.errors import error_response
-from gateway.security.config import is_loopback
 from gateway.settings import Settings
+from gateway.settings_security import is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,50 @@
+"""The pure records of one stored instance: what the parser produces, the index keeps and the
+frame readers use. They sit in ``gateway.dicom`` (the floor below the ports) so that the DICOM
+helpers never import the ports; ``gateway.ports`` re-exports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Byte range (offset, length) of one fragment value inside a stored Part 10 object.
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PixelDescription:
+    """What a decoder needs to turn one stored frame into pixels (PS3.3 C.7.6.3)."""
+
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric_interpretation: str
+    planar_configuration: int
+    number_of_frames: int
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """Everything the index keeps about one stored instance.
+
+    ``metadata`` is the instance's DICOM JSON (orjson bytes, one object) without pixel data;
+    its BulkDataURI values are *relative* (``studies/.../bulkdata/...``) and are made absolute
+    at response time by prefixing the public base URL, so the index never stores a host name.
+    ``frames[i]`` lists the spans of frame i+1's fragment values (one span for native data).
+    """
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    size: int
+    sha256: str
+    origin: str  # "stow", "reindex", or "pacs:<name>" for instances cached from a PACS
+    metadata: bytes
+    frames: tuple[tuple[Span, ...], ...] = ()
+    pixel: PixelDescription | None = None
+    stored_at: float = 0.0  # seconds since the epoch
