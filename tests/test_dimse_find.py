@@ -197,15 +197,23 @@ def find_then_cancel(port: int, identifier: Dataset, *, after: float) -> list[in
         request.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
         request.Priority = 2
         request.Identifier = BytesIO(encode(identifier, context.transfer_syntax[0].is_implicit_VR, True) or b"")
-        assoc.dimse.send_msg(request, context.context_id)
-        time.sleep(after)
-        assoc.send_c_cancel(7, context.context_id)
-        while True:
-            _, response = assoc.dimse.get_msg(block=True)
-            assert response is not None, "no final C-FIND response"
-            statuses.append(int(response.Status))
-            if statuses[-1] not in (0xFF00, 0xFF01):
-                break
+        # Hold the association's reactor, as pynetdicom's own send_c_find does, so that the
+        # responses are left on the queue for this reader.
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.0001)
+        try:
+            assoc.dimse.send_msg(request, context.context_id)
+            time.sleep(after)
+            assoc.send_c_cancel(7, context.context_id)
+            while True:
+                _, response = assoc.dimse.get_msg(block=True)
+                assert response is not None, "no final C-FIND response"
+                statuses.append(int(response.Status))
+                if statuses[-1] not in (0xFF00, 0xFF01):
+                    break
+        finally:
+            assoc._reactor_checkpoint.set()
     finally:
         assoc.release()
     return statuses
