@@ -59,6 +59,7 @@ def build_gateway(
         max_decoded_frame_bytes=limits.max_decoded_frame_bytes,
         frame_cache_bytes=settings.frame_cache_bytes,
         budget=ByteBudget(limits.whole_object_bytes),
+        visibility=visibility,
     )
     # The PACS bridge (all empty without [[pacs]] nodes: then the index alone answers).
     nodes = dict(upstreams or {})

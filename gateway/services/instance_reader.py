@@ -80,10 +80,12 @@ class InstanceReader:
         max_decoded_frame_bytes: int = 256 << 20,
         frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES,
         budget: ByteBudget | None = None,
+        visibility: Visibility | None = None,
     ) -> None:
         self._store = store
         self._index = index
-        self._visibility = Visibility(index)
+        # The composition root passes the one rule every service shares; tests may omit it.
+        self._visibility = visibility or Visibility(index)
         # Work that must hold a whole object in memory reserves its cost here first (see budget).
         self.budget = budget or ByteBudget()
         self._cpu = anyio.CapacityLimiter(transcode_threads)
