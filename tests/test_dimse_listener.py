@@ -22,6 +22,7 @@ pytestmark = [
 
 CLIENTS = [
     client("VIEWER", scopes=["read"]),
+    client("MODALITY", scopes=["write"]),
     client("LOCALONLY", host="127.0.0.1", scopes=["read"]),
     client("ELSEWHERE", host="10.255.255.1", scopes=["read"]),
 ]
@@ -121,3 +122,18 @@ def test_rejected_and_broken_associations_leave_no_thread_behind(gw: DimseGatewa
     while threading.active_count() > baseline:
         time.sleep(0.1)
     assert threading.active_count() <= baseline
+
+
+def test_query_retrieve_contexts_are_offered_to_read_clients_only(gw: DimseGateway) -> None:
+    study_root_find = "1.2.840.10008.5.1.4.1.2.2.1"
+    accepted = {}
+    for aet in ("VIEWER", "MODALITY"):
+        ae = AE(ae_title=aet)
+        ae.add_requested_context(study_root_find)
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", gw.port, ae_title=gw.ae_title)
+        assert assoc.is_established
+        accepted[aet] = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        assoc.release()
+    assert study_root_find in accepted["VIEWER"]
+    assert accepted["MODALITY"] == {"1.2.840.10008.1.1"}  # C-ECHO only: no read scope

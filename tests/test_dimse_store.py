@@ -3,6 +3,7 @@ raw data set must be controlled) pushing to the gateway, then DICOMweb reading w
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import subprocess
@@ -34,7 +35,8 @@ ACCEPT_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseGateway]:
-    with dimse_gateway(tmp_path_factory.mktemp("store"), clients=CLIENTS) as running:
+    where = tmp_path_factory.mktemp("store")
+    with dimse_gateway(where, clients=CLIENTS, audit={"destination": str(where / "audit.jsonl")}) as running:
         yield running
 
 
@@ -193,3 +195,29 @@ def test_an_unparseable_data_set_is_a_failure_status_not_a_dropped_association(
     status = c_store(gw, broken, aet="MODALITY")
     assert status.Status >> 12 == 0xC or status.Status == 0xA900, hex(status.Status)
     assert status.ErrorComment
+
+
+def test_each_stored_or_refused_instance_is_audited_and_counted(gw: DimseGateway) -> None:
+    study = factory.new_uid("store-audit", 60)
+    stored = factory.ct_instance(seed=60, study_uid=study)
+    assert c_store(gw, stored, aet="MODALITY").Status == 0x0000
+    assert c_store(gw, factory.ct_instance(seed=61, study_uid=study), aet="VIEWER").Status == 0x0124
+    audit_file = Path(gw.settings.audit.destination)
+    lines = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    stores = [e for e in lines if e.get("dimse", {}).get("operation") == "C-STORE"]
+    sop = factory.new_uid("sop", 60, 1, 1)
+    mine = [e for e in stores if any(o["ParticipantObjectID"] == sop for o in e["ParticipantObjectIdentification"])]
+    assert mine, stores
+    event = mine[-1]
+    assert event["ActiveParticipant"][0]["UserID"] == "dimse:modality"
+    assert event["dimse"]["status"] == "0x0000"
+    assert event["EventIdentification"]["EventOutcomeIndicator"] == 0
+    refused = [e for e in stores if e["ActiveParticipant"][0]["UserID"] == "dimse:viewer"]
+    assert refused
+    assert refused[-1]["dimse"]["status"] == "0x0124"
+    assert refused[-1]["EventIdentification"]["EventOutcomeIndicator"] == 4
+    metrics = gw.run(gw.http.get("/metrics")).text
+    assert (
+        'dicomweb_gateway_dimse_scp_operations_total{operation="C-STORE",outcome="success",peer="modality"}' in metrics
+    )
+    assert 'dicomweb_gateway_dimse_scp_operations_total{operation="C-STORE",outcome="failure",peer="viewer"}' in metrics
