@@ -16,6 +16,7 @@ import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from gateway.app import create_app
+from gateway.ports import BlobStore
 from gateway.settings import Settings, load_settings
 from tests.http_helpers import stow_body
 from tests.peers.ports import free_port
@@ -58,9 +59,11 @@ def dimse_gateway(
     *,
     clients: Sequence[Mapping[str, Any]] = (),
     pacs: Sequence[Mapping[str, Any]] = (),
+    store: BlobStore | None = None,
     **settings: Any,
 ) -> Iterator[DimseGateway]:
-    """The app's lifespan (store, index, services, DIMSE listener) around the block."""
+    """The app's lifespan (store, index, services, DIMSE listener) around the block; ``store``
+    replaces the object store the settings name."""
     port = settings.pop("scp_port", None) or free_port()
     loaded = load_settings(
         environ={},
@@ -73,7 +76,7 @@ def dimse_gateway(
             **settings,
         },
     )
-    app = create_app(loaded)
+    app = create_app(loaded, store=store)
     with (
         start_blocking_portal("asyncio") as portal,
         portal.wrap_async_context_manager(app.router.lifespan_context(app)),

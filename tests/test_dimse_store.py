@@ -16,6 +16,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
+from gateway.adapters.filestore import FileBlobStore
+from gateway.errors import StorageError
 from tests import factory
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
 from tests.http_helpers import split_multipart
@@ -221,3 +223,40 @@ def test_each_stored_or_refused_instance_is_audited_and_counted(gw: DimseGateway
         'dicomweb_gateway_dimse_scp_operations_total{operation="C-STORE",outcome="success",peer="modality"}' in metrics
     )
     assert 'dicomweb_gateway_dimse_scp_operations_total{operation="C-STORE",outcome="failure",peer="viewer"}' in metrics
+
+
+class FailingStore(FileBlobStore):
+    """The object store, refusing every write while ``down`` (as S3 does during an outage)."""
+
+    down = False
+
+    async def put_file(self, key: str, path: Path, *, sha256: str, content_type: str) -> None:
+        if self.down:
+            raise StorageError("the object store is unavailable")
+        await super().put_file(key, path, sha256=sha256, content_type=content_type)
+
+
+def test_an_unavailable_store_is_out_of_resources_and_the_retry_succeeds(tmp_path: Path) -> None:
+    (tmp_path / "objects").mkdir()
+    store = FailingStore(tmp_path / "objects")
+    data = factory.ct_instance(seed=70, study_uid=factory.new_uid("store-down", 70))
+    with dimse_gateway(tmp_path, clients=CLIENTS, store=store) as gw:
+        store.down = True
+        status = c_store(gw, data, aet="MODALITY")
+        assert status.Status == 0xA700
+        assert "unavailable" in status.ErrorComment
+        store.down = False
+        assert c_store(gw, data, aet="MODALITY").Status == 0x0000
+
+
+def test_storage_compression_applies_to_c_store_as_to_stow(tmp_path: Path) -> None:
+    study = factory.new_uid("store-compressed", 80)
+    data = factory.ct_instance(seed=80, study_uid=study)
+    with dimse_gateway(tmp_path, clients=CLIENTS, storage_compression="jpeg-ls") as gw:
+        assert c_store(gw, data, aet="MODALITY").Status == 0x0000
+        assert c_store(gw, data, aet="MODALITY").Status == 0x0000  # the same upload again: identical
+        stored = next(iter(retrieve(gw, study).values()))
+    stored_ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored))
+    assert stored_ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    original = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+    assert (stored_ds.pixel_array == original.pixel_array).all()  # lossless
