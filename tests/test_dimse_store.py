@@ -169,7 +169,10 @@ def test_a_restricted_client_stores_its_patients_only(gw: DimseGateway) -> None:
     outside = factory.ct_instance(
         seed=32, study_uid=factory.new_uid("store-outside", 32), patient=factory.Patient(id="X")
     )
-    assert c_store(gw, outside, aet="WARD").Status == 0x0124
+    refused = c_store(gw, outside, aet="WARD")
+    assert refused.Status == 0x0124
+    # The hidden study is answered exactly as any study outside the restriction.
+    assert status.ErrorComment == refused.ErrorComment
     own = factory.ct_instance(
         seed=33, study_uid=factory.new_uid("store-ward", 33), patient=factory.Patient(id="WARD-1")
     )
