@@ -20,6 +20,7 @@ from typing import Any
 
 from pynetdicom import AE, evt
 
+from gateway.dimse.acceptor_contexts import share_contexts
 from gateway.dimse.gate import Gate
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.peers import DimsePeers
@@ -115,6 +116,7 @@ class DimseListener:
             evt_handlers=handlers,  # type: ignore[arg-type]
             ssl_context=self._ssl,
         )
+        share_contexts(self._server)
         self._ae = ae
         log.info(
             "DIMSE listener %s on %s:%d%s (%d peers)",
