@@ -39,6 +39,7 @@ from pynetdicom.association import Association
 
 from gateway.adapters.dimse_watchdog import Watchdog, abort_now, activity_of
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.netdicom.tune import TunedAE
 from gateway.settings import PacsNode
 
 log = logging.getLogger(__name__)
@@ -301,7 +302,7 @@ class AssociationPool:
             if cached is not None:
                 return cached
         contexts, ext_neg = self._contexts(kind)
-        ae = AE(ae_title=self.calling_ae)
+        ae = TunedAE(ae_title=self.calling_ae)
         node = self.node
         ae.connection_timeout = node.connect_timeout
         ae.acse_timeout = node.acse_timeout

@@ -24,6 +24,7 @@ from gateway.dimse.acceptor_contexts import share_contexts
 from gateway.dimse.gate import Gate
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.peers import DimsePeers
+from gateway.netdicom.tune import tune_accepted
 from gateway.settings import DimseSettings
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class DimseListener:
         gate = Gate(self._peers, ae_title=self.ae_title, read_only=read_only, on_reject=self._on_reject)
         handlers: list[tuple[Any, Callable[[Any], Any]]] = [
             (evt.EVT_CONN_OPEN, _nodelay),
+            (evt.EVT_CONN_OPEN, tune_accepted),
             (evt.EVT_CONN_CLOSE, _closed_before_request),
             (evt.EVT_REQUESTED, gate),
             *((s.event, s.handler) for s in self._services),
