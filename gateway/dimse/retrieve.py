@@ -1,0 +1,443 @@
+"""What the C-MOVE and C-GET SCPs share (PS3.4 C.4.2, C.4.3): which instances a request names,
+and each C-STORE sub-operation's data set, read from the one retrieval service.
+
+Both handlers run inside pynetdicom's Query/Retrieve service class, which drives the protocol:
+the handler announces the number of sub-operations, then yields one ``(0xFF00, data set)`` per
+instance; pynetdicom sends each by C-STORE (on a sub-association to the destination for C-MOVE,
+on the requester's own association for C-GET), counts the outcomes, answers each with a pending
+response and ends with 0x0000, 0xB000 (some failed, with the Failed SOP Instance UID List) or
+0xA702 (all failed).
+
+:class:`Retriever` plans a request: every selection goes through
+:meth:`gateway.services.retrieval.RetrievalService.stream`, which applies the peer's
+restriction through the one visibility rule (a study outside it is absent: no sub-operations)
+and decides whether the store answers or a PACS flight brings the instances. The instances the
+store answers are known at once; those of a PACS flight are counted, and their SOP Classes
+learnt, by an IMAGE level query of the QIDO federation (the index and every ``[[pacs]]`` node),
+because the number of sub-operations must be announced before the first one.
+
+:meth:`Retriever.sub_operations` then reads the instances one at a time, as the store streams
+them or as they arrive from the PACS (memory holds one instance, never a series), each in the
+syntax the receiver accepted for its SOP Class: the stored one when accepted, else Explicit or
+Implicit VR Little Endian by the retrieval service's transcoding. An instance that cannot be
+sent (no accepted context, transcoding impossible, announced but never delivered by the PACS,
+receiver gone) is yielded as a data set holding only its SOP Instance UID: pynetdicom's C-STORE
+refuses it before anything is sent, and counts it as a failed sub-operation whose UID it lists
+(PS3.4 C.4.2.3.1). C-CANCEL is looked at before each sub-operation (0xFE00 with the counts).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom import build_context
+from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
+
+from gateway.dicom.attributes import SOP_INSTANCE_UID, tag_of
+from gateway.dicom.media import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    JPEG_2000,
+    JPEG_2000_LOSSLESS,
+    JPEG_BASELINE_8BIT,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    RLE_LOSSLESS,
+)
+from gateway.dicom.query import Match, QidoQuery, parse_qido
+from gateway.dimse.find import Portal, Searcher
+from gateway.dimse.retrieve_query import MAX_COMMENT, UNABLE_TO_PROCESS, RetrieveFailure, RetrieveRequest, Selection
+from gateway.errors import GatewayError, NotFound
+from gateway.ports import InstanceRecord
+from gateway.security.access import Restriction
+from gateway.services.flight import Arrival
+from gateway.services.retrieval import Retrieval, RetrievalService
+
+__all__ = [
+    "CANCELLED",
+    "PENDING",
+    "Plan",
+    "RetrieveOutcome",
+    "Retriever",
+    "Tally",
+    "accepted_syntaxes",
+    "failure",
+    "final_status",
+    "identifier_of",
+    "report",
+]
+
+log = logging.getLogger(__name__)
+
+PENDING = 0xFF00
+CANCELLED = 0xFE00
+UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+# What a PACS is likely to deliver in: proposed to a C-MOVE destination for the SOP Classes of a
+# PACS flight (the stored syntax of those instances is only known when they arrive).
+LIKELY_STORED = (
+    JPEG_LS_LOSSLESS,
+    JPEG_2000_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_BASELINE_8BIT,
+    JPEG_2000,
+    RLE_LOSSLESS,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+)
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255
+MAX_SUB_OPERATIONS = 65535  # the counts are US (PS3.7 Table 9.3-6)
+SOP_CLASS_UID = tag_of("SOPClassUID")
+PATIENT_ID = tag_of("PatientID")
+STUDY_INSTANCE_UID = tag_of("StudyInstanceUID")
+
+
+@dataclass(frozen=True)
+class RetrieveOutcome:
+    """One C-MOVE or C-GET as audited: who, what level, where to, the final status and the
+    sub-operation counts (as the receiver answered them)."""
+
+    peer: str
+    operation: str  # "C-MOVE" or "C-GET"
+    level: str
+    destination: str
+    status: int
+    completed: int
+    failed: int
+    warning: int
+    duration: float
+    comment: str = ""
+
+
+@dataclass
+class Tally:
+    """The receiver's C-STORE responses, counted as they come (pynetdicom's ``EVT_DIMSE_RECV``
+    on the association the sub-operations run on)."""
+
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+
+    def on_received(self, event: Any) -> None:
+        message = event.message
+        if type(message).__name__ != "C_STORE_RSP":
+            return
+        status = int(message.command_set.get("Status", 0xC000))
+        if status == 0x0000:
+            self.completed += 1
+        elif status in (0xB000, 0xB007, 0xB006):  # PS3.4 B.2.3 warnings
+            self.warning += 1
+        else:
+            self.failed += 1
+
+
+@dataclass
+class Part:
+    """One selection being retrieved and the instances it is expected to yield."""
+
+    retrieval: Retrieval
+    expected: dict[str, str]  # SOP Instance UID → SOP Class UID ('' when unknown)
+    stored: dict[str, str] = field(default_factory=dict)  # SOP Class UID → a stored syntax (cached)
+
+
+@dataclass
+class Plan:
+    """Every part of a request, and the number of sub-operations announced."""
+
+    parts: list[Part]
+
+    @property
+    def count(self) -> int:
+        return min(sum(len(p.expected) for p in self.parts), MAX_SUB_OPERATIONS)
+
+    def contexts(self) -> list[PresentationContext]:
+        """What a C-MOVE sub-association proposes (PS3.4 C.4.2.2.3): each SOP Class of the
+        instances with the uncompressed syntaxes, plus a context for each syntax they are (or,
+        from a PACS, may be) stored in, so that the destination can take them as stored."""
+        classes: dict[str, list[str]] = {}
+        for part in self.parts:
+            for sop_class in part.expected.values():
+                if sop_class:
+                    classes.setdefault(sop_class, [])
+            for sop_class, syntax in part.stored.items():
+                syntaxes = classes.setdefault(sop_class, [])
+                if syntax not in UNCOMPRESSED and syntax not in syntaxes:
+                    syntaxes.append(syntax)
+            if part.retrieval.cached is None:
+                for sop_class in part.expected.values():
+                    if sop_class:
+                        classes[sop_class] = list(dict.fromkeys([*classes[sop_class], *LIKELY_STORED]))
+        if not classes:
+            # The PACS did not say which SOP Classes: the common storage classes, uncompressed.
+            return [build_context(str(cx.abstract_syntax), list(UNCOMPRESSED)) for cx in StoragePresentationContexts]
+        contexts = [build_context(sop_class, list(UNCOMPRESSED)) for sop_class in classes]
+        for sop_class, syntaxes in classes.items():
+            for syntax in syntaxes:
+                if len(contexts) < MAX_CONTEXTS:
+                    contexts.append(build_context(sop_class, syntax))
+        return contexts[:MAX_CONTEXTS]
+
+
+def accepted_syntaxes(contexts: Iterable[PresentationContext], *, as_scu: bool = False) -> dict[str, set[str]]:
+    """SOP Class UID → the transfer syntaxes accepted for it (``as_scu``: only contexts on which
+    the gateway may be the Storage SCU, as role selection decided for C-GET, PS3.7 D.3.3.4)."""
+    accepted: dict[str, set[str]] = {}
+    for cx in contexts:
+        if as_scu and not cx.as_scu:
+            continue
+        accepted.setdefault(str(cx.abstract_syntax), set()).update(str(ts) for ts in cx.transfer_syntax[:1])
+    return accepted
+
+
+class Retriever:
+    """Plans a request and yields its sub-operations (see the module docstring)."""
+
+    def __init__(self, retrieval: RetrievalService, search: Searcher, *, portal: Portal) -> None:
+        self._retrieval = retrieval
+        self._search = search
+        self._portal = portal
+
+    # -- planning (on the gateway's event loop) -----------------------------------------------
+
+    def plan(self, request: RetrieveRequest, restriction: Restriction | None) -> Plan:
+        """The parts of ``request`` (selections outside ``restriction`` or absent are left out)."""
+        plan: Plan = self._portal(self._plan(request, restriction))
+        return plan
+
+    async def _plan(self, request: RetrieveRequest, restriction: Restriction | None) -> Plan:
+        selections = request.selections
+        if request.patient_id is not None and not selections:
+            selections = await self._studies_of(request.patient_id, restriction)
+        parts: list[Part] = []
+        try:
+            for selection in selections:
+                part = await self._part(selection, restriction)
+                if part is not None:
+                    parts.append(part)
+        except BaseException:
+            for part in parts:
+                with suppress(Exception):
+                    await part.retrieval.items.aclose()
+            raise
+        return Plan(parts)
+
+    async def _studies_of(self, patient_id: str, restriction: Restriction | None) -> tuple[Selection, ...]:
+        query = parse_qido("study", [(PATIENT_ID, patient_id)])
+        query = QidoQuery(level="study", matches=query.matches, restriction=restriction)
+        result = await self._search.search(query, base_url="")
+        studies = (_value(row, STUDY_INSTANCE_UID) for row in result.rows)
+        return tuple(Selection(uid) for uid in dict.fromkeys(s for s in studies if s))
+
+    async def _part(self, selection: Selection, restriction: Restriction | None) -> Part | None:
+        try:
+            retrieval = await self._retrieval.stream(
+                selection.study, selection.series, selection.sop, restriction=restriction
+            )
+        except NotFound:
+            return None
+        if retrieval.cached is not None:
+            return Part(
+                retrieval,
+                {r.sop_uid: r.sop_class_uid for r in retrieval.cached},
+                {r.sop_class_uid: r.transfer_syntax for r in retrieval.cached},
+            )
+        try:
+            expected = await self._expected(selection, restriction)
+        except BaseException:
+            with suppress(Exception):
+                await retrieval.items.aclose()
+            raise
+        return Part(retrieval, expected)
+
+    async def _expected(self, selection: Selection, restriction: Restriction | None) -> dict[str, str]:
+        """SOP Instance UID → SOP Class UID of each instance of a selection a PACS flight brings,
+        from an IMAGE level query of the federation."""
+        matches = () if selection.sop is None else (Match.uid(SOP_INSTANCE_UID, "instance", selection.sop),)
+        query = QidoQuery(
+            level="instance",
+            study=selection.study,
+            series=selection.series,
+            matches=matches,
+            includes=frozenset({SOP_CLASS_UID}),
+            restriction=restriction,
+        )
+        result = await self._search.search(query, base_url="")
+        if result.more:
+            log.warning("retrieve of %s: more instances than limits.max_qido_results", selection)
+        found: dict[str, str] = {}
+        for row in result.rows:
+            sop = _value(row, SOP_INSTANCE_UID)
+            if sop:
+                found[sop] = _value(row, SOP_CLASS_UID)
+        return found
+
+    # -- sub-operations (on pynetdicom's thread) ----------------------------------------------
+
+    def sub_operations(
+        self,
+        plan: Plan,
+        *,
+        accepted: Callable[[], dict[str, set[str]]],
+        receiver_up: Callable[[], bool],
+        cancelled: Callable[[], bool],
+    ) -> Iterator[tuple[int, Dataset | None]]:
+        """``(0xFF00, data set)`` for each instance of ``plan`` (at most ``plan.count``), or
+        ``(0xFE00, None)`` once ``cancelled()``. ``accepted()``: the receiver's accepted syntaxes
+        by SOP Class; ``receiver_up()``: whether the association to it still stands."""
+        budget = plan.count
+        owed = dict.fromkeys(sop for part in plan.parts for sop in part.expected)  # announced, not yet yielded
+        try:
+            for part in plan.parts:
+                items = part.retrieval.items
+                while budget > 0:
+                    if cancelled():
+                        yield CANCELLED, None
+                        return
+                    if not receiver_up():
+                        break
+                    try:
+                        item = self._portal(_next(items))
+                    except GatewayError as exc:
+                        log.warning("retrieve broke off: %s", exc.reason)
+                        break
+                    if item is None:
+                        break
+                    dataset, sop = self._dataset(item, accepted())
+                    if sop in owed:
+                        del owed[sop]
+                    elif len(owed) >= budget:
+                        log.warning("instance %s arrived beyond the announced sub-operations; not sent", sop)
+                        continue
+                    budget -= 1
+                    yield PENDING, dataset
+                    del dataset
+            # Announced but not delivered (the PACS broke off or held fewer, the receiver left):
+            # each is a failed sub-operation naming its instance.
+            for sop in list(owed)[:budget]:
+                if cancelled():
+                    yield CANCELLED, None
+                    return
+                yield PENDING, _unsendable(sop)
+        finally:
+            self.close(plan)
+
+    def close(self, plan: Plan) -> None:
+        """End every stream of ``plan`` (its PACS flights continue for the cache)."""
+        for part in plan.parts:
+            with suppress(Exception):
+                self._portal(part.retrieval.items.aclose())
+
+    def _dataset(self, item: InstanceRecord | Arrival, accepted: dict[str, set[str]]) -> tuple[Dataset, str]:
+        """The data set of one sub-operation in a syntax the receiver accepted (or the stand-in
+        that fails), and its SOP Instance UID."""
+        data: bytes = self._portal(_collect(self._retrieval.instance_bytes(item, None)))
+        try:
+            dataset = pydicom.dcmread(BytesIO(data))
+            sop_class = str(dataset.SOPClassUID)
+            sop = str(dataset.SOPInstanceUID)
+            stored = str(dataset.file_meta.TransferSyntaxUID)
+        except Exception as exc:
+            sop = _identity(item)
+            log.warning("instance %s cannot be read for a C-STORE sub-operation: %s", sop, exc)
+            return _unsendable(sop), sop
+        syntaxes = accepted.get(sop_class, set())
+        if stored in syntaxes:
+            return dataset, sop
+        target = next((ts for ts in UNCOMPRESSED if ts in syntaxes), None)
+        if target is None:
+            log.warning("instance %s: the receiver accepted no context for SOP Class %s", sop, sop_class)
+            return _unsendable(sop), sop
+        del dataset, data
+        try:
+            data = self._portal(_collect(self._retrieval.instance_bytes(item, target)))
+            if not data:
+                raise ValueError("nothing to transcode (refused by the cache)")
+            return pydicom.dcmread(BytesIO(data)), sop
+        except Exception as exc:
+            log.warning("instance %s cannot be sent in %s: %s", sop, target, exc)
+            return _unsendable(sop), sop
+
+
+def _unsendable(sop: str) -> Dataset:
+    """A data set with only a SOP Instance UID: pynetdicom's C-STORE refuses it (no SOP Class
+    UID) before sending anything, and lists the UID as a failed sub-operation."""
+    ds = Dataset()
+    ds.SOPInstanceUID = sop
+    return ds
+
+
+def _identity(item: InstanceRecord | Arrival) -> str:
+    return item.sop_uid if isinstance(item, InstanceRecord) else item.received.sop_uid
+
+
+async def _next(items: AsyncGenerator[InstanceRecord | Arrival, None]) -> InstanceRecord | Arrival | None:
+    try:
+        return await items.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _collect(body: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in body])
+
+
+def _value(row: dict[str, Any], tag: str) -> str:
+    element = row.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    return str(values[0]) if values else ""
+
+
+def final_status(announced: int, tally: Tally, yielded: int) -> int:
+    """The final status pynetdicom sends after the last sub-operation (PS3.4 C.4.2.1.5,
+    C.4.3.1.3), for the audit: each yielded sub-operation that the receiver did not answer with
+    success or a warning failed (a refused stand-in, a C-STORE that raised)."""
+    failed = yielded - tally.completed - tally.warning
+    if failed and failed == announced:
+        return 0xA702
+    return 0xB000 if failed or tally.warning else 0x0000
+
+
+def identifier_of(event: Any) -> Dataset:
+    """The request's identifier, decoded by pynetdicom on first access."""
+    try:
+        identifier: Dataset = event.identifier
+    except Exception as exc:
+        raise RetrieveFailure(UNABLE_TO_PROCESS, "the identifier cannot be decoded") from exc
+    return identifier
+
+
+def failure(status: int, comment: str, offending: int | None = None) -> Dataset:
+    """A status data set with its ErrorComment (PS3.7 C.4) and OffendingElement when known."""
+    ds = Dataset()
+    ds.Status = status
+    if comment:
+        ds.ErrorComment = comment[:MAX_COMMENT]
+    if offending is not None:
+        ds.OffendingElement = [offending]
+    return ds
+
+
+def report(outcome: RetrieveOutcome, hook: Callable[[RetrieveOutcome], None] | None) -> None:
+    log.info(
+        "%s from %s: level %s, to %s, status 0x%04X, %d completed, %d failed, %d warning%s",
+        outcome.operation,
+        outcome.peer,
+        outcome.level or "?",
+        outcome.destination or "-",
+        outcome.status,
+        outcome.completed,
+        outcome.failed,
+        outcome.warning,
+        f" ({outcome.comment})" if outcome.comment else "",
+    )
+    if hook is not None:
+        try:
+            hook(outcome)
+        except Exception:
+            log.exception("%s outcome hook failed", outcome.operation)
