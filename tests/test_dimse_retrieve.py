@@ -7,14 +7,25 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
+from gateway.dicom.media import EXPLICIT_VR_LITTLE_ENDIAN as ELE
+from gateway.dicom.media import IMPLICIT_VR_LITTLE_ENDIAN as ILE
 from gateway.security.access import Restriction
 from tests import factory
 from tests.dimse_retrieve_scp import Peer, RetrieveScp, retrieve_scp
@@ -103,3 +114,197 @@ def test_movescu_to_storescp_delivers_the_stored_bytes(tmp_path: Path, series: l
     assert "Move Response: Success" in log or "Received Final Move Response (Success)" in log, log
     [outcome] = scp.outcomes
     assert (outcome.status, outcome.completed, outcome.failed) == (0x0000, 5, 0)
+
+
+def test_getscu_receives_the_stored_bytes_on_its_own_association(tmp_path: Path, series: list[bytes]) -> None:
+    study, series_uid, _ = uids_of(series[0])
+    out = tmp_path / "got"
+    out.mkdir()
+    with retrieve_scp(tmp_path, peers=PEERS, destinations={}) as scp:
+        scp.stow(*series)
+        argv = ["getscu", "-v", "-S", "-aet", "GETSCU", "-aec", scp.ae_title, "-od", str(out), "-to", "30"]
+        argv += ["-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study}"]
+        argv += ["-k", f"SeriesInstanceUID={series_uid}", "127.0.0.1", str(scp.port)]
+        log = run(argv)
+    got = received(out)
+    assert {sop: dataset_bytes(data) for sop, data in got.items()} == {
+        uids_of(d)[2]: dataset_bytes(d) for d in series
+    }, log
+    [outcome] = scp.outcomes
+    assert (outcome.operation, outcome.status, outcome.completed, outcome.failed) == ("C-GET", 0x0000, 5, 0)
+
+
+def test_jpeg_ls_is_transcoded_for_a_destination_that_takes_only_uncompressed(tmp_path: Path) -> None:
+    """Stored as JPEG-LS Lossless, moved to a storescp that accepts only uncompressed syntaxes:
+    it receives Explicit VR Little Endian whose pixels DCMTK's own JPEG-LS decoder agrees with."""
+    original = factory.jpegls_lossless_instance(seed=61, patient=OWN)
+    study, _, sop = uids_of(original)
+    (tmp_path / "original.dcm").write_bytes(original)
+    decoded = tmp_path / "decoded.dcm"
+    log = run(["dcmdjpls", str(tmp_path / "original.dcm"), str(decoded)])
+    assert decoded.exists(), log
+    out = tmp_path / "dest"
+    out.mkdir()
+    with (
+        storescp(out) as port,  # default: uncompressed transfer syntaxes only
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", port)}) as scp,
+    ):
+        scp.stow(original)
+        log = movescu(scp, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
+    [(got_sop, data)] = received(out).items()
+    assert got_sop == sop, log
+    ds = pydicom.dcmread(BytesIO(data))
+    assert ds.file_meta.TransferSyntaxUID in (ELE, ILE)
+    reference = pydicom.dcmread(decoded)
+    assert ds.PixelData == reference.PixelData
+    assert ds.PatientName == "OWN^PATIENT"
+
+
+@dataclass
+class StorageScp:
+    """A pynetdicom storage SCP as a C-MOVE destination: what it received, in which syntax, and
+    an optional gate the second C-STORE waits on (so a test can act mid-move)."""
+
+    port: int
+    received: list[tuple[str, str]] = field(default_factory=list)  # (SOP Instance UID, syntax)
+    gate: threading.Event | None = None
+    first: threading.Event = field(default_factory=threading.Event)
+
+
+@contextmanager
+def storage_scp(*, syntaxes: list[str] | None = None, gated: bool = False) -> Iterator[StorageScp]:
+    scp = StorageScp(free_port(), gate=threading.Event() if gated else None)
+
+    def on_store(event: Any) -> int:
+        scp.received.append((str(event.request.AffectedSOPInstanceUID), str(event.context.transfer_syntax)))
+        scp.first.set()
+        if scp.gate is not None and len(scp.received) == 2:
+            scp.gate.wait(60)
+        return 0x0000
+
+    ae = AE(ae_title=DEST_AET)
+    for cx in StoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, syntaxes or [ELE, ILE])
+    server = ae.start_server(("127.0.0.1", scp.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        yield scp
+    finally:
+        if scp.gate is not None:
+            scp.gate.set()
+        server.shutdown()
+
+
+def move_request(study: str, *, level: str = "STUDY") -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    ds.StudyInstanceUID = study
+    return ds
+
+
+def pynetdicom_move(
+    port: int, identifier: Dataset, *, aet: str = "MOVESCU", destination: str = DEST_AET, cancel: Any = None
+) -> list[Dataset]:
+    """The status data sets of a C-MOVE (their identifiers, when any, merged in);
+    ``cancel(status)``: called after each pending, True sends the C-CANCEL."""
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    ae.dimse_timeout = 60
+    assoc = ae.associate("127.0.0.1", port, ae_title="GATEWAY")
+    assert assoc.is_established
+    statuses: list[Dataset] = []
+    try:
+        responses = assoc.send_c_move(identifier, destination, StudyRootQueryRetrieveInformationModelMove, msg_id=9)
+        for status, found in responses:
+            if found is not None:
+                status.update(found)
+            statuses.append(status)
+            if cancel is not None and status.Status == 0xFF00 and cancel(status):
+                assoc.send_c_cancel(9, assoc.accepted_contexts[0].context_id)
+                cancel = None
+    finally:
+        assoc.release()
+    return statuses
+
+
+def test_pending_responses_count_down_and_the_final_says_success(tmp_path: Path, series: list[bytes]) -> None:
+    study, _, _ = uids_of(series[0])
+    with (
+        storage_scp() as dest,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", dest.port)}) as scp,
+    ):
+        scp.stow(*series)
+        statuses = pynetdicom_move(scp.port, move_request(study))
+    pending = [s for s in statuses if s.Status == 0xFF00]
+    assert [s.NumberOfRemainingSuboperations for s in pending] == [4, 3, 2, 1, 0]
+    assert [s.NumberOfCompletedSuboperations for s in pending] == [1, 2, 3, 4, 5]
+    final = statuses[-1]
+    assert (final.Status, final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, 5, 0)
+    assert sorted(sop for sop, _ in dest.received) == sorted(uids_of(d)[2] for d in series)
+    assert {syntax for _, syntax in dest.received} == {ELE}
+
+
+def test_c_cancel_stops_the_move_with_the_counts(tmp_path: Path, series: list[bytes]) -> None:
+    """The destination holds the second C-STORE until the C-CANCEL is sent: the gateway then
+    stops before the third and answers Cancel (0xFE00) with what is done and what remains."""
+    study, _, _ = uids_of(series[0])
+    with (
+        storage_scp(gated=True) as dest,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", dest.port)}) as scp,
+    ):
+        scp.stow(*series)
+
+        def cancel_then_release(status: Dataset) -> bool:
+            assert dest.gate is not None
+            threading.Timer(0.5, dest.gate.set).start()  # after the C-CANCEL has gone out
+            return True
+
+        statuses = pynetdicom_move(scp.port, move_request(study), cancel=cancel_then_release)
+    final = statuses[-1]
+    assert final.Status == 0xFE00
+    assert final.NumberOfCompletedSuboperations == 2
+    assert final.NumberOfRemainingSuboperations == 3
+    assert len(dest.received) == 2
+
+
+def test_unknown_destination_is_a801(tmp_path: Path, series: list[bytes]) -> None:
+    study, _, _ = uids_of(series[0])
+    with retrieve_scp(tmp_path, peers=PEERS, destinations={}) as scp:
+        scp.stow(*series)
+        statuses = pynetdicom_move(scp.port, move_request(study), destination="NOWHERE")
+    assert [s.Status for s in statuses] == [0xA801]
+    assert scp.outcomes[0].status == 0xA801
+
+
+def test_a_bad_identifier_gets_a900_with_its_reason(tmp_path: Path, series: list[bytes]) -> None:
+    study, _, _ = uids_of(series[0])
+    with (
+        storage_scp() as dest,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", dest.port)}) as scp,
+    ):
+        scp.stow(*series)
+        no_series = move_request(study, level="SERIES")
+        [refused] = pynetdicom_move(scp.port, no_series)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns of the invalid UID this test sends
+            [invalid] = pynetdicom_move(scp.port, move_request("1.2.3.x"))
+    assert (refused.Status, refused.ErrorComment) == (0xA900, "SERIES level needs SeriesInstanceUID")
+    assert (invalid.Status, invalid.ErrorComment) == (0xC000, "StudyInstanceUID is not a valid UID")
+    assert dest.received == []
+
+
+def test_a_restricted_peer_moves_only_its_studies(tmp_path: Path, series: list[bytes]) -> None:
+    other = factory.ct_series(2, rows=16, cols=16, seed=52, patient=OTHER)
+    with (
+        storage_scp() as dest,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", dest.port)}) as scp,
+    ):
+        scp.stow(*series, *other)
+        denied = pynetdicom_move(scp.port, move_request(uids_of(other[0])[0]), aet="RESTRICTED")
+        absent = pynetdicom_move(scp.port, move_request("1.2.3.4.5.6"), aet="RESTRICTED")
+        own = pynetdicom_move(scp.port, move_request(uids_of(series[0])[0]), aet="RESTRICTED")
+    # Another patient's study is exactly as absent: nothing to move, nothing said about it.
+    assert [(s.Status, s.NumberOfCompletedSuboperations) for s in denied] == [(0, 0)]
+    assert [(s.Status, s.NumberOfCompletedSuboperations) for s in absent] == [(0, 0)]
+    assert own[-1].Status == 0
+    assert own[-1].NumberOfCompletedSuboperations == 5
+    assert sorted(sop for sop, _ in dest.received) == sorted(uids_of(d)[2] for d in series)

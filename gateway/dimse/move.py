@@ -10,7 +10,7 @@ sub-operation; see :mod:`gateway.dimse.retrieve`). For each request:
 2. the identifier is translated (:func:`gateway.dimse.retrieve_query.parse_retrieve`); a bad
    one is answered with its failure status and ErrorComment. pynetdicom only sends a failure
    after it associated with the destination, so that sub-association is opened (proposing
-   Verification alone) and released without a sub-operation;
+   Verification and the common storage classes) and released without a sub-operation;
 3. the retrieve is planned with the peer's restriction (outside it, a study is as absent: zero
    sub-operations, final status 0x0000, as for any unknown study); an unavailable index or store
    is 0xA701 (out of resources: unable to calculate the number of matches);
@@ -41,6 +41,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from gateway.dimse.find import FindPeer, Portal, Searcher
 from gateway.dimse.retrieve import (
     CANCELLED,
+    MAX_CONTEXTS,
     Plan,
     RetrieveOutcome,
     Retriever,
@@ -48,6 +49,7 @@ from gateway.dimse.retrieve import (
     accepted_syntaxes,
     failure,
     final_status,
+    generic_contexts,
     identifier_of,
     report,
 )
@@ -65,6 +67,8 @@ OUT_OF_RESOURCES_MATCHES = 0xA701
 UNABLE_TO_PROCESS_INTERNAL = 0xC001
 
 Destination = tuple[str, int]
+# What the sub-association that only carries a refusal proposes: anything a storage SCP accepts.
+REFUSAL_CONTEXTS = [build_context(Verification), *generic_contexts()[: MAX_CONTEXTS - 1]]
 
 
 class MoveHandler:
@@ -126,7 +130,7 @@ class MoveHandler:
                 log.exception("C-MOVE from %s failed", peer.name)
                 refusal = failure(status, comment)
             if refusal is not None or plan is None:
-                yield host, port, {"contexts": [build_context(Verification)]}
+                yield host, port, {"contexts": REFUSAL_CONTEXTS}
                 yield 1
                 yield refusal or failure(status, comment), None
                 return

@@ -63,6 +63,7 @@ from gateway.services.retrieval import Retrieval, RetrievalService
 
 __all__ = [
     "CANCELLED",
+    "MAX_CONTEXTS",
     "PENDING",
     "Plan",
     "RetrieveOutcome",
@@ -71,6 +72,7 @@ __all__ = [
     "accepted_syntaxes",
     "failure",
     "final_status",
+    "generic_contexts",
     "identifier_of",
     "report",
 ]
@@ -175,13 +177,18 @@ class Plan:
                         classes[sop_class] = list(dict.fromkeys([*classes[sop_class], *LIKELY_STORED]))
         if not classes:
             # The PACS did not say which SOP Classes: the common storage classes, uncompressed.
-            return [build_context(str(cx.abstract_syntax), list(UNCOMPRESSED)) for cx in StoragePresentationContexts]
+            return generic_contexts()
         contexts = [build_context(sop_class, list(UNCOMPRESSED)) for sop_class in classes]
         for sop_class, syntaxes in classes.items():
             for syntax in syntaxes:
                 if len(contexts) < MAX_CONTEXTS:
                     contexts.append(build_context(sop_class, syntax))
         return contexts[:MAX_CONTEXTS]
+
+
+def generic_contexts() -> list[PresentationContext]:
+    """pynetdicom's common storage SOP Classes, uncompressed."""
+    return [build_context(str(cx.abstract_syntax), list(UNCOMPRESSED)) for cx in StoragePresentationContexts]
 
 
 def accepted_syntaxes(contexts: Iterable[PresentationContext], *, as_scu: bool = False) -> dict[str, set[str]]:

@@ -147,9 +147,11 @@ def parse_retrieve(identifier: Dataset, sop_class: str, models: dict[str, Model]
 
 def _values(identifier: Dataset, keyword: str) -> list[str]:
     """The non-empty values of a key, stripped of the padding of their VR."""
+    tag = _tag(keyword)
+    if tag not in identifier:
+        return []
     try:
-        element = identifier.data_element(keyword)
-        value: Any = None if element is None else element.value
+        value: Any = identifier[tag].value
     except Exception as exc:  # pydicom raises many types for undecodable values
         raise RetrieveFailure(UNABLE_TO_PROCESS, f"cannot decode {keyword}", _tag(keyword)) from exc
     if value is None or value in ("", b""):
