@@ -29,7 +29,9 @@ from gateway.dicom.media import IMPLICIT_VR_LITTLE_ENDIAN as ILE
 from gateway.security.access import Restriction
 from tests import factory
 from tests.dimse_retrieve_scp import Peer, RetrieveScp, retrieve_scp
+from tests.fixtures_pacs import PacsData, node
 from tests.http_helpers import uids_of
+from tests.peers.orthanc import OrthancPeer
 from tests.peers.ports import free_port
 from tests.peers.processes import stop_process
 from tests.test_pacs_wado import dataset_bytes
@@ -308,3 +310,61 @@ def test_a_restricted_peer_moves_only_its_studies(tmp_path: Path, series: list[b
     assert own[-1].Status == 0
     assert own[-1].NumberOfCompletedSuboperations == 5
     assert sorted(sop for sop, _ in dest.received) == sorted(uids_of(d)[2] for d in series)
+
+
+def test_a_requester_killed_mid_move_ends_the_move_and_the_gateway_still_serves(
+    tmp_path: Path, series: list[bytes]
+) -> None:
+    """movescu is killed while the destination holds the second C-STORE: the move ends (its
+    outcome is reported, not all sub-operations done), and the next move is served whole."""
+    study, _, _ = uids_of(series[0])
+    with (
+        storage_scp(gated=True) as dest,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", dest.port)}) as scp,
+    ):
+        scp.stow(*series)
+        argv = ["movescu", "-S", "-aet", "MOVESCU", "-aec", scp.ae_title, "-aem", DEST_AET]
+        argv += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(scp.port)]
+        requester = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert dest.first.wait(60), "the move never started"
+        finally:
+            requester.kill()
+            requester.wait()
+        assert dest.gate is not None
+        dest.gate.set()
+        for _ in range(600):  # the handler notices at its next pending response
+            if scp.outcomes:
+                break
+            time.sleep(0.1)
+        [ended] = scp.outcomes
+        assert ended.status == 0xFE00
+        assert ended.comment == "association ended"
+        assert ended.completed < len(series)
+
+        dest.received.clear()
+        statuses = pynetdicom_move(scp.port, move_request(study))
+    assert statuses[-1].Status == 0x0000
+    assert statuses[-1].NumberOfCompletedSuboperations == len(series)
+
+
+def test_pacs_only_instances_are_moved_as_they_arrive(
+    tmp_path: Path, orthanc_pacs: OrthancPeer, pacs_data: PacsData
+) -> None:
+    """A series only Orthanc (a [[pacs]] node) holds, moved through the gateway to storescp:
+    fetched through the cached upstream retrieve, sent on as it arrives, bytes as Orthanc holds them."""
+    study, series_uid = pacs_data.series_uids
+    out = tmp_path / "dest"
+    out.mkdir()
+    pacs = [node("orthanc", orthanc_pacs.dicom_port, orthanc_pacs.aet, dimse_timeout=30)]
+    with (
+        storescp(out, "+xa") as port,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", port)}, pacs=pacs) as scp,
+    ):
+        log = movescu(scp, "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study}", f"SeriesInstanceUID={series_uid}")
+    got = received(out)
+    assert {sop: dataset_bytes(data) for sop, data in got.items()} == {
+        uids_of(d)[2]: dataset_bytes(d) for d in pacs_data.series
+    }, log
+    [outcome] = scp.outcomes
+    assert (outcome.status, outcome.completed, outcome.failed) == (0x0000, len(pacs_data.series), 0)
