@@ -368,3 +368,18 @@ def test_pacs_only_instances_are_moved_as_they_arrive(
     }, log
     [outcome] = scp.outcomes
     assert (outcome.status, outcome.completed, outcome.failed) == (0x0000, len(pacs_data.series), 0)
+
+
+def test_patient_root_patient_level_moves_the_patients_studies(tmp_path: Path, series: list[bytes]) -> None:
+    second = factory.ct_series(2, rows=16, cols=16, seed=53, patient=OWN)  # another study of OWN^PATIENT
+    other = factory.ct_series(2, rows=16, cols=16, seed=54, patient=OTHER)
+    out = tmp_path / "dest"
+    out.mkdir()
+    with (
+        storescp(out, "+xa") as port,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", port)}) as scp,
+    ):
+        scp.stow(*series, *second, *other)
+        argv = ["movescu", "-v", "-P", "-aet", "MOVESCU", "-aec", scp.ae_title, "-aem", DEST_AET]
+        log = run([*argv, "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PID-OWN", "127.0.0.1", str(scp.port)])
+    assert sorted(received(out)) == sorted(uids_of(d)[2] for d in [*series, *second]), log
