@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+import tracemalloc
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -383,3 +384,31 @@ def test_patient_root_patient_level_moves_the_patients_studies(tmp_path: Path, s
         argv = ["movescu", "-v", "-P", "-aet", "MOVESCU", "-aec", scp.ae_title, "-aem", DEST_AET]
         log = run([*argv, "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PID-OWN", "127.0.0.1", str(scp.port)])
     assert sorted(received(out)) == sorted(uids_of(d)[2] for d in [*series, *second]), log
+
+
+def test_memory_does_not_grow_with_the_series(tmp_path: Path) -> None:
+    """A 10-slice and a 40-slice series (512x512) moved to storescp: the gateway's Python
+    allocations peak at the same few instances' worth for both (each instance is read, sent and
+    dropped in turn), not at a multiple of the series."""
+    short = factory.ct_series(10, rows=512, cols=512, seed=55, patient=OWN)
+    long = factory.ct_series(40, rows=512, cols=512, seed=56, patient=OWN)
+    out = tmp_path / "dest"
+    out.mkdir()
+    peaks: list[int] = []
+    with (
+        storescp(out, "+xa") as port,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", port)}) as scp,
+    ):
+        scp.stow(*short, *long)
+        for series in (short, long):
+            tracemalloc.start()
+            try:
+                log = movescu(scp, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={uids_of(series[0])[0]}")
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+    assert len(received(out)) == len(short) + len(long), log
+    instance = len(long[0])
+    print(f"peaks {peaks[0] / 1e6:.1f} MB (10 slices), {peaks[1] / 1e6:.1f} MB (40 slices)")
+    # 30 more slices would add ~15 MB if anything kept them; allow two instances of noise.
+    assert peaks[1] < peaks[0] + 2 * instance
