@@ -172,13 +172,19 @@ class StorageScp:
     received: list[tuple[str, str]] = field(default_factory=list)  # (SOP Instance UID, syntax)
     gate: threading.Event | None = None
     first: threading.Event = field(default_factory=threading.Event)
+    abort_at: int | None = None  # the C-STORE at which it aborts the association instead
 
 
 @contextmanager
-def storage_scp(*, syntaxes: list[str] | None = None, gated: bool = False) -> Iterator[StorageScp]:
-    scp = StorageScp(free_port(), gate=threading.Event() if gated else None)
+def storage_scp(
+    *, syntaxes: list[str] | None = None, gated: bool = False, abort_at: int | None = None
+) -> Iterator[StorageScp]:
+    scp = StorageScp(free_port(), gate=threading.Event() if gated else None, abort_at=abort_at)
 
     def on_store(event: Any) -> int:
+        if scp.abort_at is not None and len(scp.received) + 1 == scp.abort_at:
+            event.assoc.abort()
+            return 0xA700
         scp.received.append((str(event.request.AffectedSOPInstanceUID), str(event.context.transfer_syntax)))
         scp.first.set()
         if scp.gate is not None and len(scp.received) == 2:
@@ -412,3 +418,43 @@ def test_memory_does_not_grow_with_the_series(tmp_path: Path) -> None:
     print(f"peaks {peaks[0] / 1e6:.1f} MB (10 slices), {peaks[1] / 1e6:.1f} MB (40 slices)")
     # 30 more slices would add ~15 MB if anything kept them; allow two instances of noise.
     assert peaks[1] < peaks[0] + 2 * instance
+
+
+def test_a_destination_that_goes_away_fails_the_rest_and_names_them(tmp_path: Path, series: list[bytes]) -> None:
+    """The destination aborts its association at the third C-STORE: the move does not hang, the
+    instances not delivered are failed sub-operations listed in the final 0xB000."""
+    study, _, _ = uids_of(series[0])
+    with (
+        storage_scp(abort_at=3) as dest,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", dest.port)}) as scp,
+    ):
+        scp.stow(*series)
+        statuses = pynetdicom_move(scp.port, move_request(study))
+    final = statuses[-1]
+    delivered = {sop for sop, _ in dest.received}
+    assert len(delivered) == 2
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 3)
+    assert set(final.FailedSOPInstanceUIDList) == {uids_of(d)[2] for d in series} - delivered
+
+
+def test_getscu_proposing_uncompressed_gets_jpeg_ls_transcoded(tmp_path: Path) -> None:
+    """getscu proposes its storage contexts uncompressed (its default): a JPEG-LS instance comes
+    over its own association transcoded, pixels as DCMTK's JPEG-LS decoder makes them."""
+    original = factory.jpegls_lossless_instance(seed=62, patient=OWN)
+    study, _, sop = uids_of(original)
+    (tmp_path / "original.dcm").write_bytes(original)
+    decoded = tmp_path / "decoded.dcm"
+    run(["dcmdjpls", str(tmp_path / "original.dcm"), str(decoded)])
+    out = tmp_path / "got"
+    out.mkdir()
+    with retrieve_scp(tmp_path, peers=PEERS, destinations={}) as scp:
+        scp.stow(original)
+        argv = ["getscu", "-v", "-S", "-aet", "GETSCU", "-aec", scp.ae_title, "-od", str(out), "-to", "30"]
+        argv += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+        log = run([*argv, "127.0.0.1", str(scp.port)])
+    [(got_sop, data)] = received(out).items()
+    assert got_sop == sop, log
+    ds = pydicom.dcmread(BytesIO(data))
+    assert ds.file_meta.TransferSyntaxUID in (ELE, ILE)
+    assert ds.PixelData == pydicom.dcmread(decoded).PixelData
