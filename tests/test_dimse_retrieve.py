@@ -32,6 +32,7 @@ from tests import factory
 from tests.dimse_retrieve_scp import Peer, RetrieveScp, retrieve_scp
 from tests.fixtures_pacs import PacsData, node
 from tests.http_helpers import uids_of
+from tests.peers.dcmqrscp import DcmqrscpPeer
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.ports import free_port
 from tests.peers.processes import stop_process
@@ -137,9 +138,11 @@ def test_getscu_receives_the_stored_bytes_on_its_own_association(tmp_path: Path,
     assert (outcome.operation, outcome.status, outcome.completed, outcome.failed) == ("C-GET", 0x0000, 5, 0)
 
 
-def test_jpeg_ls_is_transcoded_for_a_destination_that_takes_only_uncompressed(tmp_path: Path) -> None:
-    """Stored as JPEG-LS Lossless, moved to a storescp that accepts only uncompressed syntaxes:
-    it receives Explicit VR Little Endian whose pixels DCMTK's own JPEG-LS decoder agrees with."""
+@pytest.mark.parametrize("accept_all", [False, True])
+def test_jpeg_ls_goes_as_stored_or_transcoded_as_the_destination_accepts(tmp_path: Path, accept_all: bool) -> None:
+    """Stored as JPEG-LS Lossless, moved to a storescp that accepts every syntax (it gets the
+    stored bytes), or only uncompressed ones (it gets Explicit or Implicit VR Little Endian whose
+    pixels DCMTK's own JPEG-LS decoder agrees with)."""
     original = factory.jpegls_lossless_instance(seed=61, patient=OWN)
     study, _, sop = uids_of(original)
     (tmp_path / "original.dcm").write_bytes(original)
@@ -149,17 +152,19 @@ def test_jpeg_ls_is_transcoded_for_a_destination_that_takes_only_uncompressed(tm
     out = tmp_path / "dest"
     out.mkdir()
     with (
-        storescp(out) as port,  # default: uncompressed transfer syntaxes only
+        storescp(out, *(["+xa"] if accept_all else [])) as port,  # default: uncompressed only
         retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", port)}) as scp,
     ):
         scp.stow(original)
         log = movescu(scp, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
     [(got_sop, data)] = received(out).items()
     assert got_sop == sop, log
+    if accept_all:
+        assert dataset_bytes(data) == dataset_bytes(original)
+        return
     ds = pydicom.dcmread(BytesIO(data))
     assert ds.file_meta.TransferSyntaxUID in (ELE, ILE)
-    reference = pydicom.dcmread(decoded)
-    assert ds.PixelData == reference.PixelData
+    assert ds.PixelData == pydicom.dcmread(decoded).PixelData
     assert ds.PatientName == "OWN^PATIENT"
 
 
@@ -284,6 +289,15 @@ def test_unknown_destination_is_a801(tmp_path: Path, series: list[bytes]) -> Non
     assert scp.outcomes[0].status == 0xA801
 
 
+def test_a_destination_that_does_not_answer_is_a801(tmp_path: Path, series: list[bytes]) -> None:
+    study, _, _ = uids_of(series[0])
+    with retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", free_port())}) as scp:
+        scp.stow(*series)
+        statuses = pynetdicom_move(scp.port, move_request(study))
+    assert [s.Status for s in statuses] == [0xA801]
+    assert (scp.outcomes[0].status, scp.outcomes[0].comment) == (0xA801, "the destination cannot be reached")
+
+
 def test_a_bad_identifier_gets_a900_with_its_reason(tmp_path: Path, series: list[bytes]) -> None:
     study, _, _ = uids_of(series[0])
     with (
@@ -355,20 +369,34 @@ def test_a_requester_killed_mid_move_ends_the_move_and_the_gateway_still_serves(
     assert statuses[-1].NumberOfCompletedSuboperations == len(series)
 
 
+@pytest.mark.parametrize(("pacs", "level"), [("orthanc", "SERIES"), ("dcmqrscp", "STUDY")])
 def test_pacs_only_instances_are_moved_as_they_arrive(
-    tmp_path: Path, orthanc_pacs: OrthancPeer, pacs_data: PacsData
+    tmp_path: Path,
+    orthanc_pacs: OrthancPeer,
+    dcmqrscp_pacs: DcmqrscpPeer,
+    pacs_data: PacsData,
+    pacs: str,
+    level: str,
 ) -> None:
-    """A series only Orthanc (a [[pacs]] node) holds, moved through the gateway to storescp:
-    fetched through the cached upstream retrieve, sent on as it arrives, bytes as Orthanc holds them."""
+    """A series only a [[pacs]] node holds, moved through the gateway to storescp: fetched
+    through the cached upstream retrieve, sent on as it arrives, bytes as the PACS holds them.
+    (dcmqrscp answers only hierarchical C-FINDs: the instances are counted series by series.)"""
     study, series_uid = pacs_data.series_uids
     out = tmp_path / "dest"
     out.mkdir()
-    pacs = [node("orthanc", orthanc_pacs.dicom_port, orthanc_pacs.aet, dimse_timeout=30)]
+    port, aet = (orthanc_pacs.dicom_port, orthanc_pacs.aet) if pacs == "orthanc" else (dcmqrscp_pacs.port, "DCMQRSCP")
+    keys = [f"QueryRetrieveLevel={level}", f"StudyInstanceUID={study}"]
+    keys += [f"SeriesInstanceUID={series_uid}"] if level == "SERIES" else []
     with (
-        storescp(out, "+xa") as port,
-        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", port)}, pacs=pacs) as scp,
+        storescp(out, "+xa") as dest_port,
+        retrieve_scp(
+            tmp_path,
+            peers=PEERS,
+            destinations={DEST_AET: ("127.0.0.1", dest_port)},
+            pacs=[node(pacs, port, aet, dimse_timeout=30)],
+        ) as scp,
     ):
-        log = movescu(scp, "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study}", f"SeriesInstanceUID={series_uid}")
+        log = movescu(scp, *keys)
     got = received(out)
     assert {sop: dataset_bytes(data) for sop, data in got.items()} == {
         uids_of(d)[2]: dataset_bytes(d) for d in pacs_data.series

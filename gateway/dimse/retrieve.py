@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import build_context
 from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
 
-from gateway.dicom.attributes import SOP_INSTANCE_UID, tag_of
+from gateway.dicom.attributes import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, tag_of
 from gateway.dicom.media import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -145,7 +145,7 @@ class Part:
 
     retrieval: Retrieval
     expected: dict[str, str]  # SOP Instance UID → SOP Class UID ('' when unknown)
-    stored: dict[str, str] = field(default_factory=dict)  # SOP Class UID → a stored syntax (cached)
+    stored: dict[str, set[str]] = field(default_factory=dict)  # SOP Class UID → stored syntaxes (cached)
 
 
 @dataclass
@@ -167,10 +167,9 @@ class Plan:
             for sop_class in part.expected.values():
                 if sop_class:
                     classes.setdefault(sop_class, [])
-            for sop_class, syntax in part.stored.items():
+            for sop_class, stored in part.stored.items():
                 syntaxes = classes.setdefault(sop_class, [])
-                if syntax not in UNCOMPRESSED and syntax not in syntaxes:
-                    syntaxes.append(syntax)
+                syntaxes += sorted(ts for ts in stored if ts not in UNCOMPRESSED and ts not in syntaxes)
             if part.retrieval.cached is None:
                 for sop_class in part.expected.values():
                     if sop_class:
@@ -249,13 +248,14 @@ class Retriever:
         except NotFound:
             return None
         if retrieval.cached is not None:
-            return Part(
-                retrieval,
-                {r.sop_uid: r.sop_class_uid for r in retrieval.cached},
-                {r.sop_class_uid: r.transfer_syntax for r in retrieval.cached},
-            )
+            stored: dict[str, set[str]] = {}
+            for record in retrieval.cached:
+                stored.setdefault(record.sop_class_uid, set()).add(record.transfer_syntax)
+            return Part(retrieval, {r.sop_uid: r.sop_class_uid for r in retrieval.cached}, stored)
         try:
             expected = await self._expected(selection, restriction)
+            if not expected:
+                return await self._drained(retrieval)
         except BaseException:
             with suppress(Exception):
                 await retrieval.items.aclose()
@@ -264,25 +264,53 @@ class Retriever:
 
     async def _expected(self, selection: Selection, restriction: Restriction | None) -> dict[str, str]:
         """SOP Instance UID → SOP Class UID of each instance of a selection a PACS flight brings,
-        from an IMAGE level query of the federation."""
+        from IMAGE level queries of the federation, one per series (PS3.4 C.4.1.2.1: a PACS may
+        answer only hierarchical queries, which name the series of an IMAGE level query)."""
+        series = [selection.series] if selection.series is not None else await self._series_of(selection, restriction)
         matches = () if selection.sop is None else (Match.uid(SOP_INSTANCE_UID, "instance", selection.sop),)
-        query = QidoQuery(
-            level="instance",
-            study=selection.study,
-            series=selection.series,
-            matches=matches,
-            includes=frozenset({SOP_CLASS_UID}),
-            restriction=restriction,
-        )
-        result = await self._search.search(query, base_url="")
-        if result.more:
-            log.warning("retrieve of %s: more instances than limits.max_qido_results", selection)
         found: dict[str, str] = {}
-        for row in result.rows:
-            sop = _value(row, SOP_INSTANCE_UID)
-            if sop:
-                found[sop] = _value(row, SOP_CLASS_UID)
+        for uid in series:
+            query = QidoQuery(
+                level="instance",
+                study=selection.study,
+                series=uid,
+                matches=matches,
+                includes=frozenset({SOP_CLASS_UID}),
+                restriction=restriction,
+            )
+            result = await self._search.search(query, base_url="")
+            if result.more:
+                log.warning("retrieve of %s: more instances than limits.max_qido_results", selection)
+            for row in result.rows:
+                sop = _value(row, SOP_INSTANCE_UID)
+                if sop:
+                    found[sop] = _value(row, SOP_CLASS_UID)
         return found
+
+    async def _series_of(self, selection: Selection, restriction: Restriction | None) -> list[str]:
+        query = QidoQuery(level="series", study=selection.study, restriction=restriction)
+        result = await self._search.search(query, base_url="")
+        return list(dict.fromkeys(s for s in (_value(row, SERIES_INSTANCE_UID) for row in result.rows) if s))
+
+    @staticmethod
+    async def _drained(retrieval: Retrieval) -> Part:
+        """A flight whose instances no query could count: followed to its end first, then
+        counted and read from the cache (the flight's spool files go once nobody follows it).
+        Not streamed, but complete; an arrival the cache refused is a failed sub-operation."""
+        arrivals: list[InstanceRecord | Arrival] = []
+        async with aclosing(retrieval.items) as items:
+            async for item in items:
+                arrivals.append(item)
+        log.warning("retrieve: the instances of a PACS flight could not be counted first; sent once cached")
+        records: list[InstanceRecord | Arrival] = []
+        for item in arrivals:
+            if isinstance(item, Arrival):
+                await item.settled.wait()
+                if item.record is None:
+                    continue
+                item = item.record
+            records.append(item)
+        return Part(Retrieval(_replay(records), retrieval.syntaxes), {_identity(item): "" for item in arrivals})
 
     # -- sub-operations (on pynetdicom's thread) ----------------------------------------------
 
@@ -381,6 +409,11 @@ def _unsendable(sop: str) -> Dataset:
 
 def _identity(item: InstanceRecord | Arrival) -> str:
     return item.sop_uid if isinstance(item, InstanceRecord) else item.received.sop_uid
+
+
+async def _replay(items: list[InstanceRecord | Arrival]) -> AsyncGenerator[InstanceRecord | Arrival, None]:
+    for item in items:
+        yield item
 
 
 async def _next(items: AsyncGenerator[InstanceRecord | Arrival, None]) -> InstanceRecord | Arrival | None:
