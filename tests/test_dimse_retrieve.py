@@ -118,6 +118,7 @@ def test_movescu_to_storescp_delivers_the_stored_bytes(tmp_path: Path, series: l
     assert "Move Response: Success" in log or "Received Final Move Response (Success)" in log, log
     [outcome] = scp.outcomes
     assert (outcome.status, outcome.completed, outcome.failed) == (0x0000, 5, 0)
+    assert sorted(outcome.instances) == sorted(uids_of(d) for d in series)  # for the audit trail
 
 
 def test_getscu_receives_the_stored_bytes_on_its_own_association(tmp_path: Path, series: list[bytes]) -> None:
@@ -464,6 +465,9 @@ def test_a_destination_that_goes_away_fails_the_rest_and_names_them(tmp_path: Pa
     assert final.Status == 0xB000
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 3)
     assert set(final.FailedSOPInstanceUIDList) == {uids_of(d)[2] for d in series} - delivered
+    [outcome] = scp.outcomes
+    assert (outcome.status, outcome.completed, outcome.failed) == (0xB000, 2, 3)
+    assert {sop for _, sop, _ in outcome.failures} == set(final.FailedSOPInstanceUIDList)
 
 
 def test_getscu_proposing_uncompressed_gets_jpeg_ls_transcoded(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from gateway.dimse.retrieve import (
     failure,
     final_status,
     identifier_of,
+    outcome,
     report,
 )
 from gateway.dimse.retrieve_query import GET_SOP_CLASSES, RetrieveFailure, parse_retrieve
@@ -75,7 +76,7 @@ class GetHandler:
         started = time.monotonic()
         peer = self._peer_of(event)
         level, status, comment = "", UNABLE_TO_PROCESS_INTERNAL, "internal error"
-        tally, yielded = Tally(), 0
+        tally = Tally()
         plan: Plan | None = None
         assoc = event.assoc
         assoc.bind(evt.EVT_DIMSE_RECV, tally.on_received)
@@ -109,14 +110,13 @@ class GetHandler:
                 accepted=lambda: accepted_syntaxes(assoc.accepted_contexts, as_scu=True),
                 receiver_up=lambda: bool(assoc.is_established),
                 cancelled=lambda: bool(event.is_cancelled),
+                tally=tally,
             ):
                 if result[0] == CANCELLED:
                     status = CANCELLED
-                else:
-                    yielded += 1
                 yield result
             if status != CANCELLED:
-                status = final_status(plan.count, tally, yielded)
+                status = final_status(plan.count, tally)
         except GeneratorExit:
             # pynetdicom closed the generator: the requester left mid-retrieve.
             if status == SUCCESS and plan is not None and plan.count > 0:
@@ -126,9 +126,5 @@ class GetHandler:
             assoc.unbind(evt.EVT_DIMSE_RECV, tally.on_received)
             if plan is not None:
                 self._retriever.close(plan)
-            failed = max(yielded - tally.completed - tally.warning, 0)
-            outcome = RetrieveOutcome(
-                peer.name, "C-GET", level, peer.name, status, tally.completed, failed, tally.warning,
-                time.monotonic() - started, comment,
-            )  # fmt: skip
-            report(outcome, self._on_outcome)
+            done = outcome("C-GET", peer.name, level, peer.name, status, tally, plan, started, comment)
+            report(done, self._on_outcome)

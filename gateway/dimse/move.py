@@ -51,6 +51,7 @@ from gateway.dimse.retrieve import (
     final_status,
     generic_contexts,
     identifier_of,
+    outcome,
     report,
 )
 from gateway.dimse.retrieve_query import MOVE_SOP_CLASSES, RetrieveFailure, parse_retrieve
@@ -104,7 +105,7 @@ class MoveHandler:
         peer = self._peer_of(event)
         target = str(event.move_destination or "").strip()
         level, status, comment = "", UNABLE_TO_PROCESS_INTERNAL, "internal error"
-        tally, yielded = Tally(), 0
+        tally = Tally()
         plan: Plan | None = None
         sub_association: dict[str, Any] = {}
         try:
@@ -158,15 +159,17 @@ class MoveHandler:
                 return accepted_syntaxes(assoc.accepted_contexts if assoc is not None else ())
 
             for result in self._retriever.sub_operations(
-                plan, accepted=accepted_now, receiver_up=receiver_up, cancelled=lambda: bool(event.is_cancelled)
+                plan,
+                accepted=accepted_now,
+                receiver_up=receiver_up,
+                cancelled=lambda: bool(event.is_cancelled),
+                tally=tally,
             ):
                 if result[0] == CANCELLED:
                     status = CANCELLED
-                else:
-                    yielded += 1
                 yield result
             if status != CANCELLED:
-                status = final_status(plan.count, tally, yielded)
+                status = final_status(plan.count, tally)
         except GeneratorExit:
             # pynetdicom closed the generator: the requester left, or the destination refused.
             if status == SUCCESS and plan is not None and plan.count > 0:
@@ -175,9 +178,5 @@ class MoveHandler:
         finally:
             if plan is not None:
                 self._retriever.close(plan)
-            failed = max(yielded - tally.completed - tally.warning, 0)
-            outcome = RetrieveOutcome(
-                peer.name, "C-MOVE", level, target, status, tally.completed, failed, tally.warning,
-                time.monotonic() - started, comment,
-            )  # fmt: skip
-            report(outcome, self._on_outcome)
+            done = outcome("C-MOVE", peer.name, level, target, status, tally, plan, started, comment)
+            report(done, self._on_outcome)

@@ -29,6 +29,7 @@ refuses it before anything is sent, and counts it as a failed sub-operation whos
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ __all__ = [
     "final_status",
     "generic_contexts",
     "identifier_of",
+    "outcome",
     "report",
 ]
 
@@ -81,6 +83,8 @@ log = logging.getLogger(__name__)
 
 PENDING = 0xFF00
 CANCELLED = 0xFE00
+NOT_PERFORMED = 0xA702  # PS3.4 C.4.2.1.5: "unable to perform sub-operations"
+STORE_WARNINGS = (0xB000, 0xB006, 0xB007)  # PS3.4 B.2.3
 UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 # What a PACS is likely to deliver in: proposed to a C-MOVE destination for the SOP Classes of a
 # PACS flight (the stored syntax of those instances is only known when they arrive).
@@ -102,8 +106,9 @@ STUDY_INSTANCE_UID = tag_of("StudyInstanceUID")
 
 @dataclass(frozen=True)
 class RetrieveOutcome:
-    """One C-MOVE or C-GET as audited: who, what level, where to, the final status and the
-    sub-operation counts (as the receiver answered them)."""
+    """One C-MOVE or C-GET as audited: who, what level, where to, the final status, the
+    sub-operation counts (as the receiver answered them), the (study, series, SOP Instance UID)
+    of each instance delivered and the (study, SOP Instance UID, status) of each that failed."""
 
     peer: str
     operation: str  # "C-MOVE" or "C-GET"
@@ -115,28 +120,52 @@ class RetrieveOutcome:
     warning: int
     duration: float
     comment: str = ""
+    instances: tuple[tuple[str, str, str], ...] = ()
+    failures: tuple[tuple[str | None, str | None, int], ...] = ()
 
 
 @dataclass
 class Tally:
-    """The receiver's C-STORE responses, counted as they come (pynetdicom's ``EVT_DIMSE_RECV``
-    on the association the sub-operations run on)."""
+    """What became of each sub-operation: the instances yielded, and the receiver's C-STORE
+    responses as they come (pynetdicom's ``EVT_DIMSE_RECV`` on the association the
+    sub-operations run on)."""
 
-    completed: int = 0
-    failed: int = 0
-    warning: int = 0
+    sent: list[str] = field(default_factory=list)  # SOP Instance UIDs yielded as data sets
+    unsent: list[str] = field(default_factory=list)  # yielded as stand-ins: failed, nothing sent
+    answers: dict[str, int] = field(default_factory=dict)  # SOP Instance UID → C-STORE status
 
     def on_received(self, event: Any) -> None:
         message = event.message
         if type(message).__name__ != "C_STORE_RSP":
             return
-        status = int(message.command_set.get("Status", 0xC000))
-        if status == 0x0000:
-            self.completed += 1
-        elif status in (0xB000, 0xB007, 0xB006):  # PS3.4 B.2.3 warnings
-            self.warning += 1
-        else:
-            self.failed += 1
+        command = message.command_set
+        self.answers[str(command.get("AffectedSOPInstanceUID", ""))] = int(command.get("Status", 0xC000))
+
+    @property
+    def yielded(self) -> int:
+        return len(self.sent) + len(self.unsent)
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for status in self.answers.values() if status == 0x0000)
+
+    @property
+    def warning(self) -> int:
+        return sum(1 for status in self.answers.values() if status in STORE_WARNINGS)
+
+    @property
+    def failed(self) -> int:
+        return max(self.yielded - self.completed - self.warning, 0)
+
+    def delivered(self) -> list[str]:
+        return [sop for sop in self.sent if self.answers.get(sop, -1) in (0x0000, *STORE_WARNINGS)]
+
+    def failures(self) -> list[tuple[str, int]]:
+        """(SOP Instance UID, status) of each failed sub-operation: the receiver's failure
+        status, or 0xA702 for one that was not sent or not answered."""
+        failed = [(sop, self.answers.get(sop, NOT_PERFORMED)) for sop in self.sent]
+        failed = [(sop, status) for sop, status in failed if status not in (0x0000, *STORE_WARNINGS)]
+        return failed + [(sop, NOT_PERFORMED) for sop in self.unsent]
 
 
 @dataclass
@@ -145,6 +174,7 @@ class Part:
 
     retrieval: Retrieval
     expected: dict[str, str]  # SOP Instance UID → SOP Class UID ('' when unknown)
+    where: dict[str, tuple[str, str]]  # SOP Instance UID → (study, series)
     stored: dict[str, set[str]] = field(default_factory=dict)  # SOP Class UID → stored syntaxes (cached)
 
 
@@ -157,6 +187,13 @@ class Plan:
     @property
     def count(self) -> int:
         return min(sum(len(p.expected) for p in self.parts), MAX_SUB_OPERATIONS)
+
+    def where(self, sop: str) -> tuple[str | None, str | None]:
+        """The (study, series) of an instance of the plan, for the audit."""
+        for part in self.parts:
+            if sop in part.where:
+                return part.where[sop]
+        return None, None
 
     def contexts(self) -> list[PresentationContext]:
         """What a C-MOVE sub-association proposes (PS3.4 C.4.2.2.3): each SOP Class of the
@@ -251,24 +288,34 @@ class Retriever:
             stored: dict[str, set[str]] = {}
             for record in retrieval.cached:
                 stored.setdefault(record.sop_class_uid, set()).add(record.transfer_syntax)
-            return Part(retrieval, {r.sop_uid: r.sop_class_uid for r in retrieval.cached}, stored)
+            cached = retrieval.cached
+            return Part(
+                retrieval,
+                {r.sop_uid: r.sop_class_uid for r in cached},
+                {r.sop_uid: (r.study_uid, r.series_uid) for r in cached},
+                stored,
+            )
         try:
-            expected = await self._expected(selection, restriction)
+            expected, where = await self._expected(selection, restriction)
             if not expected:
-                return await self._drained(retrieval)
+                return await self._drained(retrieval, selection)
         except BaseException:
             with suppress(Exception):
                 await retrieval.items.aclose()
             raise
-        return Part(retrieval, expected)
+        return Part(retrieval, expected, where)
 
-    async def _expected(self, selection: Selection, restriction: Restriction | None) -> dict[str, str]:
-        """SOP Instance UID → SOP Class UID of each instance of a selection a PACS flight brings,
+    async def _expected(
+        self, selection: Selection, restriction: Restriction | None
+    ) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+        """SOP Instance UID → SOP Class UID, and → (study, series), of each instance of a
+        selection a PACS flight brings,
         from IMAGE level queries of the federation, one per series (PS3.4 C.4.1.2.1: a PACS may
         answer only hierarchical queries, which name the series of an IMAGE level query)."""
         series = [selection.series] if selection.series is not None else await self._series_of(selection, restriction)
         matches = () if selection.sop is None else (Match.uid(SOP_INSTANCE_UID, "instance", selection.sop),)
         found: dict[str, str] = {}
+        where: dict[str, tuple[str, str]] = {}
         for uid in series:
             query = QidoQuery(
                 level="instance",
@@ -285,7 +332,8 @@ class Retriever:
                 sop = _value(row, SOP_INSTANCE_UID)
                 if sop:
                     found[sop] = _value(row, SOP_CLASS_UID)
-        return found
+                    where[sop] = (selection.study, uid)
+        return found, where
 
     async def _series_of(self, selection: Selection, restriction: Restriction | None) -> list[str]:
         query = QidoQuery(level="series", study=selection.study, restriction=restriction)
@@ -293,7 +341,7 @@ class Retriever:
         return list(dict.fromkeys(s for s in (_value(row, SERIES_INSTANCE_UID) for row in result.rows) if s))
 
     @staticmethod
-    async def _drained(retrieval: Retrieval) -> Part:
+    async def _drained(retrieval: Retrieval, selection: Selection) -> Part:
         """A flight whose instances no query could count: followed to its end first, then
         counted and read from the cache (the flight's spool files go once nobody follows it).
         Not streamed, but complete; an arrival the cache refused is a failed sub-operation."""
@@ -303,6 +351,7 @@ class Retriever:
                 arrivals.append(item)
         log.warning("retrieve: the instances of a PACS flight could not be counted first; sent once cached")
         records: list[InstanceRecord | Arrival] = []
+        where = {_identity(item): (selection.study, selection.series or "") for item in arrivals}
         for item in arrivals:
             if isinstance(item, Arrival):
                 await item.settled.wait()
@@ -310,7 +359,9 @@ class Retriever:
                     continue
                 item = item.record
             records.append(item)
-        return Part(Retrieval(_replay(records), retrieval.syntaxes), {_identity(item): "" for item in arrivals})
+            where[item.sop_uid] = (item.study_uid, item.series_uid)
+        replay = Retrieval(_replay(records), retrieval.syntaxes)
+        return Part(replay, {_identity(item): "" for item in arrivals}, where)
 
     # -- sub-operations (on pynetdicom's thread) ----------------------------------------------
 
@@ -321,10 +372,12 @@ class Retriever:
         accepted: Callable[[], dict[str, set[str]]],
         receiver_up: Callable[[], bool],
         cancelled: Callable[[], bool],
+        tally: Tally,
     ) -> Iterator[tuple[int, Dataset | None]]:
         """``(0xFF00, data set)`` for each instance of ``plan`` (at most ``plan.count``), or
         ``(0xFE00, None)`` once ``cancelled()``. ``accepted()``: the receiver's accepted syntaxes
-        by SOP Class; ``receiver_up()``: whether the association to it still stands."""
+        by SOP Class; ``receiver_up()``: whether the association to it still stands; ``tally``
+        notes what each yield was."""
         budget = plan.count
         owed = dict.fromkeys(sop for part in plan.parts for sop in part.expected)  # announced, not yet yielded
         try:
@@ -343,13 +396,15 @@ class Retriever:
                         break
                     if item is None:
                         break
-                    dataset, sop = self._dataset(item, accepted())
+                    sop = _identity(item)
                     if sop in owed:
                         del owed[sop]
                     elif len(owed) >= budget:
                         log.warning("instance %s arrived beyond the announced sub-operations; not sent", sop)
                         continue
                     budget -= 1
+                    dataset = self._dataset(item, sop, accepted())
+                    (tally.sent if "SOPClassUID" in dataset else tally.unsent).append(sop)
                     yield PENDING, dataset
                     del dataset
             # Announced but not delivered (the PACS broke off or held fewer, the receiver left):
@@ -358,6 +413,7 @@ class Retriever:
                 if cancelled():
                     yield CANCELLED, None
                     return
+                tally.unsent.append(sop)
                 yield PENDING, _unsendable(sop)
         finally:
             self.close(plan)
@@ -368,35 +424,34 @@ class Retriever:
             with suppress(Exception):
                 self._portal(part.retrieval.items.aclose())
 
-    def _dataset(self, item: InstanceRecord | Arrival, accepted: dict[str, set[str]]) -> tuple[Dataset, str]:
-        """The data set of one sub-operation in a syntax the receiver accepted (or the stand-in
-        that fails), and its SOP Instance UID."""
-        data: bytes = self._portal(_collect(self._retrieval.instance_bytes(item, None)))
+    def _dataset(self, item: InstanceRecord | Arrival, sop: str, accepted: dict[str, set[str]]) -> Dataset:
+        """The data set of instance ``sop`` in a syntax the receiver accepted, or the stand-in
+        that fails (see :func:`_unsendable`)."""
         try:
+            data: bytes = self._portal(_collect(self._retrieval.instance_bytes(item, None)))
             dataset = pydicom.dcmread(BytesIO(data))
             sop_class = str(dataset.SOPClassUID)
-            sop = str(dataset.SOPInstanceUID)
             stored = str(dataset.file_meta.TransferSyntaxUID)
-        except Exception as exc:
-            sop = _identity(item)
+        except Exception as exc:  # the store, the spool file or the data set failed: one sub-operation
             log.warning("instance %s cannot be read for a C-STORE sub-operation: %s", sop, exc)
-            return _unsendable(sop), sop
+            return _unsendable(sop)
         syntaxes = accepted.get(sop_class, set())
         if stored in syntaxes:
-            return dataset, sop
+            return dataset
         target = next((ts for ts in UNCOMPRESSED if ts in syntaxes), None)
         if target is None:
             log.warning("instance %s: the receiver accepted no context for SOP Class %s", sop, sop_class)
-            return _unsendable(sop), sop
+            return _unsendable(sop)
         del dataset, data
         try:
             data = self._portal(_collect(self._retrieval.instance_bytes(item, target)))
             if not data:
                 raise ValueError("nothing to transcode (refused by the cache)")
-            return pydicom.dcmread(BytesIO(data)), sop
+            transcoded: Dataset = pydicom.dcmread(BytesIO(data))
         except Exception as exc:
             log.warning("instance %s cannot be sent in %s: %s", sop, target, exc)
-            return _unsendable(sop), sop
+            return _unsendable(sop)
+        return transcoded
 
 
 def _unsendable(sop: str) -> Dataset:
@@ -433,14 +488,37 @@ def _value(row: dict[str, Any], tag: str) -> str:
     return str(values[0]) if values else ""
 
 
-def final_status(announced: int, tally: Tally, yielded: int) -> int:
+def final_status(announced: int, tally: Tally) -> int:
     """The final status pynetdicom sends after the last sub-operation (PS3.4 C.4.2.1.5,
-    C.4.3.1.3), for the audit: each yielded sub-operation that the receiver did not answer with
-    success or a warning failed (a refused stand-in, a C-STORE that raised)."""
-    failed = yielded - tally.completed - tally.warning
-    if failed and failed == announced:
-        return 0xA702
-    return 0xB000 if failed or tally.warning else 0x0000
+    C.4.3.1.3), for the audit: 0xA702 when every announced one failed, 0xB000 when some failed
+    or warned, else 0x0000."""
+    if tally.failed and tally.failed == announced:
+        return NOT_PERFORMED
+    return 0xB000 if tally.failed or tally.warning else 0x0000
+
+
+def outcome(
+    operation: str,
+    peer: str,
+    level: str,
+    destination: str,
+    status: int,
+    tally: Tally,
+    plan: Plan | None,
+    started: float,
+    comment: str,
+) -> RetrieveOutcome:
+    """The outcome of a C-MOVE or C-GET, as its handler reports it."""
+
+    def where(sop: str) -> tuple[str | None, str | None]:
+        return plan.where(sop) if plan is not None else (None, None)
+
+    instances = tuple((study or "", series or "", sop) for sop in tally.delivered() for study, series in [where(sop)])
+    failures = tuple((where(sop)[0], sop, code) for sop, code in tally.failures())
+    return RetrieveOutcome(
+        peer, operation, level, destination, status, tally.completed, tally.failed, tally.warning,
+        time.monotonic() - started, comment, instances, failures,
+    )  # fmt: skip
 
 
 def identifier_of(event: Any) -> Dataset:
