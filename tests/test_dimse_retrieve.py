@@ -21,9 +21,13 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import AE, build_role, evt
 from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 from gateway.dicom.media import EXPLICIT_VR_LITTLE_ENDIAN as ELE
 from gateway.dicom.media import IMPLICIT_VR_LITTLE_ENDIAN as ILE
@@ -338,13 +342,15 @@ def test_a_requester_killed_mid_move_ends_the_move_and_the_gateway_still_serves(
     tmp_path: Path, series: list[bytes]
 ) -> None:
     """movescu is killed while the destination holds the second C-STORE: the move ends (its
-    outcome is reported, not all sub-operations done), and the next move is served whole."""
+    outcome is reported, not all sub-operations done, its association threads gone), and the
+    next move is served whole."""
     study, _, _ = uids_of(series[0])
     with (
         storage_scp(gated=True) as dest,
         retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", dest.port)}) as scp,
     ):
         scp.stow(*series)
+        idle = threading.active_count()
         argv = ["movescu", "-S", "-aet", "MOVESCU", "-aec", scp.ae_title, "-aem", DEST_AET]
         argv += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(scp.port)]
         requester = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -363,6 +369,11 @@ def test_a_requester_killed_mid_move_ends_the_move_and_the_gateway_still_serves(
         assert ended.status == 0xFE00
         assert ended.comment == "association ended"
         assert ended.completed < len(series)
+        for _ in range(600):  # the requester's and the sub-association's threads wind down
+            if threading.active_count() <= idle:
+                break
+            time.sleep(0.1)
+        assert threading.active_count() <= idle, [t.name for t in threading.enumerate()]
 
         dest.received.clear()
         statuses = pynetdicom_move(scp.port, move_request(study))
@@ -490,3 +501,62 @@ def test_getscu_proposing_uncompressed_gets_jpeg_ls_transcoded(tmp_path: Path) -
     ds = pydicom.dcmread(BytesIO(data))
     assert ds.file_meta.TransferSyntaxUID in (ELE, ILE)
     assert ds.PixelData == pydicom.dcmread(decoded).PixelData
+
+
+def pynetdicom_get(
+    port: int, identifier: Dataset, *, aet: str = "GETSCU", cancel_after: int | None = None
+) -> tuple[list[Dataset], list[str]]:
+    """The status data sets of a C-GET and the SOP Instance UIDs received on the association;
+    ``cancel_after``: send a C-CANCEL when that many instances were received."""
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [ELE, ILE])
+    ae.dimse_timeout = 60
+    got: list[str] = []
+    holder: dict[str, Any] = {}
+
+    def on_store(event: Any) -> int:
+        got.append(str(event.request.AffectedSOPInstanceUID))
+        if cancel_after is not None and len(got) == cancel_after:
+            assoc = holder["assoc"]
+            assoc.send_c_cancel(11, assoc.accepted_contexts[0].context_id)
+        return 0x0000
+
+    assoc = ae.associate(
+        "127.0.0.1",
+        port,
+        ae_title="GATEWAY",
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    holder["assoc"] = assoc
+    assert assoc.is_established
+    statuses: list[Dataset] = []
+    try:
+        for status, found in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet, msg_id=11):
+            if found is not None:
+                status.update(found)
+            statuses.append(status)
+    finally:
+        assoc.release()
+    return statuses, got
+
+
+def test_c_get_counts_cancel_and_restriction(tmp_path: Path, series: list[bytes]) -> None:
+    """pynetdicom as a C-GET SCU (Storage SCP role on its own association): every instance with
+    the counts; a C-CANCEL after the second stops it (0xFE00); a restricted peer's C-GET of
+    another patient's study gets nothing, as if absent."""
+    other = factory.ct_series(2, rows=16, cols=16, seed=57, patient=OTHER)
+    study, _, _ = uids_of(series[0])
+    with retrieve_scp(tmp_path, peers=PEERS, destinations={}) as scp:
+        scp.stow(*series, *other)
+        whole, got = pynetdicom_get(scp.port, move_request(study))
+        cancelled, got_before_cancel = pynetdicom_get(scp.port, move_request(study), cancel_after=2)
+        denied, got_denied = pynetdicom_get(scp.port, move_request(uids_of(other[0])[0]), aet="RESTRICTED")
+    assert sorted(got) == sorted(uids_of(d)[2] for d in series)
+    assert [s.NumberOfRemainingSuboperations for s in whole if s.Status == 0xFF00] == [4, 3, 2, 1, 0]
+    assert (whole[-1].Status, whole[-1].NumberOfCompletedSuboperations) == (0x0000, 5)
+    assert cancelled[-1].Status == 0xFE00
+    assert cancelled[-1].NumberOfCompletedSuboperations == len(got_before_cancel) < len(series)
+    assert [(s.Status, s.NumberOfCompletedSuboperations) for s in denied] == [(0x0000, 0)]
+    assert got_denied == []
