@@ -30,6 +30,7 @@ timeouts of the sub-association (connection, ACSE, DIMSE) are those of the liste
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -139,7 +140,11 @@ class MoveHandler:
             def accepted(event: Any) -> None:
                 sub_association["assoc"] = event.assoc
 
-            handlers = [(evt.EVT_ACCEPTED, accepted), (evt.EVT_DIMSE_RECV, tally.on_received)]
+            handlers = [
+                (evt.EVT_CONN_OPEN, _tune_connection),
+                (evt.EVT_ACCEPTED, accepted),
+                (evt.EVT_DIMSE_RECV, tally.on_received),
+            ]
             yield host, port, {"contexts": plan.contexts(), "evt_handlers": handlers}
             if plan.count == 0:
                 status, comment = SUCCESS, ""
@@ -180,3 +185,16 @@ class MoveHandler:
                 self._retriever.close(plan)
             done = outcome("C-MOVE", peer.name, level, target, status, tally, plan, started, comment)
             report(done, self._on_outcome)
+
+
+def _tune_connection(event: Any) -> None:
+    """``EVT_CONN_OPEN`` of the sub-association: disable Nagle, as on every other association of
+    the gateway (PEERS.md): each C-STORE otherwise ends with a small last PDU that waits for the
+    destination's delayed ACK (~40 ms per instance). And bound each socket write by the AE's
+    network timeout, so a destination that stops reading cannot hold the sending thread."""
+    sock = event.assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        timeout = event.assoc.ae.network_timeout
+        if timeout:
+            sock.socket.settimeout(timeout)
