@@ -560,3 +560,23 @@ def test_c_get_counts_cancel_and_restriction(tmp_path: Path, series: list[bytes]
     assert cancelled[-1].NumberOfCompletedSuboperations == len(got_before_cancel) < len(series)
     assert [(s.Status, s.NumberOfCompletedSuboperations) for s in denied] == [(0x0000, 0)]
     assert got_denied == []
+
+
+def test_an_instance_the_store_lost_is_a_failed_sub_operation_named_in_the_final(
+    tmp_path: Path, series: list[bytes]
+) -> None:
+    """One object is gone from the store (the index still lists it): the others are moved, the
+    lost one is a failed sub-operation named in the final 0xB000; no crash, no hang."""
+    study, series_uid, lost = uids_of(series[2])
+    with (
+        storage_scp() as dest,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", dest.port)}) as scp,
+    ):
+        scp.stow(*series)
+        key = f"studies/{study}/series/{series_uid}/instances/{lost}.dcm"
+        (tmp_path / "data" / "objects" / key).unlink()
+        statuses = pynetdicom_move(scp.port, move_request(study))
+    final = statuses[-1]
+    assert (final.Status, final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0xB000, 4, 1)
+    assert final.FailedSOPInstanceUIDList == lost  # one UID: a single value
+    assert sorted(sop for sop, _ in dest.received) == sorted(uids_of(d)[2] for d in series if uids_of(d)[2] != lost)

@@ -391,8 +391,10 @@ class Retriever:
                         break
                     try:
                         item = self._portal(_next(items))
-                    except GatewayError as exc:
-                        log.warning("retrieve broke off: %s", exc.reason)
+                    except Exception as exc:  # the PACS, the store or the portal's deadline
+                        # What was announced and not sent becomes failed sub-operations below.
+                        reason = exc.reason if isinstance(exc, GatewayError) else repr(exc)
+                        log.warning("retrieve broke off: %s", reason)
                         break
                     if item is None:
                         break
