@@ -6,7 +6,9 @@ destination's address, then the number of sub-operations, then one ``(status, da
 sub-operation; see :mod:`gateway.dimse.retrieve`). For each request:
 
 1. the Move Destination must be a configured client with a ``port`` (``destination_of``);
-   any other is 0xA801 "move destination unknown" (PS3.4 C.4.2.1.5), before anything is read;
+   any other is 0xA801 "move destination unknown" (PS3.4 C.4.2.1.5), before anything is read.
+   A client without a ``host`` is reached at the address its own request came from, so it is a
+   destination only for itself (a mobile viewer moving to itself);
 2. the identifier is translated (:func:`gateway.dimse.retrieve_query.parse_retrieve`); a bad
    one is answered with its failure status and ErrorComment. pynetdicom only sends a failure
    after it associated with the destination, so that sub-association is opened (proposing
@@ -68,7 +70,7 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 OUT_OF_RESOURCES_MATCHES = 0xA701
 UNABLE_TO_PROCESS_INTERNAL = 0xC001
 
-Destination = tuple[str, int]
+Destination = tuple[str | None, int]
 # What the sub-association that only carries a refusal proposes: anything a storage SCP accepts.
 REFUSAL_CONTEXTS = [build_context(Verification), *generic_contexts()[: MAX_CONTEXTS - 1]]
 
@@ -81,7 +83,9 @@ class MoveHandler:
     the log: pynetdicom's sub-association calls from the listener's AE); ``portal``: runs a
     coroutine on the gateway's event loop; ``peer_of``: the calling peer of an event;
     ``destination_of``: a Move Destination AE title → the (host, port) of its storage SCP, or
-    None; ``on_outcome``: called once per request (the listener's audit and metrics hook).
+    None (host None: the client has no configured address; it is then a destination only for
+    its own requests, at the address they come from); ``on_outcome``: called once per request
+    (the listener's audit and metrics hook).
     """
 
     def __init__(
@@ -116,6 +120,14 @@ class MoveHandler:
                 yield None, None  # pynetdicom answers 0xA801
                 return
             host, port = destination
+            if host is None:
+                # A client configured without a host: reachable where it calls from, so it is
+                # only a destination for its own requests (a viewer moving to itself).
+                if target != str(event.assoc.requestor.ae_title).strip():
+                    status, comment = MOVE_DESTINATION_UNKNOWN, f"move destination {target[:16]!r} has no host"
+                    yield None, None
+                    return
+                host = str(event.assoc.requestor.address)
             refusal: Dataset | None = None
             try:
                 request = parse_retrieve(identifier_of(event), str(event.request.AffectedSOPClassUID), MOVE_SOP_CLASSES)
