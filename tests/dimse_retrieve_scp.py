@@ -51,13 +51,23 @@ def retrieve_scp(
     tmp_path: Path,
     *,
     peers: Mapping[str, Peer],
-    destinations: Mapping[str, tuple[str, int]],
+    destinations: Mapping[str, tuple[str | None, int]],
     pacs: Sequence[Mapping[str, Any]] = (),
+    **settings: Any,
 ) -> Iterator[RetrieveScp]:
     """The gateway's front door, accepting the calling AE titles of ``peers`` and moving to
-    ``destinations`` (AE title → host, port); ``pacs``: ``[[pacs]]`` tables."""
-    clients = [peer.table(ae_title) for ae_title, peer in peers.items()]
-    clients += [client(ae, host=host, port=port) for ae, (host, port) in destinations.items()]
+    ``destinations`` (AE title → host, port; a peer's own AE title gives it that port, and
+    host None leaves its ``host`` out); ``pacs``: ``[[pacs]]`` tables; ``settings``: more
+    overrides (``audit``...)."""
+    clients = []
+    for ae_title, peer in peers.items():
+        table = peer.table(ae_title)
+        if ae_title in destinations:
+            host, table["port"] = destinations[ae_title]
+            if host is not None:
+                table["host"] = host
+        clients.append(table)
+    clients += [client(ae, host=host, port=port) for ae, (host, port) in destinations.items() if ae not in peers]
     outcomes: list[RetrieveOutcome] = []
     reporting = front_door._retrieve_outcome
 
@@ -73,6 +83,6 @@ def retrieve_scp(
     # The hook is built when the listener starts, within the app's lifespan.
     with (
         mock.patch.object(front_door, "_retrieve_outcome", collecting),
-        dimse_gateway(tmp_path, clients=clients, pacs=pacs) as gateway,
+        dimse_gateway(tmp_path, clients=clients, pacs=pacs, **settings) as gateway,
     ):
         yield RetrieveScp(gateway, outcomes)

@@ -4,6 +4,7 @@ needs, against the gateway's handlers (tests/dimse_retrieve_scp.py)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -580,3 +581,41 @@ def test_an_instance_the_store_lost_is_a_failed_sub_operation_named_in_the_final
     assert (final.Status, final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0xB000, 4, 1)
     assert final.FailedSOPInstanceUIDList == lost  # one UID: a single value
     assert sorted(sop for sop, _ in dest.received) == sorted(uids_of(d)[2] for d in series if uids_of(d)[2] != lost)
+
+
+def test_a_viewer_without_a_host_moves_to_itself_and_the_move_is_audited(tmp_path: Path, series: list[bytes]) -> None:
+    """A [[dimse_clients]] viewer with a port and no host: its own C-MOVE to itself reaches it
+    at the address it called from; another requester cannot send there (0xA801). The move is
+    one audit line (peer, status, the instance that failed) and one metric sample."""
+    study, series_uid, lost = uids_of(series[0])
+    peers = {**PEERS, "VIEWER": Peer("viewer")}
+    with (
+        storage_scp() as dest,
+        retrieve_scp(
+            tmp_path,
+            peers=peers,
+            destinations={"VIEWER": (None, dest.port)},
+            audit={"destination": str(tmp_path / "audit.jsonl")},
+        ) as scp,
+    ):
+        scp.stow(*series)
+        key = f"studies/{study}/series/{series_uid}/instances/{lost}.dcm"
+        (tmp_path / "data" / "objects" / key).unlink()
+        own = pynetdicom_move(scp.port, move_request(study), aet="VIEWER", destination="VIEWER")
+        other = pynetdicom_move(scp.port, move_request(study), aet="MOVESCU", destination="VIEWER")
+        metrics = scp.gateway.run(scp.gateway.http.get("/metrics")).text
+    assert (own[-1].Status, own[-1].NumberOfCompletedSuboperations) == (0xB000, 4)
+    assert [s.Status for s in other] == [0xA801]
+    assert len(dest.received) == 4
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    moves = [e for e in lines if e.get("dimse", {}).get("operation") == "C-MOVE"]
+    [viewer] = [e for e in moves if e["ActiveParticipant"][0]["UserID"] == "dimse:viewer"]
+    assert viewer["dimse"]["status"] == "0xB000"
+    assert [
+        o["ParticipantObjectID"]
+        for o in viewer["ParticipantObjectIdentification"]
+        if o.get("ParticipantObjectDescription")
+    ] == [lost]
+    [refused] = [e for e in moves if e["ActiveParticipant"][0]["UserID"] == "dimse:movescu"]
+    assert refused["dimse"]["status"] == "0xA801"
+    assert [line for line in metrics.splitlines() if 'operation="C-MOVE"' in line and 'peer="viewer"' in line]
