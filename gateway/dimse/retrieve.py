@@ -13,8 +13,8 @@ response and ends with 0x0000, 0xB000 (some failed, with the Failed SOP Instance
 restriction through the one visibility rule (a study outside it is absent: no sub-operations)
 and decides whether the store answers or a PACS flight brings the instances. The instances the
 store answers are known at once; those of a PACS flight are counted, and their SOP Classes
-learnt, by an IMAGE level query of the QIDO federation (the index and every ``[[pacs]]`` node),
-because the number of sub-operations must be announced before the first one.
+learnt, by IMAGE level queries of the QIDO federation (the index and every ``[[pacs]]`` node),
+series by series, because the number of sub-operations must be announced before the first one.
 
 :meth:`Retriever.sub_operations` then reads the instances one at a time, as the store streams
 them or as they arrive from the PACS (memory holds one instance, never a series), each in the
@@ -23,7 +23,8 @@ Implicit VR Little Endian by the retrieval service's transcoding. An instance th
 sent (no accepted context, transcoding impossible, announced but never delivered by the PACS,
 receiver gone) is yielded as a data set holding only its SOP Instance UID: pynetdicom's C-STORE
 refuses it before anything is sent, and counts it as a failed sub-operation whose UID it lists
-(PS3.4 C.4.2.3.1). C-CANCEL is looked at before each sub-operation (0xFE00 with the counts).
+(Failed SOP Instance UID List, PS3.4 C.4.2.1.4.2). C-CANCEL is looked at before each
+sub-operation (0xFE00 with the counts).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ class Plan:
         return None, None
 
     def contexts(self) -> list[PresentationContext]:
-        """What a C-MOVE sub-association proposes (PS3.4 C.4.2.2.3): each SOP Class of the
+        """What a C-MOVE sub-association proposes: each SOP Class of the
         instances with the uncompressed syntaxes, plus a context for each syntax they are (or,
         from a PACS, may be) stored in, so that the destination can take them as stored."""
         classes: dict[str, list[str]] = {}
