@@ -418,7 +418,7 @@ def test_pacs_only_instances_are_moved_as_they_arrive(
     assert (outcome.status, outcome.completed, outcome.failed) == (0x0000, len(pacs_data.series), 0)
 
 
-def test_patient_root_patient_level_moves_the_patients_studies(tmp_path: Path, series: list[bytes]) -> None:
+def test_patient_root_moves_the_patients_studies_and_only_theirs(tmp_path: Path, series: list[bytes]) -> None:
     second = factory.ct_series(2, rows=16, cols=16, seed=53, patient=OWN)  # another study of OWN^PATIENT
     other = factory.ct_series(2, rows=16, cols=16, seed=54, patient=OTHER)
     out = tmp_path / "dest"
@@ -430,7 +430,18 @@ def test_patient_root_patient_level_moves_the_patients_studies(tmp_path: Path, s
         scp.stow(*series, *second, *other)
         argv = ["movescu", "-v", "-P", "-aet", "MOVESCU", "-aec", scp.ae_title, "-aem", DEST_AET]
         log = run([*argv, "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PID-OWN", "127.0.0.1", str(scp.port)])
-    assert sorted(received(out)) == sorted(uids_of(d)[2] for d in [*series, *second]), log
+        moved = sorted(received(out))
+        for path in out.iterdir():
+            path.unlink()
+        # Below PATIENT level a Patient Root identifier names the patient too: a study of
+        # another patient is not that patient's, so nothing is moved.
+        study = uids_of(other[0])[0]
+        keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=PID-OWN", "-k", f"StudyInstanceUID={study}"]
+        mismatch = run([*argv, *keys, "127.0.0.1", str(scp.port)])
+        keys[3] = "PatientID=PID-OTHER"
+        match = run([*argv, *keys, "127.0.0.1", str(scp.port)])
+    assert moved == sorted(uids_of(d)[2] for d in [*series, *second]), log
+    assert sorted(received(out)) == sorted(uids_of(d)[2] for d in other), (mismatch, match)
 
 
 def test_memory_does_not_grow_with_the_series(tmp_path: Path) -> None:

@@ -257,7 +257,12 @@ class Retriever:
     async def _plan(self, request: RetrieveRequest, restriction: Restriction | None) -> Plan:
         selections = request.selections
         if request.patient_id is not None and not selections:
-            selections = await self._studies_of(request.patient_id, restriction)
+            selections = tuple(Selection(uid) for uid in await self._studies_of(request.patient_id, restriction))
+        elif request.patient_id is not None:
+            # Patient Root below PATIENT level: the studies named must be that patient's.
+            named = sorted({s.study for s in selections})
+            theirs = set(await self._studies_of(request.patient_id, restriction, named))
+            selections = tuple(s for s in selections if s.study in theirs)
         parts: list[Part] = []
         try:
             for selection in selections:
@@ -271,12 +276,15 @@ class Retriever:
             raise
         return Plan(parts)
 
-    async def _studies_of(self, patient_id: str, restriction: Restriction | None) -> tuple[Selection, ...]:
-        query = parse_qido("study", [(PATIENT_ID, patient_id)])
+    async def _studies_of(
+        self, patient_id: str, restriction: Restriction | None, among: list[str] | None = None
+    ) -> list[str]:
+        """The studies of a patient (``among`` those UIDs) in the index and every PACS."""
+        keys = [(PATIENT_ID, patient_id)] + ([(STUDY_INSTANCE_UID, "\\".join(among))] if among else [])
+        query = parse_qido("study", keys)
         query = QidoQuery(level="study", matches=query.matches, restriction=restriction)
         result = await self._search.search(query, base_url="")
-        studies = (_value(row, STUDY_INSTANCE_UID) for row in result.rows)
-        return tuple(Selection(uid) for uid in dict.fromkeys(s for s in studies if s))
+        return list(dict.fromkeys(s for s in (_value(row, STUDY_INSTANCE_UID) for row in result.rows) if s))
 
     async def _part(self, selection: Selection, restriction: Restriction | None) -> Part | None:
         try:
