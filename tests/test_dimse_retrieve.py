@@ -630,3 +630,22 @@ def test_a_viewer_without_a_host_moves_to_itself_and_the_move_is_audited(tmp_pat
     [refused] = [e for e in moves if e["ActiveParticipant"][0]["UserID"] == "dimse:movescu"]
     assert refused["dimse"]["status"] == "0xA801"
     assert [line for line in metrics.splitlines() if 'operation="C-MOVE"' in line and 'peer="viewer"' in line]
+
+
+def test_getscu_gets_pacs_only_instances(tmp_path: Path, orthanc_pacs: OrthancPeer, pacs_data: PacsData) -> None:
+    """C-GET of a series only Orthanc holds: the same cached upstream retrieve, each instance
+    sent on the requester's association as it arrives, bytes as Orthanc holds them."""
+    study, series_uid = pacs_data.series_uids
+    out = tmp_path / "got"
+    out.mkdir()
+    pacs = [node("orthanc", orthanc_pacs.dicom_port, orthanc_pacs.aet, dimse_timeout=30)]
+    with retrieve_scp(tmp_path, peers=PEERS, destinations={}, pacs=pacs) as scp:
+        argv = ["getscu", "-v", "-S", "-aet", "GETSCU", "-aec", scp.ae_title, "-od", str(out), "-to", "60"]
+        argv += ["-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study}"]
+        log = run([*argv, "-k", f"SeriesInstanceUID={series_uid}", "127.0.0.1", str(scp.port)])
+    got = received(out)
+    assert {sop: dataset_bytes(data) for sop, data in got.items()} == {
+        uids_of(d)[2]: dataset_bytes(d) for d in pacs_data.series
+    }, log
+    [outcome] = scp.outcomes
+    assert (outcome.operation, outcome.status, outcome.completed) == ("C-GET", 0x0000, len(pacs_data.series))
