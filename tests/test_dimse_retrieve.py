@@ -649,3 +649,25 @@ def test_getscu_gets_pacs_only_instances(tmp_path: Path, orthanc_pacs: OrthancPe
     }, log
     [outcome] = scp.outcomes
     assert (outcome.operation, outcome.status, outcome.completed) == ("C-GET", 0x0000, len(pacs_data.series))
+
+
+def test_a_destination_that_stops_answering_times_out_and_fails_the_rest(tmp_path: Path, series: list[bytes]) -> None:
+    """The destination takes the first C-STORE, then never answers the second: after
+    dimse.dimse_timeout the sub-association is aborted and the move ends with what it did (one
+    completed) and what failed (the rest, named), instead of waiting for ever."""
+    study, _, _ = uids_of(series[0])
+    with (
+        storage_scp(gated=True) as dest,  # the gate opens only when the test ends
+        retrieve_scp(
+            tmp_path,
+            peers=PEERS,
+            destinations={DEST_AET: ("127.0.0.1", dest.port)},
+            dimse={"dimse_timeout": 3},
+        ) as scp,
+    ):
+        scp.stow(*series)
+        statuses = pynetdicom_move(scp.port, move_request(study))
+    final = statuses[-1]
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 4)
+    assert len(final.FailedSOPInstanceUIDList) == 4
