@@ -23,6 +23,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
+from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import (
     CTImageStorage,
@@ -671,3 +672,46 @@ def test_a_destination_that_stops_answering_times_out_and_fails_the_rest(tmp_pat
     assert final.Status == 0xB000
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 4)
     assert len(final.FailedSOPInstanceUIDList) == 4
+
+
+def test_an_undecodable_identifier_gets_a_failure_status_not_a_dropped_association(
+    tmp_path: Path, series: list[bytes]
+) -> None:
+    """A C-MOVE whose identifier is not a data set (an element claiming 2 GB): 0xC000 with its
+    reason, and the same association then moves the study."""
+    study, _, _ = uids_of(series[0])
+    with (
+        storage_scp() as dest,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", dest.port)}) as scp,
+    ):
+        scp.stow(*series)
+        ae = AE(ae_title="MOVESCU")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.dimse_timeout = 60
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="GATEWAY")
+        assert assoc.is_established
+        try:
+            context = assoc.accepted_contexts[0]
+            request = C_MOVE()
+            request.MessageID = 5
+            request.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelMove
+            request.MoveDestination = DEST_AET
+            request.Priority = 2
+            request.Identifier = BytesIO(b"\x08\x00\x52\x00\xff\xff\xff\x7fSTUDY")
+            assoc._reactor_checkpoint.clear()  # read the response here, as send_c_move does
+            while not assoc._is_paused:
+                time.sleep(0.0001)
+            try:
+                assoc.dimse.send_msg(request, context.context_id)
+                _, response = assoc.dimse.get_msg(block=True)
+            finally:
+                assoc._reactor_checkpoint.set()
+            assert response is not None
+            assert (response.Status, response.ErrorComment) == (0xC000, "the identifier cannot be decoded")
+            statuses = list(
+                assoc.send_c_move(move_request(study), DEST_AET, StudyRootQueryRetrieveInformationModelMove)
+            )
+        finally:
+            assoc.release()
+    assert statuses[-1][0].Status == 0x0000
+    assert len(dest.received) == len(series)
