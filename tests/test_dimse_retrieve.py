@@ -715,3 +715,26 @@ def test_an_undecodable_identifier_gets_a_failure_status_not_a_dropped_associati
             assoc.release()
     assert statuses[-1][0].Status == 0x0000
     assert len(dest.received) == len(series)
+
+
+def test_jpeg_2000_lossless_reaches_an_uncompressed_only_destination_with_its_original_pixels(
+    tmp_path: Path,
+) -> None:
+    """Stored as JPEG 2000 Lossless, moved to a storescp that accepts only uncompressed syntaxes:
+    the pixels it receives are exactly those the instance was encoded from."""
+    original = factory.j2k_lossless_instance(seed=63, patient=OWN)
+    source_pixels = factory.ct_dataset(seed=63, rows=64, cols=64, patient=OWN).PixelData
+    study, _, sop = uids_of(original)
+    out = tmp_path / "dest"
+    out.mkdir()
+    with (
+        storescp(out) as port,
+        retrieve_scp(tmp_path, peers=PEERS, destinations={DEST_AET: ("127.0.0.1", port)}) as scp,
+    ):
+        scp.stow(original)
+        log = movescu(scp, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
+    [(got_sop, data)] = received(out).items()
+    assert got_sop == sop, log
+    ds = pydicom.dcmread(BytesIO(data))
+    assert ds.file_meta.TransferSyntaxUID in (ELE, ILE)
+    assert ds.PixelData == source_pixels
