@@ -19,6 +19,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -35,11 +36,12 @@ from gateway.dicom.media import EXPLICIT_VR_LITTLE_ENDIAN as ELE
 from gateway.dicom.media import IMPLICIT_VR_LITTLE_ENDIAN as ILE
 from gateway.security.access import Restriction
 from tests import factory
+from tests.dimse_gateway import client, dimse_gateway
 from tests.dimse_retrieve_scp import Peer, RetrieveScp, retrieve_scp
 from tests.fixtures_pacs import PacsData, node
 from tests.http_helpers import uids_of
 from tests.peers.dcmqrscp import DcmqrscpPeer
-from tests.peers.orthanc import OrthancPeer
+from tests.peers.orthanc import OrthancPeer, run_orthanc
 from tests.peers.ports import free_port
 from tests.peers.processes import stop_process
 from tests.test_pacs_wado import dataset_bytes
@@ -738,3 +740,48 @@ def test_jpeg_2000_lossless_reaches_an_uncompressed_only_destination_with_its_or
     ds = pydicom.dcmread(BytesIO(data))
     assert ds.file_meta.TransferSyntaxUID in (ELE, ILE)
     assert ds.PixelData == source_pixels
+
+
+def test_orthanc_queries_then_retrieves_a_study_back_byte_identical(tmp_path: Path) -> None:
+    """Orthanc as a DIMSE client: it pushes a study to the gateway, forgets it, finds it on the
+    gateway by C-FIND (/modalities/{gw}/query) and C-MOVEs it back to itself (/retrieve); what
+    it then holds is what it had, byte for byte."""
+    study = factory.new_uid("orthanc-move", 1)
+    instances = [
+        *factory.ct_series(4, rows=64, cols=64, study_uid=study, series_uid=factory.new_uid("orthanc-mv", 1), seed=5),
+        factory.j2k_lossless_instance(seed=6, study_uid=study),
+    ]
+    scp_port, orthanc_port = free_port(), free_port()
+    orthanc_client = client("ORTHANC", name="orthanc", scopes=["read", "write"], host="127.0.0.1", port=orthanc_port)
+    with (
+        dimse_gateway(tmp_path / "gw", clients=[orthanc_client], scp_port=scp_port) as gw,
+        run_orthanc(
+            tmp_path / "orthanc",
+            gateway_aet=gw.ae_title,
+            gateway_port=scp_port,
+            extra_config={"DicomPort": orthanc_port},
+        ) as orthanc,
+        httpx.Client(base_url=orthanc.http_url, timeout=120) as rest,
+    ):
+        for data in instances:
+            rest.post("/instances", content=data).raise_for_status()
+        [orthanc_study] = rest.get("/studies").json()
+        pushed = rest.post("/modalities/gateway/store", json={"Resources": [orthanc_study], "Synchronous": True})
+        assert pushed.status_code == 200, pushed.text
+        assert pushed.json()["FailedInstancesCount"] == 0, pushed.text
+        rest.delete(f"/studies/{orthanc_study}").raise_for_status()
+        assert rest.get("/studies").json() == []
+
+        query = rest.post("/modalities/gateway/query", json={"Level": "Study", "Query": {"StudyInstanceUID": study}})
+        query.raise_for_status()
+        query_id = query.json()["ID"]
+        assert len(rest.get(f"/queries/{query_id}/answers").json()) == 1
+        moved = rest.post(f"/queries/{query_id}/retrieve", json={"TargetAet": "ORTHANC", "Synchronous": True})
+        assert moved.status_code == 200, moved.text
+        back = {}
+        for instance in rest.get("/instances").json():
+            data = rest.get(f"/instances/{instance}/file").content
+            back[uids_of(data)[2]] = data
+    assert {sop: dataset_bytes(data) for sop, data in back.items()} == {
+        uids_of(d)[2]: dataset_bytes(d) for d in instances
+    }
