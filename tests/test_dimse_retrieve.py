@@ -41,7 +41,7 @@ from tests.dimse_retrieve_scp import Peer, RetrieveScp, retrieve_scp
 from tests.fixtures_pacs import PacsData, node
 from tests.http_helpers import uids_of
 from tests.peers.dcmqrscp import DcmqrscpPeer
-from tests.peers.orthanc import OrthancPeer, run_orthanc
+from tests.peers.orthanc import OrthancPeer, orthanc_available, run_orthanc
 from tests.peers.ports import free_port
 from tests.peers.processes import stop_process
 from tests.test_pacs_wado import dataset_bytes
@@ -742,6 +742,7 @@ def test_jpeg_2000_lossless_reaches_an_uncompressed_only_destination_with_its_or
     assert ds.PixelData == source_pixels
 
 
+@pytest.mark.skipif(not orthanc_available(), reason="Orthanc is not installed (apt-get install orthanc-dicomweb)")
 def test_orthanc_queries_then_retrieves_a_study_back_byte_identical(tmp_path: Path) -> None:
     """Orthanc as a DIMSE client: it pushes a study to the gateway, forgets it, finds it on the
     gateway by C-FIND (/modalities/{gw}/query) and C-MOVEs it back to itself (/retrieve); what
