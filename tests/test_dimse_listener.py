@@ -137,3 +137,26 @@ def test_query_retrieve_contexts_are_offered_to_read_clients_only(gw: DimseGatew
         assoc.release()
     assert study_root_find in accepted["VIEWER"]
     assert accepted["MODALITY"] == {"1.2.840.10008.1.1"}  # C-ECHO only: no read scope
+
+
+def test_peers_silent_in_the_middle_of_a_pdu_do_not_hold_the_door(tmp_path: Path) -> None:
+    """Half an association request, and half a P-DATA on an established association, then
+    silence: each is dropped after ``network_timeout`` and its slot is free again."""
+    limits = {"max_associations": 2, "network_timeout": 2, "acse_timeout": 2}
+    with dimse_gateway(tmp_path, clients=CLIENTS, dimse=limits) as gw:
+        half_request = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        half_request.sendall(b"\x01\x00\x00\x00\x00\x64" + b"\x00" * 10)  # 16 of 106 bytes
+        ae = AE(ae_title="VIEWER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", gw.port, ae_title=gw.ae_title)
+        assert assoc.is_established
+        assoc.dul.socket.socket.sendall(b"\x04\x00\x00\x01\x00\x00" + b"\x00" * 16)  # P-DATA, 16 of 65536
+        try:
+            held = echoscu(gw, aet="VIEWER")
+            assert "Local Limit Exceeded" in held.stdout + held.stderr
+            # However long it takes (network_timeout, 2 s here), the door opens again.
+            while echoscu(gw, aet="VIEWER").returncode != 0:
+                time.sleep(0.5)
+        finally:
+            half_request.close()
+            assoc.abort()

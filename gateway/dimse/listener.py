@@ -16,6 +16,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -102,7 +103,7 @@ class DimseListener:
                     read_only.add(abstract)
         gate = Gate(self._peers, ae_title=self.ae_title, read_only=read_only, on_reject=self._on_reject)
         handlers: list[tuple[Any, Callable[[Any], Any]]] = [
-            (evt.EVT_CONN_OPEN, _nodelay),
+            (evt.EVT_CONN_OPEN, partial(_tune_connection, timeout=limits.network_timeout)),
             (evt.EVT_CONN_CLOSE, _closed_before_request),
             (evt.EVT_REQUESTED, gate),
             *((s.event, s.handler) for s in self._services),
@@ -141,12 +142,16 @@ class DimseListener:
         return 0 if self._ae is None else sum(1 for a in self._ae.active_associations if a.is_acceptor)
 
 
-def _nodelay(event: Any) -> None:
+def _tune_connection(event: Any, *, timeout: float) -> None:
     """``EVT_CONN_OPEN``: disable Nagle, as on the adapter's associations (PEERS.md): small
-    DIMSE responses otherwise wait for the peer's delayed ACK."""
+    DIMSE responses otherwise wait for the peer's delayed ACK. And bound every socket read and
+    write by ``timeout``: pynetdicom sets no timeout on accepted sockets, so a peer that sends
+    half a PDU and goes silent would hold its thread, and one of ``max_associations``, for
+    ever; a read that times out is a closed connection to pynetdicom (the association ends)."""
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.socket.settimeout(timeout)
 
 
 def _closed_before_request(event: Any) -> None:
