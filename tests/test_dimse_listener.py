@@ -30,7 +30,9 @@ CLIENTS = [
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseGateway]:
-    with dimse_gateway(tmp_path_factory.mktemp("listener"), clients=CLIENTS, dimse={"max_associations": 2}) as running:
+    pacs = [{"name": "main", "ae_title": "MAINPACS", "host": "127.0.0.1", "port": 1}]
+    where = tmp_path_factory.mktemp("listener")
+    with dimse_gateway(where, clients=CLIENTS, pacs=pacs, dimse={"max_associations": 2}) as running:
         yield running
 
 
@@ -43,6 +45,11 @@ def test_a_known_peer_echoes(gw: DimseGateway) -> None:
     result = echoscu(gw, aet="VIEWER")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Received Echo Response (Success)" in result.stdout + result.stderr
+
+
+def test_a_pacs_node_echoes(gw: DimseGateway) -> None:
+    result = echoscu(gw, aet="MAINPACS")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_peer_from_its_own_address_echoes(gw: DimseGateway) -> None:
