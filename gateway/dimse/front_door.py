@@ -63,6 +63,10 @@ STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in AllStoragePresentation
 VERIFICATION = "1.2.840.10008.1.1"
 # PS3.4 C.6.1.1.2, C.6.2.1.2: Patient Root and Study Root Query/Retrieve Information Model - FIND.
 FIND_CLASSES = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
+# PS3.4 C.6.1.1.3-4, C.6.2.1.3-4: the same models' MOVE and GET SOP Classes.
+MOVE_CLASSES = ("1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2")
+GET_CLASSES = ("1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3")
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # PS3.4 J.3: Storage Commitment Push Model
 
 
 def front_door_services(
@@ -103,10 +107,13 @@ def front_door_services(
             NATIVE,
             read=True,
         ),
-        # C-MOVE and C-GET (scope read; read=True keeps their contexts from other peers):
+        # C-MOVE and C-GET (scope read; read=True keeps their contexts from other peers; the C-GET
+        # storage sub-operations use the storage contexts above, which accept role selection;
+        # a C-MOVE's destination is peers.move_destination):
         #   Service(evt.EVT_C_MOVE, MoveHandler(...), MOVE_CLASSES, NATIVE, read=True),
         #   Service(evt.EVT_C_GET, GetHandler(...), GET_CLASSES, NATIVE, read=True),
-        # Storage commitment push model (scope write, checked by its handler with peer.may(WRITE)):
+        # Storage commitment push model (scope write, checked by its handler with peer.may(WRITE);
+        # limit: gateway.settings.dimse.max_pending_commitments):
         #   Service(evt.EVT_N_ACTION, CommitmentHandler(...), (STORAGE_COMMITMENT,), NATIVE, roles=True),
     ]
     return services
