@@ -6,12 +6,15 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
 
@@ -118,8 +121,6 @@ def test_garbage_on_the_port_does_not_hurt_the_listener(gw: DimseGateway, garbag
 
 
 def test_rejected_and_broken_associations_leave_no_thread_behind(gw: DimseGateway, tmp_path: Path) -> None:
-    import threading
-
     baseline = threading.active_count()
     for _ in range(10):
         echoscu(gw, aet="STRANGER")
@@ -167,3 +168,24 @@ def test_peers_silent_in_the_middle_of_a_pdu_do_not_hold_the_door(tmp_path: Path
         finally:
             half_request.close()
             assoc.abort()
+
+
+def test_stopping_the_gateway_ends_open_associations_and_their_threads(tmp_path: Path) -> None:
+    def acceptor_threads() -> list[threading.Thread]:
+        return [
+            t
+            for t in threading.enumerate()
+            if (isinstance(t, Association) and t.is_acceptor)
+            or (isinstance(t, DULServiceProvider) and t.assoc.is_acceptor)
+        ]
+
+    with dimse_gateway(tmp_path, clients=CLIENTS) as gw:
+        ae = AE(ae_title="VIEWER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", gw.port, ae_title=gw.ae_title)
+        assert assoc.is_established
+        assert acceptor_threads()
+    # The listener aborted the association: the client sees it, the gateway's threads end.
+    while assoc.is_established or acceptor_threads():
+        time.sleep(0.1)
+    assert assoc.is_aborted
