@@ -52,6 +52,7 @@ def test_the_issue_example_loads(tmp_path: Path) -> None:
         (CLIENT.replace('"ct-scanner-1"', '"ct scanner"'), "name must be"),
         (CLIENT.replace("port = 104", "port = 0"), "port 0 is out of range"),
         (CLIENT + '[[dimse_clients]]\nname = "ct-scanner-1"\nae_title = "CT2"\n', "name is used"),
+        (CLIENT + '[[pacs]]\nname = "ct-scanner-1"\nae_title = "PACS"\nhost = "pacs"\n', "name is used"),
         (CLIENT + '[[dimse_clients]]\nname = "other"\nae_title = "CT1"\n', "is used by [[dimse_clients]]"),
         (
             CLIENT + '[[pacs]]\nname = "main"\nae_title = "CT1"\nhost = "pacs"\n',

@@ -284,3 +284,26 @@ def test_a_data_set_over_the_instance_limit_aborts_the_association(tmp_path: Pat
         assert c_store(gw, small, aet="MODALITY").Status == 0x0000
         found = gw.get(f"/studies?StudyInstanceUID={factory.new_uid('store-cap', 91)}")
         assert found.status_code == 204 or found.json() == []
+
+
+def test_a_c_find_is_audited_with_its_level_and_key_names_only(gw: DimseGateway) -> None:
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.2.2.1")
+    assoc = ae.associate("127.0.0.1", gw.port, ae_title=gw.ae_title)
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientName = "SECRET^NAME*"
+    query.StudyInstanceUID = ""
+    statuses = [int(status.Status) for status, _ in assoc.send_c_find(query, "1.2.840.10008.5.1.4.1.2.2.1")]
+    assoc.release()
+    assert statuses[-1] == 0x0000
+    lines = Path(gw.settings.audit.destination).read_text()
+    assert "SECRET" not in lines  # values are patient data: never in the trail
+    finds = [json.loads(line) for line in lines.splitlines() if '"C-FIND"' in line]
+    event = finds[-1]
+    assert event["ActiveParticipant"][0]["UserID"] == "dimse:viewer"
+    assert event["dimse"]["level"] == "STUDY"
+    assert event["dimse"]["calling_ae_title"] == "VIEWER"
+    keys = event["ParticipantObjectIdentification"][-1]["ParticipantObjectQuery"]
+    assert "PatientName" in keys

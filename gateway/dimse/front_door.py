@@ -81,7 +81,7 @@ def front_door_services(
     """What the listener answers; each service is one entry (see the module docstring)."""
     ae_title = gateway.settings.ae_title
     peer_of = peers.of
-    on_find = _find_outcome(observer)
+    on_find = _find_outcome(observer, peers)
     services = [
         Service(evt.EVT_C_ECHO, EchoHandler(peer_of=peer_of, on_outcome=observer.operation), (VERIFICATION,), NATIVE),
         # Storage: roles accepted for C-GET's sub-operations (the requester is their SCP).
@@ -119,18 +119,21 @@ def front_door_services(
     return services
 
 
-def _find_outcome(observer: Observer) -> Callable[[FindOutcome], None]:
+def _find_outcome(observer: Observer, peers: DimsePeers) -> Callable[[FindOutcome], None]:
+    ae_titles = {peer.name: peer.ae_title for peer in peers}
+
     def report(outcome: FindOutcome) -> None:
         observer.operation(
             Operation(
                 outcome.peer,
-                "",
+                ae_titles.get(outcome.peer, ""),
                 None,
                 "C-FIND",
                 outcome.status,
                 outcome.duration,
                 outcome.comment,
-                query=(f"{outcome.level}:{','.join(outcome.keys)}",),
+                query=outcome.keys,
+                level=outcome.level,
             )
         )
 
