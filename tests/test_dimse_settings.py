@@ -77,12 +77,7 @@ def test_move_destinations_are_clients_with_a_port(tmp_path: Path) -> None:
     text = CLIENT + '[[dimse_clients]]\nname = "ipad"\nae_title = "IPAD"\nport = 11112\nscopes = ["read"]\n'
     text += '[[dimse_clients]]\nname = "ws"\nae_title = "WS"\nscopes = ["read"]\n'
     peers = DimsePeers.from_settings(load(tmp_path, text))
-    ipad, ct, ws = (peers.by_calling_ae(ae) for ae in ("IPAD", "CT1", "WS"))
-    assert ipad is not None
-    assert ct is not None
-    assert ws is not None
-    assert peers.move_destination("CT1", caller=ipad, caller_address="10.9.9.9") == ("10.1.2.3", 104)
-    assert peers.move_destination("IPAD", caller=ipad, caller_address="10.9.9.9") == ("10.9.9.9", 11112)
-    assert peers.move_destination("IPAD", caller=ct, caller_address="10.1.2.3") is None  # address unknown
-    assert peers.move_destination("WS", caller=ws, caller_address="10.9.9.9") is None  # no port
-    assert peers.move_destination("NOBODY", caller=ws, caller_address="10.9.9.9") is None
+    assert peers.move_destination("CT1", caller_address="10.9.9.9") == ("10.1.2.3", 104)
+    assert peers.move_destination("IPAD", caller_address="10.9.9.9") == ("10.9.9.9", 11112)  # no host: the caller's
+    assert peers.move_destination("WS", caller_address="10.9.9.9") is None  # no port
+    assert peers.move_destination("NOBODY", caller_address="10.9.9.9") is None
