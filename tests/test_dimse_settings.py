@@ -79,5 +79,7 @@ def test_move_destinations_are_clients_with_a_port(tmp_path: Path) -> None:
     peers = DimsePeers.from_settings(load(tmp_path, text))
     assert peers.move_destination("CT1", caller_address="10.9.9.9") == ("10.1.2.3", 104)
     assert peers.move_destination("IPAD", caller_address="10.9.9.9") == ("10.9.9.9", 11112)  # no host: the caller's
+    assert peers.move_destination("IPAD") is None  # no host, and the caller's address not given
+    assert peers.move_destination("CT1") == ("10.1.2.3", 104)
     assert peers.move_destination("WS", caller_address="10.9.9.9") is None  # no port
     assert peers.move_destination("NOBODY", caller_address="10.9.9.9") is None
