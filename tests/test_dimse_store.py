@@ -307,3 +307,14 @@ def test_a_c_find_is_audited_with_its_level_and_key_names_only(gw: DimseGateway)
     assert event["dimse"]["calling_ae_title"] == "VIEWER"
     keys = event["ParticipantObjectIdentification"][-1]["ParticipantObjectQuery"]
     assert "PatientName" in keys
+
+
+def test_nothing_is_left_in_the_spool(gw: DimseGateway, tmp_path: Path) -> None:
+    study = factory.new_uid("store-spool", 100)
+    assert c_store(gw, factory.ct_instance(seed=100, study_uid=study), aet="MODALITY").Status == 0x0000
+    assert c_store(gw, factory.ct_instance(seed=101, study_uid=study), aet="VIEWER").Status == 0x0124
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(factory.truncated(factory.ct_instance(seed=102, study_uid=study), drop=1000))
+    assert c_store(gw, broken, aet="MODALITY").Status != 0x0000
+    leftovers = [p for p in gw.settings.effective_spool_dir.rglob("*") if p.is_file()]
+    assert leftovers == []
