@@ -94,6 +94,8 @@ def test_beyond_max_associations_is_local_limit_exceeded(gw: DimseGateway) -> No
         for assoc in held:
             assoc.release()
     assert echoscu(gw, aet="VIEWER").returncode == 0  # the slots are free again
+    metrics = gw.run(gw.http.get("/metrics")).text
+    assert 'dicomweb_gateway_dimse_scp_rejected_associations_total{reason="local limit exceeded"}' in metrics
 
 
 @pytest.mark.parametrize(

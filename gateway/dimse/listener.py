@@ -105,7 +105,13 @@ class DimseListener:
                 )
                 if service.read:
                     read_only.add(abstract)
-        gate = Gate(self._peers, ae_title=self.ae_title, read_only=read_only, on_reject=self._on_reject)
+        gate = Gate(
+            self._peers,
+            ae_title=self.ae_title,
+            read_only=read_only,
+            max_associations=limits.max_associations,
+            on_reject=self._on_reject,
+        )
         handlers: list[tuple[Any, Callable[[Any], Any]]] = [
             (evt.EVT_CONN_OPEN, partial(_tune_connection, timeout=limits.network_timeout)),
             (evt.EVT_CONN_CLOSE, _closed_before_request),
