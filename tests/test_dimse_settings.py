@@ -1,5 +1,5 @@
 """The DIMSE front door's settings: [[dimse_clients]] as the issue shows them, [dimse] limits,
-[dimse_tls]; one clear line for every wrong one; the peers they make."""
+[dimse_tls]; one clear line for every wrong one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from gateway.dicom.restriction import Restriction
-from gateway.dimse.peers import DimsePeers
 from gateway.settings import Settings, SettingsError, load_settings
 
 CLIENT = """
@@ -71,15 +70,3 @@ def test_wrong_dimse_settings_are_one_clear_error(tmp_path: Path, text: str, mes
     with pytest.raises(SettingsError) as caught:
         load(tmp_path, text)
     assert message in str(caught.value), str(caught.value)
-
-
-def test_move_destinations_are_clients_with_a_port(tmp_path: Path) -> None:
-    text = CLIENT + '[[dimse_clients]]\nname = "ipad"\nae_title = "IPAD"\nport = 11112\nscopes = ["read"]\n'
-    text += '[[dimse_clients]]\nname = "ws"\nae_title = "WS"\nscopes = ["read"]\n'
-    peers = DimsePeers.from_settings(load(tmp_path, text))
-    assert peers.move_destination("CT1", caller_address="10.9.9.9") == ("10.1.2.3", 104)
-    assert peers.move_destination("IPAD", caller_address="10.9.9.9") == ("10.9.9.9", 11112)  # no host: the caller's
-    assert peers.move_destination("IPAD") is None  # no host, and the caller's address not given
-    assert peers.move_destination("CT1") == ("10.1.2.3", 104)
-    assert peers.move_destination("WS", caller_address="10.9.9.9") is None  # no port
-    assert peers.move_destination("NOBODY", caller_address="10.9.9.9") is None

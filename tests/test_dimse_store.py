@@ -304,7 +304,6 @@ def test_a_c_find_is_audited_with_its_level_and_key_names_only(gw: DimseGateway)
     event = finds[-1]
     assert event["ActiveParticipant"][0]["UserID"] == "dimse:viewer"
     assert event["dimse"]["level"] == "STUDY"
-    assert event["dimse"]["calling_ae_title"] == "VIEWER"
     keys = event["ParticipantObjectIdentification"][-1]["ParticipantObjectQuery"]
     assert "PatientName" in keys
 

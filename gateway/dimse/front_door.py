@@ -63,10 +63,6 @@ STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in AllStoragePresentation
 VERIFICATION = "1.2.840.10008.1.1"
 # PS3.4 C.6.1.1.2, C.6.2.1.2: Patient Root and Study Root Query/Retrieve Information Model - FIND.
 FIND_CLASSES = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
-# PS3.4 C.6.1.1.3-4, C.6.2.1.3-4: the same models' MOVE and GET SOP Classes.
-MOVE_CLASSES = ("1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2")
-GET_CLASSES = ("1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3")
-STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # PS3.4 J.3: Storage Commitment Push Model
 
 
 def front_door_services(
@@ -81,7 +77,7 @@ def front_door_services(
     """What the listener answers; each service is one entry (see the module docstring)."""
     ae_title = gateway.settings.ae_title
     peer_of = peers.of
-    on_find = _find_outcome(observer, peers)
+    on_find = _find_outcome(observer)
     services = [
         Service(evt.EVT_C_ECHO, EchoHandler(peer_of=peer_of, on_outcome=observer.operation), (VERIFICATION,), NATIVE),
         # Storage: roles accepted for C-GET's sub-operations (the requester is their SCP).
@@ -107,26 +103,21 @@ def front_door_services(
             NATIVE,
             read=True,
         ),
-        # C-MOVE and C-GET (scope read; read=True keeps their contexts from other peers; the C-GET
-        # storage sub-operations use the storage contexts above, which accept role selection;
-        # a C-MOVE's destination is peers.move_destination):
+        # C-MOVE and C-GET (scope read; read=True keeps their contexts from other peers):
         #   Service(evt.EVT_C_MOVE, MoveHandler(...), MOVE_CLASSES, NATIVE, read=True),
         #   Service(evt.EVT_C_GET, GetHandler(...), GET_CLASSES, NATIVE, read=True),
-        # Storage commitment push model (scope write, checked by its handler with peer.may(WRITE);
-        # limit: gateway.settings.dimse.max_pending_commitments):
+        # Storage commitment push model (scope write, checked by its handler with peer.may(WRITE)):
         #   Service(evt.EVT_N_ACTION, CommitmentHandler(...), (STORAGE_COMMITMENT,), NATIVE, roles=True),
     ]
     return services
 
 
-def _find_outcome(observer: Observer, peers: DimsePeers) -> Callable[[FindOutcome], None]:
-    ae_titles = {peer.name: peer.ae_title for peer in peers}
-
+def _find_outcome(observer: Observer) -> Callable[[FindOutcome], None]:
     def report(outcome: FindOutcome) -> None:
         observer.operation(
             Operation(
                 outcome.peer,
-                ae_titles.get(outcome.peer, ""),
+                "",
                 None,
                 "C-FIND",
                 outcome.status,

@@ -79,7 +79,7 @@ class Observer:
             query=[(name, "") for name in op.query],
             dimse={
                 "operation": op.operation,
-                "calling_ae_title": op.ae_title,
+                **({"calling_ae_title": op.ae_title} if op.ae_title else {}),
                 "status": f"0x{op.status:04X}",
                 "comment": op.comment,
                 "duration_ms": round(op.duration * 1000, 1),

@@ -78,18 +78,6 @@ class DimsePeers:
     def by_calling_ae(self, ae_title: str) -> DimsePeer | None:
         return self._by_ae.get(ae_title.strip())
 
-    def move_destination(self, ae_title: str, *, caller_address: str | None = None) -> tuple[str, int] | None:
-        """Where a C-MOVE to ``ae_title`` sends its sub-operations (PS3.4 C.4.2.1.2): the storage
-        SCP of the client with that AE title, at its ``port`` on its ``host`` or, when it names
-        no host, on the address the C-MOVE came from (a viewer moving to itself, or to another AE
-        on its machine). None (0xA801, move destination unknown) for an unknown AE title, a
-        client without ``port``, or without ``host`` when the caller's address is not given."""
-        peer = self.by_calling_ae(ae_title)
-        if peer is None or peer.kind != "client" or peer.port is None:
-            return None
-        host = peer.host or caller_address
-        return (host, peer.port) if host else None
-
     def of(self, event: Any) -> DimsePeer:
         """The peer of an accepted association's event (the gate let only known ones in)."""
         peer = self.by_calling_ae(str(event.assoc.requestor.ae_title))
