@@ -786,3 +786,31 @@ def test_orthanc_queries_then_retrieves_a_study_back_byte_identical(tmp_path: Pa
     assert {sop: dataset_bytes(data) for sop, data in back.items()} == {
         uids_of(d)[2]: dataset_bytes(d) for d in instances
     }
+
+
+def test_a_pacs_series_larger_than_a_query_answers_is_moved_whole(
+    tmp_path: Path, orthanc_pacs: OrthancPeer, pacs_data: PacsData
+) -> None:
+    """limits.max_qido_results (here 10) caps the C-FIND that would count a PACS series of 60:
+    the gateway then follows the retrieve to its end and moves all 60 from the cache, rather
+    than announcing 10 and leaving 50 behind."""
+    study, series_uid = pacs_data.series_uids
+    out = tmp_path / "dest"
+    out.mkdir()
+    with (
+        storescp(out, "+xa") as port,
+        retrieve_scp(
+            tmp_path,
+            peers=PEERS,
+            destinations={DEST_AET: ("127.0.0.1", port)},
+            pacs=[node("orthanc", orthanc_pacs.dicom_port, orthanc_pacs.aet, dimse_timeout=30)],
+            limits={"max_qido_results": 10},
+        ) as scp,
+    ):
+        log = movescu(scp, "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study}", f"SeriesInstanceUID={series_uid}")
+    got = received(out)
+    assert {sop: dataset_bytes(data) for sop, data in got.items()} == {
+        uids_of(d)[2]: dataset_bytes(d) for d in pacs_data.series
+    }, log
+    [outcome] = scp.outcomes
+    assert (outcome.status, outcome.completed) == (0x0000, len(pacs_data.series))

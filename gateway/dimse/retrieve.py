@@ -306,7 +306,7 @@ class Retriever:
             )
         try:
             expected, where = await self._expected(selection, restriction)
-            if not expected:
+            if not expected:  # nobody could say (or said everything: more than a query answers)
                 return await self._drained(retrieval, selection)
         except BaseException:
             with suppress(Exception):
@@ -336,7 +336,9 @@ class Retriever:
             )
             result = await self._search.search(query, base_url="")
             if result.more:
+                # The count would fall short and the rest could not be sent: count on arrival.
                 log.warning("retrieve of %s: more instances than limits.max_qido_results", selection)
+                return {}, {}
             for row in result.rows:
                 sop = _value(row, SOP_INSTANCE_UID)
                 if sop:
