@@ -102,6 +102,7 @@ class GetHandler:
                 yield failure(status, comment), None
                 return
             status, comment = SUCCESS, ""
+            log.debug("C-GET from %s: %s sends %d instance(s) back", peer.name, self._ae_title, plan.count)
             yield plan.count
             if plan.count == 0:
                 return

@@ -79,8 +79,8 @@ class MoveHandler:
     """``EVT_C_MOVE`` handler; see the module docstring.
 
     ``retrieval``: the retrieval service; ``search``: the QIDO federation (counts the instances
-    of a PACS flight, finds a patient's studies); ``ae_title``: the gateway's AE title (kept for
-    the log: pynetdicom's sub-association calls from the listener's AE); ``portal``: runs a
+    of a PACS flight, finds a patient's studies); ``ae_title``: the gateway's AE title, the
+    calling AE of the sub-association (pynetdicom calls from the listener's AE); ``portal``: runs a
     coroutine on the gateway's event loop; ``peer_of``: the calling peer of an event;
     ``destination_of``: a Move Destination AE title → the (host, port) of its storage SCP, or
     None (host None: the client has no configured address; it is then a destination only for
@@ -157,6 +157,8 @@ class MoveHandler:
                 (evt.EVT_ACCEPTED, accepted),
                 (evt.EVT_DIMSE_RECV, tally.on_received),
             ]
+            log.debug("C-MOVE from %s: %s sends %d instance(s) to %s at %s:%d", peer.name, self._ae_title,
+                      plan.count, target, host, port)  # fmt: skip
             yield host, port, {"contexts": plan.contexts(), "evt_handlers": handlers}
             if plan.count == 0:
                 status, comment = SUCCESS, ""
