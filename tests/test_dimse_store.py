@@ -317,3 +317,34 @@ def test_nothing_is_left_in_the_spool(gw: DimseGateway, tmp_path: Path) -> None:
     assert c_store(gw, broken, aet="MODALITY").Status != 0x0000
     leftovers = [p for p in gw.settings.effective_spool_dir.rglob("*") if p.is_file()]
     assert leftovers == []
+
+
+def test_storescu_of_three_hundred_instances(gw: DimseGateway, tmp_path: Path) -> None:
+    study = factory.new_uid("store-many", 110)
+    instances = [
+        data
+        for series in range(3)
+        for data in factory.ct_series(
+            100,
+            rows=32,
+            cols=32,
+            study_uid=study,
+            series_uid=factory.new_uid("store-many", 110, series),
+            seed=110 + series,
+        )
+    ]
+    result = storescu(gw, write_files(tmp_path, instances), aet="MODALITY")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("Received Store Response (Success)") + result.stderr.count(
+        "Received Store Response (Success)"
+    ) == len(instances)
+    received = retrieve(gw, study)
+    originals = {sop_of(data): data for data in instances}
+    assert received.keys() == originals.keys()
+    assert all(dataset_bytes(received[sop]) == dataset_bytes(data) for sop, data in originals.items())
+    found = gw.get(f"/studies?StudyInstanceUID={study}&includefield=NumberOfStudyRelatedInstances")
+    assert found.json()[0]["00201208"]["Value"] == [300]
+
+
+def sop_of(part10: bytes) -> str:
+    return str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(part10), stop_before_pixels=True).SOPInstanceUID)
