@@ -7,6 +7,7 @@ import json
 import shutil
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -348,3 +349,24 @@ def test_storescu_of_three_hundred_instances(gw: DimseGateway, tmp_path: Path) -
 
 def sop_of(part10: bytes) -> str:
     return str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(part10), stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_a_client_killed_in_the_middle_of_a_c_store_leaves_nothing_behind(gw: DimseGateway, tmp_path: Path) -> None:
+    study = factory.new_uid("store-killed", 120)
+    xa = factory.multiframe_xa(seed=120, frames=400, rows=512, cols=512, study_uid=study)  # 100 MB
+    big = factory.write(tmp_path / "big.dcm", xa)
+    argv = ["storescu", "-aet", "MODALITY", "-aec", gw.ae_title, "--max-send-pdu", "16384", "127.0.0.1", str(gw.port)]
+    sender = subprocess.Popen([*argv, str(big)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while gw.receiving() < 1 << 20 and sender.poll() is None:
+            time.sleep(0.01)
+        sender.kill()  # a megabyte of the data set in, 99 more on their way: cut off in the middle
+        assert gw.receiving() < len(xa)
+    finally:
+        sender.wait(30)
+    while gw.open_associations():  # the association ends, however long that takes
+        time.sleep(0.05)
+    found = gw.get(f"/studies?StudyInstanceUID={study}")
+    assert found.status_code == 204 or found.json() == []
+    assert [p for p in gw.settings.effective_spool_dir.rglob("*") if p.is_file()] == []
+    assert c_store(gw, factory.ct_instance(seed=121, study_uid=study), aet="MODALITY").Status == 0x0000

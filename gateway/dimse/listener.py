@@ -154,6 +154,11 @@ class DimseListener:
                 assoc.abort()
 
     @property
+    def receiving(self) -> int:
+        """Bytes of DIMSE messages being received now (e.g. a C-STORE data set on its way)."""
+        return self._cap.in_progress()
+
+    @property
     def active_associations(self) -> int:
         return 0 if self._ae is None else sum(1 for a in self._ae.active_associations if a.is_acceptor)
 
@@ -201,6 +206,11 @@ class MessageCap:
     def complete(self, event: Any) -> None:
         with self._lock:
             self._counts.pop(id(event.assoc), None)
+
+    def in_progress(self) -> int:
+        """Bytes of DIMSE messages being received now, over every association."""
+        with self._lock:
+            return sum(self._counts.values())
 
     def closed(self, event: Any) -> None:
         with self._lock:
