@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -370,3 +371,19 @@ def test_a_client_killed_in_the_middle_of_a_c_store_leaves_nothing_behind(gw: Di
     assert found.status_code == 204 or found.json() == []
     assert [p for p in gw.settings.effective_spool_dir.rglob("*") if p.is_file()] == []
     assert c_store(gw, factory.ct_instance(seed=121, study_uid=study), aet="MODALITY").Status == 0x0000
+
+
+@pytest.mark.parametrize(
+    ("make", "name", "seed"),
+    [(factory.latin1_instance, factory.LATIN1_NAME, 130), (factory.utf8_instance, factory.UTF8_NAME, 131)],
+)
+def test_names_in_latin1_and_utf8_are_stored_as_sent_and_found_by_qido(
+    gw: DimseGateway, tmp_path: Path, make: Any, name: str, seed: int
+) -> None:
+    study = factory.new_uid("store-charset", seed)
+    data = make(seed=seed, study_uid=study)
+    result = storescu(gw, write_files(tmp_path, [data]), aet="MODALITY")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dataset_bytes(next(iter(retrieve(gw, study).values()))) == dataset_bytes(data)
+    found = gw.get(f"/studies?StudyInstanceUID={study}&includefield=PatientName")
+    assert found.json()[0]["00100010"]["Value"][0]["Alphabetic"] == name
