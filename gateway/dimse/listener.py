@@ -11,11 +11,14 @@ aborted after ``network_timeout``, one that never finishes its association reque
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -57,6 +60,7 @@ class DimseListener:
         host: str,
         port: int,
         limits: DimseSettings,
+        max_message_bytes: int,
         peers: DimsePeers,
         services: Sequence[Service],
         receiver: MoveReceiver | None = None,
@@ -67,6 +71,7 @@ class DimseListener:
         self.host = host
         self.port = port
         self._limits = limits
+        self._cap = MessageCap(max_message_bytes)
         self._peers = peers
         self._services = list(services)
         self._receiver = receiver
@@ -102,11 +107,24 @@ class DimseListener:
                 )
                 if service.read:
                     read_only.add(abstract)
-        gate = Gate(self._peers, ae_title=self.ae_title, read_only=read_only, on_reject=self._on_reject)
+        gate = Gate(
+            self._peers,
+            ae_title=self.ae_title,
+            read_only=read_only,
+            max_associations=limits.max_associations,
+            on_reject=self._on_reject,
+        )
         handlers: list[tuple[Any, Callable[[Any], Any]]] = [
-            (evt.EVT_CONN_OPEN, _nodelay),
+            # First: the tuned recv is what _tune_connection's PDU length cap then wraps.
             (evt.EVT_CONN_OPEN, tune_accepted),
+            (
+                evt.EVT_CONN_OPEN,
+                partial(_tune_connection, timeout=limits.network_timeout, max_pdu=max(limits.max_pdu_length, 1 << 20)),
+            ),
             (evt.EVT_CONN_CLOSE, _closed_before_request),
+            (evt.EVT_CONN_CLOSE, self._cap.closed),
+            (evt.EVT_DATA_RECV, self._cap.received),
+            (evt.EVT_DIMSE_RECV, self._cap.complete),
             (evt.EVT_REQUESTED, gate),
             *((s.event, s.handler) for s in self._services),
         ]
@@ -141,16 +159,107 @@ class DimseListener:
                 assoc.abort()
 
     @property
+    def receiving(self) -> int:
+        """Bytes of DIMSE messages being received now (e.g. a C-STORE data set on its way)."""
+        return self._cap.in_progress()
+
+    @property
     def active_associations(self) -> int:
         return 0 if self._ae is None else sum(1 for a in self._ae.active_associations if a.is_acceptor)
 
 
-def _nodelay(event: Any) -> None:
+# PS3.8 9.3.8: A-ABORT from the service provider, reason not specified.
+A_ABORT_PDU = b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00"
+
+
+class MessageCap:
+    """Aborts an association whose peer sends one DIMSE message (a C-STORE data set, a C-FIND
+    identifier) larger than ``max_bytes`` (``limits.max_part_bytes``, the one-instance limit of
+    STOW): pynetdicom gathers a message in memory, so without a cap one endless message would
+    take all of it. Counted on the PDUs as they arrive (``EVT_DATA_RECV``), reset by each
+    complete message (``EVT_DIMSE_RECV``)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._counts: dict[int, int] = {}
+        self._stopped: set[int] = set()
+        self._lock = threading.Lock()
+
+    def received(self, event: Any) -> None:
+        key = id(event.assoc)
+        with self._lock:
+            count = self._counts.get(key, 0) + len(event.data)
+            self._counts[key] = count
+            over = count > self._max and key not in self._stopped
+            if over:
+                self._stopped.add(key)  # the PDUs already buffered still arrive: stop once
+        if over:
+            log.warning(
+                "DIMSE association from %r aborted: a message over %d bytes",
+                str(event.assoc.requestor.ae_title).strip(),
+                self._max,
+            )
+            # On pynetdicom's socket thread: an A-ABORT written now, then the connection closed
+            # (the association ends as if the peer had gone); assoc.abort() would wait for this
+            # very thread.
+            sock = event.assoc.dul.socket
+            if sock is not None and sock.socket is not None:
+                with contextlib.suppress(OSError):
+                    sock.socket.sendall(A_ABORT_PDU)
+                    sock.socket.shutdown(socket.SHUT_RDWR)
+
+    def complete(self, event: Any) -> None:
+        with self._lock:
+            self._counts.pop(id(event.assoc), None)
+
+    def in_progress(self) -> int:
+        """Bytes of DIMSE messages being received now, over every association."""
+        with self._lock:
+            return sum(self._counts.values())
+
+    def closed(self, event: Any) -> None:
+        with self._lock:
+            self._counts.pop(id(event.assoc), None)
+            self._stopped.discard(id(event.assoc))
+
+
+def _tune_connection(event: Any, *, timeout: float, max_pdu: int) -> None:
     """``EVT_CONN_OPEN``: disable Nagle, as on the adapter's associations (PEERS.md): small
-    DIMSE responses otherwise wait for the peer's delayed ACK."""
+    DIMSE responses otherwise wait for the peer's delayed ACK. Bound every socket read and
+    write by ``timeout``: pynetdicom sets no timeout on accepted sockets, so a peer that sends
+    half a PDU and goes silent would hold its thread, and one of ``max_associations``, for
+    ever; a read that times out is a closed connection to pynetdicom (the association ends).
+    And refuse a PDU longer than ``max_pdu`` before reading it (see :class:`_PduLengthCap`)."""
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.socket.settimeout(timeout)
+        sock.recv = _PduLengthCap(sock, max_pdu)
+
+
+class _PduLengthCap:
+    """The association socket's ``recv`` with a cap: pynetdicom reads a PDU's 6-byte header,
+    then its whole body at once (``recv(length)``), however long the header says it is, before
+    anything can look at it. A body over ``max_pdu`` bytes (the Maximum Length the listener
+    announces, PS3.8 D.1, or 1 MiB for association PDUs, whichever is larger) is a protocol
+    error: the connection is closed instead, and pynetdicom ends the association as if the peer
+    had gone (PS3.8 9.3.1: the provider may abort on an invalid PDU)."""
+
+    def __init__(self, sock: Any, max_pdu: int) -> None:
+        self._sock = sock
+        self._recv = sock.recv
+        self._max = max_pdu
+
+    def __call__(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > self._max:
+            log.warning(
+                "DIMSE peer sent a PDU of %d bytes (at most %d accepted): connection closed", nr_bytes, self._max
+            )
+            with contextlib.suppress(OSError):
+                self._sock.socket.shutdown(socket.SHUT_RDWR)
+            raise ConnectionAbortedError(f"PDU of {nr_bytes} bytes refused")
+        data: bytearray = self._recv(nr_bytes)
+        return data
 
 
 def _closed_before_request(event: Any) -> None:
