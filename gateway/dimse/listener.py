@@ -27,7 +27,7 @@ from gateway.dimse.acceptor_contexts import share_contexts
 from gateway.dimse.gate import Gate
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.peers import DimsePeers
-from gateway.netdicom.tune import tune_accepted
+from gateway.netdicom.tune import TunedAE, tune_accepted
 from gateway.settings import DimseSettings
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class DimseListener:
     def start(self) -> None:
         """Bind and serve on pynetdicom's threads (raises OSError when the port is taken)."""
         limits = self._limits
-        ae = AE(ae_title=self.ae_title)
+        ae = TunedAE(ae_title=self.ae_title)  # its C-MOVE sub-associations are tuned too
         ae.maximum_associations = limits.max_associations
         ae.acse_timeout = limits.acse_timeout
         ae.dimse_timeout = limits.dimse_timeout
