@@ -30,7 +30,8 @@ from typing import Any
 
 from pynetdicom.pdu import A_ABORT_RQ
 
-log = logging.getLogger(__name__)
+# pynetdicom's own logger: its messages stay what they were.
+LOGGER = logging.getLogger("pynetdicom.dul")
 
 # The longest wait without a wake-up: nothing should need it, it bounds what a missed signal
 # could cost.
@@ -108,7 +109,7 @@ def _run(dul: Any, waker: Waker) -> None:
                 elif dul._is_transport_event():
                     dul._idle_timer.restart()
             except Exception:
-                log.exception("DUL reactor failed, aborting the association")
+                LOGGER.exception("Exception in DUL.run(), aborting association")
                 _abort(dul)
                 return
             try:
