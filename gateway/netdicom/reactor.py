@@ -127,8 +127,10 @@ def _wait(dul: Any, waker: Waker) -> None:
     """Until the socket is readable, the waker is signalled, or the ARTIM timer is due."""
     transport = dul.socket
     sock = None if transport is None else transport.socket
-    if sock is None or sock.fileno() < 0:
-        time.sleep(dul._run_loop_delay)  # not connected yet, or closed: pynetdicom's own pace
+    if sock is None or not transport._is_connected or sock.fileno() < 0:
+        # Not connected yet (an unconnected socket would select() as ready at once), or closed:
+        # pynetdicom's own pace.
+        time.sleep(dul._run_loop_delay)
         return
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return  # decrypted bytes select() cannot see
