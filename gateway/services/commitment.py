@@ -1,0 +1,102 @@
+"""Storage commitment (PS3.4 Annex J): may the gateway take responsibility for an instance?
+
+An instance is committed to a peer only when all of these hold, each decided by the service that
+owns it rather than re-implemented here:
+
+* it is indexed under its SOP Instance UID (the index row is the commit point of every write,
+  :mod:`gateway.services.instance_writer`), with the SOP Class UID the peer names;
+* its Part 10 object is in the store at its key, with the size (and, where the store knows it,
+  the SHA-256) the index recorded: a row whose object has gone or changed is not something the
+  gateway can stand behind;
+* its study is visible to the peer (:class:`gateway.services.visibility.Visibility`): a
+  restricted peer learns nothing about other patients' instances, so those are reported exactly
+  like absent ones.
+
+The failure reasons are those of PS3.4 J.3.3.1.1 (Table J.3-2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.dicom import uids
+from gateway.ports import BlobStore, Index
+from gateway.security.access import Restriction
+from gateway.services.visibility import Visibility
+
+__all__ = [
+    "CLASS_INSTANCE_CONFLICT",
+    "NO_SUCH_OBJECT_INSTANCE",
+    "PROCESSING_FAILURE",
+    "CommitmentCheck",
+    "Reference",
+    "Verdict",
+]
+
+# PS3.4 Table J.3-2, Failure Reason (0008,1197) values.
+PROCESSING_FAILURE = 0x0110
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+RESOURCE_LIMITATION = 0x0213
+CLASS_INSTANCE_CONFLICT = 0x0119
+DUPLICATE_TRANSACTION_UID = 0x0131
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One item of the request's Referenced SOP Sequence."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A reference and, when it is not committed, why (a PS3.4 Table J.3-2 Failure Reason)."""
+
+    reference: Reference
+    failure: int | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.failure is None
+
+
+class CommitmentCheck:
+    """Decides, per referenced instance, whether the gateway commits to it (module docstring)."""
+
+    def __init__(self, store: BlobStore, index: Index, visibility: Visibility) -> None:
+        self._store = store
+        self._index = index
+        self._visibility = visibility
+
+    async def verdicts(self, references: Sequence[Reference], restriction: Restriction | None) -> list[Verdict]:
+        """One verdict per reference, in order. Raises ServiceUnavailable when the index or the
+        store cannot answer: the caller decides whether to retry or to report a processing
+        failure, never to claim a commitment it could not check."""
+        visible: dict[str, bool] = {}  # per study: one visibility decision for many instances
+        verdicts: list[Verdict] = []
+        for reference in references:
+            verdicts.append(Verdict(reference, await self._failure(reference, restriction, visible)))
+        return verdicts
+
+    async def _failure(
+        self, reference: Reference, restriction: Restriction | None, visible: dict[str, bool]
+    ) -> int | None:
+        if not uids.is_valid_uid(reference.sop_instance_uid):
+            return NO_SUCH_OBJECT_INSTANCE
+        record = await self._index.get(None, None, reference.sop_instance_uid)
+        if record is None:
+            return NO_SUCH_OBJECT_INSTANCE
+        if record.study_uid not in visible:
+            visible[record.study_uid] = await self._visibility.study_visible(record.study_uid, restriction)
+        if not visible[record.study_uid]:
+            return NO_SUCH_OBJECT_INSTANCE  # another patient's instance: as if absent
+        if record.sop_class_uid != reference.sop_class_uid:
+            return CLASS_INSTANCE_CONFLICT
+        stored = await self._store.stat(uids.instance_key(record.study_uid, record.series_uid, record.sop_uid))
+        if stored is None or stored.size != record.size:
+            return PROCESSING_FAILURE
+        if stored.sha256 is not None and stored.sha256 != record.sha256:
+            return PROCESSING_FAILURE  # the store knows the digest (a file store computes it)
+        return None
