@@ -15,8 +15,9 @@ would do, so that a test can end the requesting association before the report is
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Collection, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,13 @@ from typing import Any
 
 import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from gateway.app import create_app
-from gateway.dimse.commitment import CommitmentHandler, CommitmentOutcome
-from gateway.dimse.commitment_report import NewAssociationReporter
+from gateway.dimse.commitment import Checker, CommitmentHandler, CommitmentOutcome
+from gateway.dimse.commitment_report import NewAssociationReporter, ReportNotDelivered, ReportTarget
 from gateway.dimse.commitment_request import STORAGE_COMMITMENT_PUSH_MODEL
 from gateway.security.access import Restriction
 from gateway.settings import load_settings
@@ -59,6 +61,18 @@ class CommitmentScp:
     handler: CommitmentHandler
     outcomes: list[CommitmentOutcome] = field(default_factory=list)
     gate: threading.Event = field(default_factory=threading.Event)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    failed_reports: queue.Queue[str] = field(default_factory=queue.Queue)
+
+    def wait_outcomes(self, n: int, timeout: float = 60.0) -> list[CommitmentOutcome]:
+        """The first ``n`` outcomes, once there are (``timeout`` only bounds a broken run)."""
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.outcomes) >= n, timeout), self.outcomes
+            return self.outcomes[:n]
+
+    def first_failed_report(self, timeout: float = 60.0) -> str:
+        """Why the first report on a new association was not delivered, once one was not."""
+        return self.failed_reports.get(timeout=timeout)
 
     def stow(self, *instances: bytes) -> None:
         body, content_type = stow_body(list(instances))
@@ -82,10 +96,14 @@ def commitment_scp(
     tmp_path: Path,
     *,
     peers: Mapping[str, Peer],
+    port: int | None = None,
     max_pending: int = 64,
     report_retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0),
+    wrap_check: Callable[[Checker], Checker] | None = None,
 ) -> Iterator[CommitmentScp]:
-    """The SCP, accepting the calling AE titles of ``peers``."""
+    """The SCP, accepting the calling AE titles of ``peers`` (looked up per request, so a peer's
+    entry may be completed once it runs); ``wrap_check`` stands between the handler and the
+    commitment check (a fault to inject)."""
     settings = load_settings(environ={}, overrides={"data_dir": tmp_path / "data", "ae_title": GATEWAY_AET})
     app = create_app(settings)
     gate = threading.Event()
@@ -104,13 +122,31 @@ def commitment_scp(
             return portal.call(awaited)
 
         outcomes: list[CommitmentOutcome] = []
+        changed = threading.Condition()
+        failed_reports: queue.Queue[str] = queue.Queue()
+
+        def on_outcome(outcome: CommitmentOutcome) -> None:
+            with changed:
+                outcomes.append(outcome)
+                changed.notify_all()
+
+        reporter = NewAssociationReporter(GATEWAY_AET, acse_timeout=5, dimse_timeout=10)
+
+        def send_report(target: ReportTarget, event_type: int, info: Dataset) -> None:
+            try:
+                reporter(target, event_type, info)
+            except ReportNotDelivered as exc:
+                failed_reports.put(str(exc))
+                raise
+
+        check: Checker = app.state.gateway.commitment
         handler = CommitmentHandler(
-            app.state.gateway.commitment,
+            wrap_check(check) if wrap_check else check,
             ae_title=GATEWAY_AET,
             portal=run,
             peer_of=lambda event: peers[event.assoc.requestor.ae_title.strip()],
-            send_report=NewAssociationReporter(GATEWAY_AET, acse_timeout=5, dimse_timeout=10),
-            on_outcome=outcomes.append,
+            send_report=send_report,
+            on_outcome=on_outcome,
             max_pending=max_pending,
             report_retry_delays=report_retry_delays,
         )
@@ -118,11 +154,11 @@ def commitment_scp(
         ae.dimse_timeout = 10
         ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.require_calling_aet = list(peers)
-        port = free_port()
+        port = port or free_port()
         server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_ACTION, handler)])
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
         try:
-            yield CommitmentScp(port, GATEWAY_AET, portal, http, handler, outcomes, gate)
+            yield CommitmentScp(port, GATEWAY_AET, portal, http, handler, outcomes, gate, changed, failed_reports)
         finally:
             gate.set()
             server.shutdown()

@@ -5,6 +5,7 @@ took responsibility for instances, and read the N-EVENT-REPORT it sends back."""
 from __future__ import annotations
 
 import queue
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +16,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
+from gateway.dimse.commitment import Checker
 from gateway.dimse.commitment_request import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
+from gateway.errors import ServiceUnavailable
 from gateway.security.access import Restriction
+from gateway.services.commitment import PROCESSING_FAILURE, Reference, Verdict
 from tests import factory
 from tests.dimse_commitment_scp import CommitmentScp, Peer, commitment_scp
 from tests.http_helpers import read
@@ -185,3 +189,144 @@ def test_a_restricted_peer_gets_another_patients_instance_as_absent(scp: Commitm
         report = modality.next_report()
     assert report.committed == [references[0]]
     assert report.failed == {references[1][1]: NO_SUCH_OBJECT_INSTANCE}
+
+
+def test_the_report_goes_on_a_new_association_once_the_modality_released(tmp_path: Any) -> None:
+    instances = study(seed=5)
+    modality = Modality()
+    with commitment_scp(tmp_path, peers={MODALITY: Peer("modality", port=modality.port)}) as scp:
+        scp.stow(*instances)
+        transaction = factory.new_uid("transaction", 5)
+        with modality.listening():
+            with scp.hold(), modality.associated(scp) as assoc:
+                assert request(assoc, transaction, references_of(instances)) == 0x0000
+            # Released before the gateway checked anything: the report must come to its port.
+            report = modality.next_report()
+        assert not report.same_association
+        assert report.calling_ae == scp.ae_title
+        assert report.event_type == ALL_COMMITTED
+        assert str(report.info.TransactionUID) == transaction
+        assert sorted(report.committed) == sorted(references_of(instances))
+        assert [o.delivered for o in scp.outcomes] == ["new association"]
+
+
+def test_the_report_is_retried_until_the_modality_listens(tmp_path: Any) -> None:
+    instances = study(seed=6, n=1)
+    modality = Modality()
+    delays = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+    peers = {MODALITY: Peer("modality", port=modality.port)}
+    with commitment_scp(tmp_path, peers=peers, report_retry_delays=delays) as scp:
+        scp.stow(*instances)
+        with scp.hold(), modality.associated(scp) as assoc:
+            assert request(assoc, factory.new_uid("transaction", 6), references_of(instances)) == 0x0000
+        scp.first_failed_report(timeout=REPORT_WAIT)  # the modality's port is still closed
+        with modality.listening():
+            report = modality.next_report()
+        assert not report.same_association
+        assert report.event_type == ALL_COMMITTED
+        (outcome,) = scp.outcomes
+        assert outcome.delivered == "new association"
+        assert outcome.attempts >= 2
+
+
+def test_a_report_nobody_takes_is_given_up_and_audited(tmp_path: Any) -> None:
+    instances = study(seed=7, n=1)
+    modality = Modality()  # never listening
+    peers = {MODALITY: Peer("modality", port=modality.port)}
+    with commitment_scp(tmp_path, peers=peers, report_retry_delays=(0.1, 0.2)) as scp:
+        scp.stow(*instances)
+        with scp.hold(), modality.associated(scp) as assoc:
+            assert request(assoc, factory.new_uid("transaction", 7), references_of(instances)) == 0x0000
+        (outcome,) = scp.wait_outcomes(1)
+        assert (outcome.committed, outcome.delivered, outcome.attempts) == (1, "", 3)
+        assert "not established" in outcome.comment or "rejected" in outcome.comment
+        assert scp.handler.pending == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ("no transaction", 0x0115),  # PS3.7 10.1.4.1.10: invalid argument value
+        ("empty sequence", 0x0115),
+        ("bad uid", 0x0115),
+        ("action type 2", 0x0123),  # no such action
+        ("another instance", 0x0112),  # no such SOP instance: the SOP Class has one
+    ],
+)
+def test_a_malformed_request_is_refused_with_its_status(scp: CommitmentScp, change: str, status: int) -> None:
+    info = Dataset()
+    if change != "no transaction":
+        info.TransactionUID = factory.new_uid("transaction", change)
+    item = Dataset()
+    item.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+    with warnings.catch_warnings():  # pydicom warns of the invalid UID it is asked to send
+        warnings.simplefilter("ignore")
+        item.ReferencedSOPInstanceUID = "1.2.3.04" if change == "bad uid" else factory.new_uid("sop", change)
+    info.ReferencedSOPSequence = [] if change == "empty sequence" else [item]
+    action = 2 if change == "action type 2" else 1
+    instance = factory.new_uid("elsewhere") if change == "another instance" else STORAGE_COMMITMENT_INSTANCE
+    modality = Modality()
+    with modality.associated(scp) as assoc:
+        answer, _ = assoc.send_n_action(info, action, STORAGE_COMMITMENT_PUSH_MODEL, instance)
+        assert int(answer.Status) == status
+        assert answer.ErrorComment
+        # The association goes on: a good request after it is accepted and reported.
+        absent = (CT_IMAGE_STORAGE, factory.new_uid("absent", change))
+        assert request(assoc, factory.new_uid("transaction", "after", change), [absent]) == 0x0000
+        assert modality.next_report().failed == {absent[1]: NO_SUCH_OBJECT_INSTANCE}
+
+
+def test_a_read_only_peer_is_not_authorized(scp: CommitmentScp) -> None:
+    with Modality("VIEWER").associated(scp) as assoc:
+        references = [(CT_IMAGE_STORAGE, factory.new_uid("sop", 8))]
+        assert request(assoc, factory.new_uid("transaction", 8), references) == 0x0124
+
+
+def test_requests_beyond_max_pending_are_refused_with_resource_limitation(tmp_path: Any) -> None:
+    instances = study(seed=9, n=1)
+    references = references_of(instances)
+    modality = Modality()
+    with commitment_scp(tmp_path, peers={MODALITY: Peer("modality")}, max_pending=1) as scp:
+        scp.stow(*instances)
+        with modality.associated(scp) as assoc:
+            with scp.hold():
+                assert request(assoc, factory.new_uid("transaction", 9, 1), references) == 0x0000
+                assert request(assoc, factory.new_uid("transaction", 9, 2), references) == 0x0213
+            report = modality.next_report()
+            assert report.event_type == ALL_COMMITTED
+            scp.wait_outcomes(2)  # the refusal, then the reported request: nothing pending
+            assert request(assoc, factory.new_uid("transaction", 9, 3), references) == 0x0000
+            assert modality.next_report().event_type == ALL_COMMITTED
+
+
+class Flaky:
+    """The commitment check behind an index that fails ``failures`` times, then recovers."""
+
+    def __init__(self, check: Checker, failures: int) -> None:
+        self._check = check
+        self.failures = failures
+
+    async def verdicts(self, references: Sequence[Reference], restriction: Restriction | None) -> list[Verdict]:
+        if self.failures:
+            self.failures -= 1
+            raise ServiceUnavailable("index unavailable (injected)")
+        return await self._check.verdicts(references, restriction)
+
+
+@pytest.mark.parametrize(("failures", "expected"), [(2, ALL_COMMITTED), (100, FAILURES_EXIST)])
+def test_an_index_outage_is_retried_then_reported_as_processing_failure(
+    tmp_path: Any, failures: int, expected: int
+) -> None:
+    instances = study(seed=10, n=2)
+    modality = Modality()
+    with commitment_scp(
+        tmp_path, peers={MODALITY: Peer("modality")}, wrap_check=lambda check: Flaky(check, failures)
+    ) as scp:
+        scp.stow(*instances)
+        with modality.associated(scp) as assoc:
+            assert request(assoc, factory.new_uid("transaction", 10, failures), references_of(instances)) == 0x0000
+            report = modality.next_report()
+    assert report.event_type == expected
+    if expected == FAILURES_EXIST:
+        assert report.committed == []
+        assert set(report.failed.values()) == {PROCESSING_FAILURE}

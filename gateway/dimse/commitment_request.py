@@ -14,6 +14,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from gateway.dicom import uids
+from gateway.dicom.dicomjson import pydicom_warnings_suppressed
 from gateway.services.commitment import Reference
 
 __all__ = [
@@ -70,20 +71,23 @@ def parse_commitment(event: Any) -> CommitmentRequest:
         raise CommitmentRefusal(NO_SUCH_SOP_INSTANCE, f"Requested SOP Instance must be {STORAGE_COMMITMENT_INSTANCE}")
     if request.ActionTypeID != REQUEST_STORAGE_COMMITMENT:
         raise CommitmentRefusal(NO_SUCH_ACTION, "Action Type ID must be 1 (Request Storage Commitment)")
-    try:
-        information: Dataset = event.action_information  # decoded by pynetdicom on first access
-        transaction = _text(information.get("TransactionUID"))
-        sequence = information.get("ReferencedSOPSequence")
-        items = list(sequence) if sequence is not None else []
-    except Exception as exc:
-        raise CommitmentRefusal(PROCESSING_FAILURE, "the Action Information cannot be decoded") from exc
-    if not transaction or not uids.is_valid_uid(transaction):
-        raise CommitmentRefusal(INVALID_ARGUMENT_VALUE, "Transaction UID (0008,1195) missing or not a valid UID")
-    if not items:
-        raise CommitmentRefusal(INVALID_ARGUMENT_VALUE, "Referenced SOP Sequence (0008,1199) missing or empty")
-    if len(items) > MAX_REFERENCES:
-        raise CommitmentRefusal(RESOURCE_LIMITATION, f"more than {MAX_REFERENCES} instances in one request")
-    return CommitmentRequest(transaction, tuple(_reference(item) for item in items))
+    # pydicom warns of odd values as it decodes them; an invalid UID is refused below instead.
+    with pydicom_warnings_suppressed():
+        try:
+            information: Dataset = event.action_information  # decoded by pynetdicom on first access
+            transaction = _text(information.get("TransactionUID"))
+            sequence = information.get("ReferencedSOPSequence")
+            items = list(sequence) if sequence is not None else []
+        except Exception as exc:
+            raise CommitmentRefusal(PROCESSING_FAILURE, "the Action Information cannot be decoded") from exc
+        if not transaction or not uids.is_valid_uid(transaction):
+            raise CommitmentRefusal(INVALID_ARGUMENT_VALUE, "Transaction UID (0008,1195) missing or not a valid UID")
+        if not items:
+            raise CommitmentRefusal(INVALID_ARGUMENT_VALUE, "Referenced SOP Sequence (0008,1199) missing or empty")
+        if len(items) > MAX_REFERENCES:
+            raise CommitmentRefusal(RESOURCE_LIMITATION, f"more than {MAX_REFERENCES} instances in one request")
+        references = [_reference(item) for item in items]
+    return CommitmentRequest(transaction, tuple(references))
 
 
 def _reference(item: Dataset) -> Reference:
