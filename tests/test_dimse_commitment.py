@@ -5,12 +5,14 @@ took responsibility for instances, and read the N-EVENT-REPORT it sends back."""
 from __future__ import annotations
 
 import queue
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -24,6 +26,7 @@ from gateway.services.commitment import PROCESSING_FAILURE, Reference, Verdict
 from tests import factory
 from tests.dimse_commitment_scp import CommitmentScp, Peer, commitment_scp
 from tests.http_helpers import read
+from tests.peers.orthanc import ORTHANC_AET, OrthancPeer, orthanc_available, run_orthanc
 from tests.peers.ports import free_port
 
 MODALITY = "MODALITY"
@@ -330,3 +333,46 @@ def test_an_index_outage_is_retried_then_reported_as_processing_failure(
     if expected == FAILURES_EXIST:
         assert report.committed == []
         assert set(report.failed.values()) == {PROCESSING_FAILURE}
+
+
+@pytest.mark.orthanc
+@pytest.mark.skipif(not orthanc_available(), reason="Orthanc is not installed (apt-get install orthanc-dicomweb)")
+def test_orthanc_as_commitment_scu_gets_the_result_of_its_request(tmp_path: Any) -> None:
+    """Orthanc's REST API asks the gateway (one of its DicomModalities) for storage commitment;
+    the gateway answers the N-ACTION and reports to Orthanc's DICOM port, as Orthanc releases
+    its requesting association at once."""
+    instances = study(seed=11)
+    stored = references_of(instances)
+    absent = (CT_IMAGE_STORAGE, factory.new_uid("never-stored", 11))
+    peers = {ORTHANC_AET: Peer("orthanc")}  # completed with Orthanc's port once it runs
+    gateway_port = free_port()
+    with commitment_scp(tmp_path / "gateway", peers=peers, port=gateway_port) as scp:
+        scp.stow(*instances)
+        with run_orthanc(tmp_path / "orthanc", gateway_aet=scp.ae_title, gateway_port=gateway_port) as orthanc:
+            peers[ORTHANC_AET] = Peer("orthanc", port=orthanc.dicom_port)
+            asked = [{"SOPClassUID": c, "SOPInstanceUID": s} for c, s in [*stored, absent]]
+            started = httpx.post(
+                f"{orthanc.http_url}/modalities/gateway/storage-commitment",
+                json={"DicomInstances": asked, "Timeout": 20},
+                timeout=30,
+            )
+            assert started.status_code == 200, started.text
+            result = orthanc_commitment_result(orthanc, started.json()["Path"])
+    assert result["Status"] == "Failure"  # Orthanc's word for "complete, failures exist"
+    assert sorted((i["SOPClassUID"], i["SOPInstanceUID"]) for i in result["Success"]) == sorted(stored)
+    assert [(i["SOPInstanceUID"], i["FailureReason"]) for i in result["Failures"]] == [
+        (absent[1], NO_SUCH_OBJECT_INSTANCE)
+    ]
+    (outcome,) = scp.outcomes
+    assert (outcome.peer, outcome.committed, outcome.failed) == ("orthanc", 3, 1)
+
+
+def orthanc_commitment_result(orthanc: OrthancPeer, path: str) -> dict[str, Any]:
+    """Orthanc's view of a storage commitment once it is no longer pending (Orthanc offers no
+    way to wait for it, so this polls; REPORT_WAIT only bounds a broken run)."""
+    deadline = time.monotonic() + REPORT_WAIT
+    while True:
+        result: dict[str, Any] = httpx.get(orthanc.http_url + path, timeout=10).json()
+        if result.get("Status") != "Pending" or time.monotonic() > deadline:
+            return result
+        time.sleep(0.1)
