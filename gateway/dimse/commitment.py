@@ -257,6 +257,10 @@ class CommitmentHandler:
                         exc.reason,
                     )
                     break
+            except Exception:
+                # Not a passing outage: no retry, but still a report (failures), never silence.
+                log.exception("storage commitment %s from %s: check failed", job.request.transaction_uid, job.peer.name)
+                break
         return [Verdict(reference, PROCESSING_FAILURE) for reference in job.request.references]
 
     def _deliver(self, job: _Job, event_type: int, info: Dataset) -> tuple[str, int, str]:
