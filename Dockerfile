@@ -42,7 +42,8 @@ ENV PATH=/opt/dicomweb-gateway/bin:$PATH \
     DICOMWEB_GATEWAY_DATA_DIR=/var/lib/dicomweb-gateway
 WORKDIR /var/lib/dicomweb-gateway
 USER 10001:10001
-# HTTP (DICOMweb, probes, metrics) and the DIMSE storage SCP for C-MOVE (set scp_port = 11112).
+# HTTP (DICOMweb, probes, metrics) and the DIMSE listener: the DIMSE front door and C-MOVE
+# arrivals (set scp_port = 11112).
 EXPOSE 8080 11112
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('DICOMWEB_GATEWAY_PORT', '8080') + '/healthz', timeout=4)"]

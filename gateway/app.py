@@ -13,6 +13,8 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from gateway.dimse.front_door import open_front_door
+from gateway.dimse.move_receiver import MoveReceiver
 from gateway.errors import ServiceUnavailable
 from gateway.http.errors import EXCEPTION_HANDLERS
 from gateway.http.middleware.metrics import ObservabilityMiddleware
@@ -86,48 +88,41 @@ async def check_at_start(settings: Settings, store: BlobStore, index: Index) -> 
             log.warning("the %s is unavailable at start-up; serving, /readyz reports it: %s", what, exc.reason)
 
 
-def build_upstream(settings: Settings, node: PacsNode, scp: Any = None) -> Upstream:
-    """The DIMSE adapter for one ``[[pacs]]`` node (``scp``: the storage SCP for C-MOVE)."""
+def build_upstream(settings: Settings, node: PacsNode, scp: MoveReceiver | None = None) -> Upstream:
+    """The DIMSE adapter for one ``[[pacs]]`` node (``scp``: where its C-MOVEs arrive)."""
     from gateway.adapters.dimse import DimseUpstream
 
     return DimseUpstream(node, ae_title=settings.ae_title, spool_dir=pacs_spool_dir(settings), scp=scp)
 
 
+def build_move_receiver(settings: Settings) -> MoveReceiver | None:
+    """Where C-MOVE sub-operations from [[pacs]] nodes arrive: the DIMSE listener's router."""
+    if settings.scp_port is None:
+        return None
+    from gateway.adapters.dimse_watchdog import abort_now
+
+    return MoveReceiver(ae_title=settings.ae_title, spool_dir=pacs_spool_dir(settings), abort=abort_now)
+
+
 @contextlib.asynccontextmanager
-async def open_pacs(settings: Settings) -> AsyncIterator[tuple[dict[str, Upstream], BridgeState | None]]:
-    """The PACS nodes, their storage SCP (C-MOVE) and the bridge state, for the app's lifetime."""
+async def open_pacs(
+    settings: Settings, receiver: MoveReceiver | None
+) -> AsyncIterator[tuple[dict[str, Upstream], BridgeState | None]]:
+    """The PACS nodes and the bridge state, for the app's lifetime (their C-MOVEs arrive at
+    ``receiver``, which the DIMSE listener feeds)."""
     if not settings.pacs:
         yield {}, None
         return
-    from gateway.adapters.dimse_contexts import RECEIVE_SYNTAXES
-    from gateway.adapters.scp import StorageScp
     from gateway.adapters.sqlite_bridge import SqliteBridgeState
 
-    scp: StorageScp | None = None
-    if settings.scp_port is not None:
-        scp = StorageScp(
-            ae_title=settings.ae_title,
-            host=settings.effective_scp_host,
-            port=settings.scp_port,
-            spool_dir=pacs_spool_dir(settings),
-            known_aes=[node.ae_title for node in settings.pacs],
-            syntaxes=RECEIVE_SYNTAXES,
-        )
-        try:
-            await anyio.to_thread.run_sync(scp.start)
-        except OSError as exc:
-            where = f"{settings.effective_scp_host}:{settings.scp_port}"
-            raise RuntimeError(f"cannot run the storage SCP on {where}: {exc.strerror or exc}") from exc
     state = SqliteBridgeState(settings.data_dir / "pacs-bridge.sqlite3")
-    upstreams = {node.name: build_upstream(settings, node, scp) for node in settings.pacs}
+    upstreams = {node.name: build_upstream(settings, node, receiver) for node in settings.pacs}
     try:
         yield upstreams, state
     finally:
         with anyio.CancelScope(shield=True):
             for upstream in upstreams.values():
                 await upstream.aclose()
-            if scp is not None:
-                await anyio.to_thread.run_sync(scp.stop)
             await state.aclose()
 
 
@@ -142,7 +137,8 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
         try:
             security.open()
             await check_at_start(settings, own_store, own_index)
-            async with open_pacs(settings) as (upstreams, bridge_state), anyio.create_task_group() as tasks:
+            receiver = build_move_receiver(settings)
+            async with open_pacs(settings, receiver) as (upstreams, bridge_state), anyio.create_task_group() as tasks:
                 gateway = build_gateway(settings, own_store, own_index, upstreams=upstreams, bridge_state=bridge_state)
                 gateway.retrieval.start(tasks)
                 if settings.pacs_cache_max_age > 0 and upstreams:
@@ -157,7 +153,12 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
                 if gateway.forward is not None:
                     gateway.forward.start(tasks)
                 app.state.gateway = gateway
-                yield
+                # The DIMSE front door (and where C-MOVE sub-operations arrive) on scp_port.
+                async with open_front_door(
+                    gateway, receiver=receiver, audit=security.audit, spool_dir=pacs_spool_dir(settings)
+                ) as listener:
+                    app.state.dimse_listener = listener
+                    yield
                 tasks.cancel_scope.cancel()
         finally:
             await security.aclose()

@@ -61,10 +61,12 @@ __all__ = [
     "configure_logging",
     "current_request_id",
     "dimse_operation",
+    "dimse_scp_rejected",
     "index_memory",
     "last_dimse",
     "metrics_exposition",
     "observe_dimse",
+    "observe_dimse_scp",
     "store_error",
     "store_retry",
     "stow_instances",
@@ -103,6 +105,25 @@ DIMSE_DURATION = Histogram(
     "DIMSE operation latency per PACS node",
     ["node", "operation", "outcome"],
     buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+DIMSE_SCP_OPERATIONS = Counter(
+    "dicomweb_gateway_dimse_scp_operations",
+    "DIMSE operations answered by the gateway's front door, by peer, operation and final status class",
+    ["peer", "operation", "outcome"],
+    registry=REGISTRY,
+)
+DIMSE_SCP_DURATION = Histogram(
+    "dicomweb_gateway_dimse_scp_duration_seconds",
+    "DIMSE front door operation latency, by peer and operation",
+    ["peer", "operation", "outcome"],
+    buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+DIMSE_SCP_REJECTIONS = Counter(
+    "dicomweb_gateway_dimse_scp_rejected_associations",
+    "Associations the DIMSE front door rejected, by PS3.8 reason",
+    ["reason"],
     registry=REGISTRY,
 )
 CACHE_LOOKUPS = Counter(
@@ -180,6 +201,16 @@ def dimse_operation(node: str, operation: str) -> Iterator[DimseObservation]:
         raise
     finally:
         observe_dimse(node, operation, observation.outcome, time.perf_counter() - started)
+
+
+def observe_dimse_scp(peer: str, operation: str, outcome: str, seconds: float) -> None:
+    """One operation answered by the DIMSE front door (``outcome``: success, warning, failure, cancel)."""
+    DIMSE_SCP_OPERATIONS.labels(peer, operation, outcome).inc()
+    DIMSE_SCP_DURATION.labels(peer, operation, outcome).observe(seconds)
+
+
+def dimse_scp_rejected(reason: str) -> None:
+    DIMSE_SCP_REJECTIONS.labels(reason).inc()
 
 
 def cache_lookup(cache: str, *, hit: bool) -> None:

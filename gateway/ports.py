@@ -7,7 +7,7 @@ pure ``gateway.dicom`` helpers); adapters implement these Protocols.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +17,7 @@ from gateway.dicom.query import QidoQuery
 # Re-exported: the records' home is the pure floor below (gateway.dicom.records).
 from gateway.dicom.records import InstanceRecord as InstanceRecord
 from gateway.dicom.records import PixelDescription as PixelDescription
+from gateway.dicom.records import ReceivedInstance as ReceivedInstance
 from gateway.dicom.records import Span as Span
 
 # A DICOM JSON object (PS3.18 F.2): {"0020000D": {"vr": "UI", "Value": [...]}, ...}
@@ -219,14 +220,23 @@ class FindResult:
     warnings: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class ReceivedInstance:
-    """One instance received from a PACS (C-GET or C-MOVE sub-operation), spooled as a Part 10
-    file at ``path``. The consumer owns the file and deletes it when done."""
+class MoveReceiver(Protocol):
+    """Where a PACS's C-MOVE sub-operations arrive (PS3.4 C.4.2.3): the gateway's DIMSE listener
+    (``gateway.dimse.move_receiver``), handed to the DIMSE adapter by the composition root.
 
-    path: Path
-    sop_uid: str
-    transfer_syntax: str
+    Each C-STORE it receives from ``calling_ae`` carrying the Message ID that :meth:`expect`
+    returned is spooled and given to ``sink``, on the listener's thread."""
+
+    @property
+    def ae_title(self) -> str:
+        """The move destination to name in the C-MOVE request (the gateway's own AE title)."""
+
+    def expect(self, calling_ae: str, sink: Callable[[ReceivedInstance], None]) -> int:
+        """Register a C-MOVE about to be sent to ``calling_ae``; returns the Message ID to use."""
+
+    def done(self, calling_ae: str, message_id: int, *, failed: bool = False) -> None:
+        """The move has ended. ``failed``: the gateway gave up on it, so what the PACS still has
+        open towards the listener is aborted unless another of its moves is in progress."""
 
 
 class Upstream(Protocol):

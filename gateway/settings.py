@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 # Re-exported: defined beside the other errors so that the validators of a settings section
 # (gateway.settings_security) can raise it without importing this module, which calls them.
+from gateway.dicom.restriction import Restriction, RestrictionError, parse_restriction
 from gateway.errors import SettingsError as SettingsError
 
 ENV_PREFIX = "DICOMWEB_GATEWAY_"
@@ -160,6 +161,51 @@ class PacsNode:
     tls: PacsTls = field(default_factory=PacsTls)
 
 
+@dataclass(frozen=True)
+class DimseClient:
+    """One DIMSE client of the gateway's front door (a ``[[dimse_clients]]`` table): a modality,
+    a PACS routing to the cloud, a workstation or a mobile viewer (gateway.dimse.peers)."""
+
+    name: str = ""  # in logs, metrics and the audit trail (origin "dimse:<name>")
+    ae_title: str = ""  # the calling AE title it must use
+    host: str | None = None  # associations from other addresses are refused
+    port: int | None = None  # its own storage SCP: the C-MOVE destination, storage commitment reports
+    scopes: tuple[str, ...] = ()  # "read" (C-FIND, C-MOVE, C-GET), "write" (C-STORE); C-ECHO always
+    # The studies it may see and write, as an HTTP principal's (gateway.dicom.restriction):
+    # {PatientID = [...], StudyInstanceUID = [...]}; none: every study.
+    restriction: Restriction | None = None
+
+
+@dataclass(frozen=True)
+class DimseSettings:
+    """The DIMSE listener's limits (gateway.dimse.listener)."""
+
+    max_associations: int = 16  # open associations at once; more are rejected "local limit exceeded"
+    acse_timeout: float = 30.0  # seconds: association request, release
+    dimse_timeout: float = 60.0  # seconds: the longest wait for any one DIMSE message
+    network_timeout: float = 60.0  # seconds an association may be silent before it is aborted
+    operation_timeout: float = 600.0  # seconds one request may spend in the gateway's services
+    max_pdu_length: int = 1 << 20  # the largest P-DATA PDU accepted (PS3.8 D.1)
+    max_pending_commitments: int = 64  # storage commitment requests waiting for their report
+
+
+@dataclass(frozen=True)
+class DimseTls:
+    """DICOM TLS on the listener (PS3.15 B.9): enabled when ``cert_file`` is set; with
+    ``ca_file`` clients must present a certificate that CA signed."""
+
+    cert_file: Path | None = None  # PEM certificate chain
+    key_file: Path | None = None  # PEM private key
+    ca_file: Path | None = None  # PEM CA certificates that sign client certificates
+    min_version: str = "1.2"  # "1.2" or "1.3"
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+DIMSE_SCOPES = frozenset({"read", "write"})
+
 # storage_compression values -> the lossless transfer syntax stored ("" keeps what was received).
 STORAGE_COMPRESSION = {"": None, "jpeg-ls": "1.2.840.10008.1.2.4.80", "jpeg2000": "1.2.840.10008.1.2.4.90"}
 
@@ -186,11 +232,16 @@ class Settings:
     # Host header values accepted (port ignored; "*.example.org" matches subdomains; "*" any).
     # Empty: the public_base_url host, the bound address, and localhost names on loopback.
     trusted_hosts: tuple[str, ...] = ()
-    ae_title: str = "DICOMWEB_GW"  # the gateway's own AE title towards every PACS
-    scp_port: int | None = None  # the C-STORE SCP for C-MOVE sub-operations (needed by retrieve = "move")
-    # Address the C-STORE SCP binds; "" (default): the HTTP ``host``, so a gateway on 127.0.0.1
-    # does not open its DIMSE port to the network behind the operator's back.
+    ae_title: str = "DICOMWEB_GW"  # the gateway's own AE title: towards every PACS, and its DIMSE front door
+    # The DIMSE listener (gateway.dimse): C-MOVE sub-operations from [[pacs]] nodes (needed by
+    # retrieve = "move") and the front door for [[dimse_clients]]; none: no DIMSE listener.
+    scp_port: int | None = None
+    # Address the DIMSE listener binds; "" (default): the HTTP ``host``, so a gateway on
+    # 127.0.0.1 does not open its DIMSE port to the network behind the operator's back.
     scp_host: str = ""
+    dimse_clients: tuple[DimseClient, ...] = ()  # [[dimse_clients]] tables
+    dimse: DimseSettings = field(default_factory=DimseSettings)
+    dimse_tls: DimseTls = field(default_factory=DimseTls)
     forward_to: str | None = None  # name of a PACS that receives every STOWed instance (C-STORE)
     ready_requires_pacs: bool = False  # /readyz fails while a PACS does not answer C-ECHO (else only reported)
     pacs: tuple[PacsNode, ...] = ()  # [[pacs]] tables
@@ -331,6 +382,8 @@ def _coerce(hint: Any, raw: Any, name: str) -> Any:
             raise SettingsError(f"setting {name} must be a table")
         return _build(hint, raw, f"{name}.")
     text_hint = str(hint)
+    if "Restriction" in text_hint:
+        return _restriction(raw, name)
     optional = "None" in text_hint
     if raw is None or (optional and raw == ""):
         if optional:
@@ -364,6 +417,16 @@ def _coerce(hint: Any, raw: Any, name: str) -> Any:
         return str(raw)
     except ValueError:
         raise SettingsError(f"setting {name} has an invalid value {raw!r}") from None
+
+
+def _restriction(raw: Any, name: str) -> Restriction | None:
+    """A restriction table, in the object form tokens and API keys use (gateway.dicom.restriction)."""
+    if raw is None:
+        return None
+    try:
+        return parse_restriction(raw)
+    except RestrictionError as exc:
+        raise SettingsError(f"setting {name}: {str(exc).replace('restriction claim', 'restriction')}") from None
 
 
 def _validate(s: Settings) -> Settings:
@@ -401,6 +464,7 @@ def _validate(s: Settings) -> Settings:
         )
     _validate_s3(s.s3)
     _validate_pacs(s)
+    _validate_dimse(s)
     from gateway.settings_security import validate_security
 
     validate_security(s)
@@ -438,7 +502,7 @@ def _validate_pacs(s: Settings) -> None:
     seen: set[str] = set()
     for i, node in enumerate(s.pacs):
         where = f"pacs[{i}]" if not node.name else f"pacs {node.name!r}"
-        if not node.name or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in node.name):
+        if not _valid_name(node.name):
             raise SettingsError(f"{where}: name must be letters, digits, '-', '_' or '.' (it appears in URLs)")
         if node.name.lower() in seen:
             raise SettingsError(f"{where}: the name is used by another [[pacs]] entry")
@@ -468,3 +532,56 @@ def _validate_pacs(s: Settings) -> None:
                 raise SettingsError(f"{where}: tls.{label} {path} does not exist")
     if s.forward_to is not None and s.forward_to.lower() not in seen:
         raise SettingsError(f"forward_to {s.forward_to!r} names no [[pacs]] entry")
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and all(c.isascii() and (c.isalnum() or c in "-_.") for c in name)
+
+
+def _validate_dimse(s: Settings) -> None:
+    """The DIMSE front door: [[dimse_clients]], [dimse] limits and [dimse_tls]."""
+    if (s.dimse_clients or s.dimse_tls.enabled) and s.scp_port is None:
+        raise SettingsError("[[dimse_clients]] and [dimse_tls] need scp_port (the port of the DIMSE listener)")
+    taken = {node.ae_title.strip(): f"[[pacs]] {node.name!r}" for node in s.pacs}
+    names: set[str] = set()
+    for i, client in enumerate(s.dimse_clients):
+        where = f"dimse_clients[{i}]" if not client.name else f"dimse_clients {client.name!r}"
+        if not _valid_name(client.name):
+            raise SettingsError(
+                f"{where}: name must be letters, digits, '-', '_' or '.' (it appears in the audit trail)"
+            )
+        if client.name.lower() in names:
+            raise SettingsError(f"{where}: the name is used by another [[dimse_clients]] entry")
+        names.add(client.name.lower())
+        if not _valid_ae_title(client.ae_title):
+            raise SettingsError(
+                f"{where}: ae_title {client.ae_title!r} must be 1-16 printable ASCII characters without backslash"
+            )
+        # Associations are told apart by calling AE title alone (PS3.8 7.1.1.3): one per peer.
+        other = taken.get(client.ae_title.strip())
+        if other is not None:
+            raise SettingsError(f"{where}: ae_title {client.ae_title!r} is used by {other} too")
+        taken[client.ae_title.strip()] = f"[[dimse_clients]] {client.name!r}"
+        if client.host is not None and not client.host.strip():
+            raise SettingsError(f"{where}: host must not be empty (leave it out to accept any address)")
+        if client.port is not None and not 0 < client.port < 65536:
+            raise SettingsError(f"{where}: port {client.port} is out of range 1-65535")
+        unknown = sorted(set(client.scopes) - DIMSE_SCOPES)
+        if unknown:
+            raise SettingsError(f'{where}: scope {unknown[0]!r} is not one of "read", "write"')
+    limits = s.dimse
+    for f in dataclasses.fields(limits):
+        if getattr(limits, f.name) <= 0:
+            raise SettingsError(f"dimse.{f.name} must be positive")
+    if limits.max_pdu_length < 4096:
+        raise SettingsError("dimse.max_pdu_length must be at least 4096 bytes")
+    tls = s.dimse_tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise SettingsError("dimse_tls.cert_file and dimse_tls.key_file go together")
+    if tls.ca_file is not None and tls.cert_file is None:
+        raise SettingsError("dimse_tls.ca_file needs dimse_tls.cert_file and key_file (the listener's own)")
+    if tls.min_version not in ("1.2", "1.3"):
+        raise SettingsError(f'dimse_tls.min_version {tls.min_version!r} must be "1.2" or "1.3"')
+    for label, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+        if path is not None and not path.is_file():
+            raise SettingsError(f"dimse_tls.{label} {path} does not exist")

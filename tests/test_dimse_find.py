@@ -1,5 +1,5 @@
 """The C-FIND SCP end to end: DCMTK's findscu and a pynetdicom SCU against the gateway's
-FindHandler (tests/dimse_find_scp.py), answering from the store, index and federated PACS."""
+DIMSE front door (tests/dimse_find_scp.py), answering from the store, index and federated PACS."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gateway.commands.cli import build_parser
-from gateway.settings import PacsNode, Settings
+from gateway.settings import DimseClient, PacsNode, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -30,7 +30,7 @@ def _setting_names(cls: type, prefix: str = "") -> list[str]:
     """Dotted names of every leaf setting, e.g. ``limits.max_head_bytes``; ``[[pacs]]`` apart."""
     names: list[str] = []
     for f in dataclasses.fields(cls):
-        if f.name == "pacs":
+        if f.name in ("pacs", "dimse_clients"):
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
@@ -55,6 +55,13 @@ def test_every_setting_is_in_the_configuration_reference(name: str) -> None:
 def test_every_pacs_node_setting_is_in_the_pacs_section(name: str) -> None:
     section = _section(CONFIGURATION.read_text(), "## Legacy PACS: `[[pacs]]`")
     assert f"`{name}`" in section, f"[[pacs]] {name} is not documented in docs/configuration.md"
+
+
+@pytest.mark.parametrize("name", _setting_names(DimseClient))
+def test_every_dimse_client_setting_is_in_the_dimse_section(name: str) -> None:
+    section = _section(CONFIGURATION.read_text(), "## DIMSE front door: `[[dimse_clients]]`")
+    assert f"`{name}`" in section, f"[[dimse_clients]] {name} is not documented in docs/configuration.md"
+    assert "`dimse_clients`" in section
 
 
 def _flags(parser: argparse.ArgumentParser) -> set[str]:

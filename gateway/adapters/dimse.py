@@ -11,8 +11,9 @@ expired deadline raises UpstreamError / :class:`UpstreamTimeout`.
 * C-GET (PS3.4 C.4.3): the instances come back as C-STORE sub-operations on the same
   association (SCP role negotiated per storage SOP Class, PS3.7 D.3.3.4); each is spooled and
   handed to the consumer at once.
-* C-MOVE (PS3.4 C.4.2): the PACS stores into the gateway's :class:`StorageScp`, which routes
-  each instance back here by Move Originator Message ID.
+* C-MOVE (PS3.4 C.4.2): the PACS stores into the gateway's DIMSE listener, whose
+  :class:`gateway.ports.MoveReceiver` routes each instance back here by Move Originator
+  Message ID.
 * C-STORE (PS3.4 B.2) for STOW forwarding; C-ECHO (PS3.7 9.1.5) for ``dicomweb-gateway echo``.
 """
 
@@ -49,12 +50,12 @@ from gateway.adapters.dimse_contexts import (
 )
 from gateway.adapters.dimse_pool import AssociationPool, AssociationRefused, ConnectionLost
 from gateway.adapters.dimse_watchdog import abort_now
-from gateway.adapters.scp import StorageScp, spool_received
 from gateway.dicom import cfind
 from gateway.dicom.dimse_status import StatusClass, describe, status_class
 from gateway.dicom.query import QidoQuery
+from gateway.dicom.received import spool_received
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.ports import FindResult, ReceivedInstance
+from gateway.ports import FindResult, MoveReceiver, ReceivedInstance
 from gateway.settings import PacsNode
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,10 @@ class _OperationFailed(UpstreamError):
 
 
 class DimseUpstream:
-    """One PACS node (see the module docstring). ``scp`` is needed to retrieve by C-MOVE."""
+    """One PACS node (see the module docstring). ``scp``, where C-MOVE sub-operations arrive,
+    is needed to retrieve by C-MOVE."""
 
-    def __init__(self, node: PacsNode, *, ae_title: str, spool_dir: Path, scp: StorageScp | None = None) -> None:
+    def __init__(self, node: PacsNode, *, ae_title: str, spool_dir: Path, scp: MoveReceiver | None = None) -> None:
         self.node = node
         self._calling_ae = ae_title
         self._spool_dir = spool_dir
@@ -384,7 +386,7 @@ class DimseUpstream:
 
     def _move(self, identifier: Dataset, push: Callable[[Any], None], state: _Retrieval, assoc: Association) -> None:
         if self._scp is None:  # settings validation requires scp_port for retrieve = "move"
-            raise UpstreamError(f"{self._pool.where}: C-MOVE needs the gateway's storage SCP (scp_port)")
+            raise UpstreamError(f"{self._pool.where}: C-MOVE needs the gateway's DIMSE listener (scp_port)")
         message_id = self._scp.expect(self.node.ae_title, partial(self._deliver, push, state))
         state.assoc, state.model, state.message_id = assoc, MOVE, message_id
         failed = True

@@ -6,6 +6,7 @@ helpers never import the ports; ``gateway.ports`` re-exports them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 # Byte range (offset, length) of one fragment value inside a stored Part 10 object.
 Span = tuple[int, int]
@@ -48,3 +49,14 @@ class InstanceRecord:
     frames: tuple[tuple[Span, ...], ...] = ()
     pixel: PixelDescription | None = None
     stored_at: float = 0.0  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """One instance received over DIMSE (a C-STORE: a C-GET or C-MOVE sub-operation, or a DIMSE
+    client's push), spooled as a Part 10 file at ``path``. The consumer owns the file and deletes
+    it when done."""
+
+    path: Path
+    sop_uid: str
+    transfer_syntax: str

@@ -22,6 +22,7 @@ Lines go to stdout or are appended to a file; nothing in them is a stack trace.
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +67,10 @@ class AccessRecord:
     # SOP Instance UID are counted only.
     failed: list[tuple[str | None, str | None, int]] = field(default_factory=list)
     outcome_reason: str | None = None  # why credentials were refused (401), machine-readable
+    # A DIMSE operation (gateway.dimse.observe): its fields replace the "http" ones, and
+    # ``outcome`` (0, 4, 8) the one derived from an HTTP status.
+    dimse: dict[str, Any] | None = None
+    outcome: int | None = None
 
 
 def outcome_indicator(status: int) -> int:
@@ -80,7 +85,7 @@ def to_event(record: AccessRecord, *, include_query_values: bool, source_id: str
             "EventID": event_id,
             "EventActionCode": action_code,
             "EventDateTime": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "EventOutcomeIndicator": outcome_indicator(record.status),
+            "EventOutcomeIndicator": record.outcome if record.outcome is not None else outcome_indicator(record.status),
         },
         "ActiveParticipant": [
             {
@@ -92,15 +97,18 @@ def to_event(record: AccessRecord, *, include_query_values: bool, source_id: str
         ],
         "AuditSourceIdentification": {"AuditSourceID": source_id},
         "ParticipantObjectIdentification": _objects(record, include_query_values),
-        "http": {
+    }
+    if record.dimse is not None:
+        event["dimse"] = record.dimse
+    else:
+        event["http"] = {
             "method": record.method,
             "path": record.path,
             "status": record.status,
             "bytes_sent": record.bytes_sent,
             "bytes_received": record.bytes_received,
             "duration_ms": round(record.duration * 1000, 1),
-        },
-    }
+        }
     if record.outcome_reason:
         # PS3.15 A.5.1 EventOutcomeDescription; here a short code (expired, bad_signature, ...).
         event["EventIdentification"]["EventOutcomeDescription"] = record.outcome_reason
@@ -183,6 +191,7 @@ class AuditLog:
         self._include_values = include_query_values
         self._source_id = source_id
         self._file: IO[bytes] | None = None
+        self._lock = threading.Lock()  # the DIMSE listener writes from its association threads
 
     def open(self) -> None:
         if self.destination not in ("stdout", "-", "off") and self._file is None:
@@ -198,9 +207,10 @@ class AuditLog:
             return
         event = to_event(record, include_query_values=self._include_values, source_id=self._source_id)
         line = orjson.dumps(event) + b"\n"
-        if self._file is not None:
-            self._file.write(line)
-            self._file.flush()
-        else:
-            sys.stdout.buffer.write(line)
-            sys.stdout.buffer.flush()
+        with self._lock:
+            if self._file is not None:
+                self._file.write(line)
+                self._file.flush()
+            else:
+                sys.stdout.buffer.write(line)
+                sys.stdout.buffer.flush()

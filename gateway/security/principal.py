@@ -15,7 +15,7 @@ ADMIN = "admin"
 METRICS = "metrics"
 SCOPES = frozenset({READ, WRITE, ADMIN, METRICS})
 
-Kind = Literal["anonymous", "oidc", "apikey"]
+Kind = Literal["anonymous", "oidc", "apikey", "dimse"]
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,14 @@ class Principal:
     @property
     def audit_id(self) -> str:
         """How the audit trail names this principal (PS3.15 A.5 ActiveParticipant UserID):
-        ``apikey:<name>`` or ``jwt:<sub>``, so a token whose ``sub`` is ``apikey:x`` is never
+        ``apikey:<name>``, ``jwt:<sub>`` or ``dimse:<peer name>``, so a token whose ``sub`` is ``apikey:x`` is never
         taken for the API key ``x`` (key names have no colon)."""
         if self.kind == "apikey":
             return f"apikey:{self.subject}"
         if self.kind == "oidc":
             return f"jwt:{self.subject}"
+        if self.kind == "dimse":
+            return f"dimse:{self.subject}"  # a [[dimse_clients]] or [[pacs]] peer of the DIMSE front door
         return self.subject
 
     @property

@@ -1,0 +1,166 @@
+"""The DIMSE front door: which handler answers which DIMSE service, and its listener's life.
+
+:func:`front_door_services` is the one registration table. Each entry is a
+:class:`gateway.dimse.listener.Service`: a pynetdicom event, its handler (built over the shared
+services of :class:`gateway.services.bundle.Gateway`, reaching them through the
+:class:`gateway.dimse.portal.LoopPortal`), and its presentation contexts. Scopes:
+
+* C-ECHO: every configured peer;
+* C-STORE (and storage commitment): ``write``; refused per request with 0x0124 otherwise;
+* C-FIND, C-MOVE, C-GET: ``read``; their contexts are not offered to other peers (the gate).
+
+Handlers are built with ``peer_of`` (the :class:`gateway.dimse.peers.DimsePeer` of an event:
+name, scopes, restriction), ``portal`` and an ``on_outcome`` hook (audit and metrics,
+:class:`gateway.dimse.observe.Observer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AllStoragePresentationContexts, evt
+
+from gateway.dimse.echo import EchoHandler
+from gateway.dimse.find import FindHandler, FindOutcome
+from gateway.dimse.listener import DimseListener, Service
+from gateway.dimse.move_receiver import MoveReceiver
+from gateway.dimse.observe import Observer, Operation
+from gateway.dimse.peers import DimsePeers
+from gateway.dimse.portal import LoopPortal
+from gateway.dimse.store import StoreHandler
+from gateway.dimse.tls import listener_context
+from gateway.security.audit import AuditLog
+from gateway.services.bundle import Gateway
+
+log = logging.getLogger(__name__)
+
+# PS3.5 10: the syntaxes a DICOM peer negotiates for commands and query identifiers.
+NATIVE = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
+# Data sets are stored as sent: every transfer syntax the store accepts (gateway.dicom.part10
+# takes any pydicom knows), compressed ones included. The acceptor's order decides when a sender
+# offers several in one context (PS3.8 9.3.2.2): Explicit VR Little Endian first, then the
+# other native ones and the lossless compressed ones, so what is picked never degrades what
+# the sender holds (a PACS answering the gateway's C-MOVE sends its originals as they are).
+_PREFERRED = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+STORE_SYNTAXES = _PREFERRED + tuple(str(ts) for ts in AllTransferSyntaxes if str(ts) not in _PREFERRED)
+STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+VERIFICATION = "1.2.840.10008.1.1"
+# PS3.4 C.6.1.1.2, C.6.2.1.2: Patient Root and Study Root Query/Retrieve Information Model - FIND.
+FIND_CLASSES = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
+
+
+def front_door_services(
+    gateway: Gateway,
+    *,
+    peers: DimsePeers,
+    portal: LoopPortal,
+    observer: Observer,
+    spool_dir: Path,
+    receiver: MoveReceiver | None = None,
+) -> list[Service]:
+    """What the listener answers; each service is one entry (see the module docstring)."""
+    ae_title = gateway.settings.ae_title
+    peer_of = peers.of
+    on_find = _find_outcome(observer)
+    services = [
+        Service(evt.EVT_C_ECHO, EchoHandler(peer_of=peer_of, on_outcome=observer.operation), (VERIFICATION,), NATIVE),
+        # Storage: roles accepted for C-GET's sub-operations (the requester is their SCP).
+        Service(
+            evt.EVT_C_STORE,
+            StoreHandler(
+                gateway.stow,
+                portal=portal,
+                peer_of=peer_of,
+                spool_dir=spool_dir,
+                receiver=receiver,
+                on_outcome=observer.operation,
+            ),
+            STORAGE_CLASSES,
+            STORE_SYNTAXES,
+            roles=True,
+        ),
+        Service(
+            evt.EVT_C_FIND,
+            FindHandler(gateway.qido, ae_title=ae_title, portal=portal, peer_of=peer_of, on_outcome=on_find),
+            FIND_CLASSES,
+            NATIVE,
+            read=True,
+        ),
+        # C-MOVE and C-GET (scope read; read=True keeps their contexts from other peers):
+        #   Service(evt.EVT_C_MOVE, MoveHandler(...), MOVE_CLASSES, NATIVE, read=True),
+        #   Service(evt.EVT_C_GET, GetHandler(...), GET_CLASSES, NATIVE, read=True),
+        # Storage commitment push model (scope write, checked by its handler with peer.may(WRITE)):
+        #   Service(evt.EVT_N_ACTION, CommitmentHandler(...), (STORAGE_COMMITMENT,), NATIVE, roles=True),
+    ]
+    return services
+
+
+def _find_outcome(observer: Observer) -> Callable[[FindOutcome], None]:
+    def report(outcome: FindOutcome) -> None:
+        observer.operation(
+            Operation(
+                outcome.peer,
+                "",
+                None,
+                "C-FIND",
+                outcome.status,
+                outcome.duration,
+                outcome.comment,
+                query=(f"{outcome.level}:{','.join(outcome.keys)}",),
+            )
+        )
+
+    return report
+
+
+@contextlib.asynccontextmanager
+async def open_front_door(
+    gateway: Gateway, *, receiver: MoveReceiver | None, audit: AuditLog | None, spool_dir: Path
+) -> AsyncIterator[DimseListener | None]:
+    """The DIMSE listener on ``scp_port`` for the app's lifetime (None without ``scp_port``)."""
+    settings = gateway.settings
+    if settings.scp_port is None:
+        yield None
+        return
+    peers = DimsePeers.from_settings(settings)
+    portal = LoopPortal(asyncio.get_running_loop(), timeout=settings.dimse.operation_timeout)
+    observer = Observer(audit)
+    listener = DimseListener(
+        ae_title=settings.ae_title,
+        host=settings.effective_scp_host,
+        port=settings.scp_port,
+        limits=settings.dimse,
+        peers=peers,
+        services=front_door_services(
+            gateway, peers=peers, portal=portal, observer=observer, spool_dir=spool_dir, receiver=receiver
+        ),
+        receiver=receiver,
+        ssl_context=listener_context(settings.dimse_tls),
+        on_reject=observer.rejected,
+    )
+    try:
+        await anyio.to_thread.run_sync(listener.start)
+    except OSError as exc:
+        where = f"{settings.effective_scp_host}:{settings.scp_port}"
+        raise RuntimeError(f"cannot run the DIMSE listener on {where}: {exc.strerror or exc}") from exc
+    try:
+        yield listener
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(listener.stop)

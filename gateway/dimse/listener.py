@@ -1,0 +1,159 @@
+"""The gateway's one DIMSE listener: a pynetdicom AE on ``scp_port`` as ``ae_title``.
+
+It is both the destination of the gateway's own C-MOVEs to ``[[pacs]]`` nodes and the DIMSE
+front door for ``[[dimse_clients]]``. What it answers is a list of :class:`Service` entries
+(event, handler, the presentation contexts it needs), built by
+:mod:`gateway.dimse.front_door`; who may associate is decided by :class:`gateway.dimse.gate.Gate`.
+Every association and DIMSE message has a timeout (``[dimse]``): a peer that goes silent is
+aborted after ``network_timeout``, one that never finishes its association request after
+``acse_timeout``; no thread waits for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom import AE, evt
+
+from gateway.dimse.gate import Gate
+from gateway.dimse.move_receiver import MoveReceiver
+from gateway.dimse.peers import DimsePeers
+from gateway.settings import DimseSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One DIMSE service of the listener: pynetdicom ``event`` answered by ``handler``, over
+    presentation contexts for each of ``abstract_syntaxes`` with ``transfer_syntaxes``.
+
+    ``roles``: accept SCP/SCU role selection (PS3.7 D.3.3.4), which C-GET needs for its storage
+    sub-operations and a storage commitment SCU for its N-EVENT-REPORT; ``read``: offered only
+    to peers with the ``read`` scope (the Query/Retrieve services)."""
+
+    event: Any
+    handler: Callable[[Any], Any]
+    abstract_syntaxes: Sequence[str]
+    transfer_syntaxes: Sequence[str]
+    roles: bool = False
+    read: bool = False
+
+
+class DimseListener:
+    """Started and stopped by the app's lifespan (gateway.app). Not re-entrant."""
+
+    def __init__(
+        self,
+        *,
+        ae_title: str,
+        host: str,
+        port: int,
+        limits: DimseSettings,
+        peers: DimsePeers,
+        services: Sequence[Service],
+        receiver: MoveReceiver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        on_reject: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        self.ae_title = ae_title
+        self.host = host
+        self.port = port
+        self._limits = limits
+        self._peers = peers
+        self._services = list(services)
+        self._receiver = receiver
+        self._ssl = ssl_context
+        self._on_reject = on_reject
+        self._ae: AE | None = None
+        self._server: Any = None
+
+    def start(self) -> None:
+        """Bind and serve on pynetdicom's threads (raises OSError when the port is taken)."""
+        limits = self._limits
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_associations = limits.max_associations
+        ae.acse_timeout = limits.acse_timeout
+        ae.dimse_timeout = limits.dimse_timeout
+        ae.network_timeout = limits.network_timeout
+        ae.maximum_pdu_size = limits.max_pdu_length
+        # The gate checks calling and called AE titles itself, with the reasons it logs.
+        ae.require_calling_aet = []
+        ae.require_called_aet = False
+        read_only: set[str] = set()
+        added: set[str] = set()
+        for service in self._services:
+            for abstract in service.abstract_syntaxes:
+                if abstract in added:
+                    continue
+                added.add(abstract)
+                ae.add_supported_context(
+                    abstract,
+                    list(service.transfer_syntaxes),
+                    scu_role=service.roles or None,
+                    scp_role=service.roles or None,
+                )
+                if service.read:
+                    read_only.add(abstract)
+        gate = Gate(self._peers, ae_title=self.ae_title, read_only=read_only, on_reject=self._on_reject)
+        handlers: list[tuple[Any, Callable[[Any], Any]]] = [
+            (evt.EVT_CONN_OPEN, _nodelay),
+            (evt.EVT_CONN_CLOSE, _closed_before_request),
+            (evt.EVT_REQUESTED, gate),
+            *((s.event, s.handler) for s in self._services),
+        ]
+        if self._receiver is not None:
+            handlers += [(evt.EVT_ACCEPTED, self._receiver.accepted), (evt.EVT_CONN_CLOSE, self._receiver.closed)]
+        self._server = ae.start_server(
+            (self.host, self.port),
+            block=False,
+            evt_handlers=handlers,  # type: ignore[arg-type]
+            ssl_context=self._ssl,
+        )
+        self._ae = ae
+        log.info(
+            "DIMSE listener %s on %s:%d%s (%d peers)",
+            self.ae_title,
+            self.host,
+            self.port,
+            " with TLS" if self._ssl is not None else "",
+            sum(1 for _ in self._peers),
+        )
+
+    def stop(self) -> None:
+        """Stop accepting, and abort the associations still open (their handlers end)."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server = None
+        ae, self._ae = self._ae, None
+        if ae is not None:
+            for assoc in ae.active_associations:
+                assoc.abort()
+
+    @property
+    def active_associations(self) -> int:
+        return 0 if self._ae is None else sum(1 for a in self._ae.active_associations if a.is_acceptor)
+
+
+def _nodelay(event: Any) -> None:
+    """``EVT_CONN_OPEN``: disable Nagle, as on the adapter's associations (PEERS.md): small
+    DIMSE responses otherwise wait for the peer's delayed ACK."""
+    sock = event.assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _closed_before_request(event: Any) -> None:
+    """``EVT_CONN_CLOSE``: a connection closed (or cut by a malformed PDU) before its association
+    request was read leaves pynetdicom's association thread waiting ``acse_timeout`` for a
+    request that cannot come, holding one of ``max_associations``; wake it now (``None`` is what
+    that wait returns when it times out, and the thread then ends)."""
+    assoc = event.assoc
+    if assoc.is_acceptor and not (assoc.is_established or assoc.is_rejected or assoc.is_aborted or assoc.is_released):
+        assoc.dul.to_user_queue.put(None)

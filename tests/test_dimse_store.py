@@ -1,0 +1,265 @@
+"""The C-STORE SCP of the DIMSE front door: DCMTK's storescu (and pynetdicom where a status or a
+raw data set must be controlled) pushing to the gateway, then DICOMweb reading what it stored."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.presentation import build_context
+
+from gateway.adapters.filestore import FileBlobStore
+from gateway.errors import StorageError
+from tests import factory
+from tests.dimse_gateway import DimseGateway, client, dimse_gateway
+from tests.http_helpers import split_multipart
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is not installed (apt-get install dcmtk)"),
+    pytest.mark.timeout(180),
+]
+
+CLIENTS = [
+    client("MODALITY", scopes=["write"]),
+    client("VIEWER", scopes=["read"]),
+    client("WARD", scopes=["read", "write"], restriction={"PatientID": ["WARD-1"]}),
+]
+ACCEPT_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseGateway]:
+    where = tmp_path_factory.mktemp("store")
+    with dimse_gateway(where, clients=CLIENTS, audit={"destination": str(where / "audit.jsonl")}) as running:
+        yield running
+
+
+def dataset_bytes(part10: bytes) -> bytes:
+    """The data set of a Part 10 file, after its File Meta Information (PS3.10 7.1): each side
+    writes its own meta header; the data set must be the same bytes."""
+    assert part10[128:132] == b"DICM"
+    (meta_length,) = struct.unpack("<I", part10[140:144])
+    return part10[144 + meta_length :]
+
+
+# storescu proposes the uncompressed syntaxes plus one compressed family per run (each option
+# below); files in another compressed syntax would be decompressed, so each family is its own run.
+_STORESCU_FAMILY = {
+    "1.2.840.10008.1.2.5": "-xr",  # RLE Lossless
+    "1.2.840.10008.1.2.4.90": "-xv",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.80": "-xt",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.70": "-xs",  # JPEG Lossless SV1
+}
+
+
+def storescu(gw: DimseGateway, files: list[Path], *, aet: str) -> subprocess.CompletedProcess[str]:
+    """DCMTK's storescu sends ``files`` as they are (one run per compressed family; the last run's
+    result, or the first that failed)."""
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        syntax = str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID)
+        groups.setdefault(_STORESCU_FAMILY.get(syntax, "-x="), []).append(path)
+    result: subprocess.CompletedProcess[str] | None = None
+    for option, paths in groups.items():
+        argv = ["storescu", "-v", option, "-aet", aet, "-aec", gw.ae_title, "-to", "30", "127.0.0.1", str(gw.port)]
+        result = subprocess.run([*argv, *map(str, paths)], capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            break
+    assert result is not None
+    return result
+
+
+def write_files(tmp: Path, instances: list[bytes]) -> list[Path]:
+    return [factory.write(tmp / f"{i:04d}.dcm", data) for i, data in enumerate(instances)]
+
+
+def c_store(gw: DimseGateway, data: bytes | Path, *, aet: str) -> Dataset:
+    """One C-STORE by pynetdicom (a file path is sent raw, without decoding); the response status."""
+    if isinstance(data, bytes):
+        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+        sop_class, syntax = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.TransferSyntaxUID
+    else:
+        meta = pydicom.filereader.read_file_meta_info(data)
+        sop_class, syntax = meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID
+    ae = AE(ae_title=aet)
+    ae.requested_contexts = [build_context(sop_class, [syntax]), build_context("1.2.840.10008.1.1")]
+    assoc = ae.associate("127.0.0.1", gw.port, ae_title=gw.ae_title)
+    assert assoc.is_established
+    try:
+        status: Dataset = assoc.send_c_store(ds if isinstance(data, bytes) else data)
+        assert "Status" in status, "no C-STORE response: the association was dropped"
+        # The association is still usable after a refusal: bad input never drops it.
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    return status
+
+
+def retrieve(gw: DimseGateway, study: str) -> dict[str, bytes]:
+    response = gw.get(f"/studies/{study}", Accept=ACCEPT_AS_STORED)
+    assert response.status_code == 200, response.text
+    return {
+        str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(part)).SOPInstanceUID): part
+        for _, part in split_multipart(response)
+    }
+
+
+def test_storescu_pushes_a_study_that_comes_back_byte_identical_and_findable(gw: DimseGateway, tmp_path: Path) -> None:
+    study = factory.new_uid("store-study", 1)
+    ident = {"study_uid": study}
+    instances = [
+        *factory.ct_series(12, rows=64, cols=64, study_uid=study, series_uid=factory.new_uid("store-ct", 1), seed=1),
+        factory.enhanced_ct(seed=2, **ident),  # multi-frame
+        factory.multiframe_xa(seed=3, frames=10, rows=64, cols=64, **ident),
+        factory.rle_instance(seed=4, frames=3, **ident),
+        factory.j2k_lossless_instance(seed=5, **ident),
+        factory.jpegls_lossless_instance(seed=6, **ident),
+        factory.ct_instance(seed=7, transfer_syntax="1.2.840.10008.1.2", **ident),  # implicit VR
+    ]
+    result = storescu(gw, write_files(tmp_path, instances), aet="MODALITY")
+    assert result.returncode == 0, result.stdout + result.stderr
+    originals = {str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(d)).SOPInstanceUID): d for d in instances}
+    received = retrieve(gw, study)
+    assert set(received) == set(originals)
+    for sop, original in originals.items():
+        assert dataset_bytes(received[sop]) == dataset_bytes(original), sop
+        stored_syntax = pydicom.dcmread(pydicom.filebase.DicomBytesIO(received[sop])).file_meta.TransferSyntaxUID
+        assert stored_syntax == pydicom.dcmread(pydicom.filebase.DicomBytesIO(original)).file_meta.TransferSyntaxUID
+    found = gw.get(f"/studies?StudyInstanceUID={study}")
+    assert found.status_code == 200
+    assert found.json()[0]["0020000D"]["Value"] == [study]
+    # The same files again (a modality retrying): every one succeeds, nothing changes.
+    again = storescu(gw, write_files(tmp_path, instances), aet="MODALITY")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert retrieve(gw, study).keys() == received.keys()
+
+
+def test_a_read_only_client_is_refused_not_authorized(gw: DimseGateway) -> None:
+    data = factory.ct_instance(seed=20, study_uid=factory.new_uid("store-refused", 20))
+    status = c_store(gw, data, aet="VIEWER")
+    assert status.Status == 0x0124
+    assert "write" in status.ErrorComment
+    found = gw.get(f"/studies?StudyInstanceUID={factory.new_uid('store-refused', 20)}")
+    assert found.status_code == 204 or found.json() == []
+
+
+def test_a_read_only_client_sees_the_refusal_in_storescu(gw: DimseGateway, tmp_path: Path) -> None:
+    files = write_files(tmp_path, [factory.ct_instance(seed=21, study_uid=factory.new_uid("store-refused", 21))])
+    result = storescu(gw, files, aet="VIEWER")
+    output = result.stdout + result.stderr
+    # DCMTK has no name for the general status 0x0124 (PS3.7 C.5.2) on a C-STORE: it prints the code.
+    assert "Received Store Response (Unknown Status: 0x124)" in output, output
+
+
+def test_a_restricted_client_stores_its_patients_only(gw: DimseGateway) -> None:
+    other_study = factory.new_uid("store-other-patient", 30)
+    gw.stow(factory.ct_instance(seed=30, study_uid=other_study, patient=factory.Patient(id="OTHER-1")))
+    # Into another patient's study, even claiming its own patient: refused, nothing told.
+    intruder = factory.ct_instance(seed=31, study_uid=other_study, patient=factory.Patient(id="WARD-1"))
+    status = c_store(gw, intruder, aet="WARD")
+    assert status.Status == 0x0124
+    outside = factory.ct_instance(
+        seed=32, study_uid=factory.new_uid("store-outside", 32), patient=factory.Patient(id="X")
+    )
+    refused = c_store(gw, outside, aet="WARD")
+    assert refused.Status == 0x0124
+    # The hidden study is answered exactly as any study outside the restriction.
+    assert status.ErrorComment == refused.ErrorComment
+    own = factory.ct_instance(
+        seed=33, study_uid=factory.new_uid("store-ward", 33), patient=factory.Patient(id="WARD-1")
+    )
+    assert c_store(gw, own, aet="WARD").Status == 0x0000
+
+
+def test_a_different_object_under_a_stored_sop_instance_uid_is_refused(gw: DimseGateway) -> None:
+    study = factory.new_uid("store-dup", 40)
+    sop = factory.new_uid("store-dup-sop", 40)
+    first = factory.ct_instance(seed=40, study_uid=study, sop_uid=sop)
+    assert c_store(gw, first, aet="MODALITY").Status == 0x0000
+    assert c_store(gw, first, aet="MODALITY").Status == 0x0000  # identical re-send
+    other = factory.ct_instance(seed=41, study_uid=study, sop_uid=sop)
+    status = c_store(gw, other, aet="MODALITY")
+    assert status.Status == 0x0111
+    assert dataset_bytes(retrieve(gw, study)[sop]) == dataset_bytes(first)
+
+
+def test_an_unparseable_data_set_is_a_failure_status_not_a_dropped_association(
+    gw: DimseGateway, tmp_path: Path
+) -> None:
+    good = factory.ct_instance(seed=50, study_uid=factory.new_uid("store-bad", 50))
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(factory.truncated(good, drop=1000))  # cut in the middle of its pixel data
+    status = c_store(gw, broken, aet="MODALITY")
+    assert status.Status >> 12 == 0xC or status.Status == 0xA900, hex(status.Status)
+    assert status.ErrorComment
+
+
+def test_each_stored_or_refused_instance_is_audited_and_counted(gw: DimseGateway) -> None:
+    study = factory.new_uid("store-audit", 60)
+    stored = factory.ct_instance(seed=60, study_uid=study)
+    assert c_store(gw, stored, aet="MODALITY").Status == 0x0000
+    assert c_store(gw, factory.ct_instance(seed=61, study_uid=study), aet="VIEWER").Status == 0x0124
+    audit_file = Path(gw.settings.audit.destination)
+    lines = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    stores = [e for e in lines if e.get("dimse", {}).get("operation") == "C-STORE"]
+    sop = factory.new_uid("sop", 60, 1, 1)
+    mine = [e for e in stores if any(o["ParticipantObjectID"] == sop for o in e["ParticipantObjectIdentification"])]
+    assert mine, stores
+    event = mine[-1]
+    assert event["ActiveParticipant"][0]["UserID"] == "dimse:modality"
+    assert event["dimse"]["status"] == "0x0000"
+    assert event["EventIdentification"]["EventOutcomeIndicator"] == 0
+    refused = [e for e in stores if e["ActiveParticipant"][0]["UserID"] == "dimse:viewer"]
+    assert refused
+    assert refused[-1]["dimse"]["status"] == "0x0124"
+    assert refused[-1]["EventIdentification"]["EventOutcomeIndicator"] == 4
+    metrics = gw.run(gw.http.get("/metrics")).text
+    assert (
+        'dicomweb_gateway_dimse_scp_operations_total{operation="C-STORE",outcome="success",peer="modality"}' in metrics
+    )
+    assert 'dicomweb_gateway_dimse_scp_operations_total{operation="C-STORE",outcome="failure",peer="viewer"}' in metrics
+
+
+class FailingStore(FileBlobStore):
+    """The object store, refusing every write while ``down`` (as S3 does during an outage)."""
+
+    down = False
+
+    async def put_file(self, key: str, path: Path, *, sha256: str, content_type: str) -> None:
+        if self.down:
+            raise StorageError("the object store is unavailable")
+        await super().put_file(key, path, sha256=sha256, content_type=content_type)
+
+
+def test_an_unavailable_store_is_out_of_resources_and_the_retry_succeeds(tmp_path: Path) -> None:
+    (tmp_path / "objects").mkdir()
+    store = FailingStore(tmp_path / "objects")
+    data = factory.ct_instance(seed=70, study_uid=factory.new_uid("store-down", 70))
+    with dimse_gateway(tmp_path, clients=CLIENTS, store=store) as gw:
+        store.down = True
+        status = c_store(gw, data, aet="MODALITY")
+        assert status.Status == 0xA700
+        assert "unavailable" in status.ErrorComment
+        store.down = False
+        assert c_store(gw, data, aet="MODALITY").Status == 0x0000
+
+
+def test_storage_compression_applies_to_c_store_as_to_stow(tmp_path: Path) -> None:
+    study = factory.new_uid("store-compressed", 80)
+    data = factory.ct_instance(seed=80, study_uid=study)
+    with dimse_gateway(tmp_path, clients=CLIENTS, storage_compression="jpeg-ls") as gw:
+        assert c_store(gw, data, aet="MODALITY").Status == 0x0000
+        assert c_store(gw, data, aet="MODALITY").Status == 0x0000  # the same upload again: identical
+        stored = next(iter(retrieve(gw, study).values()))
+    stored_ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored))
+    assert stored_ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    original = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+    assert (stored_ds.pixel_array == original.pixel_array).all()  # lossless
