@@ -164,7 +164,7 @@ def test_a_stored_study_is_committed_on_the_same_association(scp: CommitmentScp)
     assert sorted(report.committed) == sorted(references_of(instances))
     assert report.failed == {}
     assert str(report.info.RetrieveAETitle).strip() == scp.ae_title
-    assert [(o.committed, o.failed, o.delivered) for o in scp.outcomes] == [(3, 0, "same association")]
+    assert [(o.committed, o.failed, o.delivered) for o in scp.outcomes] == [(3, (), "same association")]
 
 
 def test_absent_and_wrong_class_instances_are_failed_with_their_reasons(scp: CommitmentScp) -> None:
@@ -241,7 +241,7 @@ def test_a_report_nobody_takes_is_given_up_and_audited(tmp_path: Any) -> None:
         with scp.hold(), modality.associated(scp) as assoc:
             assert request(assoc, factory.new_uid("transaction", 7), references_of(instances)) == 0x0000
         (outcome,) = scp.wait_outcomes(1)
-        assert (outcome.committed, outcome.delivered, outcome.attempts) == (1, "", 3)
+        assert (outcome.committed, outcome.delivered, outcome.attempts, outcome.status) == (1, "", 3, 0x0110)
         assert "not established" in outcome.comment or "rejected" in outcome.comment
         assert scp.handler.pending == 0
 
@@ -364,7 +364,7 @@ def test_orthanc_as_commitment_scu_gets_the_result_of_its_request(tmp_path: Any)
         (absent[1], NO_SUCH_OBJECT_INSTANCE)
     ]
     (outcome,) = scp.outcomes
-    assert (outcome.peer, outcome.committed, outcome.failed) == ("orthanc", 3, 1)
+    assert (outcome.peer, outcome.committed, outcome.failed) == ("orthanc", 3, ((None, absent[1], 0x0112),))
 
 
 def orthanc_commitment_result(orthanc: OrthancPeer, path: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ logged as lost; the peer, having no report, asks again (PS3.4 J.3.2: the SCU may
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -100,18 +101,29 @@ class Checker(Protocol):
 
 @dataclass(frozen=True)
 class CommitmentOutcome:
-    """One storage commitment as audited: who, which transaction, how many instances were
-    committed and failed, and how (and whether) the report was delivered."""
+    """One storage commitment as audited: who, which transaction, which instances were
+    committed and which failed (with their Failure Reasons), and how the report went.
+
+    ``status``: a refused request's N-ACTION status; for an accepted one 0x0000 once its report
+    was delivered, 0x0110 (processing failure) when the report was given up."""
 
     peer: str
+    ae_title: str
+    address: str | None
     transaction_uid: str
-    status: int  # the N-ACTION status
-    committed: int = 0
-    failed: int = 0
+    status: int
+    # (study, series, SOP Instance UID) of each committed instance
+    instances: tuple[tuple[str, str, str], ...] = ()
+    # (study or None, SOP Instance UID, Failure Reason) of each failed one (study None: unknown to the peer)
+    failed: tuple[tuple[str | None, str, int], ...] = ()
     delivered: str = ""  # "same association", "new association", or "" (refused or given up)
     attempts: int = 0
     duration: float = 0.0
     comment: str = ""
+
+    @property
+    def committed(self) -> int:
+        return len(self.instances)
 
 
 @dataclass
@@ -120,6 +132,7 @@ class _Job:
     request: CommitmentRequest
     assoc: Any  # the requesting association (pynetdicom.association.Association)
     target: ReportTarget
+    address: str  # where the request came from
     started: float
 
 
@@ -174,6 +187,8 @@ class CommitmentHandler:
     def __call__(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
         started = time.monotonic()
         peer = self._peer_of(event)
+        requestor = event.assoc.requestor
+        ae_title, address = str(requestor.ae_title).strip(), str(requestor.address)
         transaction = ""
         try:
             if WRITE_SCOPE not in peer.scopes:
@@ -183,16 +198,16 @@ class CommitmentHandler:
             if not self._reserve():
                 raise CommitmentRefusal(RESOURCE_LIMITATION, "too many storage commitments pending")
         except CommitmentRefusal as exc:
-            self._report(CommitmentOutcome(peer.name, transaction, exc.status, comment=exc.comment))
+            refused = CommitmentOutcome(peer.name, ae_title, address, transaction, exc.status, comment=exc.comment)
+            self._report(dataclasses.replace(refused, duration=time.monotonic() - started))
             return _failure(exc.status, exc.comment), None
         except Exception:
             log.exception("storage commitment request from %s failed", peer.name)
-            self._report(CommitmentOutcome(peer.name, transaction, PROCESSING_FAILURE, comment="internal error"))
+            failed = CommitmentOutcome(peer.name, ae_title, address, transaction, PROCESSING_FAILURE)
+            self._report(dataclasses.replace(failed, comment="internal error"))
             return _failure(PROCESSING_FAILURE, "internal error"), None
-        assoc = event.assoc
-        requestor = assoc.requestor
-        target = ReportTarget(peer.name, str(requestor.ae_title).strip(), peer.host or requestor.address, peer.port)
-        job = _Job(peer, request, assoc, target, started)
+        target = ReportTarget(peer.name, ae_title, peer.host or address, peer.port)
+        job = _Job(peer, request, event.assoc, target, address, started)
         try:
             self._workers.submit(self._run, job)
         except RuntimeError:  # closed: the listener is stopping
@@ -226,14 +241,24 @@ class CommitmentHandler:
             comment = "internal error"
         finally:
             self._release()
-            committed = sum(1 for v in verdicts if v.committed)
+            decided = {v.reference.sop_instance_uid: v for v in verdicts}
+            instances, failed = [], []
+            for reference in job.request.references:
+                verdict = decided.get(reference.sop_instance_uid, Verdict(reference, PROCESSING_FAILURE))
+                if verdict.failure is None and verdict.study_uid and verdict.series_uid:
+                    instances.append((verdict.study_uid, verdict.series_uid, reference.sop_instance_uid))
+                else:
+                    reason = verdict.failure or PROCESSING_FAILURE
+                    failed.append((verdict.study_uid, reference.sop_instance_uid, reason))
             self._report(
                 CommitmentOutcome(
                     job.peer.name,
+                    job.target.ae_title,
+                    job.address,
                     job.request.transaction_uid,
-                    SUCCESS,
-                    committed=committed,
-                    failed=len(job.request.references) - committed,
+                    SUCCESS if delivered else PROCESSING_FAILURE,
+                    instances=tuple(instances),
+                    failed=tuple(failed),
                     delivered=delivered,
                     attempts=attempts,
                     duration=time.monotonic() - job.started,
@@ -326,7 +351,7 @@ class CommitmentHandler:
             outcome.peer,
             outcome.status,
             outcome.committed,
-            outcome.failed,
+            len(outcome.failed),
             outcome.delivered or "not sent",
         )
         if self._on_outcome is not None:

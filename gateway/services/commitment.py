@@ -17,6 +17,7 @@ The failure reasons are those of PS3.4 J.3.3.1.1 (Table J.3-2).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,10 +53,13 @@ class Reference:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A reference and, when it is not committed, why (a PS3.4 Table J.3-2 Failure Reason)."""
+    """A reference and, when it is not committed, why (a PS3.4 Table J.3-2 Failure Reason);
+    its study and series when the instance is indexed and visible to the peer (for the audit)."""
 
     reference: Reference
     failure: int | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
 
     @property
     def committed(self) -> bool:
@@ -77,26 +81,26 @@ class CommitmentCheck:
         visible: dict[str, bool] = {}  # per study: one visibility decision for many instances
         verdicts: list[Verdict] = []
         for reference in references:
-            verdicts.append(Verdict(reference, await self._failure(reference, restriction, visible)))
+            verdicts.append(await self._verdict(reference, restriction, visible))
         return verdicts
 
-    async def _failure(
-        self, reference: Reference, restriction: Restriction | None, visible: dict[str, bool]
-    ) -> int | None:
+    async def _verdict(self, reference: Reference, restriction: Restriction | None, seen: dict[str, bool]) -> Verdict:
         if not uids.is_valid_uid(reference.sop_instance_uid):
-            return NO_SUCH_OBJECT_INSTANCE
+            return Verdict(reference, NO_SUCH_OBJECT_INSTANCE)
         record = await self._index.get(None, None, reference.sop_instance_uid)
         if record is None:
-            return NO_SUCH_OBJECT_INSTANCE
-        if record.study_uid not in visible:
-            visible[record.study_uid] = await self._visibility.study_visible(record.study_uid, restriction)
-        if not visible[record.study_uid]:
-            return NO_SUCH_OBJECT_INSTANCE  # another patient's instance: as if absent
+            return Verdict(reference, NO_SUCH_OBJECT_INSTANCE)
+        if record.study_uid not in seen:
+            seen[record.study_uid] = await self._visibility.study_visible(record.study_uid, restriction)
+        if not seen[record.study_uid]:
+            return Verdict(reference, NO_SUCH_OBJECT_INSTANCE)  # another patient's instance: as if absent
+        found = Verdict(reference, None, record.study_uid, record.series_uid)
         if record.sop_class_uid != reference.sop_class_uid:
-            return CLASS_INSTANCE_CONFLICT
+            return dataclasses.replace(found, failure=CLASS_INSTANCE_CONFLICT)
         stored = await self._store.stat(uids.instance_key(record.study_uid, record.series_uid, record.sop_uid))
         if stored is None or stored.size != record.size:
-            return PROCESSING_FAILURE
+            return dataclasses.replace(found, failure=PROCESSING_FAILURE)
         if stored.sha256 is not None and stored.sha256 != record.sha256:
-            return PROCESSING_FAILURE  # the store knows the digest (a file store computes it)
-        return None
+            # The store knows the digest (a file store computes it): the object is not the one indexed.
+            return dataclasses.replace(found, failure=PROCESSING_FAILURE)
+        return found
