@@ -29,6 +29,7 @@ from tests.commitment_scu import (
     MODALITY,
     MR_IMAGE_STORAGE,
     NO_SUCH_OBJECT_INSTANCE,
+    PROCESSING_FAILURE,
     REPORT_WAIT,
     Modality,
     references_of,
@@ -36,6 +37,8 @@ from tests.commitment_scu import (
     study,
 )
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
+from tests.fixtures_pacs import load_orthanc, node
+from tests.http_helpers import read
 from tests.peers.orthanc import ORTHANC_AET, OrthancPeer, orthanc_available, run_orthanc
 from tests.peers.ports import free_port
 
@@ -44,6 +47,7 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 # The modality's own port (where it takes reports on a new association), fixed for the module's
 # gateway as a [[dimse_clients]] port is.
 MODALITY_PORT = free_port()
@@ -259,3 +263,35 @@ def orthanc_commitment_result(orthanc: OrthancPeer, path: str) -> dict[str, Any]
         if result.get("Status") != "Pending" or time.monotonic() > deadline:
             return result
         time.sleep(0.1)
+
+
+@pytest.mark.orthanc
+@pytest.mark.skipif(not orthanc_available(), reason="Orthanc is not installed (apt-get install orthanc-dicomweb)")
+def test_a_copy_cached_from_a_pacs_is_committed_only_once_the_modality_sent_it(tmp_path: Path) -> None:
+    """With pacs_cache_max_age, what a viewer's request cached from a PACS is dropped later: the
+    gateway does not commit to it. Once the modality C-STOREs the instance itself, the copy is
+    kept for good, and committed."""
+    instances = study(seed=12, n=2, patient="PID0012")
+    references = references_of(instances)
+    study_uid = str(read(instances[0]).StudyInstanceUID)
+    with run_orthanc(tmp_path / "pacs") as pacs:
+        load_orthanc(pacs, instances)
+        with dimse_gateway(
+            tmp_path / "gateway",
+            clients=[client(MODALITY, name="modality", scopes=["write"])],
+            pacs=[node("pacs", pacs.dicom_port, pacs.aet, dimse_timeout=10)],
+            pacs_cache_max_age=3600,
+        ) as gw:
+            cached = gw.get(f"/studies/{study_uid}", accept=AS_STORED)  # through the PACS bridge
+            assert cached.status_code == 200, cached.text
+            modality = Modality()
+            with modality.associated(gw) as assoc:
+                assert request(assoc, factory.new_uid("transaction", 12, 1), references) == 0x0000
+                before = modality.next_report()
+                storescu(gw, instances[:1], tmp_path)
+                assert request(assoc, factory.new_uid("transaction", 12, 2), references) == 0x0000
+                after = modality.next_report()
+    assert before.committed == []
+    assert before.failed == {sop: PROCESSING_FAILURE for _, sop in references}
+    assert after.committed == references[:1]
+    assert after.failed == {references[1][1]: PROCESSING_FAILURE}

@@ -78,7 +78,9 @@ def build_gateway(
         qido=QidoFederation(index, nodes, max_results=limits.max_qido_results),
         retrieval=RetrievalService(reader, flights, RenderService(reader, cache_bytes=settings.rendered_cache_bytes)),
         forward=forward,
-        commitment=CommitmentCheck(store, index, visibility),
+        commitment=CommitmentCheck(
+            store, index, visibility, cached_copies_expire=settings.pacs_cache_max_age > 0 and bool(nodes)
+        ),
         upstreams=nodes,
     )
 

@@ -10,7 +10,11 @@ owns it rather than re-implemented here:
   gateway can stand behind;
 * its study is visible to the peer (:class:`gateway.services.visibility.Visibility`): a
   restricted peer learns nothing about other patients' instances, so those are reported exactly
-  like absent ones.
+  like absent ones;
+* it is not a copy cached from a PACS that the cache expiry will drop
+  (:mod:`gateway.services.cache_expiry`): the gateway cannot take responsibility for what it
+  is going to delete. Once a peer sends such an instance itself, the index marks the copy
+  shared, the expiry keeps it, and it is committed.
 
 The failure reasons are those of PS3.4 J.3.3.1.1 (Table J.3-2).
 """
@@ -69,10 +73,13 @@ class Verdict:
 class CommitmentCheck:
     """Decides, per referenced instance, whether the gateway commits to it (module docstring)."""
 
-    def __init__(self, store: BlobStore, index: Index, visibility: Visibility) -> None:
+    def __init__(
+        self, store: BlobStore, index: Index, visibility: Visibility, *, cached_copies_expire: bool = False
+    ) -> None:
         self._store = store
         self._index = index
         self._visibility = visibility
+        self._cached_copies_expire = cached_copies_expire  # pacs_cache_max_age with PACS nodes
 
     async def verdicts(self, references: Sequence[Reference], restriction: Restriction | None) -> list[Verdict]:
         """One verdict per reference, in order. Raises ServiceUnavailable when the index or the
@@ -97,6 +104,8 @@ class CommitmentCheck:
         found = Verdict(reference, None, record.study_uid, record.series_uid)
         if record.sop_class_uid != reference.sop_class_uid:
             return dataclasses.replace(found, failure=CLASS_INSTANCE_CONFLICT)
+        if self._cached_copies_expire and record.origin.startswith("pacs:") and not record.shared:
+            return dataclasses.replace(found, failure=PROCESSING_FAILURE)  # to be expired: not ours to keep
         stored = await self._store.stat(uids.instance_key(record.study_uid, record.series_uid, record.sop_uid))
         if stored is None or stored.size != record.size:
             return dataclasses.replace(found, failure=PROCESSING_FAILURE)
