@@ -42,6 +42,7 @@ from gateway.dimse.commitment_report import (
     ReportTarget,
     event_information,
     send_on,
+    still_open,
 )
 from gateway.dimse.commitment_request import (
     RESOURCE_LIMITATION,
@@ -292,7 +293,7 @@ class CommitmentHandler:
         """Deliver the report; (how, attempts, why not) -- how is "" when given up."""
         attempts = 0
         why = ""
-        if job.assoc.is_established:
+        if still_open(job.assoc):
             attempts += 1
             try:
                 with self._assoc_lock(job.assoc):

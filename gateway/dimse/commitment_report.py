@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role
+from pynetdicom.pdu_primitives import A_RELEASE
 
 from gateway.dimse.commitment_request import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
 from gateway.services.commitment import Verdict
@@ -73,6 +75,21 @@ def event_information(transaction_uid: str, verdicts: Sequence[Verdict], *, ae_t
     if failed:
         info.FailedSOPSequence = failed
     return (FAILURES_EXIST if failed else ALL_COMMITTED), info
+
+
+def still_open(assoc: Any) -> bool:
+    """Whether a report may go on the requesting association: established, and its peer has not
+    asked to release it. A report sent after the A-RELEASE-RQ is never answered (the peer is
+    releasing) and would hold the association's reactor, and so the release, for a whole DIMSE
+    timeout; pynetdicom has no public way to look, so this peeks at its next incoming PDU
+    without taking it."""
+    if not assoc.is_established:
+        return False
+    try:
+        upcoming = assoc.dul.peek_next_pdu()
+    except Exception:
+        return True
+    return not (isinstance(upcoming, A_RELEASE) and upcoming.result is None)
 
 
 def send_on(assoc: object, event_type: int, info: Dataset) -> None:
