@@ -111,12 +111,32 @@ def front_door_services(
         # C-MOVE and C-GET (scope read; read=True keeps their contexts from other peers):
         #   Service(evt.EVT_C_MOVE, MoveHandler(...), MOVE_CLASSES, NATIVE, read=True),
         #   Service(evt.EVT_C_GET, GetHandler(...), GET_CLASSES, NATIVE, read=True),
+        # Storage commitment push model (scope write, checked by its handler with peer.may(WRITE)):
+        #   Service(evt.EVT_N_ACTION, CommitmentHandler(...), (STORAGE_COMMITMENT,), NATIVE, roles=True),
     ]
     if commitment is not None:
         # Scope write, checked by the handler (0x0124). Roles accepted: a peer may propose them
         # for the Push Model even though the report on its own association needs none.
         services.append(Service(evt.EVT_N_ACTION, commitment, (STORAGE_COMMITMENT_PUSH_MODEL,), NATIVE, roles=True))
     return services
+
+
+def _find_outcome(observer: Observer) -> Callable[[FindOutcome], None]:
+    def report(outcome: FindOutcome) -> None:
+        observer.operation(
+            Operation(
+                outcome.peer,
+                "",
+                None,
+                "C-FIND",
+                outcome.status,
+                outcome.duration,
+                outcome.comment,
+                query=(f"{outcome.level}:{','.join(outcome.keys)}",),
+            )
+        )
+
+    return report
 
 
 def commitment_handler(
@@ -153,24 +173,6 @@ def _commitment_outcome(observer: Observer) -> Callable[[CommitmentOutcome], Non
                 comment,
                 instances=outcome.instances,
                 failed=outcome.failed,
-            )
-        )
-
-    return report
-
-
-def _find_outcome(observer: Observer) -> Callable[[FindOutcome], None]:
-    def report(outcome: FindOutcome) -> None:
-        observer.operation(
-            Operation(
-                outcome.peer,
-                "",
-                None,
-                "C-FIND",
-                outcome.status,
-                outcome.duration,
-                outcome.comment,
-                query=(f"{outcome.level}:{','.join(outcome.keys)}",),
             )
         )
 
