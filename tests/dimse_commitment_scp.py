@@ -149,6 +149,7 @@ def commitment_scp(
             on_outcome=on_outcome,
             max_pending=max_pending,
             report_retry_delays=report_retry_delays,
+            check_retry_delays=(0.1, 0.2, 0.4, 0.8),  # the handler's are seconds apart
         )
         ae = AE(ae_title=GATEWAY_AET)
         ae.dimse_timeout = 10

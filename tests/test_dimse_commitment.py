@@ -19,7 +19,11 @@ import httpx
 import pytest
 from pydicom.dataset import Dataset
 
-from gateway.dimse.commitment_request import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
+from gateway.dimse.commitment_request import (
+    MAX_REFERENCES,
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+)
 from tests import factory
 from tests.commitment_scu import (
     ALL_COMMITTED,
@@ -295,3 +299,9 @@ def test_a_copy_cached_from_a_pacs_is_committed_only_once_the_modality_sent_it(t
     assert before.failed == {sop: PROCESSING_FAILURE for _, sop in references}
     assert after.committed == references[:1]
     assert after.failed == {references[1][1]: PROCESSING_FAILURE}
+
+
+def test_a_request_for_more_instances_than_the_limit_is_refused_with_resource_limitation(gw: DimseGateway) -> None:
+    references = [(CT_IMAGE_STORAGE, factory.new_uid("many", i)) for i in range(MAX_REFERENCES + 1)]
+    with Modality().associated(gw) as assoc:
+        assert request(assoc, factory.new_uid("transaction", "many"), references) == 0x0213

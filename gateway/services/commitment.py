@@ -25,6 +25,9 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import anyio
+from anyio.abc import TaskGroup
+
 from gateway.dicom import uids
 from gateway.ports import BlobStore, Index
 from gateway.security.access import Restriction
@@ -38,6 +41,8 @@ __all__ = [
     "Reference",
     "Verdict",
 ]
+
+LOOKUPS_AT_ONCE = 8
 
 # PS3.4 Table J.3-2, Failure Reason (0008,1197) values.
 PROCESSING_FAILURE = 0x0110
@@ -85,11 +90,28 @@ class CommitmentCheck:
         """One verdict per reference, in order. Raises ServiceUnavailable when the index or the
         store cannot answer: the caller decides whether to retry or to report a processing
         failure, never to claim a commitment it could not check."""
-        visible: dict[str, bool] = {}  # per study: one visibility decision for many instances
-        verdicts: list[Verdict] = []
-        for reference in references:
-            verdicts.append(await self._verdict(reference, restriction, visible))
-        return verdicts
+        seen: dict[str, bool] = {}  # per study: one visibility decision for many instances
+        verdicts: list[Verdict | None] = [None] * len(references)
+        failures: list[Exception] = []
+        cursor = iter(range(len(references)))
+
+        async def checker(tg: TaskGroup) -> None:
+            # A few lookups at once: each is a round trip to the index or store, a request may
+            # list thousands of instances, and the index answers several readers in parallel.
+            for i in cursor:
+                try:
+                    verdicts[i] = await self._verdict(references[i], restriction, seen)
+                except Exception as exc:  # the first failure ends the check; raised below as is
+                    failures.append(exc)
+                    tg.cancel_scope.cancel()
+                    return
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(LOOKUPS_AT_ONCE, len(references))):
+                tg.start_soon(checker, tg)
+        if failures:
+            raise failures[0]
+        return [verdict for verdict in verdicts if verdict is not None]
 
     async def _verdict(self, reference: Reference, restriction: Restriction | None, seen: dict[str, bool]) -> Verdict:
         if not uids.is_valid_uid(reference.sop_instance_uid):
