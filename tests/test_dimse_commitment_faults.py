@@ -9,6 +9,7 @@ still a real pynetdicom SCU talking to it over the network.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -132,3 +133,15 @@ def test_an_index_outage_is_retried_then_reported_as_processing_failure(
     if expected == FAILURES_EXIST:
         assert report.committed == []
         assert set(report.failed.values()) == {PROCESSING_FAILURE}
+
+
+def test_stopping_the_gateway_ends_the_commitment_threads(tmp_path: Any) -> None:
+    instances = study(seed=11, n=1)
+    modality = Modality()
+    with commitment_scp(tmp_path, peers={MODALITY: Peer("modality")}) as scp:
+        scp.stow(*instances)
+        with modality.associated(scp) as assoc:
+            assert request(assoc, factory.new_uid("transaction", 11), references_of(instances)) == 0x0000
+            assert modality.next_report().event_type == ALL_COMMITTED
+        assert [t for t in threading.enumerate() if t.name.startswith("commitment")]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("commitment")]

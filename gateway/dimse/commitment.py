@@ -20,7 +20,8 @@ takes responsibility for instances it sent, before deleting its own copies.
    to ``on_outcome`` (the audit and metrics hook) like every other outcome.
 
 Nothing is kept across a restart: a request accepted but not reported when the gateway stops is
-logged as lost; the peer, having no report, asks again (PS3.4 J.3.2: the SCU may re-send).
+logged as lost; the peer, having no report within the time its conformance statement gives
+(PS3.4 J.3.6.1.1), asks again.
 """
 
 from __future__ import annotations
