@@ -18,7 +18,7 @@ import pytest
 from gateway.dimse.commitment import Checker
 from gateway.errors import ServiceUnavailable
 from gateway.security.access import Restriction
-from gateway.services.commitment import PROCESSING_FAILURE, Reference, Verdict
+from gateway.services.commitment import DUPLICATE_TRANSACTION_UID, PROCESSING_FAILURE, Reference, Verdict
 from tests import factory
 from tests.commitment_scu import (
     ALL_COMMITTED,
@@ -145,3 +145,29 @@ def test_stopping_the_gateway_ends_the_commitment_threads(tmp_path: Any) -> None
             assert modality.next_report().event_type == ALL_COMMITTED
         assert [t for t in threading.enumerate() if t.name.startswith("commitment")]
     assert not [t.name for t in threading.enumerate() if t.name.startswith("commitment")]
+
+
+def test_a_transaction_uid_still_in_use_is_reported_as_duplicate(tmp_path: Any) -> None:
+    """PS3.4 J.3.3.1.2: a Transaction UID is in use until its report is sent; a second request
+    under it meanwhile gets every instance failed with 0x0131, and the first is reported as usual."""
+    instances = study(seed=12, n=2)
+    references = references_of(instances)
+    transaction = factory.new_uid("transaction", 12)
+    modality = Modality()
+    with commitment_scp(tmp_path, peers={MODALITY: Peer("modality")}) as scp:
+        scp.stow(*instances)
+        with modality.associated(scp) as assoc:
+            with scp.hold():
+                assert request(assoc, transaction, references) == 0x0000
+                assert request(assoc, transaction, references) == 0x0000
+            reports = sorted((modality.next_report(), modality.next_report()), key=lambda r: r.event_type)
+            # Both reported (their outcomes come after), the UID is no longer in use: a new request
+            # under it is the SCU's mistake to make (J.3.3.1.2), not a duplicate of a pending one.
+            scp.wait_outcomes(2)
+            assert request(assoc, transaction, references) == 0x0000
+            assert modality.next_report().event_type == ALL_COMMITTED
+    first, second = reports
+    assert {str(r.info.TransactionUID) for r in reports} == {transaction}
+    assert (first.event_type, sorted(first.committed)) == (ALL_COMMITTED, sorted(references))
+    assert (second.event_type, second.committed) == (FAILURES_EXIST, [])
+    assert second.failed == {sop: DUPLICATE_TRANSACTION_UID for _, sop in references}

@@ -5,7 +5,9 @@ takes responsibility for instances it sent, before deleting its own copies.
 
 1. the N-ACTION is checked (:mod:`gateway.dimse.commitment_request`) and answered at once:
    success, or the PS3.7 10.1.4.1.10 failure status of a bad request; 0x0213 (resource
-   limitation) when ``max_pending`` accepted requests are not yet reported; 0x0124 (refused:
+   limitation) when ``max_pending`` accepted requests are not yet reported (a request under a
+   Transaction UID still in use is accepted, and its instances reported failed with 0x0131,
+   PS3.4 J.3.3.1.2); 0x0124 (refused:
    not authorized) when the calling peer lacks the ``write`` scope (it may not hand
    instances over, so it has nothing to ask a commitment for);
 2. in the background, on one of a fixed number of worker threads, every referenced instance is
@@ -53,7 +55,7 @@ from gateway.dimse.commitment_request import (
 )
 from gateway.errors import ServiceUnavailable
 from gateway.security.access import Restriction
-from gateway.services.commitment import PROCESSING_FAILURE, Reference, Verdict
+from gateway.services.commitment import DUPLICATE_TRANSACTION_UID, PROCESSING_FAILURE, Reference, Verdict
 
 __all__ = ["Checker", "CommitmentHandler", "CommitmentOutcome", "CommitmentPeer"]
 
@@ -136,6 +138,7 @@ class _Job:
     target: ReportTarget
     address: str  # where the request came from
     started: float
+    duplicate: bool  # its Transaction UID is already in use by a request not yet reported
 
 
 class CommitmentHandler:
@@ -173,6 +176,7 @@ class CommitmentHandler:
         self._check_retry_delays = tuple(check_retry_delays)
         self._report_retry_delays = tuple(report_retry_delays)
         self._pending = 0
+        self._transactions: set[str] = set()  # of the pending requests
         self._lock = threading.Lock()
         self._closing = threading.Event()
         # One report at a time on any one association: pynetdicom's send_n_event_report pauses
@@ -197,7 +201,8 @@ class CommitmentHandler:
                 raise CommitmentRefusal(NOT_AUTHORIZED, "this peer may not store instances")
             request = parse_commitment(event)
             transaction = request.transaction_uid
-            if not self._reserve():
+            duplicate = self._reserve(request.transaction_uid)
+            if duplicate is None:
                 raise CommitmentRefusal(RESOURCE_LIMITATION, "too many storage commitments pending")
         except CommitmentRefusal as exc:
             refused = CommitmentOutcome(peer.name, ae_title, address, transaction, exc.status, comment=exc.comment)
@@ -209,11 +214,11 @@ class CommitmentHandler:
             self._report(dataclasses.replace(failed, comment="internal error"))
             return _failure(PROCESSING_FAILURE, "internal error"), None
         target = ReportTarget(peer.name, ae_title, peer.host or address, peer.port)
-        job = _Job(peer, request, event.assoc, target, address, started)
+        job = _Job(peer, request, event.assoc, target, address, started, duplicate)
         try:
             self._workers.submit(self._run, job)
         except RuntimeError:  # closed: the listener is stopping
-            self._release()
+            self._release(job)
             return _failure(RESOURCE_LIMITATION, "the gateway is stopping"), None
         log.info(
             "storage commitment %s from %s: %d instances accepted", transaction, peer.name, len(request.references)
@@ -235,14 +240,19 @@ class CommitmentHandler:
         verdicts: list[Verdict] = []
         delivered, attempts, comment = "", 0, ""
         try:
-            verdicts = self._verdicts(job)
+            if job.duplicate:
+                # PS3.4 J.3.3.1.2: a Transaction UID stays in use until its report is sent; a
+                # second request under it is reported failed (Table J.3-2), the first one stands.
+                verdicts = [Verdict(r, DUPLICATE_TRANSACTION_UID) for r in job.request.references]
+            else:
+                verdicts = self._verdicts(job)
             event_type, info = event_information(job.request.transaction_uid, verdicts, ae_title=self._ae_title)
             delivered, attempts, comment = self._deliver(job, event_type, info)
         except Exception:
             log.exception("storage commitment %s from %s failed", job.request.transaction_uid, job.peer.name)
             comment = "internal error"
         finally:
-            self._release()
+            self._release(job)
             decided = {v.reference.sop_instance_uid: v for v in verdicts}
             instances, failed = [], []
             for reference in job.request.references:
@@ -335,16 +345,23 @@ class CommitmentHandler:
 
     # -- bookkeeping -----------------------------------------------------------------------
 
-    def _reserve(self) -> bool:
+    def _reserve(self, transaction_uid: str) -> bool | None:
+        """Count one more pending request: None when there are ``max_pending`` already, else
+        whether its Transaction UID is already in use by a pending one."""
         with self._lock:
             if self._pending >= self._max_pending:
-                return False
+                return None
             self._pending += 1
-            return True
+            duplicate = transaction_uid in self._transactions
+            if not duplicate:
+                self._transactions.add(transaction_uid)
+            return duplicate
 
-    def _release(self) -> None:
+    def _release(self, job: _Job) -> None:
         with self._lock:
             self._pending -= 1
+            if not job.duplicate:
+                self._transactions.discard(job.request.transaction_uid)
 
     def _report(self, outcome: CommitmentOutcome) -> None:
         log.info(

@@ -35,8 +35,10 @@ from gateway.services.visibility import Visibility
 
 __all__ = [
     "CLASS_INSTANCE_CONFLICT",
+    "DUPLICATE_TRANSACTION_UID",
     "NO_SUCH_OBJECT_INSTANCE",
     "PROCESSING_FAILURE",
+    "RESOURCE_LIMITATION",
     "CommitmentCheck",
     "Reference",
     "Verdict",
