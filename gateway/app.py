@@ -24,6 +24,7 @@ from gateway.ports import BlobStore, BridgeState, Index, Upstream
 from gateway.services.bundle import build_gateway, pacs_spool_dir
 from gateway.services.cache_expiry import CacheExpiry
 from gateway.settings import PacsNode, Settings
+from gateway.spool import process_spool_dir
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,11 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
                 app.state.gateway = gateway
                 # The DIMSE front door (and where C-MOVE sub-operations arrive) on scp_port.
                 async with open_front_door(
-                    gateway, receiver=receiver, audit=security.audit, spool_dir=pacs_spool_dir(settings)
+                    gateway,
+                    receiver=receiver,
+                    audit=security.audit,
+                    # C-STORE pushes wait here while stored; swept once this process is gone.
+                    spool_dir=process_spool_dir(settings.effective_spool_dir) / "dimse",
                 ) as listener:
                     app.state.dimse_listener = listener
                     yield

@@ -543,7 +543,8 @@ def _validate_dimse(s: Settings) -> None:
     if (s.dimse_clients or s.dimse_tls.enabled) and s.scp_port is None:
         raise SettingsError("[[dimse_clients]] and [dimse_tls] need scp_port (the port of the DIMSE listener)")
     taken = {node.ae_title.strip(): f"[[pacs]] {node.name!r}" for node in s.pacs}
-    names: set[str] = set()
+    # Peer names label the front door's metrics and audit lines: one name, one peer.
+    names: set[str] = {node.name.lower() for node in s.pacs}
     for i, client in enumerate(s.dimse_clients):
         where = f"dimse_clients[{i}]" if not client.name else f"dimse_clients {client.name!r}"
         if not _valid_name(client.name):
@@ -551,7 +552,7 @@ def _validate_dimse(s: Settings) -> None:
                 f"{where}: name must be letters, digits, '-', '_' or '.' (it appears in the audit trail)"
             )
         if client.name.lower() in names:
-            raise SettingsError(f"{where}: the name is used by another [[dimse_clients]] entry")
+            raise SettingsError(f"{where}: the name is used by another [[dimse_clients]] or [[pacs]] entry")
         names.add(client.name.lower())
         if not _valid_ae_title(client.ae_title):
             raise SettingsError(

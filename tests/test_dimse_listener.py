@@ -6,12 +6,15 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
 
@@ -30,7 +33,9 @@ CLIENTS = [
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseGateway]:
-    with dimse_gateway(tmp_path_factory.mktemp("listener"), clients=CLIENTS, dimse={"max_associations": 2}) as running:
+    pacs = [{"name": "main", "ae_title": "MAINPACS", "host": "127.0.0.1", "port": 1}]
+    where = tmp_path_factory.mktemp("listener")
+    with dimse_gateway(where, clients=CLIENTS, pacs=pacs, dimse={"max_associations": 2}) as running:
         yield running
 
 
@@ -43,6 +48,11 @@ def test_a_known_peer_echoes(gw: DimseGateway) -> None:
     result = echoscu(gw, aet="VIEWER")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Received Echo Response (Success)" in result.stdout + result.stderr
+
+
+def test_a_pacs_node_echoes(gw: DimseGateway) -> None:
+    result = echoscu(gw, aet="MAINPACS")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_peer_from_its_own_address_echoes(gw: DimseGateway) -> None:
@@ -84,6 +94,8 @@ def test_beyond_max_associations_is_local_limit_exceeded(gw: DimseGateway) -> No
         for assoc in held:
             assoc.release()
     assert echoscu(gw, aet="VIEWER").returncode == 0  # the slots are free again
+    metrics = gw.run(gw.http.get("/metrics")).text
+    assert 'dicomweb_gateway_dimse_scp_rejected_associations_total{reason="local limit exceeded"}' in metrics
 
 
 @pytest.mark.parametrize(
@@ -111,8 +123,6 @@ def test_garbage_on_the_port_does_not_hurt_the_listener(gw: DimseGateway, garbag
 
 
 def test_rejected_and_broken_associations_leave_no_thread_behind(gw: DimseGateway, tmp_path: Path) -> None:
-    import threading
-
     baseline = threading.active_count()
     for _ in range(10):
         echoscu(gw, aet="STRANGER")
@@ -137,3 +147,47 @@ def test_query_retrieve_contexts_are_offered_to_read_clients_only(gw: DimseGatew
         assoc.release()
     assert study_root_find in accepted["VIEWER"]
     assert accepted["MODALITY"] == {"1.2.840.10008.1.1"}  # C-ECHO only: no read scope
+
+
+def test_peers_silent_in_the_middle_of_a_pdu_do_not_hold_the_door(tmp_path: Path) -> None:
+    """Half an association request, and half a P-DATA on an established association, then
+    silence: each is dropped after ``network_timeout`` and its slot is free again."""
+    limits = {"max_associations": 2, "network_timeout": 2, "acse_timeout": 2}
+    with dimse_gateway(tmp_path, clients=CLIENTS, dimse=limits) as gw:
+        half_request = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        half_request.sendall(b"\x01\x00\x00\x00\x00\x64" + b"\x00" * 10)  # 16 of 106 bytes
+        ae = AE(ae_title="VIEWER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", gw.port, ae_title=gw.ae_title)
+        assert assoc.is_established
+        assoc.dul.socket.socket.sendall(b"\x04\x00\x00\x01\x00\x00" + b"\x00" * 16)  # P-DATA, 16 of 65536
+        try:
+            held = echoscu(gw, aet="VIEWER")
+            assert "Local Limit Exceeded" in held.stdout + held.stderr
+            # However long it takes (network_timeout, 2 s here), the door opens again.
+            while echoscu(gw, aet="VIEWER").returncode != 0:
+                time.sleep(0.5)
+        finally:
+            half_request.close()
+            assoc.abort()
+
+
+def test_stopping_the_gateway_ends_open_associations_and_their_threads(tmp_path: Path) -> None:
+    def acceptor_threads() -> list[threading.Thread]:
+        return [
+            t
+            for t in threading.enumerate()
+            if (isinstance(t, Association) and t.is_acceptor)
+            or (isinstance(t, DULServiceProvider) and t.assoc.is_acceptor)
+        ]
+
+    with dimse_gateway(tmp_path, clients=CLIENTS) as gw:
+        ae = AE(ae_title="VIEWER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", gw.port, ae_title=gw.ae_title)
+        assert assoc.is_established
+        assert acceptor_threads()
+    # The listener aborted the association: the client sees it, the gateway's threads end.
+    while assoc.is_established or acceptor_threads():
+        time.sleep(0.1)
+    assert assoc.is_aborted

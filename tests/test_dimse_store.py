@@ -263,3 +263,57 @@ def test_storage_compression_applies_to_c_store_as_to_stow(tmp_path: Path) -> No
     assert stored_ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
     original = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
     assert (stored_ds.pixel_array == original.pixel_array).all()  # lossless
+
+
+def test_a_data_set_over_the_instance_limit_aborts_the_association(tmp_path: Path) -> None:
+    small = factory.ct_instance(seed=90, study_uid=factory.new_uid("store-cap", 90))
+    big = factory.ct_instance(seed=91, rows=512, cols=512, study_uid=factory.new_uid("store-cap", 91))
+    # Small PDUs: the data set arrives in pieces, and the listener stops it past the limit.
+    limits = {"limits": {"max_part_bytes": 200_000}, "dimse": {"max_pdu_length": 16384}}
+    with dimse_gateway(tmp_path, clients=CLIENTS, **limits) as gw:
+        assert c_store(gw, small, aet="MODALITY").Status == 0x0000
+        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(big))
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", gw.port, ae_title=gw.ae_title)
+        assert assoc.is_established
+        status = assoc.send_c_store(ds)
+        assert "Status" not in status  # no answer: the association was aborted
+        assoc.abort()
+        # The listener serves on.
+        assert c_store(gw, small, aet="MODALITY").Status == 0x0000
+        found = gw.get(f"/studies?StudyInstanceUID={factory.new_uid('store-cap', 91)}")
+        assert found.status_code == 204 or found.json() == []
+
+
+def test_a_c_find_is_audited_with_its_level_and_key_names_only(gw: DimseGateway) -> None:
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.2.2.1")
+    assoc = ae.associate("127.0.0.1", gw.port, ae_title=gw.ae_title)
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientName = "SECRET^NAME*"
+    query.StudyInstanceUID = ""
+    statuses = [int(status.Status) for status, _ in assoc.send_c_find(query, "1.2.840.10008.5.1.4.1.2.2.1")]
+    assoc.release()
+    assert statuses[-1] == 0x0000
+    lines = Path(gw.settings.audit.destination).read_text()
+    assert "SECRET" not in lines  # values are patient data: never in the trail
+    finds = [json.loads(line) for line in lines.splitlines() if '"C-FIND"' in line]
+    event = finds[-1]
+    assert event["ActiveParticipant"][0]["UserID"] == "dimse:viewer"
+    assert event["dimse"]["level"] == "STUDY"
+    keys = event["ParticipantObjectIdentification"][-1]["ParticipantObjectQuery"]
+    assert "PatientName" in keys
+
+
+def test_nothing_is_left_in_the_spool(gw: DimseGateway, tmp_path: Path) -> None:
+    study = factory.new_uid("store-spool", 100)
+    assert c_store(gw, factory.ct_instance(seed=100, study_uid=study), aet="MODALITY").Status == 0x0000
+    assert c_store(gw, factory.ct_instance(seed=101, study_uid=study), aet="VIEWER").Status == 0x0124
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(factory.truncated(factory.ct_instance(seed=102, study_uid=study), drop=1000))
+    assert c_store(gw, broken, aet="MODALITY").Status != 0x0000
+    leftovers = [p for p in gw.settings.effective_spool_dir.rglob("*") if p.is_file()]
+    assert leftovers == []

@@ -94,6 +94,7 @@ def front_door_services(
                 portal=portal,
                 peer_of=peer_of,
                 spool_dir=spool_dir,
+                max_bytes=gateway.settings.limits.max_part_bytes,
                 receiver=receiver,
                 on_outcome=observer.operation,
             ),
@@ -132,7 +133,8 @@ def _find_outcome(observer: Observer) -> Callable[[FindOutcome], None]:
                 outcome.status,
                 outcome.duration,
                 outcome.comment,
-                query=(f"{outcome.level}:{','.join(outcome.keys)}",),
+                query=outcome.keys,
+                level=outcome.level,
             )
         )
 
@@ -197,6 +199,7 @@ async def open_front_door(
         host=settings.effective_scp_host,
         port=settings.scp_port,
         limits=settings.dimse,
+        max_message_bytes=settings.limits.max_part_bytes,
         peers=peers,
         services=front_door_services(
             gateway,

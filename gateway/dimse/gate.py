@@ -15,7 +15,8 @@ more than ``dimse.max_associations``       rejected-transient, service-provider 
                                            "local-limit-exceeded" (2, 3, 2)
 =========================================  =====================================================
 
-The last is pynetdicom's own check (``AE.maximum_associations``), which runs after these.
+The limit is checked here too (so the rejection is logged, counted and audited like the others);
+pynetdicom's own check (``AE.maximum_associations``) stays behind it.
 The gate also sets the presentation contexts this peer is offered: the Query/Retrieve ones
 (C-FIND, C-MOVE, C-GET) only to peers with the ``read`` scope, so a peer without it has them
 rejected at negotiation ("abstract syntax not supported"); storage and verification are
@@ -54,11 +55,13 @@ class Gate:
         *,
         ae_title: str,
         read_only: Collection[str],
+        max_associations: int,
         on_reject: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self._peers = peers
         self._ae_title = ae_title.strip()
         self._read_only = frozenset(read_only)
+        self._max = max_associations
         self._on_reject = on_reject
 
     def __call__(self, event: Any) -> None:
@@ -76,6 +79,16 @@ class Gate:
             )
         elif called != self._ae_title:
             self._reject(assoc, calling, address, "called AE title not recognised", CALLED_AE_NOT_RECOGNISED)
+        elif sum(1 for a in assoc.ae.active_associations if a.is_acceptor) > self._max:  # this one included
+            self._reject(
+                assoc,
+                calling,
+                address,
+                "local limit exceeded",
+                LOCAL_LIMIT_EXCEEDED,
+                result=REJECTED_TRANSIENT,
+                source=SERVICE_PROVIDER_PRESENTATION,
+            )
         else:
             self._offer(assoc, peer)
 
@@ -85,9 +98,19 @@ class Gate:
                 cx for cx in assoc.acceptor.supported_contexts if str(cx.abstract_syntax) not in self._read_only
             ]
 
-    def _reject(self, assoc: Any, calling: str, address: str, reason: str, diagnostic: int) -> None:
+    def _reject(
+        self,
+        assoc: Any,
+        calling: str,
+        address: str,
+        reason: str,
+        diagnostic: int,
+        *,
+        result: int = REJECTED_PERMANENT,
+        source: int = SERVICE_USER,
+    ) -> None:
         log.warning("DIMSE association from %r at %s rejected: %s", calling, address, reason)
-        assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, diagnostic)
+        assoc.acse.send_reject(result, source, diagnostic)
         assoc.kill()  # as pynetdicom does after its own rejections: the reactor never starts
         if self._on_reject is not None:
             try:

@@ -11,11 +11,14 @@ aborted after ``network_timeout``, one that never finishes its association reque
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -55,6 +58,7 @@ class DimseListener:
         host: str,
         port: int,
         limits: DimseSettings,
+        max_message_bytes: int,
         peers: DimsePeers,
         services: Sequence[Service],
         receiver: MoveReceiver | None = None,
@@ -65,6 +69,7 @@ class DimseListener:
         self.host = host
         self.port = port
         self._limits = limits
+        self._cap = MessageCap(max_message_bytes)
         self._peers = peers
         self._services = list(services)
         self._receiver = receiver
@@ -100,10 +105,19 @@ class DimseListener:
                 )
                 if service.read:
                     read_only.add(abstract)
-        gate = Gate(self._peers, ae_title=self.ae_title, read_only=read_only, on_reject=self._on_reject)
+        gate = Gate(
+            self._peers,
+            ae_title=self.ae_title,
+            read_only=read_only,
+            max_associations=limits.max_associations,
+            on_reject=self._on_reject,
+        )
         handlers: list[tuple[Any, Callable[[Any], Any]]] = [
-            (evt.EVT_CONN_OPEN, _nodelay),
+            (evt.EVT_CONN_OPEN, partial(_tune_connection, timeout=limits.network_timeout)),
             (evt.EVT_CONN_CLOSE, _closed_before_request),
+            (evt.EVT_CONN_CLOSE, self._cap.closed),
+            (evt.EVT_DATA_RECV, self._cap.received),
+            (evt.EVT_DIMSE_RECV, self._cap.complete),
             (evt.EVT_REQUESTED, gate),
             *((s.event, s.handler) for s in self._services),
         ]
@@ -141,12 +155,66 @@ class DimseListener:
         return 0 if self._ae is None else sum(1 for a in self._ae.active_associations if a.is_acceptor)
 
 
-def _nodelay(event: Any) -> None:
+# PS3.8 9.3.8: A-ABORT from the service provider, reason not specified.
+A_ABORT_PDU = b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00"
+
+
+class MessageCap:
+    """Aborts an association whose peer sends one DIMSE message (a C-STORE data set, a C-FIND
+    identifier) larger than ``max_bytes`` (``limits.max_part_bytes``, the one-instance limit of
+    STOW): pynetdicom gathers a message in memory, so without a cap one endless message would
+    take all of it. Counted on the PDUs as they arrive (``EVT_DATA_RECV``), reset by each
+    complete message (``EVT_DIMSE_RECV``)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._counts: dict[int, int] = {}
+        self._stopped: set[int] = set()
+        self._lock = threading.Lock()
+
+    def received(self, event: Any) -> None:
+        key = id(event.assoc)
+        with self._lock:
+            count = self._counts.get(key, 0) + len(event.data)
+            self._counts[key] = count
+            over = count > self._max and key not in self._stopped
+            if over:
+                self._stopped.add(key)  # the PDUs already buffered still arrive: stop once
+        if over:
+            log.warning(
+                "DIMSE association from %r aborted: a message over %d bytes",
+                str(event.assoc.requestor.ae_title).strip(),
+                self._max,
+            )
+            # On pynetdicom's socket thread: an A-ABORT written now, then the connection closed
+            # (the association ends as if the peer had gone); assoc.abort() would wait for this
+            # very thread.
+            sock = event.assoc.dul.socket
+            if sock is not None and sock.socket is not None:
+                with contextlib.suppress(OSError):
+                    sock.socket.sendall(A_ABORT_PDU)
+                    sock.socket.shutdown(socket.SHUT_RDWR)
+
+    def complete(self, event: Any) -> None:
+        with self._lock:
+            self._counts.pop(id(event.assoc), None)
+
+    def closed(self, event: Any) -> None:
+        with self._lock:
+            self._counts.pop(id(event.assoc), None)
+            self._stopped.discard(id(event.assoc))
+
+
+def _tune_connection(event: Any, *, timeout: float) -> None:
     """``EVT_CONN_OPEN``: disable Nagle, as on the adapter's associations (PEERS.md): small
-    DIMSE responses otherwise wait for the peer's delayed ACK."""
+    DIMSE responses otherwise wait for the peer's delayed ACK. And bound every socket read and
+    write by ``timeout``: pynetdicom sets no timeout on accepted sockets, so a peer that sends
+    half a PDU and goes silent would hold its thread, and one of ``max_associations``, for
+    ever; a read that times out is a closed connection to pynetdicom (the association ends)."""
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.socket.settimeout(timeout)
 
 
 def _closed_before_request(event: Any) -> None:

@@ -46,7 +46,8 @@ class Operation:
     instances: Sequence[tuple[str, str, str]] = field(default_factory=tuple)
     # (study or None, SOP Instance UID or None, status) of each instance that failed
     failed: Sequence[tuple[str | None, str | None, int]] = field(default_factory=tuple)
-    query: Sequence[str] = ()  # C-FIND: the level and key names (never their values: patient data)
+    query: Sequence[str] = ()  # C-FIND: the key names (never their values: patient data)
+    level: str = ""  # C-FIND: the Query/Retrieve Level
 
 
 def outcome_of(status: int) -> str:
@@ -78,10 +79,11 @@ class Observer:
             query=[(name, "") for name in op.query],
             dimse={
                 "operation": op.operation,
-                "calling_ae_title": op.ae_title,
+                **({"calling_ae_title": op.ae_title} if op.ae_title else {}),
                 "status": f"0x{op.status:04X}",
                 "comment": op.comment,
                 "duration_ms": round(op.duration * 1000, 1),
+                **({"level": op.level} if op.level else {}),
             },
             outcome=_indicator(op.status),
         )

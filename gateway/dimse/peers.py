@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -72,7 +72,7 @@ class DimsePeers:
         ]
         return cls([*pacs, *clients])
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[DimsePeer]:
         return iter(self._by_ae.values())
 
     def by_calling_ae(self, ae_title: str) -> DimsePeer | None:

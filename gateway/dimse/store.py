@@ -18,10 +18,12 @@ For each C-STORE request:
    0x0111), the parse limits. Success is answered only once the instance is durable.
 
 Statuses (PS3.4 B.2.3, PS3.7 C.5): 0x0000 stored; the parser's codes for what it refuses
-(0xC000 cannot understand, 0xA900 data set does not match SOP Class, 0xC122 transfer syntax not
-supported, 0xA700 a configured limit exceeded); 0x0111 duplicate; 0x0124 not authorised; 0xA779
-patient mismatch; 0xA700 when the store or index is unavailable (worth retrying later); 0xC001
-for an unexpected failure (logged). Each failure carries an ErrorComment (64 characters at
+(0xC000 cannot understand, 0xA900 data set does not match SOP Class, its SOP Instance UID not
+the request's included, 0xC122 transfer syntax not supported, 0xA700 a configured limit
+exceeded, a data set over ``limits.max_part_bytes`` included: the listener aborts an
+association whose message grows past it as it arrives); 0x0111 duplicate; 0x0124 not
+authorised; 0xA779 patient mismatch; 0xA700 when the store or index is unavailable (worth
+retrying later); 0xC001 for an unexpected failure (logged). Each failure carries an ErrorComment (64 characters at
 most: LO, PS3.5). A handler never raises into pynetdicom, so bad input never drops the
 association.
 """
@@ -89,6 +91,7 @@ class StoreHandler:
         portal: Portal,
         peer_of: Callable[[Any], DimsePeer],
         spool_dir: Path,
+        max_bytes: int,
         receiver: MoveReceiver | None = None,
         on_outcome: Callable[[Operation], None] | None = None,
     ) -> None:
@@ -96,6 +99,7 @@ class StoreHandler:
         self._portal = portal
         self._peer_of = peer_of
         self._spool_dir = spool_dir
+        self._max_bytes = max_bytes
         self._receiver = receiver
         self._on_outcome = on_outcome
 
@@ -130,6 +134,9 @@ class StoreHandler:
     ) -> tuple[int, str, list[tuple[str, str, str]], list[tuple[str | None, str | None, int]]]:
         if not peer.may(WRITE):
             return NOT_AUTHORIZED, f"{peer.ae_title.strip()} may not store here (no write scope)", [], []
+        if _size(event) > self._max_bytes:
+            # limits.max_part_bytes, the one-instance limit of STOW (PS3.4 B.2.3: out of resources).
+            return OUT_OF_RESOURCES, "the data set is over the gateway's instance size limit", [], []
         try:
             item = spool_received(event, self._spool_dir)
         except OSError as exc:
@@ -163,6 +170,11 @@ class StoreHandler:
                 self._on_outcome(outcome)
             except Exception:
                 log.exception("C-STORE outcome hook failed")
+
+
+def _size(event: Any) -> int:
+    data = event.request.DataSet
+    return data.getbuffer().nbytes if data is not None else 0
 
 
 def _failure(status: int, comment: str) -> Dataset:
