@@ -75,6 +75,8 @@ WRITE_SCOPE = "write"
 # Pauses between attempts: checking while the index or store is unavailable (about 7 s in all),
 # and delivering a report to a peer that is not listening (about 2 minutes in all).
 CHECK_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+# How long a report on the requesting association waits for its answer (see commitment_report.send_on).
+SAME_ASSOCIATION_REPLY_WAIT = 5.0
 REPORT_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 
 
@@ -308,7 +310,7 @@ class CommitmentHandler:
             attempts += 1
             try:
                 with self._assoc_lock(job.assoc):
-                    send_on(job.assoc, event_type, info)
+                    send_on(job.assoc, event_type, info, reply_wait=SAME_ASSOCIATION_REPLY_WAIT)
                 return "same association", attempts, ""
             except ReportNotDelivered as exc:
                 why = str(exc)

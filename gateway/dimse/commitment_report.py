@@ -92,15 +92,26 @@ def still_open(assoc: Any) -> bool:
     return not (isinstance(upcoming, A_RELEASE) and upcoming.result is None)
 
 
-def send_on(assoc: object, event_type: int, info: Dataset) -> None:
+def send_on(assoc: Any, event_type: int, info: Dataset, *, reply_wait: float | None = None) -> None:
     """Send the report on an established association (the requesting one, or a new one);
-    :class:`ReportNotDelivered` unless the peer answers success."""
+    :class:`ReportNotDelivered` unless the peer answers success.
+
+    ``reply_wait``: how long to wait for the answer, when shorter than the association's DIMSE
+    timeout. On the requesting association a peer that started releasing it just after the
+    report went never answers, and while pynetdicom waits for the answer the association's
+    reactor, and so the peer's release, waits too: a peer that takes reports there answers at
+    once, so the wait is kept short and the report then goes on a new association."""
+    previous = assoc.dimse_timeout
+    if reply_wait is not None and (previous is None or reply_wait < previous):
+        assoc.dimse_timeout = reply_wait
     try:
-        status = assoc.send_n_event_report(  # type: ignore[attr-defined]
+        status = assoc.send_n_event_report(
             info, event_type, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE
         )[0]
     except Exception as exc:  # pynetdicom raises when the association ended meanwhile
         raise ReportNotDelivered(f"N-EVENT-REPORT failed: {exc}") from exc
+    finally:
+        assoc.dimse_timeout = previous
     if not status or "Status" not in status:
         raise ReportNotDelivered("no N-EVENT-REPORT response (association ended or DIMSE timeout)")
     if status.Status != SUCCESS:
