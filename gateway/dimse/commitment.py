@@ -316,7 +316,7 @@ class CommitmentHandler:
                 why = str(exc)
                 log.info("storage commitment %s: not on its association: %s", job.request.transaction_uid, why)
         if job.target.port is None:
-            why = f"the association ended and {job.peer.name} has no port configured for the report"
+            why = f"{why or 'the association ended'}; {job.peer.name} has no port configured for the report"
         else:
             for delay in (0.0, *self._report_retry_delays):
                 if self._closing.wait(delay):
