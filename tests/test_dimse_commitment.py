@@ -19,11 +19,14 @@ import httpx
 import pytest
 from pydicom.dataset import Dataset
 
+from gateway.adapters.filestore import FileBlobStore
 from gateway.dimse.commitment_request import (
     MAX_REFERENCES,
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
 )
+from gateway.errors import StorageError
+from gateway.ports import ObjectInfo
 from tests import factory
 from tests.commitment_scu import (
     ALL_COMMITTED,
@@ -341,3 +344,31 @@ def wait_for_log(log: Callable[[], str], text: str, also: str) -> None:
     while not any(text in line and also in line.split(text, 1)[1] for line in log().splitlines()):
         assert time.monotonic() < deadline, f"{text!r} never logged:\n{log()[-3000:]}"
         time.sleep(0.05)
+
+
+class StoreWithOutage(FileBlobStore):
+    """The object store, failing its next ``outages`` look-ups (as S3 does for a moment)."""
+
+    outages = 0
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        if self.outages:
+            self.outages -= 1
+            raise StorageError("the object store is unavailable")
+        return await super().stat(key)
+
+
+def test_a_store_outage_during_the_check_delays_the_report_not_the_commitment(tmp_path: Path) -> None:
+    (tmp_path / "objects").mkdir()
+    store = StoreWithOutage(tmp_path / "objects")
+    instances = study(seed=13, n=2)
+    with dimse_gateway(tmp_path, clients=CLIENTS, store=store) as gw:
+        storescu(gw, instances, tmp_path)
+        store.outages = 2  # the first two checks fail; the third finds every instance
+        modality = Modality()
+        with modality.associated(gw) as assoc:
+            assert request(assoc, factory.new_uid("transaction", 13), references_of(instances)) == 0x0000
+            report = modality.next_report()
+    assert store.outages == 0
+    assert report.event_type == ALL_COMMITTED
+    assert sorted(report.committed) == sorted(references_of(instances))
