@@ -31,11 +31,15 @@ from gateway.dimse.commitment_report import NewAssociationReporter
 from gateway.dimse.commitment_request import STORAGE_COMMITMENT_PUSH_MODEL
 from gateway.dimse.echo import EchoHandler
 from gateway.dimse.find import FindHandler, FindOutcome
+from gateway.dimse.get import GetHandler
 from gateway.dimse.listener import DimseListener, Service
+from gateway.dimse.move import MoveHandler
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.observe import Observer, Operation
 from gateway.dimse.peers import DimsePeers
 from gateway.dimse.portal import LoopPortal
+from gateway.dimse.retrieve import RetrieveOutcome
+from gateway.dimse.retrieve_query import GET_SOP_CLASSES, MOVE_SOP_CLASSES
 from gateway.dimse.store import StoreHandler
 from gateway.dimse.tls import listener_context
 from gateway.security.audit import AuditLog
@@ -66,6 +70,8 @@ STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in AllStoragePresentation
 VERIFICATION = "1.2.840.10008.1.1"
 # PS3.4 C.6.1.1.2, C.6.2.1.2: Patient Root and Study Root Query/Retrieve Information Model - FIND.
 FIND_CLASSES = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
+MOVE_CLASSES = tuple(MOVE_SOP_CLASSES)
+GET_CLASSES = tuple(GET_SOP_CLASSES)
 
 
 def front_door_services(
@@ -84,6 +90,7 @@ def front_door_services(
     ae_title = gateway.settings.ae_title
     peer_of = peers.of
     on_find = _find_outcome(observer)
+    on_retrieve = _retrieve_outcome(observer)
     services = [
         Service(evt.EVT_C_ECHO, EchoHandler(peer_of=peer_of, on_outcome=observer.operation), (VERIFICATION,), NATIVE),
         # Storage: roles accepted for C-GET's sub-operations (the requester is their SCP).
@@ -109,9 +116,37 @@ def front_door_services(
             NATIVE,
             read=True,
         ),
-        # C-MOVE and C-GET (scope read; read=True keeps their contexts from other peers):
-        #   Service(evt.EVT_C_MOVE, MoveHandler(...), MOVE_CLASSES, NATIVE, read=True),
-        #   Service(evt.EVT_C_GET, GetHandler(...), GET_CLASSES, NATIVE, read=True),
+        # C-MOVE to a client's own storage SCP, C-GET on the requester's association (its
+        # storage sub-operations use the storage contexts above, with role selection).
+        Service(
+            evt.EVT_C_MOVE,
+            MoveHandler(
+                gateway.retrieval,
+                gateway.qido,
+                ae_title=ae_title,
+                portal=portal,
+                peer_of=peer_of,
+                destination_of=_destinations(peers),
+                on_outcome=on_retrieve,
+            ),
+            MOVE_CLASSES,
+            NATIVE,
+            read=True,
+        ),
+        Service(
+            evt.EVT_C_GET,
+            GetHandler(
+                gateway.retrieval,
+                gateway.qido,
+                ae_title=ae_title,
+                portal=portal,
+                peer_of=peer_of,
+                on_outcome=on_retrieve,
+            ),
+            GET_CLASSES,
+            NATIVE,
+            read=True,
+        ),
         # Storage commitment push model (scope write, checked by its handler with peer.may(WRITE)):
         #   Service(evt.EVT_N_ACTION, CommitmentHandler(...), (STORAGE_COMMITMENT,), NATIVE, roles=True),
     ]
@@ -120,6 +155,42 @@ def front_door_services(
         # for the Push Model even though the report on its own association needs none.
         services.append(Service(evt.EVT_N_ACTION, commitment, (STORAGE_COMMITMENT_PUSH_MODEL,), NATIVE, roles=True))
     return services
+
+
+def _destinations(peers: DimsePeers) -> Callable[[str], tuple[str | None, int] | None]:
+    """A Move Destination AE title → the (host, port) of a ``[[dimse_clients]]`` entry with a
+    ``port`` (host None: it has none configured, see :class:`gateway.dimse.move.MoveHandler`)."""
+
+    def destination_of(ae_title: str) -> tuple[str | None, int] | None:
+        peer = peers.by_calling_ae(ae_title)
+        if peer is None or peer.kind != "client" or peer.port is None:
+            return None
+        return peer.host, peer.port
+
+    return destination_of
+
+
+def _retrieve_outcome(observer: Observer) -> Callable[[RetrieveOutcome], None]:
+    def report(outcome: RetrieveOutcome) -> None:
+        query = (outcome.level,) + (
+            (f"MoveDestination:{outcome.destination}",) if outcome.operation == "C-MOVE" else ()
+        )
+        observer.operation(
+            Operation(
+                outcome.peer,
+                "",
+                None,
+                outcome.operation,
+                outcome.status,
+                outcome.duration,
+                outcome.comment,
+                instances=outcome.instances,
+                failed=outcome.failures,
+                query=query,
+            )
+        )
+
+    return report
 
 
 def _find_outcome(observer: Observer) -> Callable[[FindOutcome], None]:

@@ -1,4 +1,4 @@
-"""Retrieval: the one service every WADO route calls, and (next) the C-GET/C-MOVE SCP.
+"""Retrieval: the one service every WADO route and the C-GET/C-MOVE SCP call.
 
 It decides where the instances a selection names come from, and hands out what a response needs
 of them; the work is delegated:
@@ -59,10 +59,15 @@ class Retrieval:
     """What a WADO-RS instances response streams: index records (from the cache) or arrivals
     of a PACS retrieve (in arrival order), and the transfer syntaxes known when it starts (for
     Accept negotiation). Turn each item into a part with :meth:`RetrievalService.part`
-    (or :meth:`RetrievalService.instance_bytes`)."""
+    (or :meth:`RetrievalService.instance_bytes`).
+
+    ``cached``: the records ``items`` will yield when the selection is answered from the cache
+    (None when it follows a PACS flight), so that a front door can count and classify the
+    instances before the first one is sent (a C-MOVE announces its sub-operations first)."""
 
     items: AsyncGenerator[InstanceRecord | Arrival, None]
     syntaxes: frozenset[str]
+    cached: tuple[InstanceRecord, ...] | None = None
 
 
 class RetrievalService:
@@ -118,7 +123,7 @@ class RetrievalService:
         instance are raised here (so the response can still be an error status)."""
         local = await self._cached(study, series, sop, pacs, restriction)
         if local is not None:
-            return Retrieval(_iterate(local), frozenset(r.transfer_syntax for r in local))
+            return Retrieval(_iterate(local), frozenset(r.transfer_syntax for r in local), tuple(local))
         flight = await self.flights.join(study, series, sop, pacs=pacs, restriction=restriction)
         await flight.first()
         if not flight.arrivals:

@@ -1,0 +1,574 @@
+"""What the C-MOVE and C-GET SCPs share (PS3.4 C.4.2, C.4.3): which instances a request names,
+and each C-STORE sub-operation's data set, read from the one retrieval service.
+
+Both handlers run inside pynetdicom's Query/Retrieve service class, which drives the protocol:
+the handler announces the number of sub-operations, then yields one ``(0xFF00, data set)`` per
+instance; pynetdicom sends each by C-STORE (on a sub-association to the destination for C-MOVE,
+on the requester's own association for C-GET), counts the outcomes, answers each with a pending
+response and ends with 0x0000, 0xB000 (some failed, with the Failed SOP Instance UID List) or
+0xA702 (all failed).
+
+:class:`Retriever` plans a request: every selection goes through
+:meth:`gateway.services.retrieval.RetrievalService.stream`, which applies the peer's
+restriction through the one visibility rule (a study outside it is absent: no sub-operations)
+and decides whether the store answers or a PACS flight brings the instances. The instances the
+store answers are known at once; those of a PACS flight are counted, and their SOP Classes
+learnt, by IMAGE level queries of the QIDO federation (the index and every ``[[pacs]]`` node),
+series by series, because the number of sub-operations must be announced before the first one.
+
+:meth:`Retriever.sub_operations` then reads the instances one at a time, as the store streams
+them or as they arrive from the PACS (memory holds one instance, never a series), each in the
+syntax the receiver accepted for its SOP Class: the stored one when accepted, else Explicit or
+Implicit VR Little Endian by the retrieval service's transcoding. An instance that cannot be
+sent (no accepted context, transcoding impossible, announced but never delivered by the PACS,
+receiver gone) is yielded as a data set holding only its SOP Instance UID: pynetdicom's C-STORE
+refuses it before anything is sent, and counts it as a failed sub-operation whose UID it lists
+(Failed SOP Instance UID List, PS3.4 C.4.2.1.4.2). C-CANCEL is looked at before each
+sub-operation (0xFE00 with the counts).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
+from contextlib import aclosing, suppress
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom import build_context
+from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
+
+from gateway.dicom.attributes import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, tag_of
+from gateway.dicom.media import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    JPEG_2000,
+    JPEG_2000_LOSSLESS,
+    JPEG_BASELINE_8BIT,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    RLE_LOSSLESS,
+)
+from gateway.dicom.query import Match, QidoQuery, parse_qido
+from gateway.dimse.find import Portal, Searcher
+from gateway.dimse.retrieve_query import MAX_COMMENT, UNABLE_TO_PROCESS, RetrieveFailure, RetrieveRequest, Selection
+from gateway.errors import GatewayError, NotFound
+from gateway.ports import InstanceRecord
+from gateway.security.access import Restriction
+from gateway.services.flight import Arrival
+from gateway.services.retrieval import Retrieval, RetrievalService
+
+__all__ = [
+    "CANCELLED",
+    "MAX_CONTEXTS",
+    "PENDING",
+    "Plan",
+    "RetrieveOutcome",
+    "Retriever",
+    "Tally",
+    "accepted_syntaxes",
+    "failure",
+    "final_status",
+    "generic_contexts",
+    "identifier_of",
+    "outcome",
+    "report",
+]
+
+log = logging.getLogger(__name__)
+
+PENDING = 0xFF00
+CANCELLED = 0xFE00
+NOT_PERFORMED = 0xA702  # PS3.4 C.4.2.1.5: "unable to perform sub-operations"
+STORE_WARNINGS = (0xB000, 0xB006, 0xB007)  # PS3.4 B.2.3
+UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+# What a PACS is likely to deliver in: proposed to a C-MOVE destination for the SOP Classes of a
+# PACS flight (the stored syntax of those instances is only known when they arrive).
+LIKELY_STORED = (
+    JPEG_LS_LOSSLESS,
+    JPEG_2000_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_BASELINE_8BIT,
+    JPEG_2000,
+    RLE_LOSSLESS,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+)
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255
+MAX_SUB_OPERATIONS = 65535  # the counts are US (PS3.7 Table 9.3-6)
+SOP_CLASS_UID = tag_of("SOPClassUID")
+PATIENT_ID = tag_of("PatientID")
+STUDY_INSTANCE_UID = tag_of("StudyInstanceUID")
+
+
+@dataclass(frozen=True)
+class RetrieveOutcome:
+    """One C-MOVE or C-GET as audited: who, what level, where to, the final status, the
+    sub-operation counts (as the receiver answered them), the (study, series, SOP Instance UID)
+    of each instance delivered and the (study, SOP Instance UID, status) of each that failed."""
+
+    peer: str
+    operation: str  # "C-MOVE" or "C-GET"
+    level: str
+    destination: str
+    status: int
+    completed: int
+    failed: int
+    warning: int
+    duration: float
+    comment: str = ""
+    instances: tuple[tuple[str, str, str], ...] = ()
+    failures: tuple[tuple[str | None, str | None, int], ...] = ()
+
+
+@dataclass
+class Tally:
+    """What became of each sub-operation: the instances yielded, and the receiver's C-STORE
+    responses as they come (pynetdicom's ``EVT_DIMSE_RECV`` on the association the
+    sub-operations run on)."""
+
+    sent: list[str] = field(default_factory=list)  # SOP Instance UIDs yielded as data sets
+    unsent: list[str] = field(default_factory=list)  # yielded as stand-ins: failed, nothing sent
+    answers: dict[str, int] = field(default_factory=dict)  # SOP Instance UID → C-STORE status
+
+    def on_received(self, event: Any) -> None:
+        message = event.message
+        if type(message).__name__ != "C_STORE_RSP":
+            return
+        command = message.command_set
+        self.answers[str(command.get("AffectedSOPInstanceUID", ""))] = int(command.get("Status", 0xC000))
+
+    @property
+    def yielded(self) -> int:
+        return len(self.sent) + len(self.unsent)
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for status in self.answers.values() if status == 0x0000)
+
+    @property
+    def warning(self) -> int:
+        return sum(1 for status in self.answers.values() if status in STORE_WARNINGS)
+
+    @property
+    def failed(self) -> int:
+        return max(self.yielded - self.completed - self.warning, 0)
+
+    def delivered(self) -> list[str]:
+        return [sop for sop in self.sent if self.answers.get(sop, -1) in (0x0000, *STORE_WARNINGS)]
+
+    def failures(self) -> list[tuple[str, int]]:
+        """(SOP Instance UID, status) of each failed sub-operation: the receiver's failure
+        status, or 0xA702 for one that was not sent or not answered."""
+        failed = [(sop, self.answers.get(sop, NOT_PERFORMED)) for sop in self.sent]
+        failed = [(sop, status) for sop, status in failed if status not in (0x0000, *STORE_WARNINGS)]
+        return failed + [(sop, NOT_PERFORMED) for sop in self.unsent]
+
+
+@dataclass
+class Part:
+    """One selection being retrieved and the instances it is expected to yield."""
+
+    retrieval: Retrieval
+    expected: dict[str, str]  # SOP Instance UID → SOP Class UID ('' when unknown)
+    where: dict[str, tuple[str, str]]  # SOP Instance UID → (study, series)
+    stored: dict[str, set[str]] = field(default_factory=dict)  # SOP Class UID → stored syntaxes (cached)
+
+
+@dataclass
+class Plan:
+    """Every part of a request, and the number of sub-operations announced."""
+
+    parts: list[Part]
+
+    @property
+    def count(self) -> int:
+        return min(sum(len(p.expected) for p in self.parts), MAX_SUB_OPERATIONS)
+
+    def where(self, sop: str) -> tuple[str | None, str | None]:
+        """The (study, series) of an instance of the plan, for the audit."""
+        for part in self.parts:
+            if sop in part.where:
+                return part.where[sop]
+        return None, None
+
+    def contexts(self) -> list[PresentationContext]:
+        """What a C-MOVE sub-association proposes: each SOP Class of the
+        instances with the uncompressed syntaxes, plus a context for each syntax they are (or,
+        from a PACS, may be) stored in, so that the destination can take them as stored."""
+        classes: dict[str, list[str]] = {}
+        for part in self.parts:
+            for sop_class in part.expected.values():
+                if sop_class:
+                    classes.setdefault(sop_class, [])
+            for sop_class, stored in part.stored.items():
+                syntaxes = classes.setdefault(sop_class, [])
+                syntaxes += sorted(ts for ts in stored if ts not in UNCOMPRESSED and ts not in syntaxes)
+            if part.retrieval.cached is None:
+                for sop_class in part.expected.values():
+                    if sop_class:
+                        classes[sop_class] = list(dict.fromkeys([*classes[sop_class], *LIKELY_STORED]))
+        if not classes:
+            # The PACS did not say which SOP Classes: the common storage classes, uncompressed.
+            return generic_contexts()
+        contexts = [build_context(sop_class, list(UNCOMPRESSED)) for sop_class in classes]
+        for sop_class, syntaxes in classes.items():
+            for syntax in syntaxes:
+                if len(contexts) < MAX_CONTEXTS:
+                    contexts.append(build_context(sop_class, syntax))
+        return contexts[:MAX_CONTEXTS]
+
+
+def generic_contexts() -> list[PresentationContext]:
+    """pynetdicom's common storage SOP Classes, uncompressed."""
+    return [build_context(str(cx.abstract_syntax), list(UNCOMPRESSED)) for cx in StoragePresentationContexts]
+
+
+def accepted_syntaxes(contexts: Iterable[PresentationContext], *, as_scu: bool = False) -> dict[str, set[str]]:
+    """SOP Class UID → the transfer syntaxes accepted for it (``as_scu``: only contexts on which
+    the gateway may be the Storage SCU, as role selection decided for C-GET, PS3.7 D.3.3.4)."""
+    accepted: dict[str, set[str]] = {}
+    for cx in contexts:
+        if as_scu and not cx.as_scu:
+            continue
+        accepted.setdefault(str(cx.abstract_syntax), set()).update(str(ts) for ts in cx.transfer_syntax[:1])
+    return accepted
+
+
+class Retriever:
+    """Plans a request and yields its sub-operations (see the module docstring)."""
+
+    def __init__(self, retrieval: RetrievalService, search: Searcher, *, portal: Portal) -> None:
+        self._retrieval = retrieval
+        self._search = search
+        self._portal = portal
+
+    # -- planning (on the gateway's event loop) -----------------------------------------------
+
+    def plan(self, request: RetrieveRequest, restriction: Restriction | None) -> Plan:
+        """The parts of ``request`` (selections outside ``restriction`` or absent are left out)."""
+        plan: Plan = self._portal(self._plan(request, restriction))
+        return plan
+
+    async def _plan(self, request: RetrieveRequest, restriction: Restriction | None) -> Plan:
+        selections = request.selections
+        if request.patient_id is not None and not selections:
+            selections = tuple(Selection(uid) for uid in await self._studies_of(request.patient_id, restriction))
+        elif request.patient_id is not None:
+            # Patient Root below PATIENT level: the studies named must be that patient's.
+            named = sorted({s.study for s in selections})
+            theirs = set(await self._studies_of(request.patient_id, restriction, named))
+            selections = tuple(s for s in selections if s.study in theirs)
+        parts: list[Part] = []
+        try:
+            for selection in selections:
+                part = await self._part(selection, restriction)
+                if part is not None:
+                    parts.append(part)
+        except BaseException:
+            for part in parts:
+                with suppress(Exception):
+                    await part.retrieval.items.aclose()
+            raise
+        return Plan(parts)
+
+    async def _studies_of(
+        self, patient_id: str, restriction: Restriction | None, among: list[str] | None = None
+    ) -> list[str]:
+        """The studies of a patient (``among`` those UIDs) in the index and every PACS."""
+        keys = [(PATIENT_ID, patient_id)] + ([(STUDY_INSTANCE_UID, "\\".join(among))] if among else [])
+        query = parse_qido("study", keys)
+        query = QidoQuery(level="study", matches=query.matches, restriction=restriction)
+        result = await self._search.search(query, base_url="")
+        return list(dict.fromkeys(s for s in (_value(row, STUDY_INSTANCE_UID) for row in result.rows) if s))
+
+    async def _part(self, selection: Selection, restriction: Restriction | None) -> Part | None:
+        try:
+            retrieval = await self._retrieval.stream(
+                selection.study, selection.series, selection.sop, restriction=restriction
+            )
+        except NotFound:
+            return None
+        if retrieval.cached is not None:
+            stored: dict[str, set[str]] = {}
+            for record in retrieval.cached:
+                stored.setdefault(record.sop_class_uid, set()).add(record.transfer_syntax)
+            cached = retrieval.cached
+            return Part(
+                retrieval,
+                {r.sop_uid: r.sop_class_uid for r in cached},
+                {r.sop_uid: (r.study_uid, r.series_uid) for r in cached},
+                stored,
+            )
+        try:
+            expected, where = await self._expected(selection, restriction)
+            if not expected:  # nobody could say (or said everything: more than a query answers)
+                return await self._drained(retrieval, selection)
+        except BaseException:
+            with suppress(Exception):
+                await retrieval.items.aclose()
+            raise
+        return Part(retrieval, expected, where)
+
+    async def _expected(
+        self, selection: Selection, restriction: Restriction | None
+    ) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+        """SOP Instance UID → SOP Class UID, and → (study, series), of each instance of a
+        selection a PACS flight brings,
+        from IMAGE level queries of the federation, one per series (PS3.4 C.4.1.2.1: a PACS may
+        answer only hierarchical queries, which name the series of an IMAGE level query)."""
+        series = [selection.series] if selection.series is not None else await self._series_of(selection, restriction)
+        matches = () if selection.sop is None else (Match.uid(SOP_INSTANCE_UID, "instance", selection.sop),)
+        found: dict[str, str] = {}
+        where: dict[str, tuple[str, str]] = {}
+        for uid in series:
+            query = QidoQuery(
+                level="instance",
+                study=selection.study,
+                series=uid,
+                matches=matches,
+                includes=frozenset({SOP_CLASS_UID}),
+                restriction=restriction,
+            )
+            result = await self._search.search(query, base_url="")
+            if result.more:
+                # The count would fall short and the rest could not be sent: count on arrival.
+                log.warning("retrieve of %s: more instances than limits.max_qido_results", selection)
+                return {}, {}
+            for row in result.rows:
+                sop = _value(row, SOP_INSTANCE_UID)
+                if sop:
+                    found[sop] = _value(row, SOP_CLASS_UID)
+                    where[sop] = (selection.study, uid)
+        return found, where
+
+    async def _series_of(self, selection: Selection, restriction: Restriction | None) -> list[str]:
+        query = QidoQuery(level="series", study=selection.study, restriction=restriction)
+        result = await self._search.search(query, base_url="")
+        return list(dict.fromkeys(s for s in (_value(row, SERIES_INSTANCE_UID) for row in result.rows) if s))
+
+    @staticmethod
+    async def _drained(retrieval: Retrieval, selection: Selection) -> Part:
+        """A flight whose instances no query could count: followed to its end first, then
+        counted and read from the cache (the flight's spool files go once nobody follows it).
+        Not streamed, but complete; an arrival the cache refused is a failed sub-operation."""
+        arrivals: list[InstanceRecord | Arrival] = []
+        async with aclosing(retrieval.items) as items:
+            async for item in items:
+                arrivals.append(item)
+        log.warning("retrieve: the instances of a PACS flight could not be counted first; sent once cached")
+        records: list[InstanceRecord | Arrival] = []
+        where = {_identity(item): (selection.study, selection.series or "") for item in arrivals}
+        for item in arrivals:
+            if isinstance(item, Arrival):
+                await item.settled.wait()
+                if item.record is None:
+                    continue
+                item = item.record
+            records.append(item)
+            where[item.sop_uid] = (item.study_uid, item.series_uid)
+        replay = Retrieval(_replay(records), retrieval.syntaxes)
+        return Part(replay, {_identity(item): "" for item in arrivals}, where)
+
+    # -- sub-operations (on pynetdicom's thread) ----------------------------------------------
+
+    def sub_operations(
+        self,
+        plan: Plan,
+        *,
+        accepted: Callable[[], dict[str, set[str]]],
+        receiver_up: Callable[[], bool],
+        cancelled: Callable[[], bool],
+        tally: Tally,
+    ) -> Iterator[tuple[int, Dataset | None]]:
+        """``(0xFF00, data set)`` for each instance of ``plan`` (at most ``plan.count``), or
+        ``(0xFE00, None)`` once ``cancelled()``. ``accepted()``: the receiver's accepted syntaxes
+        by SOP Class; ``receiver_up()``: whether the association to it still stands; ``tally``
+        notes what each yield was."""
+        budget = plan.count
+        owed = dict.fromkeys(sop for part in plan.parts for sop in part.expected)  # announced, not yet yielded
+        try:
+            for part in plan.parts:
+                items = part.retrieval.items
+                while budget > 0:
+                    if cancelled():
+                        yield CANCELLED, None
+                        return
+                    if not receiver_up():
+                        break
+                    try:
+                        item = self._portal(_next(items))
+                    except Exception as exc:  # the PACS, the store or the portal's deadline
+                        # What was announced and not sent becomes failed sub-operations below.
+                        reason = exc.reason if isinstance(exc, GatewayError) else repr(exc)
+                        log.warning("retrieve broke off: %s", reason)
+                        break
+                    if item is None:
+                        break
+                    sop = _identity(item)
+                    if sop in owed:
+                        del owed[sop]
+                    elif len(owed) >= budget:
+                        log.warning("instance %s arrived beyond the announced sub-operations; not sent", sop)
+                        continue
+                    budget -= 1
+                    dataset = self._dataset(item, sop, accepted())
+                    (tally.sent if "SOPClassUID" in dataset else tally.unsent).append(sop)
+                    yield PENDING, dataset
+                    del dataset
+            # Announced but not delivered (the PACS broke off or held fewer, the receiver left):
+            # each is a failed sub-operation naming its instance.
+            for sop in list(owed)[:budget]:
+                if cancelled():
+                    yield CANCELLED, None
+                    return
+                tally.unsent.append(sop)
+                yield PENDING, _unsendable(sop)
+        finally:
+            self.close(plan)
+
+    def close(self, plan: Plan) -> None:
+        """End every stream of ``plan`` (its PACS flights continue for the cache)."""
+        for part in plan.parts:
+            with suppress(Exception):
+                self._portal(part.retrieval.items.aclose())
+
+    def _dataset(self, item: InstanceRecord | Arrival, sop: str, accepted: dict[str, set[str]]) -> Dataset:
+        """The data set of instance ``sop`` in a syntax the receiver accepted, or the stand-in
+        that fails (see :func:`_unsendable`)."""
+        try:
+            data: bytes = self._portal(_collect(self._retrieval.instance_bytes(item, None)))
+            dataset = pydicom.dcmread(BytesIO(data))
+            sop_class = str(dataset.SOPClassUID)
+            stored = str(dataset.file_meta.TransferSyntaxUID)
+        except Exception as exc:  # the store, the spool file or the data set failed: one sub-operation
+            log.warning("instance %s cannot be read for a C-STORE sub-operation: %s", sop, exc)
+            return _unsendable(sop)
+        syntaxes = accepted.get(sop_class, set())
+        if stored in syntaxes:
+            return dataset
+        target = next((ts for ts in UNCOMPRESSED if ts in syntaxes), None)
+        if target is None:
+            log.warning("instance %s: the receiver accepted no context for SOP Class %s", sop, sop_class)
+            return _unsendable(sop)
+        del dataset, data
+        try:
+            data = self._portal(_collect(self._retrieval.instance_bytes(item, target)))
+            if not data:
+                raise ValueError("nothing to transcode (refused by the cache)")
+            transcoded: Dataset = pydicom.dcmread(BytesIO(data))
+        except Exception as exc:
+            log.warning("instance %s cannot be sent in %s: %s", sop, target, exc)
+            return _unsendable(sop)
+        return transcoded
+
+
+def _unsendable(sop: str) -> Dataset:
+    """A data set with only a SOP Instance UID: pynetdicom's C-STORE refuses it (no SOP Class
+    UID) before sending anything, and lists the UID as a failed sub-operation."""
+    ds = Dataset()
+    ds.SOPInstanceUID = sop
+    return ds
+
+
+def _identity(item: InstanceRecord | Arrival) -> str:
+    return item.sop_uid if isinstance(item, InstanceRecord) else item.received.sop_uid
+
+
+async def _replay(items: list[InstanceRecord | Arrival]) -> AsyncGenerator[InstanceRecord | Arrival, None]:
+    for item in items:
+        yield item
+
+
+async def _next(items: AsyncGenerator[InstanceRecord | Arrival, None]) -> InstanceRecord | Arrival | None:
+    try:
+        return await items.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _collect(body: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in body])
+
+
+def _value(row: dict[str, Any], tag: str) -> str:
+    element = row.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    return str(values[0]) if values else ""
+
+
+def final_status(announced: int, tally: Tally) -> int:
+    """The final status pynetdicom sends after the last sub-operation (PS3.4 C.4.2.1.5,
+    C.4.3.1.3), for the audit: 0xA702 when every announced one failed, 0xB000 when some failed
+    or warned, else 0x0000."""
+    if tally.failed and tally.failed == announced:
+        return NOT_PERFORMED
+    return 0xB000 if tally.failed or tally.warning else 0x0000
+
+
+def outcome(
+    operation: str,
+    peer: str,
+    level: str,
+    destination: str,
+    status: int,
+    tally: Tally,
+    plan: Plan | None,
+    started: float,
+    comment: str,
+) -> RetrieveOutcome:
+    """The outcome of a C-MOVE or C-GET, as its handler reports it."""
+
+    def where(sop: str) -> tuple[str | None, str | None]:
+        return plan.where(sop) if plan is not None else (None, None)
+
+    instances = tuple((study or "", series or "", sop) for sop in tally.delivered() for study, series in [where(sop)])
+    failures = tuple((where(sop)[0], sop, code) for sop, code in tally.failures())
+    return RetrieveOutcome(
+        peer, operation, level, destination, status, tally.completed, tally.failed, tally.warning,
+        time.monotonic() - started, comment, instances, failures,
+    )  # fmt: skip
+
+
+def identifier_of(event: Any) -> Dataset:
+    """The request's identifier, decoded by pynetdicom on first access."""
+    try:
+        identifier: Dataset = event.identifier
+    except Exception as exc:
+        raise RetrieveFailure(UNABLE_TO_PROCESS, "the identifier cannot be decoded") from exc
+    return identifier
+
+
+def failure(status: int, comment: str, offending: int | None = None) -> Dataset:
+    """A status data set with its ErrorComment (PS3.7 C.4) and OffendingElement when known."""
+    ds = Dataset()
+    ds.Status = status
+    if comment:
+        ds.ErrorComment = comment[:MAX_COMMENT]
+    if offending is not None:
+        ds.OffendingElement = [offending]
+    return ds
+
+
+def report(outcome: RetrieveOutcome, hook: Callable[[RetrieveOutcome], None] | None) -> None:
+    log.info(
+        "%s from %s: level %s, to %s, status 0x%04X, %d completed, %d failed, %d warning%s",
+        outcome.operation,
+        outcome.peer,
+        outcome.level or "?",
+        outcome.destination or "-",
+        outcome.status,
+        outcome.completed,
+        outcome.failed,
+        outcome.warning,
+        f" ({outcome.comment})" if outcome.comment else "",
+    )
+    if hook is not None:
+        try:
+            hook(outcome)
+        except Exception:
+            log.exception("%s outcome hook failed", outcome.operation)
