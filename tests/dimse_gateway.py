@@ -36,6 +36,7 @@ class DimseGateway:
     settings: Settings
     portal: BlockingPortal
     http: httpx.AsyncClient
+    app: Any = None  # the Starlette app: its state.gateway holds the services (index, store...)
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         async def awaited() -> Any:
@@ -83,6 +84,6 @@ def dimse_gateway(
     ):
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
         try:
-            yield DimseGateway(port, GATEWAY_AET, loaded, portal, http)
+            yield DimseGateway(port, GATEWAY_AET, loaded, portal, http, app)
         finally:
             portal.call(http.aclose)

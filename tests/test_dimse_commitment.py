@@ -292,6 +292,9 @@ def test_a_copy_cached_from_a_pacs_is_committed_only_once_the_modality_sent_it(t
         ) as gw:
             cached = gw.get(f"/studies/{study_uid}", accept=AS_STORED)  # through the PACS bridge
             assert cached.status_code == 200, cached.text
+            # The answer streams instances as they arrive; their write into the cache may end
+            # a moment later.
+            wait_until_indexed(gw, [sop for _, sop in references])
             modality = Modality()
             with modality.associated(gw) as assoc:
                 assert request(assoc, factory.new_uid("transaction", 12, 1), references) == 0x0000
@@ -372,3 +375,11 @@ def test_a_store_outage_during_the_check_delays_the_report_not_the_commitment(tm
     assert store.outages == 0
     assert report.event_type == ALL_COMMITTED
     assert sorted(report.committed) == sorted(references_of(instances))
+
+
+def wait_until_indexed(gw: DimseGateway, sops: list[str]) -> None:
+    index = gw.app.state.gateway.index
+    deadline = time.monotonic() + REPORT_WAIT  # only bounds a broken run
+    while not all(gw.run(index.get(None, None, sop)) for sop in sops):
+        assert time.monotonic() < deadline, "the PACS instances were never indexed"
+        time.sleep(0.05)

@@ -147,12 +147,10 @@ def front_door_services(
             NATIVE,
             read=True,
         ),
-        # Storage commitment push model (scope write, checked by its handler with peer.may(WRITE)):
-        #   Service(evt.EVT_N_ACTION, CommitmentHandler(...), (STORAGE_COMMITMENT,), NATIVE, roles=True),
     ]
     if commitment is not None:
-        # Scope write, checked by the handler (0x0124). Roles accepted: a peer may propose them
-        # for the Push Model even though the report on its own association needs none.
+        # Storage Commitment Push Model: scope write, checked by the handler (0x0124). Roles
+        # accepted: a peer may propose them, though a report on its own association needs none.
         services.append(Service(evt.EVT_N_ACTION, commitment, (STORAGE_COMMITMENT_PUSH_MODEL,), NATIVE, roles=True))
     return services
 
