@@ -36,7 +36,15 @@ class DimseGateway:
     settings: Settings
     portal: BlockingPortal
     http: httpx.AsyncClient
+    listener: Any = None  # the app's DimseListener
     app: Any = None  # the Starlette app: its state.gateway holds the services (index, store...)
+
+    def open_associations(self) -> int:
+        return int(self.listener.active_associations)
+
+    def receiving(self) -> int:
+        """Bytes of DIMSE messages the listener is receiving now."""
+        return int(self.listener.receiving)
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         async def awaited() -> Any:
@@ -84,6 +92,6 @@ def dimse_gateway(
     ):
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
         try:
-            yield DimseGateway(port, GATEWAY_AET, loaded, portal, http, app)
+            yield DimseGateway(port, GATEWAY_AET, loaded, portal, http, app.state.dimse_listener, app)
         finally:
             portal.call(http.aclose)

@@ -191,3 +191,27 @@ def test_stopping_the_gateway_ends_open_associations_and_their_threads(tmp_path:
     while assoc.is_established or acceptor_threads():
         time.sleep(0.1)
     assert assoc.is_aborted
+
+
+def test_a_pdu_claiming_to_be_huge_is_cut_off_before_it_is_read(gw: DimseGateway) -> None:
+    """An association request announcing 1 GiB, then data: the listener closes the connection
+    instead of gathering it (pynetdicom would read the whole PDU into memory first)."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as sock:
+        sent = send_until_refused(sock, b"\x01\x00" + (1 << 30).to_bytes(4, "big"), total=1 << 30)
+    assert sent < 64 << 20  # what the socket buffers took, not the gigabyte
+    assert echoscu(gw, aet="VIEWER").returncode == 0
+
+
+def send_until_refused(sock: socket.socket, header: bytes, *, total: int) -> int:
+    """Send ``header`` then zeros up to ``total`` bytes; how many were sent before the peer
+    stopped reading (broken pipe or reset), or ``total``."""
+    sent = 0
+    chunk = b"\x00" * 65536
+    try:
+        sock.sendall(header)
+        while sent < total:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sent

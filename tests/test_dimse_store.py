@@ -7,8 +7,10 @@ import json
 import shutil
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -317,3 +319,71 @@ def test_nothing_is_left_in_the_spool(gw: DimseGateway, tmp_path: Path) -> None:
     assert c_store(gw, broken, aet="MODALITY").Status != 0x0000
     leftovers = [p for p in gw.settings.effective_spool_dir.rglob("*") if p.is_file()]
     assert leftovers == []
+
+
+def test_storescu_of_three_hundred_instances(gw: DimseGateway, tmp_path: Path) -> None:
+    study = factory.new_uid("store-many", 110)
+    instances = [
+        data
+        for series in range(3)
+        for data in factory.ct_series(
+            100,
+            rows=32,
+            cols=32,
+            study_uid=study,
+            series_uid=factory.new_uid("store-many", 110, series),
+            seed=110 + series,
+        )
+    ]
+    result = storescu(gw, write_files(tmp_path, instances), aet="MODALITY")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("Received Store Response (Success)") + result.stderr.count(
+        "Received Store Response (Success)"
+    ) == len(instances)
+    received = retrieve(gw, study)
+    originals = {sop_of(data): data for data in instances}
+    assert received.keys() == originals.keys()
+    assert all(dataset_bytes(received[sop]) == dataset_bytes(data) for sop, data in originals.items())
+    found = gw.get(f"/studies?StudyInstanceUID={study}&includefield=NumberOfStudyRelatedInstances")
+    assert found.json()[0]["00201208"]["Value"] == [300]
+
+
+def sop_of(part10: bytes) -> str:
+    return str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(part10), stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_a_client_killed_in_the_middle_of_a_c_store_leaves_nothing_behind(gw: DimseGateway, tmp_path: Path) -> None:
+    study = factory.new_uid("store-killed", 120)
+    xa = factory.multiframe_xa(seed=120, frames=400, rows=512, cols=512, study_uid=study)  # 100 MB
+    big = factory.write(tmp_path / "big.dcm", xa)
+    argv = ["storescu", "-aet", "MODALITY", "-aec", gw.ae_title, "--max-send-pdu", "16384", "127.0.0.1", str(gw.port)]
+    sender = subprocess.Popen([*argv, str(big)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while gw.receiving() < 1 << 20 and sender.poll() is None:
+            time.sleep(0.01)
+        sender.kill()  # a megabyte of the data set in, 99 more on their way: cut off in the middle
+        assert gw.receiving() < len(xa)
+    finally:
+        sender.wait(30)
+    while gw.open_associations():  # the association ends, however long that takes
+        time.sleep(0.05)
+    found = gw.get(f"/studies?StudyInstanceUID={study}")
+    assert found.status_code == 204 or found.json() == []
+    assert [p for p in gw.settings.effective_spool_dir.rglob("*") if p.is_file()] == []
+    assert c_store(gw, factory.ct_instance(seed=121, study_uid=study), aet="MODALITY").Status == 0x0000
+
+
+@pytest.mark.parametrize(
+    ("make", "name", "seed"),
+    [(factory.latin1_instance, factory.LATIN1_NAME, 130), (factory.utf8_instance, factory.UTF8_NAME, 131)],
+)
+def test_names_in_latin1_and_utf8_are_stored_as_sent_and_found_by_qido(
+    gw: DimseGateway, tmp_path: Path, make: Any, name: str, seed: int
+) -> None:
+    study = factory.new_uid("store-charset", seed)
+    data = make(seed=seed, study_uid=study)
+    result = storescu(gw, write_files(tmp_path, [data]), aet="MODALITY")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dataset_bytes(next(iter(retrieve(gw, study).values()))) == dataset_bytes(data)
+    found = gw.get(f"/studies?StudyInstanceUID={study}&includefield=PatientName")
+    assert found.json()[0]["00100010"]["Value"][0]["Alphabetic"] == name

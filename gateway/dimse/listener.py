@@ -113,7 +113,10 @@ class DimseListener:
             on_reject=self._on_reject,
         )
         handlers: list[tuple[Any, Callable[[Any], Any]]] = [
-            (evt.EVT_CONN_OPEN, partial(_tune_connection, timeout=limits.network_timeout)),
+            (
+                evt.EVT_CONN_OPEN,
+                partial(_tune_connection, timeout=limits.network_timeout, max_pdu=max(limits.max_pdu_length, 1 << 20)),
+            ),
             (evt.EVT_CONN_CLOSE, _closed_before_request),
             (evt.EVT_CONN_CLOSE, self._cap.closed),
             (evt.EVT_DATA_RECV, self._cap.received),
@@ -149,6 +152,11 @@ class DimseListener:
         if ae is not None:
             for assoc in ae.active_associations:
                 assoc.abort()
+
+    @property
+    def receiving(self) -> int:
+        """Bytes of DIMSE messages being received now (e.g. a C-STORE data set on its way)."""
+        return self._cap.in_progress()
 
     @property
     def active_associations(self) -> int:
@@ -199,22 +207,54 @@ class MessageCap:
         with self._lock:
             self._counts.pop(id(event.assoc), None)
 
+    def in_progress(self) -> int:
+        """Bytes of DIMSE messages being received now, over every association."""
+        with self._lock:
+            return sum(self._counts.values())
+
     def closed(self, event: Any) -> None:
         with self._lock:
             self._counts.pop(id(event.assoc), None)
             self._stopped.discard(id(event.assoc))
 
 
-def _tune_connection(event: Any, *, timeout: float) -> None:
+def _tune_connection(event: Any, *, timeout: float, max_pdu: int) -> None:
     """``EVT_CONN_OPEN``: disable Nagle, as on the adapter's associations (PEERS.md): small
-    DIMSE responses otherwise wait for the peer's delayed ACK. And bound every socket read and
+    DIMSE responses otherwise wait for the peer's delayed ACK. Bound every socket read and
     write by ``timeout``: pynetdicom sets no timeout on accepted sockets, so a peer that sends
     half a PDU and goes silent would hold its thread, and one of ``max_associations``, for
-    ever; a read that times out is a closed connection to pynetdicom (the association ends)."""
+    ever; a read that times out is a closed connection to pynetdicom (the association ends).
+    And refuse a PDU longer than ``max_pdu`` before reading it (see :class:`_PduLengthCap`)."""
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.socket.settimeout(timeout)
+        sock.recv = _PduLengthCap(sock, max_pdu)
+
+
+class _PduLengthCap:
+    """The association socket's ``recv`` with a cap: pynetdicom reads a PDU's 6-byte header,
+    then its whole body at once (``recv(length)``), however long the header says it is, before
+    anything can look at it. A body over ``max_pdu`` bytes (the Maximum Length the listener
+    announces, PS3.8 D.1, or 1 MiB for association PDUs, whichever is larger) is a protocol
+    error: the connection is closed instead, and pynetdicom ends the association as if the peer
+    had gone (PS3.8 9.3.1: the provider may abort on an invalid PDU)."""
+
+    def __init__(self, sock: Any, max_pdu: int) -> None:
+        self._sock = sock
+        self._recv = sock.recv
+        self._max = max_pdu
+
+    def __call__(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > self._max:
+            log.warning(
+                "DIMSE peer sent a PDU of %d bytes (at most %d accepted): connection closed", nr_bytes, self._max
+            )
+            with contextlib.suppress(OSError):
+                self._sock.socket.shutdown(socket.SHUT_RDWR)
+            raise ConnectionAbortedError(f"PDU of {nr_bytes} bytes refused")
+        data: bytearray = self._recv(nr_bytes)
+        return data
 
 
 def _closed_before_request(event: Any) -> None:
