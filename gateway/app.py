@@ -13,6 +13,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from gateway.dicom.received import receive_into_files
 from gateway.dimse.front_door import open_front_door
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.errors import ServiceUnavailable
@@ -138,6 +139,9 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
         try:
             security.open()
             await check_at_start(settings, own_store, own_index)
+            # Every C-STORE this process receives (front door, C-MOVE arrivals, C-GETs from a
+            # PACS) goes to disk as it arrives, not whole into memory.
+            receive_into_files()
             receiver = build_move_receiver(settings)
             async with open_pacs(settings, receiver) as (upstreams, bridge_state), anyio.create_task_group() as tasks:
                 gateway = build_gateway(settings, own_store, own_index, upstreams=upstreams, bridge_state=bridge_state)

@@ -23,6 +23,7 @@ from typing import Any
 
 from pynetdicom import AE, evt
 
+from gateway.dicom.received import discard_unfinished
 from gateway.dimse.gate import Gate
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.peers import DimsePeers
@@ -119,6 +120,7 @@ class DimseListener:
             ),
             (evt.EVT_CONN_CLOSE, _closed_before_request),
             (evt.EVT_CONN_CLOSE, self._cap.closed),
+            (evt.EVT_CONN_CLOSE, discard_unfinished),
             (evt.EVT_DATA_RECV, self._cap.received),
             (evt.EVT_DIMSE_RECV, self._cap.complete),
             (evt.EVT_REQUESTED, gate),

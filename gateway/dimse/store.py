@@ -8,9 +8,10 @@ For each C-STORE request:
 2. a peer without the ``write`` scope is refused with 0x0124 "Refused: Not Authorized", the
    general status of PS3.7 C.5.2 (PS3.4 B.2.3 lists no storage-specific code for it), with an
    ErrorComment;
-3. the data set is spooled as a Part 10 file exactly as received, in the transfer syntax of its
-   presentation context (nothing is decoded or transcoded: ``storage_compression`` is applied,
-   as for STOW, by the store service);
+3. the data set, which pynetdicom received into a file (never whole in memory:
+   :func:`gateway.dicom.received.receive_into_files`), is spooled as a Part 10 file exactly as
+   received, in the transfer syntax of its presentation context (nothing is decoded or
+   transcoded: ``storage_compression`` is applied, as for STOW, by the store service);
 4. :meth:`gateway.services.stow.StowService.store_one` parses it and writes it through the one
    instance writer: the peer's restriction (an instance outside it, or clashing with a hidden
    one, is refused as not authorised, never naming what is hidden), the patient of its study,
@@ -41,7 +42,7 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
-from gateway.dicom.received import spool_received
+from gateway.dicom.received import received_size, spool_received
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.observe import Operation
 from gateway.dimse.peers import WRITE, DimsePeer
@@ -134,7 +135,7 @@ class StoreHandler:
     ) -> tuple[int, str, list[tuple[str, str, str]], list[tuple[str | None, str | None, int]]]:
         if not peer.may(WRITE):
             return NOT_AUTHORIZED, f"{peer.ae_title.strip()} may not store here (no write scope)", [], []
-        if _size(event) > self._max_bytes:
+        if received_size(event) > self._max_bytes:
             # limits.max_part_bytes, the one-instance limit of STOW (PS3.4 B.2.3: out of resources).
             return OUT_OF_RESOURCES, "the data set is over the gateway's instance size limit", [], []
         try:
@@ -170,11 +171,6 @@ class StoreHandler:
                 self._on_outcome(outcome)
             except Exception:
                 log.exception("C-STORE outcome hook failed")
-
-
-def _size(event: Any) -> int:
-    data = event.request.DataSet
-    return data.getbuffer().nbytes if data is not None else 0
 
 
 def _failure(status: int, comment: str) -> Dataset:
