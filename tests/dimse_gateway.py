@@ -37,6 +37,7 @@ class DimseGateway:
     portal: BlockingPortal
     http: httpx.AsyncClient
     listener: Any = None  # the app's DimseListener
+    index: Any = None  # the app's Index
 
     def open_associations(self) -> int:
         return int(self.listener.active_associations)
@@ -91,6 +92,7 @@ def dimse_gateway(
     ):
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
         try:
-            yield DimseGateway(port, GATEWAY_AET, loaded, portal, http, app.state.dimse_listener)
+            state = app.state
+            yield DimseGateway(port, GATEWAY_AET, loaded, portal, http, state.dimse_listener, state.gateway.index)
         finally:
             portal.call(http.aclose)

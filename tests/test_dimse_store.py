@@ -441,3 +441,13 @@ def test_a_push_cut_off_mid_data_set_leaves_no_received_file(
     while gw.open_associations():  # the association ends, however long that takes
         time.sleep(0.05)
     assert list(receive_dir.iterdir()) == []
+
+
+def test_a_pushed_instance_is_indexed_with_the_origin_of_its_client(gw: DimseGateway, tmp_path: Path) -> None:
+    study = factory.new_uid("store-origin", 150)
+    pushed, stowed = factory.ct_instance(seed=150, study_uid=study), factory.ct_instance(seed=151, study_uid=study)
+    result = storescu(gw, write_files(tmp_path, [pushed]), aet="MODALITY")
+    assert result.returncode == 0, result.stdout + result.stderr
+    gw.stow(stowed)
+    origins = {record.sop_uid: record.origin for record in gw.run(gw.index.instances(study))}
+    assert origins == {sop_of(pushed): "dimse:modality", sop_of(stowed): "stow"}

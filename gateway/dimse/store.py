@@ -16,7 +16,9 @@ For each C-STORE request:
    instance writer: the peer's restriction (an instance outside it, or clashing with a hidden
    one, is refused as not authorised, never naming what is hidden), the patient of its study,
    duplicates (an identical re-send succeeds; another object under a stored SOP Instance UID is
-   0x0111), the parse limits. Success is answered only once the instance is durable.
+   0x0111), the parse limits. Success is answered only once the instance is durable. Its index
+   row's origin is the peer's, ``dimse:<name>`` as the audit names it (a STOW part's is ``stow``),
+   so an operator can tell where an instance came from.
 
 Statuses (PS3.4 B.2.3, PS3.7 C.5): 0x0000 stored; the parser's codes for what it refuses
 (0xC000 cannot understand, 0xA900 data set does not match SOP Class, its SOP Instance UID not
@@ -67,7 +69,7 @@ class Storer(Protocol):
     """The store service (StowService has this shape)."""
 
     async def store_one(
-        self, part: Any, *, study_uid: str | None, restriction: Restriction | None = None
+        self, part: Any, *, study_uid: str | None, restriction: Restriction | None = None, origin: str = "stow"
     ) -> StoredInstance | FailedInstance: ...
 
 
@@ -148,7 +150,9 @@ class StoreHandler:
             return UNABLE_TO_PROCESS_INTERNAL, "cannot read the request", [], []
         try:
             result = self._portal(
-                self._storer.store_one(_Part(item.path), study_uid=None, restriction=peer.restriction)
+                self._storer.store_one(
+                    _Part(item.path), study_uid=None, restriction=peer.restriction, origin=peer.origin
+                )
             )
         except ServiceUnavailable as exc:
             log.warning("C-STORE from %s: %s", peer.name, exc.reason)
