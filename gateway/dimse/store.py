@@ -109,9 +109,11 @@ class StoreHandler:
     def __call__(self, event: Any) -> int | Dataset:
         started = time.monotonic()
         peer = self._peer_of(event)
-        if self._receiver is not None and (peer.kind == "pacs" or self._receiver.waiting(event)):
-            # A sub-operation of the gateway's own C-MOVE (or a PACS storing unasked: refused
-            # there, 0x0124): the retrieve it belongs to is audited, not each arrival.
+        pushes = peer.kind == "client" or peer.may(WRITE)
+        if self._receiver is not None and (not pushes or self._receiver.waiting(event)):
+            # A sub-operation of the gateway's own C-MOVE (or a PACS without the write scope
+            # storing unasked: refused there, 0x0124): the retrieve it belongs to is audited, not
+            # each arrival. A PACS with ``write`` pushes what no move of the gateway waits for.
             return self._receiver.receive(event)
         sop_uid = str(event.request.AffectedSOPInstanceUID or "") or None
         status, comment, stored, failed = self._store(event, peer)
