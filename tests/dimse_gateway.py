@@ -37,7 +37,12 @@ class DimseGateway:
     portal: BlockingPortal
     http: httpx.AsyncClient
     listener: Any = None  # the app's DimseListener
-    index: Any = None  # the app's Index
+    app: Any = None  # the Starlette app: its state.gateway holds the services (index, store...)
+
+    @property
+    def index(self) -> Any:
+        """The app's Index."""
+        return self.app.state.gateway.index
 
     def open_associations(self) -> int:
         return int(self.listener.active_associations)
@@ -92,7 +97,6 @@ def dimse_gateway(
     ):
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
         try:
-            state = app.state
-            yield DimseGateway(port, GATEWAY_AET, loaded, portal, http, state.dimse_listener, state.gateway.index)
+            yield DimseGateway(port, GATEWAY_AET, loaded, portal, http, app.state.dimse_listener, app)
         finally:
             portal.call(http.aclose)

@@ -21,7 +21,7 @@ from gateway.ports import InstanceKey, InstanceRecord, PixelDescription
 # The columns :func:`record_from_row` takes, in order (``i`` is the instances table).
 RECORD_COLUMNS = (
     "i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.size, i.sha256,"
-    " i.origin, i.metadata, i.frames, i.pixel, i.stored_at"
+    " i.origin, i.metadata, i.frames, i.pixel, i.stored_at, i.shared"
 )
 
 
@@ -122,7 +122,7 @@ def instance_values(record: InstanceRecord, meta: dict[str, Any]) -> dict[str, o
 
 def record_from_row(row: tuple[Any, ...]) -> InstanceRecord:
     """The InstanceRecord of one row of :data:`RECORD_COLUMNS`."""
-    study, series, sop, sop_class, syntax, size, sha256, origin, metadata, frames, pixel, stored_at = row
+    study, series, sop, sop_class, syntax, size, sha256, origin, metadata, frames, pixel, stored_at, shared = row
     return InstanceRecord(
         study_uid=study,
         series_uid=series,
@@ -136,6 +136,7 @@ def record_from_row(row: tuple[Any, ...]) -> InstanceRecord:
         frames=tuple(tuple((int(o), int(n)) for o, n in frame) for frame in orjson.loads(frames)),
         pixel=None if pixel is None else PixelDescription(**orjson.loads(pixel)),
         stored_at=stored_at,
+        shared=bool(shared),
     )
 
 

@@ -5,7 +5,7 @@ helpers never import the ports; ``gateway.ports`` re-exports them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Byte range (offset, length) of one fragment value inside a stored Part 10 object.
@@ -49,6 +49,9 @@ class InstanceRecord:
     frames: tuple[tuple[Span, ...], ...] = ()
     pixel: PixelDescription | None = None
     stored_at: float = 0.0  # seconds since the epoch
+    # A copy cached from a PACS that an upload was also told is stored: the cache expiry keeps
+    # it. Set by the index as it reads the row; not part of what the instance *is*.
+    shared: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ import anyio
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AllStoragePresentationContexts, evt
 
+from gateway.dimse.commitment import CommitmentHandler, CommitmentOutcome
+from gateway.dimse.commitment_report import NewAssociationReporter
+from gateway.dimse.commitment_request import STORAGE_COMMITMENT_PUSH_MODEL
 from gateway.dimse.echo import EchoHandler
 from gateway.dimse.find import FindHandler, FindOutcome
 from gateway.dimse.get import GetHandler
@@ -79,8 +82,11 @@ def front_door_services(
     observer: Observer,
     spool_dir: Path,
     receiver: MoveReceiver | None = None,
+    commitment: CommitmentHandler | None = None,
 ) -> list[Service]:
-    """What the listener answers; each service is one entry (see the module docstring)."""
+    """What the listener answers; each service is one entry (see the module docstring).
+    ``commitment``: the storage commitment handler (:func:`commitment_handler`), whose worker
+    threads outlive one request, so its owner closes it after the listener stops."""
     ae_title = gateway.settings.ae_title
     peer_of = peers.of
     on_find = _find_outcome(observer)
@@ -141,9 +147,11 @@ def front_door_services(
             NATIVE,
             read=True,
         ),
-        # Storage commitment push model (scope write, checked by its handler with peer.may(WRITE)):
-        #   Service(evt.EVT_N_ACTION, CommitmentHandler(...), (STORAGE_COMMITMENT,), NATIVE, roles=True),
     ]
+    if commitment is not None:
+        # Storage Commitment Push Model: scope write, checked by the handler (0x0124). Roles
+        # accepted: a peer may propose them, though a report on its own association needs none.
+        services.append(Service(evt.EVT_N_ACTION, commitment, (STORAGE_COMMITMENT_PUSH_MODEL,), NATIVE, roles=True))
     return services
 
 
@@ -202,6 +210,46 @@ def _find_outcome(observer: Observer) -> Callable[[FindOutcome], None]:
     return report
 
 
+def commitment_handler(
+    gateway: Gateway, *, peers: DimsePeers, portal: LoopPortal, observer: Observer
+) -> CommitmentHandler:
+    """The Storage Commitment Push Model SCP (PS3.4 Annex J) of the front door: reports on a
+    new association go from the gateway's AE title with the listener's timeouts."""
+    settings = gateway.settings
+    limits = settings.dimse
+    return CommitmentHandler(
+        gateway.commitment,
+        ae_title=settings.ae_title,
+        portal=portal,
+        peer_of=peers.of,
+        send_report=NewAssociationReporter(
+            settings.ae_title, acse_timeout=limits.acse_timeout, dimse_timeout=limits.dimse_timeout
+        ),
+        on_outcome=_commitment_outcome(observer),
+        max_pending=limits.max_pending_commitments,
+    )
+
+
+def _commitment_outcome(observer: Observer) -> Callable[[CommitmentOutcome], None]:
+    def report(outcome: CommitmentOutcome) -> None:
+        comment = outcome.comment or (f"report on the {outcome.delivered}" if outcome.delivered else "")
+        observer.operation(
+            Operation(
+                outcome.peer,
+                outcome.ae_title,
+                outcome.address,
+                "N-ACTION",
+                outcome.status,
+                outcome.duration,
+                comment,
+                instances=outcome.instances,
+                failed=outcome.failed,
+            )
+        )
+
+    return report
+
+
 @contextlib.asynccontextmanager
 async def open_front_door(
     gateway: Gateway, *, receiver: MoveReceiver | None, audit: AuditLog | None, spool_dir: Path
@@ -214,6 +262,7 @@ async def open_front_door(
     peers = DimsePeers.from_settings(settings)
     portal = LoopPortal(asyncio.get_running_loop(), timeout=settings.dimse.operation_timeout)
     observer = Observer(audit)
+    commitment = commitment_handler(gateway, peers=peers, portal=portal, observer=observer)
     listener = DimseListener(
         ae_title=settings.ae_title,
         host=settings.effective_scp_host,
@@ -222,7 +271,13 @@ async def open_front_door(
         max_message_bytes=settings.limits.max_part_bytes,
         peers=peers,
         services=front_door_services(
-            gateway, peers=peers, portal=portal, observer=observer, spool_dir=spool_dir, receiver=receiver
+            gateway,
+            peers=peers,
+            portal=portal,
+            observer=observer,
+            spool_dir=spool_dir,
+            receiver=receiver,
+            commitment=commitment,
         ),
         receiver=receiver,
         ssl_context=listener_context(settings.dimse_tls),
@@ -231,6 +286,7 @@ async def open_front_door(
     try:
         await anyio.to_thread.run_sync(listener.start)
     except OSError as exc:
+        await anyio.to_thread.run_sync(commitment.close)
         where = f"{settings.effective_scp_host}:{settings.scp_port}"
         raise RuntimeError(f"cannot run the DIMSE listener on {where}: {exc.strerror or exc}") from exc
     try:
@@ -238,3 +294,4 @@ async def open_front_door(
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(listener.stop)
+            await anyio.to_thread.run_sync(commitment.close)

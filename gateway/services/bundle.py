@@ -14,6 +14,7 @@ from pathlib import Path
 from gateway.dicom.parse import ParseLimits
 from gateway.ports import BlobStore, BridgeState, Index, Upstream
 from gateway.services.budget import ByteBudget
+from gateway.services.commitment import CommitmentCheck
 from gateway.services.federation import QidoFederation
 from gateway.services.forward import ForwardService
 from gateway.services.instance_reader import InstanceReader
@@ -36,6 +37,7 @@ class Gateway:
     qido: QidoFederation  # QIDO over the index and the PACS nodes
     retrieval: RetrievalService  # WADO: the cache, or a PACS through it; frames, bulk data, rendered
     forward: ForwardService | None  # STOW forwarding to settings.forward_to
+    commitment: CommitmentCheck  # storage commitment (PS3.4 Annex J): durable, indexed, visible
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # the PACS nodes, by name (readiness)
 
 
@@ -76,6 +78,9 @@ def build_gateway(
         qido=QidoFederation(index, nodes, max_results=limits.max_qido_results),
         retrieval=RetrievalService(reader, flights, RenderService(reader, cache_bytes=settings.rendered_cache_bytes)),
         forward=forward,
+        commitment=CommitmentCheck(
+            store, index, visibility, cached_copies_expire=settings.pacs_cache_max_age > 0 and bool(nodes)
+        ),
         upstreams=nodes,
     )
 
