@@ -7,7 +7,6 @@ import json
 import shutil
 import struct
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from pynetdicom.presentation import build_context
 
 from gateway.adapters.filestore import FileBlobStore
 from gateway.errors import StorageError
+from gateway.spool import process_spool_dir
 from tests import factory
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
 from tests.http_helpers import split_multipart
@@ -391,11 +391,10 @@ def test_names_in_latin1_and_utf8_are_stored_as_sent_and_found_by_qido(
 
 
 @pytest.fixture
-def receive_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where pynetdicom puts the files it receives C-STORE data sets into (``TMPDIR``)."""
-    where = tmp_path / "pynetdicom"
-    where.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(where))
+def receive_dir(gw: DimseGateway) -> Path:
+    """Where pynetdicom puts the files it receives C-STORE data sets into: the process's spool."""
+    where = process_spool_dir(gw.settings.effective_spool_dir) / "received"
+    assert list(where.iterdir()) == []
     return where
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import shutil
 import struct
+import tempfile
 import uuid
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -31,15 +33,27 @@ COPY_CHUNK = 1 << 20
 PREAMBLE = 128 + 4  # PS3.10 7.1: preamble and "DICM"
 
 
-def receive_into_files() -> None:
-    """Have pynetdicom receive every C-STORE data set of this process into a file.
+def receive_into_files(directory: Path) -> Callable[[], None]:
+    """Have pynetdicom receive every C-STORE data set of this process into a file under
+    ``directory``; returns what undoes it (for the end of the app's lifespan).
 
     A module-level switch of pynetdicom (``_config.STORE_RECV_CHUNKED_DATASET``): it applies to
     every association of the process, the listener's and the DIMSE adapter's C-GETs alike, all
-    of which go through :func:`spool_received`. pynetdicom creates the file in the temporary
-    directory (``TMPDIR``) and deletes it once the handler has returned; each association binds
+    of which go through :func:`spool_received`. pynetdicom creates its file with
+    ``NamedTemporaryFile()`` and no directory, so the process's temporary directory
+    (``tempfile.tempdir``) is pointed at ``directory``: in the process's spool, on the data
+    volume rather than a small ``/tmp``, and swept with the spool if the process dies in the
+    middle. pynetdicom deletes the file once the handler has returned; each association binds
     :func:`discard_unfinished` for the one it would leave behind when cut off."""
+    directory.mkdir(parents=True, exist_ok=True)
+    before = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
     _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(directory)
+
+    def restore() -> None:
+        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = before
+
+    return restore
 
 
 def discard_unfinished(event: Any) -> None:
