@@ -78,14 +78,21 @@ class Modality:
         )
         return 0x0000, None
 
+    @staticmethod
+    def _refuse_report(event: Any) -> tuple[int, None]:
+        return 0x0110, None  # processing failure: this modality takes reports on its port only
+
     @contextmanager
     def associated(self, scp: Called, *, reports_here: bool = True) -> Iterator[Any]:
+        """An association to the gateway; ``reports_here`` False: reports on it are refused.
+
+        A test refusing reports must not release the association before the refusal went out:
+        pynetdicom answers requests on its reactor thread, and an answer it sends after the
+        A-RELEASE-RQ breaks its own state machine (an exception in that thread)."""
         ae = AE(ae_title=self.ae_title)
         ae.dimse_timeout = 20
         ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        # Without a handler, pynetdicom answers a report on this association with a failure: a
-        # modality that takes reports only on its own port.
-        handlers = [(evt.EVT_N_EVENT_REPORT, self._on_report)] if reports_here else []
+        handlers = [(evt.EVT_N_EVENT_REPORT, self._on_report if reports_here else self._refuse_report)]
         assoc = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title, evt_handlers=handlers)
         assert assoc.is_established
         try:

@@ -138,9 +138,9 @@ def test_a_modality_taking_reports_only_on_its_port_gets_it_on_a_new_association
     modality = Modality()
     modality.port = MODALITY_PORT
     transaction = factory.new_uid("transaction", 5)
-    with modality.listening():
-        with modality.associated(gw, reports_here=False) as assoc:
-            assert request(assoc, transaction, references_of(instances)) == 0x0000
+    with modality.listening(), modality.associated(gw, reports_here=False) as assoc:
+        assert request(assoc, transaction, references_of(instances)) == 0x0000
+        # Released only once the report came the other way (see Modality.associated).
         report = modality.next_report()
     assert not report.same_association
     assert report.calling_ae == gw.ae_title
@@ -331,6 +331,8 @@ def test_stopping_serve_gives_up_a_report_waiting_for_its_modality(tmp_path: Pat
         with Modality().associated(called, reports_here=False) as assoc:
             references = [(CT_IMAGE_STORAGE, factory.new_uid("absent", "serve"))]
             assert request(assoc, transaction, references) == 0x0000
+            # Released only once the gateway had the refusal (see Modality.associated).
+            wait_for_log(gw.log, f"storage commitment {transaction}: not on its association", "0x0110")
         # A first call to the modality's port failed: the report now waits for the next one.
         wait_for_log(gw.log, f"storage commitment {transaction}: attempt ", "not established")
     finally:

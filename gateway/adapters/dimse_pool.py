@@ -7,9 +7,9 @@ Everything here blocks and runs in worker threads (see :mod:`gateway.adapters.di
 * An association that finished its operation cleanly goes back to an idle list and is reused
   by the next operation of the same *kind* (its presentation contexts); idle associations
   older than ``idle_seconds`` are released by a reaper. While idle, an association is *parked*:
-  pynetdicom's reactor thread is paused (as pynetdicom itself does during a request) and its
-  socket thread polls slowly, because two threads waking every millisecond per idle
-  association cost the whole process measurable CPU. A parked association the PACS closed
+  pynetdicom's reactor thread is paused (as pynetdicom itself does during a request), and its
+  socket thread (gateway.netdicom.reactor, on every association of the pool's AEs) sleeps
+  until the PACS sends something, so an idle association costs no CPU. A parked association the PACS closed
   meanwhile is noticed from its state machine, or fails before any answer and is replaced.
   Open associations (idle plus in use) never exceed the node's ``max_associations``: the
   caller bounds the ones in use, and an idle one of another kind is released to make room.
@@ -40,6 +40,7 @@ from pynetdicom.association import Association
 from gateway.adapters.dimse_watchdog import Watchdog, abort_now, activity_of
 from gateway.dicom.received import discard_unfinished
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.netdicom.tune import TunedAE
 from gateway.settings import PacsNode
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,6 @@ T = TypeVar("T")
 # What an association of a kind proposes: (presentation contexts, extended negotiation items).
 ContextFactory = Callable[[Hashable], tuple[list[Any], list[Any]]]
 
-# pynetdicom's DUL thread sleeps this long between polls when no PDU is ready. In use: its
-# default. A shorter delay speeds up a lone client (PEERS.md), but inside the gateway the
-# spinning thread takes the interpreter lock from the event loop that streams the instances
-# on, and bench/pacs.py measured whole retrieves slower with 0.1 ms than with 1 ms.
-BUSY_RUN_LOOP_DELAY = 0.001
-IDLE_RUN_LOOP_DELAY = 0.005  # the first PDU of the next operation waits up to this long
 DATA_TRANSFER = "Sta6"  # PS3.8 Table 9-10: association established, ready for data transfer
 
 
@@ -168,7 +163,6 @@ class AssociationPool:
             # Not on this request's time: releasing waits for the PACS (up to acse_timeout).
             threading.Thread(target=_release_all, args=(stale,), name=f"release-{self.node.name}", daemon=True).start()
         if found is not None:
-            found.dul._run_loop_delay = BUSY_RUN_LOOP_DELAY
             return found, True
         try:
             return self.open(kind), False
@@ -183,7 +177,6 @@ class AssociationPool:
                 # Park: pynetdicom's send_*/release pause the reactor the same way and wait for
                 # it to be paused, so they work unchanged on a parked association.
                 assoc._reactor_checkpoint.clear()
-                assoc.dul._run_loop_delay = IDLE_RUN_LOOP_DELAY
                 self._idle.append(_Idle(assoc, kind, time.monotonic()))
                 if self._reaper is None:
                     self._reaper = threading.Timer(self._idle_seconds, self._reap)
@@ -274,7 +267,6 @@ class AssociationPool:
         activity = activity_of(assoc)
         assoc.bind(evt.EVT_PDU_SENT, activity.touch)
         assoc.bind(evt.EVT_PDU_RECV, activity.touch)
-        assoc.dul._run_loop_delay = BUSY_RUN_LOOP_DELAY
         return assoc
 
     def _why_not(self, assoc: Association, connected: bool, elapsed: float, rejection: Any) -> Exception:
@@ -307,7 +299,7 @@ class AssociationPool:
             if cached is not None:
                 return cached
         contexts, ext_neg = self._contexts(kind)
-        ae = AE(ae_title=self.calling_ae)
+        ae = TunedAE(ae_title=self.calling_ae)
         node = self.node
         ae.connection_timeout = node.connect_timeout
         ae.acse_timeout = node.acse_timeout

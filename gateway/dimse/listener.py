@@ -24,9 +24,11 @@ from typing import Any
 from pynetdicom import AE, evt
 
 from gateway.dicom.received import discard_unfinished
+from gateway.dimse.acceptor_contexts import share_contexts
 from gateway.dimse.gate import Gate
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.peers import DimsePeers
+from gateway.netdicom.tune import TunedAE, tune_accepted
 from gateway.settings import DimseSettings
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ class DimseListener:
     def start(self) -> None:
         """Bind and serve on pynetdicom's threads (raises OSError when the port is taken)."""
         limits = self._limits
-        ae = AE(ae_title=self.ae_title)
+        ae = TunedAE(ae_title=self.ae_title)  # its C-MOVE sub-associations are tuned too
         ae.maximum_associations = limits.max_associations
         ae.acse_timeout = limits.acse_timeout
         ae.dimse_timeout = limits.dimse_timeout
@@ -114,6 +116,8 @@ class DimseListener:
             on_reject=self._on_reject,
         )
         handlers: list[tuple[Any, Callable[[Any], Any]]] = [
+            # First: the tuned recv is what _tune_connection's PDU length cap then wraps.
+            (evt.EVT_CONN_OPEN, tune_accepted),
             (
                 evt.EVT_CONN_OPEN,
                 partial(_tune_connection, timeout=limits.network_timeout, max_pdu=max(limits.max_pdu_length, 1 << 20)),
@@ -134,6 +138,7 @@ class DimseListener:
             evt_handlers=handlers,  # type: ignore[arg-type]
             ssl_context=self._ssl,
         )
+        share_contexts(self._server)
         self._ae = ae
         log.info(
             "DIMSE listener %s on %s:%d%s (%d peers)",

@@ -1,0 +1,102 @@
+"""A waking association reactor for pynetdicom acceptors.
+
+An accepted association's own thread (``Association._run_reactor``) polls too: every 1 ms it
+looks for a decoded DIMSE message, a release or abort from the peer, a dead DUL thread or an
+expired network timeout. :func:`install` gives one association the same loop (pynetdicom 3.0),
+in the same order, waiting on an event set whenever the DUL hands it a message or a primitive,
+the DUL thread ends, or the association is killed, so a C-STORE or C-FIND request is served as
+soon as it is decoded. The network timeout is checked at least every :data:`BACKSTOP` seconds.
+
+While it waits the reactor counts as paused (``_is_paused``): pynetdicom's ``send_*`` methods
+pause it before they use the association from another thread and spin until it says so; it
+then stops at ``_reactor_checkpoint`` before touching a message, exactly as pynetdicom's does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import types
+from typing import Any
+
+from pynetdicom import evt
+
+# pynetdicom's own logger: its messages stay what they were.
+LOGGER = logging.getLogger("pynetdicom.association")
+
+BACKSTOP = 0.1  # seconds: the network timeout's resolution, and what a missed signal could cost
+
+
+def install(assoc: Any) -> threading.Event:
+    """Replace ``assoc``'s acceptor loop (before its thread starts); the returned event wakes it."""
+    signal = threading.Event()
+    for q in (assoc.dimse.msg_queue, assoc.dul.to_user_queue):
+        _signal_after(q, signal)
+    kill = assoc.kill
+
+    def kill_and_wake() -> None:
+        signal.set()
+        kill()
+
+    assoc.kill = kill_and_wake
+    assoc._run_reactor = types.MethodType(lambda self: _run(self, signal), assoc)
+    return signal
+
+
+def _signal_after(q: Any, signal: threading.Event) -> None:
+    put = q.put
+
+    def put_and_signal(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        put(item, block, timeout)
+        signal.set()
+
+    q.put = put_and_signal
+
+
+def _run(assoc: Any, signal: threading.Event) -> None:
+    """pynetdicom's ``Association._run_reactor``, its 1 ms sleep replaced by ``signal``."""
+    while not assoc._kill:
+        assoc._is_paused = True
+        signal.wait(BACKSTOP)
+        signal.clear()  # what arrived before this is handled below; anything later sets it again
+        assoc._reactor_checkpoint.wait()
+        assoc._is_paused = False
+
+        context_id, msg = assoc.dimse.get_msg(block=False)
+        if msg:
+            assoc._serve_request(msg, context_id)
+            signal.set()  # another message may have been queued meanwhile: look again at once
+
+        if assoc.is_established and assoc.acse.is_release_requested():
+            assoc.acse.send_release(is_response=True)
+            LOGGER.info("Association Released")
+            assoc.is_released = True
+            assoc.is_established = False
+            evt.trigger(assoc, evt.EVT_RELEASED, {})
+            assoc.kill()
+            return
+
+        if assoc.acse.is_aborted():
+            LOGGER.info("Association Aborted" + (" (A-P-ABORT)" if assoc.acse.is_aborted("a-p-abort") else ""))
+            assoc.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires for subscribers
+            assoc.is_aborted = True
+            assoc.is_established = False
+            evt.trigger(assoc, evt.EVT_ABORTED, {})
+            assoc.kill()
+            return
+
+        if not assoc.dul.is_alive():
+            assoc.kill()
+            return
+
+        if assoc.dul.idle_timer_expired():
+            LOGGER.error("Network timeout reached")
+            if assoc.network_timeout_response == "A-RELEASE":
+                assoc._is_paused = True
+                assoc._reactor_checkpoint.wait()
+                assoc.release()
+                assoc._is_paused = False
+            else:
+                assoc.abort()
+            assoc.kill()
+            return

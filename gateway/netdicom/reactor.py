@@ -1,0 +1,177 @@
+"""A waking DUL reactor for pynetdicom associations, and whole-PDU reads.
+
+pynetdicom's DUL thread (``DULServiceProvider.run_reactor``) polls: when a pass finds nothing
+to do it sleeps ``_run_loop_delay`` (1 ms) and looks again, at its socket with a zero-timeout
+``select`` and at its queues. Every PDU then waits up to that delay, each association's thread
+wakes a thousand times a second while idle, and those wake-ups take the interpreter lock from
+the event loop and the threads doing real work.
+
+:func:`install` replaces that loop, for one association, with the same steps in the same order
+(the state machine is untouched) but a wait that ends as soon as there is work: a ``select`` on
+the association's socket and a wake socket pair, signalled whenever a primitive is queued for
+the DUL to send, an event is queued for its state machine, or the thread is told to stop. The
+wait is bounded by the ARTIM timer (PS3.8 9.1.5) and a short backstop, so a timer still fires
+on time. It also reads each PDU with ``recv_into`` into one buffer instead of 4 KiB ``recv``
+calls joined together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+import time
+import types
+from typing import Any
+
+from pynetdicom.pdu import A_ABORT_RQ
+
+# pynetdicom's own logger: its messages stay what they were.
+LOGGER = logging.getLogger("pynetdicom.dul")
+
+# The longest wait without a wake-up: nothing should need it, it bounds what a missed signal
+# could cost.
+BACKSTOP = 0.1
+
+
+class Waker:
+    """A socket pair: :meth:`wake` makes the reactor's ``select`` return."""
+
+    def __init__(self) -> None:
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (already signalled) or closed (reactor ended)
+            self._writer.send(b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.reader.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self._writer.close()
+
+
+def install(dul: Any, transport: Any) -> None:
+    """Give ``dul`` (a ``DULServiceProvider`` whose thread has not started) the waking loop, and
+    ``transport`` (its ``AssociationSocket``) whole-PDU reads."""
+    waker = Waker()
+    _wake_after(dul.to_provider_queue, waker, dul)
+    _wake_after(dul.event_queue, waker, dul)
+    kill = dul.kill_dul
+
+    def kill_dul() -> None:
+        kill()
+        waker.wake()
+
+    dul.kill_dul = kill_dul
+    dul.run = types.MethodType(lambda self: _run(self, waker), dul)
+    transport.recv = types.MethodType(_recv, transport)
+
+
+def _wake_after(q: queue.Queue[Any], waker: Waker, reactor: threading.Thread) -> None:
+    put = q.put
+
+    def put_and_wake(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        put(item, block, timeout)
+        if threading.current_thread() is not reactor:  # the reactor itself looks again anyway
+            waker.wake()
+
+    q.put = put_and_wake  # type: ignore[method-assign]
+
+
+def _run(dul: Any, waker: Waker) -> None:
+    """pynetdicom's ``run_reactor`` (3.0), its sleep replaced by :func:`_wait`."""
+    try:
+        dul._idle_timer.start()
+        idle = False
+        while True:
+            if not dul.assoc._dul_ready.is_set():
+                dul.assoc._dul_ready.set()
+            if idle:
+                _wait(dul, waker)
+            if dul._kill_thread:
+                break
+            if dul.artim_timer.expired:
+                dul.event_queue.put("Evt18")
+            try:
+                # One primitive to encode and send OR one PDU to receive and decode per pass.
+                if dul._process_recv_primitive():
+                    pass
+                elif dul._is_transport_event():
+                    dul._idle_timer.restart()
+            except Exception:
+                LOGGER.exception("Exception in DUL.run(), aborting association")
+                _abort(dul)
+                return
+            try:
+                event = dul.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            dul.state_machine.do_action(event)
+            idle = False
+    finally:
+        waker.close()
+
+
+def _wait(dul: Any, waker: Waker) -> None:
+    """Until the socket is readable, the waker is signalled, or the ARTIM timer is due."""
+    transport = dul.socket
+    sock = None if transport is None else transport.socket
+    if sock is None or sock.fileno() < 0:
+        time.sleep(dul._run_loop_delay)  # not connected yet, or closed: pynetdicom's own pace
+        return
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return  # decrypted bytes select() cannot see
+    timeout = BACKSTOP
+    artim = dul.artim_timer
+    if artim._start_time is not None and artim._end_time is None:
+        timeout = max(0.0, min(timeout, artim.remaining))
+    try:
+        ready, _, _ = select.select([sock, waker.reader], [], [], timeout)
+    except (OSError, ValueError):
+        return  # closed under us: the next pass finds out (Evt17)
+    if waker.reader in ready:
+        waker.drain()
+
+
+def _abort(dul: Any) -> None:
+    """As pynetdicom does when its reactor fails: an A-ABORT past the state machine, then stop."""
+    pdu = A_ABORT_RQ()
+    pdu.source = 0x02
+    pdu.reason_diagnostic = 0x00
+    with contextlib.suppress(Exception):
+        dul.socket.send(pdu.encode())
+    assoc = dul.assoc
+    assoc.is_aborted = True
+    assoc.is_established = False
+    assoc._kill = True
+    dul._kill_thread = True
+
+
+def _recv(transport: Any, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv``: ``nr_bytes`` or fewer when the peer closes; blocks until then."""
+    sock = transport.socket
+    buffer = bytearray(nr_bytes)
+    view = memoryview(buffer)
+    got = 0
+    try:
+        while got < nr_bytes:
+            n = sock.recv_into(view[got:], nr_bytes - got)
+            if not n:
+                break
+            got += n
+    finally:
+        view.release()
+    if got < nr_bytes:
+        del buffer[got:]
+    return buffer

@@ -1,0 +1,41 @@
+"""Tuning applied to each association before its DUL thread starts (gateway.netdicom).
+
+* Acceptors: :func:`tune_accepted` is an ``EVT_CONN_OPEN`` handler of the server; pynetdicom
+  triggers it after creating the association and before starting it. Their association
+  thread waits for work too (:mod:`gateway.netdicom.acceptor`).
+* Requestors: :class:`TunedAE` hooks ``AE._create_socket``, which ``AE.associate`` calls before
+  ``Association.request`` starts the DUL thread (an ``EVT_CONN_OPEN`` handler runs too late
+  there: on the DUL thread, once connected).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pynetdicom import AE
+
+from gateway.netdicom import acceptor
+from gateway.netdicom.quiet import quiet
+from gateway.netdicom.reactor import install
+
+
+def tune(assoc: Any, transport: Any) -> None:
+    quiet(assoc)
+    install(assoc.dul, transport)
+
+
+def tune_accepted(event: Any) -> None:
+    """``EVT_CONN_OPEN`` of an acceptor (runs on the server's thread before the association's)."""
+    assoc = event.assoc
+    if assoc.is_acceptor and not assoc.is_alive():
+        tune(assoc, assoc.dul.socket)
+        acceptor.install(assoc)
+
+
+class TunedAE(AE):
+    """A pynetdicom AE whose requested associations are tuned."""
+
+    def _create_socket(self, assoc: Any, *args: Any, **kwargs: Any) -> Any:
+        transport = super()._create_socket(assoc, *args, **kwargs)
+        tune(assoc, transport)
+        return transport

@@ -1,0 +1,93 @@
+"""pynetdicom as tuned by gateway.netdicom, against real peers: a tuned requestor sends a CT slice
+to DCMTK's storescp in small PDUs, byte for byte; the listener's log keeps pynetdicom's lines
+at the level asked for (the quiet handlers drop only what would be dropped anyway)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from gateway.netdicom.tune import TunedAE
+from tests import factory
+from tests.dimse_gateway import DimseGateway, client, dimse_gateway
+from tests.peers.ports import free_port
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("storescp") is None, reason="DCMTK is not installed (apt-get install dcmtk)"),
+    pytest.mark.timeout(120),
+]
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """DCMTK's storescp, receiving PDUs of at most 4 KiB, writing what it gets to a folder."""
+    folder = tmp_path / "received"
+    folder.mkdir()
+    port = free_port()
+    process = subprocess.Popen(
+        ["storescp", "-aet", "STORESCP", "--max-pdu", "4096", "--output-directory", str(folder), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run(["echoscu", "-aec", "STORESCP", "127.0.0.1", str(port)], capture_output=True).returncode:
+            assert time.monotonic() < deadline, "storescp did not start"
+            time.sleep(0.1)
+        yield port, folder
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_tuned_requestor_stores_a_slice_in_small_pdus(storescp: tuple[int, Path]) -> None:
+    port, folder = storescp
+    sent = pydicom.dcmread(BytesIO(factory.ct_series(1, 512, 512, seed=4242)[0]))
+    ae = TunedAE(ae_title="TUNED")
+    ae.add_requested_context(sent.SOPClassUID, str(sent.file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(sent)
+    finally:
+        assoc.release()
+    assert status.Status == 0x0000
+    assert assoc.is_released
+    (written,) = list(folder.iterdir())
+    got = pydicom.dcmread(written)
+    assert got.SOPInstanceUID == sent.SOPInstanceUID
+    assert got.PixelData == sent.PixelData  # 512 KiB over ~128 PDUs of 4 KiB
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseGateway]:
+    with dimse_gateway(tmp_path_factory.mktemp("netdicom"), clients=[client("VIEWER", scopes=["read"])]) as running:
+        yield running
+
+
+def echo(gw: DimseGateway) -> None:
+    argv = ["echoscu", "-aet", "VIEWER", "-aec", gw.ae_title, "-to", "20", "127.0.0.1", str(gw.port)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_pynetdicom_debug_trace_when_asked(gw: DimseGateway, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="pynetdicom")
+    echo(gw)
+    assert "Received Echo Request" in caplog.text  # INFO, a DIMSE handler
+    assert "Request Parameters:" in caplog.text  # DEBUG, the A-ASSOCIATE-RQ PDU's description
+
+
+def test_pynetdicom_info_lines_without_the_pdu_trace(gw: DimseGateway, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pynetdicom")
+    echo(gw)
+    assert "Received Echo Request" in caplog.text
+    assert "Request Parameters:" not in caplog.text
