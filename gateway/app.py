@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,6 +13,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from gateway.dicom.received import receive_into_files
 from gateway.dimse.front_door import open_front_door
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.errors import ServiceUnavailable
@@ -135,9 +136,13 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_store = store or build_store(settings)
         own_index = index or build_index(settings)
+        stop_receiving_into_files: Callable[[], None] | None = None
         try:
             security.open()
             await check_at_start(settings, own_store, own_index)
+            # Every C-STORE this process receives (front door, C-MOVE arrivals, C-GETs from a
+            # PACS) goes to disk in its spool as it arrives, not whole into memory.
+            stop_receiving_into_files = receive_into_files(process_spool_dir(settings.effective_spool_dir) / "received")
             receiver = build_move_receiver(settings)
             async with open_pacs(settings, receiver) as (upstreams, bridge_state), anyio.create_task_group() as tasks:
                 gateway = build_gateway(settings, own_store, own_index, upstreams=upstreams, bridge_state=bridge_state)
@@ -166,6 +171,8 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
                     yield
                 tasks.cancel_scope.cancel()
         finally:
+            if stop_receiving_into_files is not None:
+                stop_receiving_into_files()
             await security.aclose()
             if index is None:
                 await own_index.aclose()

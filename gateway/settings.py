@@ -159,6 +159,10 @@ class PacsNode:
     dimse_timeout: float = 30.0  # the longest wait for any one DIMSE message
     operation_timeout: float = 600.0  # a whole C-FIND / C-GET / C-MOVE / C-STORE, however lively
     tls: PacsTls = field(default_factory=PacsTls)
+    # What it may do on the front door besides answering the gateway: ["write"] lets a PACS that
+    # auto-routes new studies to the gateway C-STORE them under the same AE title (one entry per
+    # node, as Orthanc's DicomModalities). None: it only sends the gateway's own C-MOVEs back.
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,7 @@ class DimseTls:
 
 
 DIMSE_SCOPES = frozenset({"read", "write"})
+PACS_SCOPES = frozenset({"write"})  # a [[pacs]] node's front-door scopes (PacsNode.scopes)
 
 # storage_compression values -> the lossless transfer syntax stored ("" keeps what was received).
 STORAGE_COMPRESSION = {"": None, "jpeg-ls": "1.2.840.10008.1.2.4.80", "jpeg2000": "1.2.840.10008.1.2.4.90"}
@@ -543,6 +548,15 @@ def _validate_dimse(s: Settings) -> None:
     if (s.dimse_clients or s.dimse_tls.enabled) and s.scp_port is None:
         raise SettingsError("[[dimse_clients]] and [dimse_tls] need scp_port (the port of the DIMSE listener)")
     taken = {node.ae_title.strip(): f"[[pacs]] {node.name!r}" for node in s.pacs}
+    for node in s.pacs:
+        unknown = sorted(set(node.scopes) - PACS_SCOPES)
+        if unknown:
+            raise SettingsError(
+                f'pacs {node.name!r}: scope {unknown[0]!r} is not "write" (a PACS that queries the gateway'
+                " is a [[dimse_clients]] entry under its own AE title)"
+            )
+        if node.scopes and s.scp_port is None:
+            raise SettingsError(f"pacs {node.name!r}: scopes need scp_port (the port of the DIMSE listener)")
     # Peer names label the front door's metrics and audit lines: one name, one peer.
     names: set[str] = {node.name.lower() for node in s.pacs}
     for i, client in enumerate(s.dimse_clients):

@@ -39,6 +39,11 @@ class DimseGateway:
     listener: Any = None  # the app's DimseListener
     app: Any = None  # the Starlette app: its state.gateway holds the services (index, store...)
 
+    @property
+    def index(self) -> Any:
+        """The app's Index."""
+        return self.app.state.gateway.index
+
     def open_associations(self) -> int:
         return int(self.listener.active_associations)
 

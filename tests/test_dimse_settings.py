@@ -70,3 +70,23 @@ def test_wrong_dimse_settings_are_one_clear_error(tmp_path: Path, text: str, mes
     with pytest.raises(SettingsError) as caught:
         load(tmp_path, text)
     assert message in str(caught.value), str(caught.value)
+
+
+PACS = '[[pacs]]\nname = "main"\nae_title = "PACS1"\nhost = "10.1.2.10"\n'
+
+
+def test_a_pacs_node_may_also_push_under_its_own_ae_title(tmp_path: Path) -> None:
+    s = load(tmp_path, "scp_port = 11112\n" + PACS + 'scopes = ["write"]\n')
+    assert s.pacs[0].scopes == ("write",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("scp_port = 11112\n" + PACS + 'scopes = ["read"]\n', "pacs 'main': scope 'read' is not \"write\""),
+        (PACS + 'scopes = ["write"]\n', "pacs 'main': scopes need scp_port"),
+    ],
+)
+def test_wrong_pacs_scopes_are_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load(tmp_path, text)

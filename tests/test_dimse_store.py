@@ -20,6 +20,7 @@ from pynetdicom.presentation import build_context
 
 from gateway.adapters.filestore import FileBlobStore
 from gateway.errors import StorageError
+from gateway.spool import process_spool_dir
 from tests import factory
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
 from tests.http_helpers import split_multipart
@@ -387,3 +388,65 @@ def test_names_in_latin1_and_utf8_are_stored_as_sent_and_found_by_qido(
     assert dataset_bytes(next(iter(retrieve(gw, study).values()))) == dataset_bytes(data)
     found = gw.get(f"/studies?StudyInstanceUID={study}&includefield=PatientName")
     assert found.json()[0]["00100010"]["Value"][0]["Alphabetic"] == name
+
+
+@pytest.fixture
+def receive_dir(gw: DimseGateway) -> Path:
+    """Where pynetdicom puts the files it receives C-STORE data sets into: the process's spool."""
+    where = process_spool_dir(gw.settings.effective_spool_dir) / "received"
+    assert list(where.iterdir()) == []
+    return where
+
+
+def test_a_large_multi_frame_push_is_received_on_disk_and_comes_back_byte_identical(
+    gw: DimseGateway, tmp_path: Path, receive_dir: Path
+) -> None:
+    study = factory.new_uid("store-large", 140)
+    xa = factory.multiframe_xa(seed=140, frames=160, rows=512, cols=512, study_uid=study)  # 40 MB
+    argv = ["storescu", "-aet", "MODALITY", "-aec", gw.ae_title, "--max-send-pdu", "16384", "127.0.0.1", str(gw.port)]
+    sender = subprocess.Popen(
+        [*argv, "-v", str(factory.write(tmp_path / "xa.dcm", xa))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        while gw.receiving() < 1 << 20 and sender.poll() is None:
+            time.sleep(0.01)
+        # Past the first megabyte the data set is in a file, not in the listener's memory.
+        assert [p.stat().st_size for p in receive_dir.iterdir()] != []
+    finally:
+        output, _ = sender.communicate(timeout=120)
+    assert sender.returncode == 0, output
+    received = retrieve(gw, study)
+    assert [dataset_bytes(part) for part in received.values()] == [dataset_bytes(xa)]
+    assert list(receive_dir.iterdir()) == []  # pynetdicom's file is gone once stored
+
+
+def test_a_push_cut_off_mid_data_set_leaves_no_received_file(
+    gw: DimseGateway, tmp_path: Path, receive_dir: Path
+) -> None:
+    xa = factory.multiframe_xa(seed=141, frames=400, rows=512, cols=512)  # 100 MB
+    argv = ["storescu", "-aet", "MODALITY", "-aec", gw.ae_title, "--max-send-pdu", "16384", "127.0.0.1", str(gw.port)]
+    sender = subprocess.Popen([*argv, str(factory.write(tmp_path / "xa.dcm", xa))], stderr=subprocess.DEVNULL)
+    try:
+        while gw.receiving() < 1 << 20 and sender.poll() is None:
+            time.sleep(0.01)
+        partial = list(receive_dir.iterdir())
+        sender.kill()
+    finally:
+        sender.wait(30)
+    assert len(partial) == 1
+    while gw.open_associations():  # the association ends, however long that takes
+        time.sleep(0.05)
+    assert list(receive_dir.iterdir()) == []
+
+
+def test_a_pushed_instance_is_indexed_with_the_origin_of_its_client(gw: DimseGateway, tmp_path: Path) -> None:
+    study = factory.new_uid("store-origin", 150)
+    pushed, stowed = factory.ct_instance(seed=150, study_uid=study), factory.ct_instance(seed=151, study_uid=study)
+    result = storescu(gw, write_files(tmp_path, [pushed]), aet="MODALITY")
+    assert result.returncode == 0, result.stdout + result.stderr
+    gw.stow(stowed)
+    origins = {record.sop_uid: record.origin for record in gw.run(gw.index.instances(study))}
+    assert origins == {sop_of(pushed): "dimse:modality", sop_of(stowed): "stow"}

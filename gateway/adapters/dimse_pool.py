@@ -38,6 +38,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from gateway.adapters.dimse_watchdog import Watchdog, abort_now, activity_of
+from gateway.dicom.received import discard_unfinished
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.netdicom.tune import TunedAE
 from gateway.settings import PacsNode
@@ -242,7 +243,12 @@ class AssociationPool:
             node.port,
             ae_title=node.ae_title,
             ext_neg=ext_neg,
-            evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse)],
+            # A C-GET's storage sub-operation cut off mid data set leaves pynetdicom's file behind.
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, on_open),
+                (evt.EVT_ACSE_RECV, on_acse),
+                (evt.EVT_CONN_CLOSE, discard_unfinished),
+            ],
             tls_args=self._tls_args(),
         )
         if not assoc.is_established:

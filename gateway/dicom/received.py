@@ -2,11 +2,21 @@
 
 Used for every C-STORE the gateway receives: C-GET and C-MOVE sub-operations from a PACS, and
 pushes of DIMSE clients to the front door.
+
+With :func:`receive_into_files` (called once by the composition root), pynetdicom writes each
+C-STORE data set to a temporary file as its P-DATA fragments arrive, instead of gathering it in
+memory: a 2 GiB instance then costs disk, not 2 GiB of RAM per association. The spool file is
+copied from it in chunks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import struct
+import tempfile
 import uuid
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -14,11 +24,60 @@ from typing import Any
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, _config
 
 from gateway.dicom.records import ReceivedInstance
 
 IMPLEMENTATION_VERSION = "DICOMWEB_GW"
+COPY_CHUNK = 1 << 20
+PREAMBLE = 128 + 4  # PS3.10 7.1: preamble and "DICM"
+
+
+def receive_into_files(directory: Path) -> Callable[[], None]:
+    """Have pynetdicom receive every C-STORE data set of this process into a file under
+    ``directory``; returns what undoes it (for the end of the app's lifespan).
+
+    A module-level switch of pynetdicom (``_config.STORE_RECV_CHUNKED_DATASET``): it applies to
+    every association of the process, the listener's and the DIMSE adapter's C-GETs alike, all
+    of which go through :func:`spool_received`. pynetdicom creates its file with
+    ``NamedTemporaryFile()`` and no directory, so the process's temporary directory
+    (``tempfile.tempdir``) is pointed at ``directory``: in the process's spool, on the data
+    volume rather than a small ``/tmp``, and swept with the spool if the process dies in the
+    middle. pynetdicom deletes the file once the handler has returned; each association binds
+    :func:`discard_unfinished` for the one it would leave behind when cut off."""
+    directory.mkdir(parents=True, exist_ok=True)
+    before = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(directory)
+
+    def restore() -> None:
+        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = before
+
+    return restore
+
+
+def discard_unfinished(event: Any) -> None:
+    """``EVT_CONN_CLOSE``: delete the file of a data set whose association ended in the middle of
+    it (a peer killed or cut off mid C-STORE). pynetdicom deletes the file of a complete message
+    once its handler returns, but an unfinished one it just drops, file and all, on disk."""
+    message: Any = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    unfinished = getattr(message, "_data_set_file", None)
+    if message is None or unfinished is None:
+        return
+    message._data_set_file = None
+    with contextlib.suppress(OSError):
+        unfinished.close()
+    Path(unfinished.name).unlink(missing_ok=True)
+
+
+def received_size(event: Any) -> int:
+    """Bytes of the data set of an ``EVT_C_STORE`` event (without any File Meta Information)."""
+    received = _received_file(event)
+    if received is not None:
+        path, offset = received
+        return path.stat().st_size - offset
+    data = event.request.DataSet
+    return data.getbuffer().nbytes if data is not None else 0
 
 
 def spool_received(event: Any, spool_dir: Path) -> ReceivedInstance:
@@ -26,7 +85,9 @@ def spool_received(event: Any, spool_dir: Path) -> ReceivedInstance:
 
     The File Meta Information is written here, deterministically (no Source AE title, no time):
     the same data set from any peer becomes the same bytes, so storing it twice is idempotent
-    (an identical re-send finds an identical object).
+    (an identical re-send finds an identical object). So the data set of a file pynetdicom
+    received is copied after a meta of ours, not kept with pynetdicom's (whose Implementation
+    Version Name changes with its version).
     """
     request = event.request
     syntax = UID(str(event.context.transfer_syntax))
@@ -40,10 +101,36 @@ def spool_received(event: Any, spool_dir: Path) -> ReceivedInstance:
     header = BytesIO()
     header.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(header, meta, enforce_standard=True)  # type: ignore[arg-type]
-    data: BytesIO = request.DataSet
     spool_dir.mkdir(parents=True, exist_ok=True)
     path = spool_dir / f"recv-{uuid.uuid4().hex}.dcm"
-    with path.open("wb") as f:
-        f.write(header.getbuffer())
-        f.write(data.getbuffer())
+    received = _received_file(event)
+    try:
+        with path.open("wb") as f:
+            f.write(header.getbuffer())
+            if received is None:
+                data: BytesIO = request.DataSet
+                f.write(data.getbuffer())
+            else:
+                with received[0].open("rb") as source:
+                    source.seek(received[1])
+                    shutil.copyfileobj(source, f, COPY_CHUNK)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return ReceivedInstance(path=path, sop_uid=sop_uid, transfer_syntax=str(syntax))
+
+
+def _received_file(event: Any) -> tuple[Path, int] | None:
+    """pynetdicom's file of the data set and where the data set starts in it (after the File
+    Meta Information group, whose length its first element gives: PS3.10 7.1), or ``None`` when
+    the data set was received into memory."""
+    path = getattr(event.request, "_dataset_path", None)
+    if not isinstance(path, Path):
+        return None
+    with path.open("rb") as f:
+        f.seek(PREAMBLE)
+        element = f.read(12)  # (0002,0000) UL 4: File Meta Information Group Length
+    if len(element) != 12 or element[:6] != b"\x02\x00\x00\x00UL":
+        raise ValueError(f"{path} does not start with a File Meta Information Group Length")
+    (group_length,) = struct.unpack("<I", element[8:])
+    return path, PREAMBLE + 12 + group_length

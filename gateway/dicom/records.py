@@ -44,7 +44,7 @@ class InstanceRecord:
     transfer_syntax: str
     size: int
     sha256: str
-    origin: str  # "stow", "reindex", or "pacs:<name>" for instances cached from a PACS
+    origin: str  # "stow", "reindex", "dimse:<name>" (a DIMSE client's C-STORE), "pacs:<name>" (cached from a PACS)
     metadata: bytes
     frames: tuple[tuple[Span, ...], ...] = ()
     pixel: PixelDescription | None = None

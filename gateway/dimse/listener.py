@@ -23,6 +23,7 @@ from typing import Any
 
 from pynetdicom import AE, evt
 
+from gateway.dicom.received import discard_unfinished
 from gateway.dimse.acceptor_contexts import share_contexts
 from gateway.dimse.gate import Gate
 from gateway.dimse.move_receiver import MoveReceiver
@@ -123,6 +124,7 @@ class DimseListener:
             ),
             (evt.EVT_CONN_CLOSE, _closed_before_request),
             (evt.EVT_CONN_CLOSE, self._cap.closed),
+            (evt.EVT_CONN_CLOSE, discard_unfinished),
             (evt.EVT_DATA_RECV, self._cap.received),
             (evt.EVT_DIMSE_RECV, self._cap.complete),
             (evt.EVT_REQUESTED, gate),

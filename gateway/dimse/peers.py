@@ -4,8 +4,10 @@ Two kinds, both told apart by their calling AE title (PS3.8 7.1.1.3), which sett
 validation keeps unique across both lists:
 
 * the ``[[pacs]]`` nodes: they send the C-STORE sub-operations of the gateway's own C-MOVEs
-  and may C-ECHO; no scopes (a PACS that also pushes or queries is a ``[[dimse_clients]]``
-  entry under another AE title);
+  and may C-ECHO; with ``scopes = ["write"]`` a node also pushes (C-STORE, storage
+  commitment) under the same AE title, as a PACS auto-routing new studies to the cloud does
+  (one entry per node, as in Orthanc's DicomModalities); a PACS that also queries the
+  gateway is a ``[[dimse_clients]]`` entry under another AE title;
 * the ``[[dimse_clients]]``: modalities, routing PACS, workstations and viewers, with scopes
   (``write``: C-STORE, storage commitment; ``read``: C-FIND, C-MOVE, C-GET), an optional
   address they must come from, an optional port of their own storage SCP (the C-MOVE
@@ -42,8 +44,10 @@ class DimsePeer:
 
     @property
     def origin(self) -> str:
-        """How logs, metrics and the audit trail name it: ``dimse:<name>`` or ``pacs:<name>``."""
-        return f"{'dimse' if self.kind == 'client' else 'pacs'}:{self.name}"
+        """The origin of what it pushes, as the audit trail names it: ``dimse:<name>``, a PACS's
+        pushes included (``pacs:<name>`` marks the copies the gateway fetched from a PACS, which
+        cache expiry may delete)."""
+        return f"dimse:{self.name}"
 
     def may(self, scope: str) -> bool:
         return scope in self.scopes
@@ -57,7 +61,7 @@ class DimsePeers:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DimsePeers:
-        pacs = [DimsePeer(node.name, node.ae_title, "pacs") for node in settings.pacs]
+        pacs = [DimsePeer(node.name, node.ae_title, "pacs", scopes=frozenset(node.scopes)) for node in settings.pacs]
         clients = [
             DimsePeer(
                 c.name,

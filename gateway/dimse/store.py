@@ -8,14 +8,17 @@ For each C-STORE request:
 2. a peer without the ``write`` scope is refused with 0x0124 "Refused: Not Authorized", the
    general status of PS3.7 C.5.2 (PS3.4 B.2.3 lists no storage-specific code for it), with an
    ErrorComment;
-3. the data set is spooled as a Part 10 file exactly as received, in the transfer syntax of its
-   presentation context (nothing is decoded or transcoded: ``storage_compression`` is applied,
-   as for STOW, by the store service);
+3. the data set, which pynetdicom received into a file (never whole in memory:
+   :func:`gateway.dicom.received.receive_into_files`), is spooled as a Part 10 file exactly as
+   received, in the transfer syntax of its presentation context (nothing is decoded or
+   transcoded: ``storage_compression`` is applied, as for STOW, by the store service);
 4. :meth:`gateway.services.stow.StowService.store_one` parses it and writes it through the one
    instance writer: the peer's restriction (an instance outside it, or clashing with a hidden
    one, is refused as not authorised, never naming what is hidden), the patient of its study,
    duplicates (an identical re-send succeeds; another object under a stored SOP Instance UID is
-   0x0111), the parse limits. Success is answered only once the instance is durable.
+   0x0111), the parse limits. Success is answered only once the instance is durable. Its index
+   row's origin is the peer's, ``dimse:<name>`` as the audit names it (a STOW part's is ``stow``),
+   so an operator can tell where an instance came from.
 
 Statuses (PS3.4 B.2.3, PS3.7 C.5): 0x0000 stored; the parser's codes for what it refuses
 (0xC000 cannot understand, 0xA900 data set does not match SOP Class, its SOP Instance UID not
@@ -41,7 +44,7 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
-from gateway.dicom.received import spool_received
+from gateway.dicom.received import received_size, spool_received
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.observe import Operation
 from gateway.dimse.peers import WRITE, DimsePeer
@@ -66,7 +69,7 @@ class Storer(Protocol):
     """The store service (StowService has this shape)."""
 
     async def store_one(
-        self, part: Any, *, study_uid: str | None, restriction: Restriction | None = None
+        self, part: Any, *, study_uid: str | None, restriction: Restriction | None = None, origin: str = "stow"
     ) -> StoredInstance | FailedInstance: ...
 
 
@@ -106,9 +109,11 @@ class StoreHandler:
     def __call__(self, event: Any) -> int | Dataset:
         started = time.monotonic()
         peer = self._peer_of(event)
-        if self._receiver is not None and (peer.kind == "pacs" or self._receiver.waiting(event)):
-            # A sub-operation of the gateway's own C-MOVE (or a PACS storing unasked: refused
-            # there, 0x0124): the retrieve it belongs to is audited, not each arrival.
+        pushes = peer.kind == "client" or peer.may(WRITE)
+        if self._receiver is not None and (not pushes or self._receiver.waiting(event)):
+            # A sub-operation of the gateway's own C-MOVE (or a PACS without the write scope
+            # storing unasked: refused there, 0x0124): the retrieve it belongs to is audited, not
+            # each arrival. A PACS with ``write`` pushes what no move of the gateway waits for.
             return self._receiver.receive(event)
         sop_uid = str(event.request.AffectedSOPInstanceUID or "") or None
         status, comment, stored, failed = self._store(event, peer)
@@ -134,7 +139,7 @@ class StoreHandler:
     ) -> tuple[int, str, list[tuple[str, str, str]], list[tuple[str | None, str | None, int]]]:
         if not peer.may(WRITE):
             return NOT_AUTHORIZED, f"{peer.ae_title.strip()} may not store here (no write scope)", [], []
-        if _size(event) > self._max_bytes:
+        if received_size(event) > self._max_bytes:
             # limits.max_part_bytes, the one-instance limit of STOW (PS3.4 B.2.3: out of resources).
             return OUT_OF_RESOURCES, "the data set is over the gateway's instance size limit", [], []
         try:
@@ -147,7 +152,9 @@ class StoreHandler:
             return UNABLE_TO_PROCESS_INTERNAL, "cannot read the request", [], []
         try:
             result = self._portal(
-                self._storer.store_one(_Part(item.path), study_uid=None, restriction=peer.restriction)
+                self._storer.store_one(
+                    _Part(item.path), study_uid=None, restriction=peer.restriction, origin=peer.origin
+                )
             )
         except ServiceUnavailable as exc:
             log.warning("C-STORE from %s: %s", peer.name, exc.reason)
@@ -170,11 +177,6 @@ class StoreHandler:
                 self._on_outcome(outcome)
             except Exception:
                 log.exception("C-STORE outcome hook failed")
-
-
-def _size(event: Any) -> int:
-    data = event.request.DataSet
-    return data.getbuffer().nbytes if data is not None else 0
 
 
 def _failure(status: int, comment: str) -> Dataset:

@@ -191,7 +191,10 @@ class StowService:
         study_uid: str | None,
         restriction: Restriction | None = None,
         claimant: Claimant | None = None,
+        origin: str = "stow",
     ) -> StoredInstance | FailedInstance:
+        """Parse and write one spooled instance. ``origin``: what its index row says it came from
+        (``stow``, or ``dimse:<name>`` for a DIMSE client's C-STORE)."""
         # A part without Content-Type takes the multipart type parameter (RFC 2387 3.1).
         media = (part.content_type or "application/dicom").split(";", 1)[0].strip().lower()
         if media and media != "application/dicom":
@@ -199,7 +202,7 @@ class StowService:
                 None, None, FAILURE_UNSUPPORTED_MEDIA, f"part media type {media} is not application/dicom"
             )
         try:
-            record = await anyio.to_thread.run_sync(self._parse, part.path, limiter=self._parse_limiter)
+            record = await anyio.to_thread.run_sync(self._parse, part.path, origin, limiter=self._parse_limiter)
         except InstanceRejected as exc:
             return FailedInstance(exc.sop_class_uid, exc.sop_instance_uid, exc.failure_code, exc.reason)
         if study_uid is not None and record.study_uid != study_uid:
@@ -238,7 +241,7 @@ class StowService:
             compressed = path.with_name(path.name + ".compressed")
             try:
                 record = await anyio.to_thread.run_sync(
-                    self._compress, path, compressed, self._compress_to, limiter=self._parse_limiter
+                    self._compress, path, compressed, self._compress_to, record.origin, limiter=self._parse_limiter
                 )
                 written = await self._writer.write(record, compressed, claimant=claimant)
             finally:
@@ -269,14 +272,14 @@ class StowService:
             and transcode.can_encode(self._compress_to, record.pixel)
         )
 
-    def _compress(self, source: Path, target: Path, syntax: str) -> InstanceRecord:
+    def _compress(self, source: Path, target: Path, syntax: str, origin: str) -> InstanceRecord:
         """Re-encode ``source`` losslessly into ``target`` and parse that: the stored object. The
         encoders are deterministic, so re-sending the same upload finds an identical object."""
         target.write_bytes(transcode.transcode_instance(source, syntax))
-        return parse_part10(target, origin="stow", limits=self._parse_limits)
+        return parse_part10(target, origin=origin, limits=self._parse_limits)
 
-    def _parse(self, path: Path) -> InstanceRecord:
-        return parse_part10(path, origin="stow", limits=self._parse_limits)
+    def _parse(self, path: Path, origin: str) -> InstanceRecord:
+        return parse_part10(path, origin=origin, limits=self._parse_limits)
 
 
 def patient_id(metadata: bytes) -> str | None:
