@@ -177,8 +177,9 @@ A_ABORT_PDU = b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00"
 class MessageCap:
     """Aborts an association whose peer sends one DIMSE message (a C-STORE data set, a C-FIND
     identifier) larger than ``max_bytes`` (``limits.max_part_bytes``, the one-instance limit of
-    STOW): pynetdicom gathers a message in memory, so without a cap one endless message would
-    take all of it. Counted on the PDUs as they arrive (``EVT_DATA_RECV``), reset by each
+    STOW): pynetdicom gathers a message in memory (a C-STORE data set on disk, in the spool:
+    :func:`gateway.dicom.received.receive_into_files`), so without a cap one endless message
+    would take all of either. Counted on the PDUs as they arrive (``EVT_DATA_RECV``), reset by each
     complete message (``EVT_DIMSE_RECV``)."""
 
     def __init__(self, max_bytes: int) -> None:
