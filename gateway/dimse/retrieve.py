@@ -56,7 +56,7 @@ from gateway.dicom.media import (
 )
 from gateway.dicom.query import Match, QidoQuery, parse_qido
 from gateway.dimse.find import Portal, Searcher
-from gateway.dimse.retrieve_query import MAX_COMMENT, UNABLE_TO_PROCESS, RetrieveFailure, RetrieveRequest, Selection
+from gateway.dimse.retrieve_query import UNABLE_TO_PROCESS, RetrieveFailure, RetrieveRequest, Selection
 from gateway.errors import GatewayError, NotFound
 from gateway.ports import InstanceRecord
 from gateway.security.access import Restriction
@@ -72,7 +72,6 @@ __all__ = [
     "Retriever",
     "Tally",
     "accepted_syntaxes",
-    "failure",
     "final_status",
     "generic_contexts",
     "identifier_of",
@@ -541,17 +540,6 @@ def identifier_of(event: Any) -> Dataset:
     except Exception as exc:
         raise RetrieveFailure(UNABLE_TO_PROCESS, "the identifier cannot be decoded") from exc
     return identifier
-
-
-def failure(status: int, comment: str, offending: int | None = None) -> Dataset:
-    """A status data set with its ErrorComment (PS3.7 C.4) and OffendingElement when known."""
-    ds = Dataset()
-    ds.Status = status
-    if comment:
-        ds.ErrorComment = comment[:MAX_COMMENT]
-    if offending is not None:
-        ds.OffendingElement = [offending]
-    return ds
 
 
 def report(outcome: RetrieveOutcome, hook: Callable[[RetrieveOutcome], None] | None) -> None:

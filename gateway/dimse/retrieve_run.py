@@ -24,13 +24,13 @@ from gateway.dimse.retrieve import (
     RetrieveOutcome,
     Retriever,
     Tally,
-    failure,
     final_status,
     identifier_of,
     outcome,
     report,
 )
 from gateway.dimse.retrieve_query import Model, RetrieveFailure, parse_retrieve
+from gateway.dimse.status import failure
 from gateway.errors import ServiceUnavailable
 
 __all__ = ["SUCCESS", "RetrieveRun"]
