@@ -53,6 +53,7 @@ from gateway.dimse.commitment_request import (
     CommitmentRequest,
     parse_commitment,
 )
+from gateway.dimse.observe import notify
 from gateway.dimse.status import failure
 from gateway.errors import ServiceUnavailable
 from gateway.security.access import Restriction
@@ -375,8 +376,4 @@ class CommitmentHandler:
             len(outcome.failed),
             outcome.delivered or "not sent",
         )
-        if self._on_outcome is not None:
-            try:
-                self._on_outcome(outcome)
-            except Exception:
-                log.exception("storage commitment outcome hook failed")
+        notify(self._on_outcome, outcome, "storage commitment")

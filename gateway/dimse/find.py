@@ -37,6 +37,7 @@ from pydicom.dataset import Dataset
 from gateway.dicom.query import QidoQuery
 from gateway.dimse.find_answer import patient_rows, response_identifier
 from gateway.dimse.find_query import UNABLE_TO_PROCESS, FindFailure, FindRequest, parse_find
+from gateway.dimse.observe import notify
 from gateway.dimse.status import failure
 from gateway.errors import ServiceUnavailable
 from gateway.ports import SearchResult
@@ -172,11 +173,7 @@ class FindHandler:
             outcome.status,
             outcome.matches,
         )
-        if self._on_outcome is not None:
-            try:
-                self._on_outcome(outcome)
-            except Exception:
-                log.exception("C-FIND outcome hook failed")
+        notify(self._on_outcome, outcome, "C-FIND")
 
 
 def _identifier(event: Any) -> Dataset:

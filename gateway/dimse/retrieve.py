@@ -56,6 +56,7 @@ from gateway.dicom.media import (
 )
 from gateway.dicom.query import Match, QidoQuery, parse_qido
 from gateway.dimse.find import Portal, Searcher
+from gateway.dimse.observe import notify
 from gateway.dimse.retrieve_query import UNABLE_TO_PROCESS, RetrieveFailure, RetrieveRequest, Selection
 from gateway.errors import GatewayError, NotFound
 from gateway.ports import InstanceRecord
@@ -555,8 +556,4 @@ def report(outcome: RetrieveOutcome, hook: Callable[[RetrieveOutcome], None] | N
         outcome.warning,
         f" ({outcome.comment})" if outcome.comment else "",
     )
-    if hook is not None:
-        try:
-            hook(outcome)
-        except Exception:
-            log.exception("%s outcome hook failed", outcome.operation)
+    notify(hook, outcome, outcome.operation)

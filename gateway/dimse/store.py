@@ -46,7 +46,7 @@ from pydicom.dataset import Dataset
 
 from gateway.dicom.received import received_size, spool_received
 from gateway.dimse.move_receiver import MoveReceiver
-from gateway.dimse.observe import Operation
+from gateway.dimse.observe import Operation, notify
 from gateway.dimse.peers import WRITE, DimsePeer
 from gateway.dimse.status import failure
 from gateway.errors import ServiceUnavailable
@@ -172,8 +172,4 @@ class StoreHandler:
         return status, result.detail, [], [(result.study_uid, result.sop_instance_uid, status)]
 
     def _report(self, outcome: Operation) -> None:
-        if self._on_outcome is not None:
-            try:
-                self._on_outcome(outcome)
-            except Exception:
-                log.exception("C-STORE outcome hook failed")
+        notify(self._on_outcome, outcome, "C-STORE")
