@@ -36,9 +36,9 @@ from pydicom.dataset import Dataset
 
 from gateway.dicom.query import QidoQuery
 from gateway.dimse.find_answer import patient_rows, response_identifier
-from gateway.dimse.find_query import UNABLE_TO_PROCESS, FindFailure, FindRequest, parse_find
+from gateway.dimse.find_query import FindFailure, FindRequest, parse_find
 from gateway.dimse.observe import notify
-from gateway.dimse.status import failure
+from gateway.dimse.status import failure, identifier_of
 from gateway.errors import ServiceUnavailable
 from gateway.ports import SearchResult
 from gateway.security.access import Restriction
@@ -119,7 +119,7 @@ class FindHandler:
         keys: tuple[str, ...] = ()
         status, comment = UNABLE_TO_PROCESS_INTERNAL, "internal error"
         try:
-            request = parse_find(_identifier(event), str(event.request.AffectedSOPClassUID))
+            request = parse_find(identifier_of(event, FindFailure), str(event.request.AffectedSOPClassUID))
             level, keys = request.level, request.key_names
             rows = self._rows(request, peer)
             pending = PENDING_OPTIONAL_KEYS_UNSUPPORTED if request.unsupported else PENDING
@@ -174,11 +174,3 @@ class FindHandler:
             outcome.matches,
         )
         notify(self._on_outcome, outcome, "C-FIND")
-
-
-def _identifier(event: Any) -> Dataset:
-    try:
-        identifier: Dataset = event.identifier  # decoded by pynetdicom on first access
-    except Exception as exc:
-        raise FindFailure(UNABLE_TO_PROCESS, "the identifier cannot be decoded") from exc
-    return identifier

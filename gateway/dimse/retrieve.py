@@ -57,7 +57,7 @@ from gateway.dicom.media import (
 from gateway.dicom.query import Match, QidoQuery, parse_qido
 from gateway.dimse.find import Portal, Searcher
 from gateway.dimse.observe import notify
-from gateway.dimse.retrieve_query import UNABLE_TO_PROCESS, RetrieveFailure, RetrieveRequest, Selection
+from gateway.dimse.retrieve_query import RetrieveRequest, Selection
 from gateway.errors import GatewayError, NotFound
 from gateway.ports import InstanceRecord
 from gateway.security.access import Restriction
@@ -75,7 +75,6 @@ __all__ = [
     "accepted_syntaxes",
     "final_status",
     "generic_contexts",
-    "identifier_of",
     "outcome",
     "report",
 ]
@@ -532,15 +531,6 @@ def outcome(
         peer, operation, level, destination, status, tally.completed, tally.failed, tally.warning,
         time.monotonic() - started, comment, instances, failures,
     )  # fmt: skip
-
-
-def identifier_of(event: Any) -> Dataset:
-    """The request's identifier, decoded by pynetdicom on first access."""
-    try:
-        identifier: Dataset = event.identifier
-    except Exception as exc:
-        raise RetrieveFailure(UNABLE_TO_PROCESS, "the identifier cannot be decoded") from exc
-    return identifier
 
 
 def report(outcome: RetrieveOutcome, hook: Callable[[RetrieveOutcome], None] | None) -> None:

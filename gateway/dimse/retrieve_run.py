@@ -25,12 +25,11 @@ from gateway.dimse.retrieve import (
     Retriever,
     Tally,
     final_status,
-    identifier_of,
     outcome,
     report,
 )
 from gateway.dimse.retrieve_query import Model, RetrieveFailure, parse_retrieve
-from gateway.dimse.status import failure
+from gateway.dimse.status import failure, identifier_of
 from gateway.errors import ServiceUnavailable
 
 __all__ = ["SUCCESS", "RetrieveRun"]
@@ -62,7 +61,9 @@ class RetrieveRun:
         """The plan of the request of ``event`` (restricted to the peer's), or the failure data
         set to answer it with (PS3.4 C.4.2.1.5, C.4.3.1.3)."""
         try:
-            request = parse_retrieve(identifier_of(event), str(event.request.AffectedSOPClassUID), sop_classes)
+            request = parse_retrieve(
+                identifier_of(event, RetrieveFailure), str(event.request.AffectedSOPClassUID), sop_classes
+            )
             self.level = request.level
             self.plan = self.retriever.plan(request, self.peer.restriction)
         except RetrieveFailure as exc:

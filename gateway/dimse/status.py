@@ -3,11 +3,14 @@ the same for every service class of the DIMSE front door."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydicom.dataset import Dataset
 
-__all__ = ["MAX_COMMENT", "Refusal", "failure"]
+__all__ = ["MAX_COMMENT", "Refusal", "failure", "identifier_of"]
 
 MAX_COMMENT = 64  # ErrorComment is LO (PS3.7 C.4, PS3.5 Table 6.2-1)
+UNABLE_TO_PROCESS = 0xC000
 
 
 class Refusal(Exception):
@@ -30,3 +33,13 @@ def failure(status: int, comment: str, offending: int | None = None) -> Dataset:
     if offending is not None:
         ds.OffendingElement = [offending]
     return ds
+
+
+def identifier_of(event: Any, refusal: type[Refusal]) -> Dataset:
+    """The request's identifier, decoded by pynetdicom on first access; ``refusal`` with
+    0xC000 (unable to process) when it cannot be decoded."""
+    try:
+        identifier: Dataset = event.identifier
+    except Exception as exc:
+        raise refusal(UNABLE_TO_PROCESS, "the identifier cannot be decoded") from exc
+    return identifier
