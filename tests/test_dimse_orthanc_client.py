@@ -14,7 +14,7 @@ import pytest
 from tests import factory
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
 from tests.http_helpers import split_multipart
-from tests.peers.orthanc import OrthancPeer, orthanc_available, run_orthanc
+from tests.peers.orthanc import OrthancPeer, orthanc_available, run_orthanc, upload_study
 from tests.peers.ports import free_port
 
 pytestmark = [
@@ -64,15 +64,10 @@ def test_a_study_pushed_by_orthanc_is_byte_identical_over_wado_rs(
         factory.enhanced_ct(seed=2, study_uid=study),
         factory.j2k_lossless_instance(seed=3, study_uid=study),
     ]
-    ids = set()
-    for data in instances:
-        uploaded = httpx.post(f"{orthanc.http_url}/instances", content=data, timeout=30)
-        assert uploaded.status_code == 200, uploaded.text
-        ids.add(uploaded.json()["ParentStudy"])
-    assert len(ids) == 1
+    orthanc_study = upload_study(orthanc, instances)
     pushed = httpx.post(
         f"{orthanc.http_url}/modalities/gateway/store",
-        json={"Resources": list(ids), "Synchronous": True},
+        json={"Resources": [orthanc_study], "Synchronous": True},
         timeout=120,
     )
     assert pushed.status_code == 200, pushed.text

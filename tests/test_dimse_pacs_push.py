@@ -12,7 +12,7 @@ import pytest
 from tests import factory
 from tests.dimse_gateway import DimseGateway, dimse_gateway
 from tests.http_helpers import split_multipart
-from tests.peers.orthanc import OrthancPeer, orthanc_available, run_orthanc
+from tests.peers.orthanc import OrthancPeer, orthanc_available, run_orthanc, upload_study
 from tests.peers.ports import free_port
 
 pytestmark = [
@@ -41,17 +41,6 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DimseGatew
             yield gw, orthanc
 
 
-def upload(orthanc: OrthancPeer, instances: list[bytes]) -> str:
-    """Store ``instances`` (one study) in Orthanc; its study id."""
-    ids = set()
-    for data in instances:
-        uploaded = httpx.post(f"{orthanc.http_url}/instances", content=data, timeout=30)
-        assert uploaded.status_code == 200, uploaded.text
-        ids.add(uploaded.json()["ParentStudy"])
-    assert len(ids) == 1
-    return ids.pop()
-
-
 def origins(gw: DimseGateway, study: str) -> set[str]:
     return {record.origin for record in gw.run(gw.index.instances(study))}
 
@@ -63,8 +52,8 @@ def test_the_pacs_pushes_under_its_own_ae_title_and_still_answers_the_gateways_m
     routed, queried = factory.new_uid("pacs-push", 1), factory.new_uid("pacs-push", 2)
     routed_instances = factory.ct_series(4, rows=64, cols=64, study_uid=routed, seed=1)
     queried_instances = factory.ct_series(3, rows=64, cols=64, study_uid=queried, seed=2)
-    routed_id = upload(orthanc, routed_instances)
-    upload(orthanc, queried_instances)
+    routed_id = upload_study(orthanc, routed_instances)
+    upload_study(orthanc, queried_instances)
 
     # Orthanc auto-routes one study to the gateway (its REST API's C-STORE, as ORTHANC).
     pushed = httpx.post(
@@ -96,7 +85,7 @@ def test_without_the_write_scope_the_pacs_push_is_refused(tmp_path_factory: pyte
         node = {"name": "orthanc", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
         with dimse_gateway(where / "gw", pacs=[node], scp_port=port) as gw:
             study = factory.new_uid("pacs-no-push", 3)
-            orthanc_id = upload(orthanc, [factory.ct_instance(seed=3, study_uid=study)])
+            orthanc_id = upload_study(orthanc, [factory.ct_instance(seed=3, study_uid=study)])
             pushed = httpx.post(
                 f"{orthanc.http_url}/modalities/gateway/store",
                 json={"Resources": [orthanc_id], "Synchronous": True},

@@ -53,6 +53,8 @@ from gateway.dimse.commitment_request import (
     CommitmentRequest,
     parse_commitment,
 )
+from gateway.dimse.observe import notify
+from gateway.dimse.status import failure
 from gateway.errors import ServiceUnavailable
 from gateway.security.access import Restriction
 from gateway.services.commitment import DUPLICATE_TRANSACTION_UID, PROCESSING_FAILURE, Reference, Verdict
@@ -69,7 +71,6 @@ SendReport = Callable[[ReportTarget, int, Dataset], None]
 
 SUCCESS = 0x0000
 NOT_AUTHORIZED = 0x0124  # PS3.7 10.1.4.1.10: Refused: not authorized
-MAX_COMMENT = 64
 WRITE_SCOPE = "write"
 
 # Pauses between attempts: checking while the index or store is unavailable (about 7 s in all),
@@ -209,19 +210,19 @@ class CommitmentHandler:
         except CommitmentRefusal as exc:
             refused = CommitmentOutcome(peer.name, ae_title, address, transaction, exc.status, comment=exc.comment)
             self._report(dataclasses.replace(refused, duration=time.monotonic() - started))
-            return _failure(exc.status, exc.comment), None
+            return failure(exc.status, exc.comment), None
         except Exception:
             log.exception("storage commitment request from %s failed", peer.name)
             failed = CommitmentOutcome(peer.name, ae_title, address, transaction, PROCESSING_FAILURE)
             self._report(dataclasses.replace(failed, comment="internal error"))
-            return _failure(PROCESSING_FAILURE, "internal error"), None
+            return failure(PROCESSING_FAILURE, "internal error"), None
         target = ReportTarget(peer.name, ae_title, peer.host or address, peer.port)
         job = _Job(peer, request, event.assoc, target, address, started, duplicate)
         try:
             self._workers.submit(self._run, job)
         except RuntimeError:  # closed: the listener is stopping
             self._release(job)
-            return _failure(RESOURCE_LIMITATION, "the gateway is stopping"), None
+            return failure(RESOURCE_LIMITATION, "the gateway is stopping"), None
         log.info(
             "storage commitment %s from %s: %d instances accepted", transaction, peer.name, len(request.references)
         )
@@ -375,16 +376,4 @@ class CommitmentHandler:
             len(outcome.failed),
             outcome.delivered or "not sent",
         )
-        if self._on_outcome is not None:
-            try:
-                self._on_outcome(outcome)
-            except Exception:
-                log.exception("storage commitment outcome hook failed")
-
-
-def _failure(status: int, comment: str) -> Dataset:
-    """A status data set with its ErrorComment (PS3.7 C.4)."""
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = comment[:MAX_COMMENT]
-    return ds
+        notify(self._on_outcome, outcome, "storage commitment")

@@ -36,7 +36,9 @@ from pydicom.dataset import Dataset
 
 from gateway.dicom.query import QidoQuery
 from gateway.dimse.find_answer import patient_rows, response_identifier
-from gateway.dimse.find_query import UNABLE_TO_PROCESS, FindFailure, FindRequest, parse_find
+from gateway.dimse.find_query import FindFailure, FindRequest, parse_find
+from gateway.dimse.observe import notify
+from gateway.dimse.status import failure, identifier_of
 from gateway.errors import ServiceUnavailable
 from gateway.ports import SearchResult
 from gateway.security.access import Restriction
@@ -54,7 +56,6 @@ PENDING_OPTIONAL_KEYS_UNSUPPORTED = 0xFF01
 CANCELLED = 0xFE00
 OUT_OF_RESOURCES = 0xA700
 UNABLE_TO_PROCESS_INTERNAL = 0xC001
-MAX_COMMENT = 64
 
 
 class FindPeer(Protocol):
@@ -118,7 +119,7 @@ class FindHandler:
         keys: tuple[str, ...] = ()
         status, comment = UNABLE_TO_PROCESS_INTERNAL, "internal error"
         try:
-            request = parse_find(_identifier(event), str(event.request.AffectedSOPClassUID))
+            request = parse_find(identifier_of(event, FindFailure), str(event.request.AffectedSOPClassUID))
             level, keys = request.level, request.key_names
             rows = self._rows(request, peer)
             pending = PENDING_OPTIONAL_KEYS_UNSUPPORTED if request.unsupported else PENDING
@@ -137,16 +138,16 @@ class FindHandler:
             raise
         except FindFailure as exc:
             status, comment = exc.status, exc.comment
-            yield _failure(exc.status, exc.comment, exc.offending), None
+            yield failure(exc.status, exc.comment, exc.offending), None
             return
         except ServiceUnavailable as exc:
             log.warning("C-FIND from %s: %s", peer.name, exc.reason)
             status, comment = OUT_OF_RESOURCES, "the index is unavailable"
-            yield _failure(status, comment), None
+            yield failure(status, comment), None
             return
         except Exception:
             log.exception("C-FIND from %s failed", peer.name)
-            yield _failure(status, comment), None
+            yield failure(status, comment), None
             return
         finally:
             self._report(FindOutcome(peer.name, level, keys, status, matches, time.monotonic() - started, comment))
@@ -172,27 +173,4 @@ class FindHandler:
             outcome.status,
             outcome.matches,
         )
-        if self._on_outcome is not None:
-            try:
-                self._on_outcome(outcome)
-            except Exception:
-                log.exception("C-FIND outcome hook failed")
-
-
-def _identifier(event: Any) -> Dataset:
-    try:
-        identifier: Dataset = event.identifier  # decoded by pynetdicom on first access
-    except Exception as exc:
-        raise FindFailure(UNABLE_TO_PROCESS, "the identifier cannot be decoded") from exc
-    return identifier
-
-
-def _failure(status: int, comment: str, offending: int | None = None) -> Dataset:
-    """A status data set with its ErrorComment (PS3.7 C.4) and OffendingElement when known."""
-    ds = Dataset()
-    ds.Status = status
-    if comment:
-        ds.ErrorComment = comment[:MAX_COMMENT]
-    if offending is not None:
-        ds.OffendingElement = [offending]
-    return ds
+        notify(self._on_outcome, outcome, "C-FIND")

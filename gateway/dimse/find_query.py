@@ -54,6 +54,7 @@ from gateway.dicom.attributes import (
 from gateway.dicom.cfind import QUERY_RETRIEVE_LEVEL, RETRIEVE_AE_TITLE, SPECIFIC_CHARACTER_SET, guess_character_set
 from gateway.dicom.dicomjson import pydicom_warnings_suppressed
 from gateway.dicom.query import QidoQuery, parse_qido
+from gateway.dimse.status import Refusal
 from gateway.errors import BadRequest
 
 __all__ = [
@@ -137,17 +138,10 @@ NEVER_HELD = frozenset(tag_of(k) for k in ("StorageMediaFileSetID", "StorageMedi
 # before any work (issue #15: huge identifiers get a failure status).
 MAX_KEYS = 256
 MAX_VALUE_CHARS = 64 << 10
-MAX_COMMENT = 64  # ErrorComment is LO (PS3.7 C.4, PS3.5 Table 6.2-1)
 
 
-class FindFailure(Exception):
+class FindFailure(Refusal):
     """A C-FIND request the gateway refuses: ``status`` and an ErrorComment (PS3.7 C.4)."""
-
-    def __init__(self, status: int, comment: str, offending: int | None = None) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment[:MAX_COMMENT]
-        self.offending = offending
 
 
 @dataclass(frozen=True)

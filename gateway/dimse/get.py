@@ -20,37 +20,21 @@ that goes away ends the generator (pynetdicom stops once the association is down
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from gateway.dimse.find import FindPeer, Portal, Searcher
-from gateway.dimse.retrieve import (
-    CANCELLED,
-    Plan,
-    RetrieveOutcome,
-    Retriever,
-    Tally,
-    accepted_syntaxes,
-    failure,
-    final_status,
-    identifier_of,
-    outcome,
-    report,
-)
-from gateway.dimse.retrieve_query import GET_SOP_CLASSES, RetrieveFailure, parse_retrieve
-from gateway.errors import ServiceUnavailable
+from gateway.dimse.retrieve import RetrieveOutcome, Retriever, accepted_syntaxes
+from gateway.dimse.retrieve_query import GET_SOP_CLASSES
+from gateway.dimse.retrieve_run import SUCCESS, RetrieveRun
 from gateway.services.retrieval import RetrievalService
 
 __all__ = ["GetHandler"]
 
 log = logging.getLogger(__name__)
-
-SUCCESS = 0x0000
-OUT_OF_RESOURCES_MATCHES = 0xA701
-UNABLE_TO_PROCESS_INTERNAL = 0xC001
 
 
 class GetHandler:
@@ -73,59 +57,29 @@ class GetHandler:
         self._on_outcome = on_outcome
 
     def __call__(self, event: Any) -> Iterator[Any]:
-        started = time.monotonic()
-        peer = self._peer_of(event)
-        level, status, comment = "", UNABLE_TO_PROCESS_INTERNAL, "internal error"
-        tally = Tally()
-        plan: Plan | None = None
+        run = RetrieveRun("C-GET", self._peer_of(event), self._retriever)
         assoc = event.assoc
-        assoc.bind(evt.EVT_DIMSE_RECV, tally.on_received)
+        assoc.bind(evt.EVT_DIMSE_RECV, run.tally.on_received)
         try:
-            try:
-                request = parse_retrieve(identifier_of(event), str(event.request.AffectedSOPClassUID), GET_SOP_CLASSES)
-                level = request.level
-                plan = self._retriever.plan(request, peer.restriction)
-            except RetrieveFailure as exc:
-                status, comment = exc.status, exc.comment
+            plan = run.planned(event, GET_SOP_CLASSES)
+            if isinstance(plan, Dataset):
                 yield 1
-                yield failure(exc.status, exc.comment, exc.offending), None
+                yield plan, None
                 return
-            except ServiceUnavailable as exc:
-                log.warning("C-GET from %s: %s", peer.name, exc.reason)
-                status, comment = OUT_OF_RESOURCES_MATCHES, "the index or store is unavailable"
-                yield 1
-                yield failure(status, comment), None
-                return
-            except Exception:
-                log.exception("C-GET from %s failed", peer.name)
-                yield 1
-                yield failure(status, comment), None
-                return
-            status, comment = SUCCESS, ""
-            log.debug("C-GET from %s: %s sends %d instance(s) back", peer.name, self._ae_title, plan.count)
+            run.status, run.comment = SUCCESS, ""
+            log.debug("C-GET from %s: %s sends %d instance(s) back", run.peer.name, self._ae_title, plan.count)
             yield plan.count
             if plan.count == 0:
                 return
-            for result in self._retriever.sub_operations(
+            yield from run.sub_operations(
                 plan,
                 accepted=lambda: accepted_syntaxes(assoc.accepted_contexts, as_scu=True),
                 receiver_up=lambda: bool(assoc.is_established),
                 cancelled=lambda: bool(event.is_cancelled),
-                tally=tally,
-            ):
-                if result[0] == CANCELLED:
-                    status = CANCELLED
-                yield result
-            if status != CANCELLED:
-                status = final_status(plan.count, tally)
+            )
         except GeneratorExit:
-            # pynetdicom closed the generator: the requester left mid-retrieve.
-            if status == SUCCESS and plan is not None and plan.count > 0:
-                status, comment = CANCELLED, "association ended"
+            run.left()
             raise
         finally:
-            assoc.unbind(evt.EVT_DIMSE_RECV, tally.on_received)
-            if plan is not None:
-                self._retriever.close(plan)
-            done = outcome("C-GET", peer.name, level, peer.name, status, tally, plan, started, comment)
-            report(done, self._on_outcome)
+            assoc.unbind(evt.EVT_DIMSE_RECV, run.tally.on_received)
+            run.finish(run.peer.name, self._on_outcome)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,33 +41,16 @@ from pynetdicom import build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.dimse.find import FindPeer, Portal, Searcher
-from gateway.dimse.retrieve import (
-    CANCELLED,
-    MAX_CONTEXTS,
-    Plan,
-    RetrieveOutcome,
-    Retriever,
-    Tally,
-    accepted_syntaxes,
-    failure,
-    final_status,
-    generic_contexts,
-    identifier_of,
-    outcome,
-    report,
-)
-from gateway.dimse.retrieve_query import MOVE_SOP_CLASSES, RetrieveFailure, parse_retrieve
-from gateway.errors import ServiceUnavailable
+from gateway.dimse.retrieve import MAX_CONTEXTS, RetrieveOutcome, Retriever, accepted_syntaxes, generic_contexts
+from gateway.dimse.retrieve_query import MOVE_SOP_CLASSES
+from gateway.dimse.retrieve_run import SUCCESS, RetrieveRun
 from gateway.services.retrieval import RetrievalService
 
 __all__ = ["MoveHandler"]
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
 MOVE_DESTINATION_UNKNOWN = 0xA801
-OUT_OF_RESOURCES_MATCHES = 0xA701
-UNABLE_TO_PROCESS_INTERNAL = 0xC001
 
 Destination = tuple[str | None, int]
 # What the sub-association that only carries a refusal proposes: anything a storage SCP accepts.
@@ -106,17 +88,13 @@ class MoveHandler:
         self._on_outcome = on_outcome
 
     def __call__(self, event: Any) -> Iterator[Any]:
-        started = time.monotonic()
-        peer = self._peer_of(event)
+        run = RetrieveRun("C-MOVE", self._peer_of(event), self._retriever)
         target = str(event.move_destination or "").strip()
-        level, status, comment = "", UNABLE_TO_PROCESS_INTERNAL, "internal error"
-        tally = Tally()
-        plan: Plan | None = None
         sub_association: dict[str, Any] = {}
         try:
             destination = self._destination_of(target)
             if destination is None:
-                status, comment = MOVE_DESTINATION_UNKNOWN, f"move destination {target[:16]!r} unknown"
+                run.status, run.comment = MOVE_DESTINATION_UNKNOWN, f"move destination {target[:16]!r} unknown"
                 yield None, None  # pynetdicom answers 0xA801
                 return
             host, port = destination
@@ -124,29 +102,15 @@ class MoveHandler:
                 # A client configured without a host: reachable where it calls from, so it is
                 # only a destination for its own requests (a viewer moving to itself).
                 if target != str(event.assoc.requestor.ae_title).strip():
-                    status, comment = MOVE_DESTINATION_UNKNOWN, f"move destination {target[:16]!r} has no host"
+                    run.status, run.comment = MOVE_DESTINATION_UNKNOWN, f"move destination {target[:16]!r} has no host"
                     yield None, None
                     return
                 host = str(event.assoc.requestor.address)
-            refusal: Dataset | None = None
-            try:
-                request = parse_retrieve(identifier_of(event), str(event.request.AffectedSOPClassUID), MOVE_SOP_CLASSES)
-                level = request.level
-                plan = self._retriever.plan(request, peer.restriction)
-            except RetrieveFailure as exc:
-                status, comment = exc.status, exc.comment
-                refusal = failure(exc.status, exc.comment, exc.offending)
-            except ServiceUnavailable as exc:
-                log.warning("C-MOVE from %s: %s", peer.name, exc.reason)
-                status, comment = OUT_OF_RESOURCES_MATCHES, "the index or store is unavailable"
-                refusal = failure(status, comment)
-            except Exception:
-                log.exception("C-MOVE from %s failed", peer.name)
-                refusal = failure(status, comment)
-            if refusal is not None or plan is None:
+            plan = run.planned(event, MOVE_SOP_CLASSES)
+            if isinstance(plan, Dataset):
                 yield host, port, {"contexts": REFUSAL_CONTEXTS}
                 yield 1
-                yield refusal or failure(status, comment), None
+                yield plan, None
                 return
 
             def accepted(event: Any) -> None:
@@ -155,19 +119,19 @@ class MoveHandler:
             handlers = [
                 (evt.EVT_CONN_OPEN, _tune_connection),
                 (evt.EVT_ACCEPTED, accepted),
-                (evt.EVT_DIMSE_RECV, tally.on_received),
+                (evt.EVT_DIMSE_RECV, run.tally.on_received),
             ]
-            log.debug("C-MOVE from %s: %s sends %d instance(s) to %s at %s:%d", peer.name, self._ae_title,
+            log.debug("C-MOVE from %s: %s sends %d instance(s) to %s at %s:%d", run.peer.name, self._ae_title,
                       plan.count, target, host, port)  # fmt: skip
             yield host, port, {"contexts": plan.contexts(), "evt_handlers": handlers}
             if plan.count == 0:
-                status, comment = SUCCESS, ""
+                run.status, run.comment = SUCCESS, ""
                 yield 0  # pynetdicom answers 0x0000 without a sub-association
                 return
             # pynetdicom associates with the destination now; it comes back only if it could.
-            status, comment = MOVE_DESTINATION_UNKNOWN, "the destination cannot be reached"
+            run.status, run.comment = MOVE_DESTINATION_UNKNOWN, "the destination cannot be reached"
             yield plan.count
-            status, comment = SUCCESS, ""
+            run.status, run.comment = SUCCESS, ""
 
             def receiver_up() -> bool:
                 assoc = sub_association.get("assoc")
@@ -177,28 +141,17 @@ class MoveHandler:
                 assoc = sub_association.get("assoc")
                 return accepted_syntaxes(assoc.accepted_contexts if assoc is not None else ())
 
-            for result in self._retriever.sub_operations(
+            yield from run.sub_operations(
                 plan,
                 accepted=accepted_now,
                 receiver_up=receiver_up,
                 cancelled=lambda: bool(event.is_cancelled),
-                tally=tally,
-            ):
-                if result[0] == CANCELLED:
-                    status = CANCELLED
-                yield result
-            if status != CANCELLED:
-                status = final_status(plan.count, tally)
+            )
         except GeneratorExit:
-            # pynetdicom closed the generator: the requester left, or the destination refused.
-            if status == SUCCESS and plan is not None and plan.count > 0:
-                status, comment = CANCELLED, "association ended"
+            run.left()
             raise
         finally:
-            if plan is not None:
-                self._retriever.close(plan)
-            done = outcome("C-MOVE", peer.name, level, target, status, tally, plan, started, comment)
-            report(done, self._on_outcome)
+            run.finish(target, self._on_outcome)
 
 
 def _tune_connection(event: Any) -> None:

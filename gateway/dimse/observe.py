@@ -11,8 +11,9 @@ histogram, and ``dicomweb_gateway_dimse_scp_rejected_associations_total{reason}`
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gateway import observability
 from gateway.dicom.dimse_status import StatusClass, status_class
@@ -20,6 +21,8 @@ from gateway.security.audit import AccessRecord, AuditLog
 from gateway.security.principal import Principal
 
 log = logging.getLogger(__name__)
+
+Outcome = TypeVar("Outcome")
 
 # The audit event of each operation (gateway.security.audit._EVENTS keys).
 _ACTIONS = {
@@ -48,6 +51,17 @@ class Operation:
     failed: Sequence[tuple[str | None, str | None, int]] = field(default_factory=tuple)
     query: Sequence[str] = ()  # C-FIND: the key names (never their values: patient data)
     level: str = ""  # C-FIND: the Query/Retrieve Level
+
+
+def notify(hook: Callable[[Outcome], None] | None, outcome: Outcome, what: str) -> None:
+    """Hand a handler's ``outcome`` to its hook (the listener's audit and metrics): a hook that
+    fails is logged, never the handler's failure, as the peer's answer does not depend on it."""
+    if hook is None:
+        return
+    try:
+        hook(outcome)
+    except Exception:
+        log.exception("%s outcome hook failed", what)
 
 
 def outcome_of(status: int) -> str:

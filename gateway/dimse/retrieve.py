@@ -56,7 +56,8 @@ from gateway.dicom.media import (
 )
 from gateway.dicom.query import Match, QidoQuery, parse_qido
 from gateway.dimse.find import Portal, Searcher
-from gateway.dimse.retrieve_query import MAX_COMMENT, UNABLE_TO_PROCESS, RetrieveFailure, RetrieveRequest, Selection
+from gateway.dimse.observe import notify
+from gateway.dimse.retrieve_query import RetrieveRequest, Selection
 from gateway.errors import GatewayError, NotFound
 from gateway.ports import InstanceRecord
 from gateway.security.access import Restriction
@@ -72,10 +73,8 @@ __all__ = [
     "Retriever",
     "Tally",
     "accepted_syntaxes",
-    "failure",
     "final_status",
     "generic_contexts",
-    "identifier_of",
     "outcome",
     "report",
 ]
@@ -534,26 +533,6 @@ def outcome(
     )  # fmt: skip
 
 
-def identifier_of(event: Any) -> Dataset:
-    """The request's identifier, decoded by pynetdicom on first access."""
-    try:
-        identifier: Dataset = event.identifier
-    except Exception as exc:
-        raise RetrieveFailure(UNABLE_TO_PROCESS, "the identifier cannot be decoded") from exc
-    return identifier
-
-
-def failure(status: int, comment: str, offending: int | None = None) -> Dataset:
-    """A status data set with its ErrorComment (PS3.7 C.4) and OffendingElement when known."""
-    ds = Dataset()
-    ds.Status = status
-    if comment:
-        ds.ErrorComment = comment[:MAX_COMMENT]
-    if offending is not None:
-        ds.OffendingElement = [offending]
-    return ds
-
-
 def report(outcome: RetrieveOutcome, hook: Callable[[RetrieveOutcome], None] | None) -> None:
     log.info(
         "%s from %s: level %s, to %s, status 0x%04X, %d completed, %d failed, %d warning%s",
@@ -567,8 +546,4 @@ def report(outcome: RetrieveOutcome, hook: Callable[[RetrieveOutcome], None] | N
         outcome.warning,
         f" ({outcome.comment})" if outcome.comment else "",
     )
-    if hook is not None:
-        try:
-            hook(outcome)
-        except Exception:
-            log.exception("%s outcome hook failed", outcome.operation)
+    notify(hook, outcome, outcome.operation)

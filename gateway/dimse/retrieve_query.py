@@ -28,6 +28,7 @@ from pydicom.multival import MultiValue
 
 from gateway.dicom import uids
 from gateway.dicom.dicomjson import pydicom_warnings_suppressed
+from gateway.dimse.status import Refusal
 
 __all__ = [
     "GET_SOP_CLASSES",
@@ -72,17 +73,10 @@ UNIQUE_KEY: dict[RetrieveLevel, str] = {
 MAX_KEYS = 256
 MAX_UIDS = 1000
 MAX_PATIENT_ID = 64  # LO (PS3.5 Table 6.2-1)
-MAX_COMMENT = 64  # ErrorComment is LO (PS3.7 C.4)
 
 
-class RetrieveFailure(Exception):
+class RetrieveFailure(Refusal):
     """A C-MOVE/C-GET identifier the gateway refuses: ``status`` and an ErrorComment (PS3.7 C.4)."""
-
-    def __init__(self, status: int, comment: str, offending: int | None = None) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment[:MAX_COMMENT]
-        self.offending = offending
 
 
 @dataclass(frozen=True)

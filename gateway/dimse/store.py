@@ -46,8 +46,9 @@ from pydicom.dataset import Dataset
 
 from gateway.dicom.received import received_size, spool_received
 from gateway.dimse.move_receiver import MoveReceiver
-from gateway.dimse.observe import Operation
+from gateway.dimse.observe import Operation, notify
 from gateway.dimse.peers import WRITE, DimsePeer
+from gateway.dimse.status import failure
 from gateway.errors import ServiceUnavailable
 from gateway.security.access import Restriction
 from gateway.services.outcomes import FailedInstance, StoredInstance
@@ -60,7 +61,6 @@ SUCCESS = 0x0000
 NOT_AUTHORIZED = 0x0124
 OUT_OF_RESOURCES = 0xA700
 UNABLE_TO_PROCESS_INTERNAL = 0xC001
-MAX_COMMENT = 64
 
 Portal = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -132,7 +132,7 @@ class StoreHandler:
                 failed=failed,
             )
         )
-        return SUCCESS if status == SUCCESS else _failure(status, comment)
+        return SUCCESS if status == SUCCESS else failure(status, comment)
 
     def _store(
         self, event: Any, peer: DimsePeer
@@ -172,17 +172,4 @@ class StoreHandler:
         return status, result.detail, [], [(result.study_uid, result.sop_instance_uid, status)]
 
     def _report(self, outcome: Operation) -> None:
-        if self._on_outcome is not None:
-            try:
-                self._on_outcome(outcome)
-            except Exception:
-                log.exception("C-STORE outcome hook failed")
-
-
-def _failure(status: int, comment: str) -> Dataset:
-    """A status data set with its ErrorComment (PS3.7 C.4)."""
-    ds = Dataset()
-    ds.Status = status
-    if comment:
-        ds.ErrorComment = comment[:MAX_COMMENT]
-    return ds
+        notify(self._on_outcome, outcome, "C-STORE")

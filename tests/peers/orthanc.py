@@ -54,6 +54,17 @@ class OrthancPeer:
         return self.log_path.read_text(errors="replace")
 
 
+def upload_study(orthanc: OrthancPeer, instances: list[bytes]) -> str:
+    """Store ``instances`` (one study) in Orthanc through its REST API; its Orthanc study id."""
+    ids = set()
+    for data in instances:
+        uploaded = httpx.post(f"{orthanc.http_url}/instances", content=data, timeout=30)
+        assert uploaded.status_code == 200, uploaded.text
+        ids.add(uploaded.json()["ParentStudy"])
+    assert len(ids) == 1
+    return str(ids.pop())
+
+
 def orthanc_available() -> bool:
     """True when the Orthanc binary and its DICOMweb plugin are installed."""
     return Path(ORTHANC_BINARY).is_file() and Path(DICOMWEB_PLUGIN).is_file()
