@@ -5,6 +5,7 @@ port, where the gateway calls it back in the SCP role."""
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,42 @@ class Report:
         return {str(i.ReferencedSOPInstanceUID): int(i.FailureReason) for i in self.info.get("FailedSOPSequence", [])}
 
 
+class _Answers:
+    """Counts the N-EVENT-REPORT answers an association owes and has put on the wire.
+
+    pynetdicom answers a request on its reactor thread after the handler returned, and an answer
+    it sends after its own A-RELEASE-RQ breaks its state machine (Evt9 in Sta7: an exception in
+    that thread). The answer is announced by EVT_DIMSE_SENT before its P-DATA is queued, so it
+    counts as sent at the next P-DATA-TF written to the socket (EVT_PDU_SENT); the modality
+    sends nothing else while it waits for a report."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._owed = 0
+        self._announced = 0
+
+    def owe(self) -> None:
+        with self._changed:
+            self._owed += 1
+
+    def on_dimse_sent(self, event: Any) -> None:
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+            with self._changed:
+                self._announced += 1
+
+    def on_pdu_sent(self, event: Any) -> None:
+        if type(event.pdu).__name__ == "P_DATA_TF":
+            with self._changed:
+                if self._announced:
+                    self._announced -= 1
+                    self._owed -= 1
+                    self._changed.notify_all()
+
+    def wait_all_sent(self, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._owed <= 0, timeout=timeout)
+
+
 class Modality:
     """A modality as storage commitment SCU (pynetdicom): it sends N-ACTIONs and takes the
     reports on its association, or on its own SCP port (:meth:`listening`)."""
@@ -86,18 +123,29 @@ class Modality:
     def associated(self, scp: Called, *, reports_here: bool = True) -> Iterator[Any]:
         """An association to the gateway; ``reports_here`` False: reports on it are refused.
 
-        A test refusing reports must not release the association before the refusal went out:
-        pynetdicom answers requests on its reactor thread, and an answer it sends after the
-        A-RELEASE-RQ breaks its own state machine (an exception in that thread)."""
+        The association is released only once every report's answer is on the wire (see
+        :class:`_Answers`)."""
         ae = AE(ae_title=self.ae_title)
         ae.dimse_timeout = 20
         ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        handlers = [(evt.EVT_N_EVENT_REPORT, self._on_report if reports_here else self._refuse_report)]
+        answers = _Answers()
+        answer = self._on_report if reports_here else self._refuse_report
+
+        def on_report(event: Any) -> tuple[int, None]:
+            answers.owe()
+            return answer(event)
+
+        handlers = [
+            (evt.EVT_N_EVENT_REPORT, on_report),
+            (evt.EVT_DIMSE_SENT, answers.on_dimse_sent),
+            (evt.EVT_PDU_SENT, answers.on_pdu_sent),
+        ]
         assoc = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title, evt_handlers=handlers)
         assert assoc.is_established
         try:
             yield assoc
         finally:
+            answers.wait_all_sent(REPORT_WAIT)
             if assoc.is_established:
                 assoc.release()
 
