@@ -22,7 +22,7 @@ from unittest import mock
 
 from gateway.dimse import front_door
 from gateway.dimse.observe import Observer
-from gateway.dimse.retrieve import RetrieveOutcome
+from gateway.dimse.retrieve_outcome import RetrieveOutcome
 from tests.dimse_find_scp import Peer
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
 

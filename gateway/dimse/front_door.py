@@ -38,7 +38,7 @@ from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.observe import Observer, Operation
 from gateway.dimse.peers import DimsePeers
 from gateway.dimse.portal import LoopPortal
-from gateway.dimse.retrieve import RetrieveOutcome
+from gateway.dimse.retrieve_outcome import RetrieveOutcome
 from gateway.dimse.retrieve_query import GET_SOP_CLASSES, MOVE_SOP_CLASSES
 from gateway.dimse.store import StoreHandler
 from gateway.dimse.tls import listener_context

@@ -27,7 +27,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from gateway.dimse.find import FindPeer, Portal, Searcher
-from gateway.dimse.retrieve import RetrieveOutcome, Retriever, accepted_syntaxes
+from gateway.dimse.retrieve import Retriever, accepted_syntaxes
+from gateway.dimse.retrieve_outcome import RetrieveOutcome
 from gateway.dimse.retrieve_query import GET_SOP_CLASSES
 from gateway.dimse.retrieve_run import SUCCESS, RetrieveRun
 from gateway.services.retrieval import RetrievalService

@@ -41,7 +41,8 @@ from pynetdicom import build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.dimse.find import FindPeer, Portal, Searcher
-from gateway.dimse.retrieve import MAX_CONTEXTS, RetrieveOutcome, Retriever, accepted_syntaxes, generic_contexts
+from gateway.dimse.retrieve import MAX_CONTEXTS, Retriever, accepted_syntaxes, generic_contexts
+from gateway.dimse.retrieve_outcome import RetrieveOutcome
 from gateway.dimse.retrieve_query import MOVE_SOP_CLASSES
 from gateway.dimse.retrieve_run import SUCCESS, RetrieveRun
 from gateway.services.retrieval import RetrievalService

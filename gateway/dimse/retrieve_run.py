@@ -18,16 +18,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from gateway.dimse.find import FindPeer
-from gateway.dimse.retrieve import (
-    CANCELLED,
-    Plan,
-    RetrieveOutcome,
-    Retriever,
-    Tally,
-    final_status,
-    outcome,
-    report,
-)
+from gateway.dimse.retrieve import CANCELLED, Plan, Retriever
+from gateway.dimse.retrieve_outcome import RetrieveOutcome, Tally, final_status, outcome, report
 from gateway.dimse.retrieve_query import Model, RetrieveFailure, parse_retrieve
 from gateway.dimse.status import failure, identifier_of
 from gateway.errors import ServiceUnavailable
