@@ -43,7 +43,7 @@ def receive_into_files(directory: Path) -> Callable[[], None]:
     ``NamedTemporaryFile()`` and no directory, so the process's temporary directory
     (``tempfile.tempdir``) is pointed at ``directory``: in the process's spool, on the data
     volume rather than a small ``/tmp``, and swept with the spool if the process dies in the
-    middle. pynetdicom deletes the file once the handler has returned; each association binds
+    middle. :func:`spool_received` deletes the file once the spool holds its data set; each association binds
     :func:`discard_unfinished` for the one it would leave behind when cut off."""
     directory.mkdir(parents=True, exist_ok=True)
     before = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
@@ -103,8 +103,8 @@ def spool_received(event: Any, spool_dir: Path) -> ReceivedInstance:
     write_file_meta_info(header, meta, enforce_standard=True)  # type: ignore[arg-type]
     spool_dir.mkdir(parents=True, exist_ok=True)
     path = spool_dir / f"recv-{uuid.uuid4().hex}.dcm"
-    received = _received_file(event)
     try:
+        received = _received_file(event)
         with path.open("wb") as f:
             f.write(header.getbuffer())
             if received is None:
@@ -117,7 +117,25 @@ def spool_received(event: Any, spool_dir: Path) -> ReceivedInstance:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+    finally:
+        _discard_received(request)
     return ReceivedInstance(path=path, sop_uid=sop_uid, transfer_syntax=str(syntax))
+
+
+def _discard_received(request: Any) -> None:
+    """Close and delete pynetdicom's file of a data set once the spool holds it (or could not).
+
+    pynetdicom deletes that file after a Storage SCP handler returns, but not after the C-STORE
+    sub-operations of a C-GET it requested (``Association._c_store_scp`` neither closes nor
+    deletes it): without this every instance a C-GET brought would stay on disk and keep a file
+    descriptor open. Where pynetdicom deletes it too, its unlink finds nothing, which it ignores."""
+    path = getattr(request, "_dataset_path", None)
+    handle = getattr(request, "_dataset_file", None)
+    if handle is not None:
+        with contextlib.suppress(OSError):
+            handle.close()
+    if isinstance(path, Path):
+        path.unlink(missing_ok=True)
 
 
 def _received_file(event: Any) -> tuple[Path, int] | None:
