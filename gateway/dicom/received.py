@@ -5,13 +5,17 @@ pushes of DIMSE clients to the front door.
 
 With :func:`receive_into_files` (called once by the composition root), pynetdicom writes each
 C-STORE data set to a temporary file as its P-DATA fragments arrive, instead of gathering it in
-memory: a 2 GiB instance then costs disk, not 2 GiB of RAM per association. The spool file is
-copied from it in chunks.
+memory: a 2 GiB instance then costs disk, not 2 GiB of RAM per association. That file starts
+with the File Meta Information this module would write (pynetdicom is told to write ours), so
+it becomes the spool file by a rename, not a copy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
+import os
 import shutil
 import struct
 import tempfile
@@ -24,12 +28,15 @@ from typing import Any
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, _config
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, _config, dimse_messages
+from pynetdicom.dsutils import create_file_meta
 
 from gateway.dicom.records import ReceivedInstance
 
 IMPLEMENTATION_VERSION = "DICOMWEB_GW"
 COPY_CHUNK = 1 << 20
+# What pynetdicom's receiving code (dimse_messages, 3.0) calls for the meta of a received file.
+META_FACTORY = "create_file_meta"
 PREAMBLE = 128 + 4  # PS3.10 7.1: preamble and "DICM"
 
 
@@ -39,19 +46,28 @@ def receive_into_files(directory: Path) -> Callable[[], None]:
 
     A module-level switch of pynetdicom (``_config.STORE_RECV_CHUNKED_DATASET``): it applies to
     every association of the process, the listener's and the DIMSE adapter's C-GETs alike, all
-    of which go through :func:`spool_received`. pynetdicom creates its file with
+    of which go through :func:`spool_received`. The File Meta Information pynetdicom writes at
+    the head of each file is made the one :func:`spool_received` writes (its Implementation
+    Version Name is ours, not pynetdicom's), so the file is renamed into the spool. pynetdicom creates its file with
     ``NamedTemporaryFile()`` and no directory, so the process's temporary directory
     (``tempfile.tempdir``) is pointed at ``directory``: in the process's spool, on the data
     volume rather than a small ``/tmp``, and swept with the spool if the process dies in the
     middle. :func:`spool_received` deletes the file once the spool holds its data set; each association binds
     :func:`discard_unfinished` for the one it would leave behind when cut off."""
     directory.mkdir(parents=True, exist_ok=True)
-    before = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+    before = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir, getattr(dimse_messages, META_FACTORY))
     _config.STORE_RECV_CHUNKED_DATASET = True
     tempfile.tempdir = str(directory)
+    ours = functools.partial(
+        create_file_meta,
+        implementation_uid=PYNETDICOM_IMPLEMENTATION_UID,
+        implementation_version=IMPLEMENTATION_VERSION,
+    )
+    setattr(dimse_messages, META_FACTORY, ours)
 
     def restore() -> None:
-        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = before
+        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir, meta = before
+        setattr(dimse_messages, META_FACTORY, meta)
 
     return restore
 
@@ -85,9 +101,9 @@ def spool_received(event: Any, spool_dir: Path) -> ReceivedInstance:
 
     The File Meta Information is written here, deterministically (no Source AE title, no time):
     the same data set from any peer becomes the same bytes, so storing it twice is idempotent
-    (an identical re-send finds an identical object). So the data set of a file pynetdicom
-    received is copied after a meta of ours, not kept with pynetdicom's (whose Implementation
-    Version Name changes with its version).
+    (an identical re-send finds an identical object). A file pynetdicom received starts with
+    that same meta (see :func:`receive_into_files`) and is renamed into the spool; one that
+    does not (another meta, another file system) has its data set copied after ours.
     """
     request = event.request
     syntax = UID(str(event.context.transfer_syntax))
@@ -105,6 +121,8 @@ def spool_received(event: Any, spool_dir: Path) -> ReceivedInstance:
     path = spool_dir / f"recv-{uuid.uuid4().hex}.dcm"
     try:
         received = _received_file(event)
+        if received is not None and _adopt(request, received, header.getvalue(), path):
+            return ReceivedInstance(path=path, sop_uid=sop_uid, transfer_syntax=str(syntax))
         with path.open("wb") as f:
             f.write(header.getbuffer())
             if received is None:
@@ -120,6 +138,27 @@ def spool_received(event: Any, spool_dir: Path) -> ReceivedInstance:
     finally:
         _discard_received(request)
     return ReceivedInstance(path=path, sop_uid=sop_uid, transfer_syntax=str(syntax))
+
+
+def _adopt(request: Any, received: tuple[Path, int], header: bytes, path: Path) -> bool:
+    """Rename pynetdicom's file of the data set to ``path`` if it starts with ``header`` (the
+    whole File Meta Information) and lies on the same file system; whether it did."""
+    source, offset = received
+    if offset != len(header):
+        return False
+    handle = getattr(request, "_dataset_file", None)
+    if handle is not None:
+        handle.close()  # flushed: pynetdicom writes each fragment through its buffer
+    with source.open("rb") as f:
+        if f.read(offset) != header:
+            return False
+    try:
+        os.replace(source, path)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            return False
+        raise
+    return True
 
 
 def _discard_received(request: Any) -> None:
