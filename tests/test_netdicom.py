@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pynetdicom import AE
 
+from gateway.dicom.part10 import read_meta
+from gateway.netdicom.encoded_store import EncodedDataset, installed
 from gateway.netdicom.tune import TunedAE
 from tests import factory
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
@@ -65,6 +68,44 @@ def test_a_tuned_requestor_stores_a_slice_in_small_pdus(storescp: tuple[int, Pat
     got = pydicom.dcmread(written)
     assert got.SOPInstanceUID == sent.SOPInstanceUID
     assert got.PixelData == sent.PixelData  # 512 KiB over ~128 PDUs of 4 KiB
+
+
+def test_a_stored_slice_goes_out_as_stored_in_small_pdus(storescp: tuple[int, Path]) -> None:
+    """An EncodedDataset is written as P-DATA PDUs of the peer's size by the tuned association,
+    not re-encoded: storescp writes the same data set bytes."""
+    port, folder = storescp
+    part10 = factory.ct_series(1, 512, 512, seed=4343)[0]
+    meta = read_meta(BytesIO(part10), len(part10))
+    assert meta.sop_class_uid is not None
+    assert meta.sop_instance_uid is not None
+    encoded = EncodedDataset(
+        part10,
+        meta.dataset_start,
+        sop_class_uid=meta.sop_class_uid,
+        sop_uid=meta.sop_instance_uid,
+        syntax=meta.transfer_syntax,
+    )
+    ae = TunedAE(ae_title="TUNED")
+    ae.add_requested_context(meta.sop_class_uid, meta.transfer_syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
+    assert assoc.is_established
+    assert installed(assoc)
+    try:
+        statuses = [assoc.send_c_store(encoded).Status for _ in range(3)]  # the same message thrice
+    finally:
+        assoc.release()
+    assert statuses == [0x0000] * 3
+    assert assoc.is_released
+    written = sorted(folder.iterdir())
+    assert written
+    got = written[0].read_bytes()
+    got_start = read_meta(BytesIO(got), len(got)).dataset_start
+    assert got[got_start:] == part10[meta.dataset_start :]  # 512 KiB over ~128 PDUs of 4 KiB
+
+
+def test_an_untuned_association_is_not_given_encoded_data_sets() -> None:
+    assert not installed(AE(ae_title="PLAIN"))
+    assert not installed(None)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from gateway.dimse.retrieve import Retriever, accepted_syntaxes
 from gateway.dimse.retrieve_outcome import RetrieveOutcome
 from gateway.dimse.retrieve_query import GET_SOP_CLASSES
 from gateway.dimse.retrieve_run import SUCCESS, RetrieveRun
+from gateway.netdicom import encoded_store
 from gateway.services.retrieval import RetrievalService
 
 __all__ = ["GetHandler"]
@@ -77,6 +78,7 @@ class GetHandler:
                 accepted=lambda: accepted_syntaxes(assoc.accepted_contexts, as_scu=True),
                 receiver_up=lambda: bool(assoc.is_established),
                 cancelled=lambda: bool(event.is_cancelled),
+                sends_encoded=lambda: encoded_store.installed(assoc),
             )
         except GeneratorExit:
             run.left()

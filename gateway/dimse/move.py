@@ -45,6 +45,7 @@ from gateway.dimse.retrieve import MAX_CONTEXTS, Retriever, accepted_syntaxes, g
 from gateway.dimse.retrieve_outcome import RetrieveOutcome
 from gateway.dimse.retrieve_query import MOVE_SOP_CLASSES
 from gateway.dimse.retrieve_run import SUCCESS, RetrieveRun
+from gateway.netdicom import encoded_store
 from gateway.services.retrieval import RetrievalService
 
 __all__ = ["MoveHandler"]
@@ -147,6 +148,7 @@ class MoveHandler:
                 accepted=accepted_now,
                 receiver_up=receiver_up,
                 cancelled=lambda: bool(event.is_cancelled),
+                sends_encoded=lambda: encoded_store.installed(sub_association.get("assoc")),
             )
         except GeneratorExit:
             run.left()

@@ -53,11 +53,13 @@ from gateway.dicom.media import (
     JPEG_LS_LOSSLESS,
     RLE_LOSSLESS,
 )
+from gateway.dicom.part10 import read_meta
 from gateway.dicom.query import Match, QidoQuery, parse_qido
 from gateway.dimse.find import Portal, Searcher
 from gateway.dimse.retrieve_outcome import Tally
 from gateway.dimse.retrieve_query import RetrieveRequest, Selection
 from gateway.errors import GatewayError, NotFound
+from gateway.netdicom.encoded_store import EncodedDataset
 from gateway.ports import InstanceRecord
 from gateway.security.access import Restriction
 from gateway.services.flight import Arrival
@@ -310,12 +312,14 @@ class Retriever:
         accepted: Callable[[], dict[str, set[str]]],
         receiver_up: Callable[[], bool],
         cancelled: Callable[[], bool],
+        sends_encoded: Callable[[], bool],
         tally: Tally,
     ) -> Iterator[tuple[int, Dataset | None]]:
         """``(0xFF00, data set)`` for each instance of ``plan`` (at most ``plan.count``), or
         ``(0xFE00, None)`` once ``cancelled()``. ``accepted()``: the receiver's accepted syntaxes
-        by SOP Class; ``receiver_up()``: whether the association to it still stands; ``tally``
-        notes what each yield was."""
+        by SOP Class; ``receiver_up()``: whether the association to it still stands;
+        ``sends_encoded()``: whether it sends an :class:`EncodedDataset` as it is (else each
+        data set is decoded first); ``tally`` notes what each yield was."""
         budget = plan.count
         owed = dict.fromkeys(sop for part in plan.parts for sop in part.expected)  # announced, not yet yielded
         try:
@@ -343,7 +347,7 @@ class Retriever:
                         log.warning("instance %s arrived beyond the announced sub-operations; not sent", sop)
                         continue
                     budget -= 1
-                    dataset = self._dataset(item, sop, accepted())
+                    dataset = self._dataset(item, sop, accepted(), encoded=sends_encoded())
                     (tally.sent if "SOPClassUID" in dataset else tally.unsent).append(sop)
                     yield PENDING, dataset
                     del dataset
@@ -364,25 +368,31 @@ class Retriever:
             with suppress(Exception):
                 self._portal(part.retrieval.items.aclose())
 
-    def _dataset(self, item: InstanceRecord | Arrival, sop: str, accepted: dict[str, set[str]]) -> Dataset:
+    def _dataset(
+        self, item: InstanceRecord | Arrival, sop: str, accepted: dict[str, set[str]], *, encoded: bool
+    ) -> Dataset:
         """The data set of instance ``sop`` in a syntax the receiver accepted, or the stand-in
         that fails (see :func:`_unsendable`)."""
         try:
             data: bytes = self._portal(_collect(self._retrieval.instance_bytes(item, None)))
-            dataset = pydicom.dcmread(BytesIO(data))
-            sop_class = str(dataset.SOPClassUID)
-            stored = str(dataset.file_meta.TransferSyntaxUID)
+            meta = read_meta(BytesIO(data), len(data))
+            sop_class = meta.sop_class_uid or (item.sop_class_uid if isinstance(item, InstanceRecord) else "")
         except Exception as exc:  # the store, the spool file or the data set failed: one sub-operation
             log.warning("instance %s cannot be read for a C-STORE sub-operation: %s", sop, exc)
             return _unsendable(sop)
         syntaxes = accepted.get(sop_class, set())
-        if stored in syntaxes:
-            return dataset
+        if meta.transfer_syntax in syntaxes:
+            if not encoded:
+                return pydicom.dcmread(BytesIO(data))
+            # Sent as stored, without decoding it (gateway.netdicom.encoded_store).
+            return EncodedDataset(
+                data, meta.dataset_start, sop_class_uid=sop_class, sop_uid=sop, syntax=meta.transfer_syntax
+            )
         target = next((ts for ts in UNCOMPRESSED if ts in syntaxes), None)
         if target is None:
             log.warning("instance %s: the receiver accepted no context for SOP Class %s", sop, sop_class)
             return _unsendable(sop)
-        del dataset, data
+        del data
         try:
             data = self._portal(_collect(self._retrieval.instance_bytes(item, target)))
             if not data:

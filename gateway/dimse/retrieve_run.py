@@ -77,12 +77,18 @@ class RetrieveRun:
         accepted: Callable[[], dict[str, set[str]]],
         receiver_up: Callable[[], bool],
         cancelled: Callable[[], bool],
+        sends_encoded: Callable[[], bool],
     ) -> Iterator[tuple[int, Dataset | None]]:
         """What the handler yields after the count (see
         :meth:`gateway.dimse.retrieve.Retriever.sub_operations`), noting C-CANCEL (0xFE00) or
         else the final status pynetdicom sends."""
         for result in self.retriever.sub_operations(
-            plan, accepted=accepted, receiver_up=receiver_up, cancelled=cancelled, tally=self.tally
+            plan,
+            accepted=accepted,
+            receiver_up=receiver_up,
+            cancelled=cancelled,
+            sends_encoded=sends_encoded,
+            tally=self.tally,
         ):
             if result[0] == CANCELLED:
                 self.status = CANCELLED

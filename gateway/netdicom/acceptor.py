@@ -1,6 +1,7 @@
-"""A waking association reactor for pynetdicom acceptors.
+"""A waking association reactor for pynetdicom associations (acceptors, and requestors:
+pynetdicom runs one loop for both).
 
-An accepted association's own thread (``Association._run_reactor``) polls too: every 1 ms it
+An association's own thread (``Association._run_reactor``) polls too: every 1 ms it
 looks for a decoded DIMSE message, a release or abort from the peer, a dead DUL thread or an
 expired network timeout. :func:`install` gives one association the same loop (pynetdicom 3.0),
 in the same order, waiting on an event set whenever the DUL hands it a message or a primitive,

@@ -13,6 +13,11 @@ the DUL to send, an event is queued for its state machine, or the thread is told
 wait is bounded by the ARTIM timer (PS3.8 9.1.5) and a short backstop, so a timer still fires
 on time. It also reads each PDU with ``recv_into`` into one buffer instead of 4 KiB ``recv``
 calls joined together.
+
+Each pass (one primitive to send or one PDU received, and the state machine's action) runs
+holding the association's send lock, which :mod:`gateway.netdicom.encoded_store` takes to write
+a whole C-STORE message to the socket itself: what the DUL sends and what that writes never
+interleave.
 """
 
 from __future__ import annotations
@@ -60,10 +65,11 @@ class Waker:
         self._writer.close()
 
 
-def install(dul: Any, transport: Any) -> None:
+def install(dul: Any, transport: Any) -> threading.Lock:
     """Give ``dul`` (a ``DULServiceProvider`` whose thread has not started) the waking loop, and
-    ``transport`` (its ``AssociationSocket``) whole-PDU reads."""
+    ``transport`` (its ``AssociationSocket``) whole-PDU reads; returns the send lock."""
     waker = Waker()
+    send_lock = threading.Lock()
     _wake_after(dul.to_provider_queue, waker, dul)
     _wake_after(dul.event_queue, waker, dul)
     kill = dul.kill_dul
@@ -73,8 +79,9 @@ def install(dul: Any, transport: Any) -> None:
         waker.wake()
 
     dul.kill_dul = kill_dul
-    dul.run = types.MethodType(lambda self: _run(self, waker), dul)
+    dul.run = types.MethodType(lambda self: _run(self, waker, send_lock), dul)
     transport.recv = types.MethodType(_recv, transport)
+    return send_lock
 
 
 def _wake_after(q: queue.Queue[Any], waker: Waker, reactor: threading.Thread) -> None:
@@ -88,8 +95,9 @@ def _wake_after(q: queue.Queue[Any], waker: Waker, reactor: threading.Thread) ->
     q.put = put_and_wake  # type: ignore[method-assign]
 
 
-def _run(dul: Any, waker: Waker) -> None:
-    """pynetdicom's ``run_reactor`` (3.0), its sleep replaced by :func:`_wait`."""
+def _run(dul: Any, waker: Waker, send_lock: threading.Lock) -> None:
+    """pynetdicom's ``run_reactor`` (3.0), its sleep replaced by :func:`_wait`, each pass
+    holding ``send_lock``."""
     try:
         dul._idle_timer.start()
         idle = False
@@ -102,22 +110,23 @@ def _run(dul: Any, waker: Waker) -> None:
                 break
             if dul.artim_timer.expired:
                 dul.event_queue.put("Evt18")
-            try:
-                # One primitive to encode and send OR one PDU to receive and decode per pass.
-                if dul._process_recv_primitive():
-                    pass
-                elif dul._is_transport_event():
-                    dul._idle_timer.restart()
-            except Exception:
-                LOGGER.exception("Exception in DUL.run(), aborting association")
-                _abort(dul)
-                return
-            try:
-                event = dul.event_queue.get(block=False)
-            except queue.Empty:
-                idle = True
-                continue
-            dul.state_machine.do_action(event)
+            with send_lock:
+                try:
+                    # One primitive to encode and send OR one PDU to receive and decode per pass.
+                    if dul._process_recv_primitive():
+                        pass
+                    elif dul._is_transport_event():
+                        dul._idle_timer.restart()
+                except Exception:
+                    LOGGER.exception("Exception in DUL.run(), aborting association")
+                    _abort(dul)
+                    return
+                try:
+                    event = dul.event_queue.get(block=False)
+                except queue.Empty:
+                    idle = True
+                    continue
+                dul.state_machine.do_action(event)
             idle = False
     finally:
         waker.close()

@@ -5,7 +5,11 @@
   thread waits for work too (:mod:`gateway.netdicom.acceptor`).
 * Requestors: :class:`TunedAE` hooks ``AE._create_socket``, which ``AE.associate`` calls before
   ``Association.request`` starts the DUL thread (an ``EVT_CONN_OPEN`` handler runs too late
-  there: on the DUL thread, once connected).
+  there: on the DUL thread, once connected). Their association thread runs the same loop as
+  an acceptor's (pynetdicom's is one loop for both), so it waits for work too.
+
+Every tuned association sends an already encoded data set as it is
+(:mod:`gateway.netdicom.encoded_store`).
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ from typing import Any
 
 from pynetdicom import AE
 
-from gateway.netdicom import acceptor
+from gateway.netdicom import acceptor, encoded_store
 from gateway.netdicom.quiet import quiet
 from gateway.netdicom.reactor import install
 
 
 def tune(assoc: Any, transport: Any) -> None:
     quiet(assoc)
-    install(assoc.dul, transport)
+    send_lock = install(assoc.dul, transport)
+    encoded_store.install(assoc, send_lock)
 
 
 def tune_accepted(event: Any) -> None:
@@ -38,4 +43,5 @@ class TunedAE(AE):
     def _create_socket(self, assoc: Any, *args: Any, **kwargs: Any) -> Any:
         transport = super()._create_socket(assoc, *args, **kwargs)
         tune(assoc, transport)
+        acceptor.install(assoc)
         return transport
