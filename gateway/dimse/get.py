@@ -26,7 +26,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
-from gateway.dimse.find import FindPeer, Portal, Searcher
+from gateway.dimse.find import FindPeer, Searcher
+from gateway.dimse.portal import LoopPortal
 from gateway.dimse.retrieve import Retriever, accepted_syntaxes
 from gateway.dimse.retrieve_outcome import RetrieveOutcome
 from gateway.dimse.retrieve_query import GET_SOP_CLASSES
@@ -49,7 +50,7 @@ class GetHandler:
         search: Searcher,
         *,
         ae_title: str,
-        portal: Portal,
+        portal: LoopPortal,
         peer_of: Callable[[Any], FindPeer],
         on_outcome: Callable[[RetrieveOutcome], None] | None = None,
     ) -> None:

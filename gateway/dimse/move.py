@@ -40,7 +40,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from gateway.dimse.find import FindPeer, Portal, Searcher
+from gateway.dimse.find import FindPeer, Searcher
+from gateway.dimse.portal import LoopPortal
 from gateway.dimse.retrieve import MAX_CONTEXTS, Retriever, accepted_syntaxes, generic_contexts
 from gateway.dimse.retrieve_outcome import RetrieveOutcome
 from gateway.dimse.retrieve_query import MOVE_SOP_CLASSES
@@ -78,7 +79,7 @@ class MoveHandler:
         search: Searcher,
         *,
         ae_title: str,
-        portal: Portal,
+        portal: LoopPortal,
         peer_of: Callable[[Any], FindPeer],
         destination_of: Callable[[str], Destination | None],
         on_outcome: Callable[[RetrieveOutcome], None] | None = None,

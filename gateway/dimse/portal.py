@@ -28,11 +28,18 @@ class LoopPortal:
         self._timeout = timeout
 
     def __call__(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return self.result(self.submit(coroutine))
+
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        """Start ``coroutine`` on the loop without waiting (a read-ahead); :meth:`result` waits."""
         try:
-            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+            return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         except RuntimeError:  # the loop is closed: the gateway is stopping
             coroutine.close()
             raise ServiceUnavailable("the gateway is stopping") from None
+
+    def result(self, future: concurrent.futures.Future[Any]) -> Any:
+        """The result of a :meth:`submit`, waited for at most ``timeout`` seconds."""
         try:
             return future.result(self._timeout)
         except concurrent.futures.TimeoutError:

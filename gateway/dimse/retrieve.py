@@ -17,9 +17,10 @@ learnt, by IMAGE level queries of the QIDO federation (the index and every ``[[p
 series by series, because the number of sub-operations must be announced before the first one.
 
 :meth:`Retriever.sub_operations` then reads the instances one at a time, as the store streams
-them or as they arrive from the PACS (memory holds one instance, never a series), each in the
-syntax the receiver accepted for its SOP Class: the stored one when accepted, else Explicit or
-Implicit VR Little Endian by the retrieval service's transcoding. An instance that cannot be
+them or as they arrive from the PACS, the next one while the current one is sent (memory holds
+two instances, never a series), each in the syntax the receiver accepted for its SOP Class:
+the stored one when accepted (sent as stored, :mod:`gateway.netdicom.encoded_store`), else
+Explicit or Implicit VR Little Endian by the retrieval service's transcoding. An instance that cannot be
 sent (no accepted context, transcoding impossible, announced but never delivered by the PACS,
 receiver gone) is yielded as a data set holding only its SOP Instance UID: pynetdicom's C-STORE
 refuses it before anything is sent, and counts it as a failed sub-operation whose UID it lists
@@ -29,6 +30,8 @@ sub-operation (0xFE00 with the counts).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import aclosing, suppress
@@ -55,7 +58,8 @@ from gateway.dicom.media import (
 )
 from gateway.dicom.part10 import read_meta
 from gateway.dicom.query import Match, QidoQuery, parse_qido
-from gateway.dimse.find import Portal, Searcher
+from gateway.dimse.find import Searcher
+from gateway.dimse.portal import LoopPortal
 from gateway.dimse.retrieve_outcome import Tally
 from gateway.dimse.retrieve_query import RetrieveRequest, Selection
 from gateway.errors import GatewayError, NotFound
@@ -171,7 +175,7 @@ def accepted_syntaxes(contexts: Iterable[PresentationContext], *, as_scu: bool =
 class Retriever:
     """Plans a request and yields its sub-operations (see the module docstring)."""
 
-    def __init__(self, retrieval: RetrievalService, search: Searcher, *, portal: Portal) -> None:
+    def __init__(self, retrieval: RetrievalService, search: Searcher, *, portal: LoopPortal) -> None:
         self._retrieval = retrieval
         self._search = search
         self._portal = portal
@@ -324,33 +328,36 @@ class Retriever:
         owed = dict.fromkeys(sop for part in plan.parts for sop in part.expected)  # announced, not yet yielded
         try:
             for part in plan.parts:
-                items = part.retrieval.items
-                while budget > 0:
-                    if cancelled():
-                        yield CANCELLED, None
-                        return
-                    if not receiver_up():
-                        break
-                    try:
-                        item = self._portal(_next(items))
-                    except Exception as exc:  # the PACS, the store or the portal's deadline
-                        # What was announced and not sent becomes failed sub-operations below.
-                        reason = exc.reason if isinstance(exc, GatewayError) else repr(exc)
-                        log.warning("retrieve broke off: %s", reason)
-                        break
-                    if item is None:
-                        break
-                    sop = _identity(item)
-                    if sop in owed:
-                        del owed[sop]
-                    elif len(owed) >= budget:
-                        log.warning("instance %s arrived beyond the announced sub-operations; not sent", sop)
-                        continue
-                    budget -= 1
-                    dataset = self._dataset(item, sop, accepted(), encoded=sends_encoded())
-                    (tally.sent if "SOPClassUID" in dataset else tally.unsent).append(sop)
-                    yield PENDING, dataset
-                    del dataset
+                with self._read_ahead(part) as ahead:
+                    while budget > 0:
+                        if cancelled():
+                            yield CANCELLED, None
+                            return
+                        if not receiver_up():
+                            break
+                        try:
+                            got = ahead.next()
+                        except Exception as exc:  # the PACS, the store or the portal's deadline
+                            # What was announced and not sent becomes failed sub-operations below.
+                            reason = exc.reason if isinstance(exc, GatewayError) else repr(exc)
+                            log.warning("retrieve broke off: %s", reason)
+                            break
+                        if got is None:
+                            break
+                        item, data = got
+                        sop = _identity(item)
+                        if sop in owed:
+                            del owed[sop]
+                        elif len(owed) >= budget:
+                            log.warning("instance %s arrived beyond the announced sub-operations; not sent", sop)
+                            continue
+                        budget -= 1
+                        if budget > 0:
+                            ahead.start()  # the next instance is read while this one is sent
+                        dataset = self._dataset(item, sop, data, accepted(), encoded=sends_encoded())
+                        (tally.sent if "SOPClassUID" in dataset else tally.unsent).append(sop)
+                        yield PENDING, dataset
+                        del dataset, data
             # Announced but not delivered (the PACS broke off or held fewer, the receiver left):
             # each is a failed sub-operation naming its instance.
             for sop in list(owed)[:budget]:
@@ -368,13 +375,24 @@ class Retriever:
             with suppress(Exception):
                 self._portal(part.retrieval.items.aclose())
 
+    def _read_ahead(self, part: Part) -> ReadAhead:
+        return ReadAhead(part.retrieval.items, self._retrieval, self._portal)
+
     def _dataset(
-        self, item: InstanceRecord | Arrival, sop: str, accepted: dict[str, set[str]], *, encoded: bool
+        self,
+        item: InstanceRecord | Arrival,
+        sop: str,
+        data: bytes | Exception,
+        accepted: dict[str, set[str]],
+        *,
+        encoded: bool,
     ) -> Dataset:
-        """The data set of instance ``sop`` in a syntax the receiver accepted, or the stand-in
-        that fails (see :func:`_unsendable`)."""
+        """The data set of instance ``sop`` (its stored bytes ``data``, or why they could not be
+        read) in a syntax the receiver accepted, or the stand-in that fails (see
+        :func:`_unsendable`)."""
         try:
-            data: bytes = self._portal(_collect(self._retrieval.instance_bytes(item, None)))
+            if isinstance(data, Exception):
+                raise data
             meta = read_meta(BytesIO(data), len(data))
             sop_class = meta.sop_class_uid or (item.sop_class_uid if isinstance(item, InstanceRecord) else "")
         except Exception as exc:  # the store, the spool file or the data set failed: one sub-operation
@@ -394,14 +412,74 @@ class Retriever:
             return _unsendable(sop)
         del data
         try:
-            data = self._portal(_collect(self._retrieval.instance_bytes(item, target)))
-            if not data:
+            converted: bytes = self._portal(_collect(self._retrieval.instance_bytes(item, target)))
+            if not converted:
                 raise ValueError("nothing to transcode (refused by the cache)")
-            transcoded: Dataset = pydicom.dcmread(BytesIO(data))
+            transcoded: Dataset = pydicom.dcmread(BytesIO(converted))
         except Exception as exc:
             log.warning("instance %s cannot be sent in %s: %s", sop, target, exc)
             return _unsendable(sop)
         return transcoded
+
+
+class ReadAhead:
+    """The instances of one part's stream with their stored bytes, read on the event loop one
+    instance ahead of the sender: :meth:`start` begins reading the next while the current one is
+    sent, :meth:`next` waits for it. At most two instances are in memory. Leaving the ``with``
+    block stops a read still under way before anything else touches the stream."""
+
+    def __init__(
+        self,
+        items: AsyncGenerator[InstanceRecord | Arrival, None],
+        retrieval: RetrievalService,
+        portal: LoopPortal,
+    ) -> None:
+        self._items = items
+        self._retrieval = retrieval
+        self._portal = portal
+        self._pending: concurrent.futures.Future[Any] | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            with suppress(Exception):
+                self._portal(self._stop())
+
+    def start(self) -> None:
+        if self._pending is None:
+            self._pending = self._portal.submit(self._read())
+
+    def next(self) -> tuple[InstanceRecord | Arrival, bytes | Exception] | None:
+        """The next instance and its bytes (or why they could not be read); ``None`` at the
+        end. Raises what broke the stream itself."""
+        self.start()
+        pending, self._pending = self._pending, None
+        assert pending is not None
+        got: tuple[InstanceRecord | Arrival, bytes | Exception] | None = self._portal.result(pending)
+        return got
+
+    async def _read(self) -> tuple[InstanceRecord | Arrival, bytes | Exception] | None:
+        self._task = asyncio.current_task()
+        item = await _next(self._items)
+        if item is None:
+            return None
+        try:
+            return item, await _collect(self._retrieval.instance_bytes(item, None))
+        except Exception as exc:  # the store or the spool file failed: this one sub-operation
+            return item, exc
+
+    async def _stop(self) -> None:
+        """Cancel the read under way and wait until it has let go of the stream (scheduled
+        after it, so its task has started)."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with suppress(BaseException):
+                await task
 
 
 def _unsendable(sop: str) -> Dataset:

@@ -11,12 +11,21 @@ soon as it is decoded. The network timeout is checked at least every :data:`BACK
 While it waits the reactor counts as paused (``_is_paused``): pynetdicom's ``send_*`` methods
 pause it before they use the association from another thread and spin until it says so; it
 then stops at ``_reactor_checkpoint`` before touching a message, exactly as pynetdicom's does.
+
+That handshake has a gap: a reactor just let through the checkpoint still says it is paused
+until it says otherwise, and then takes a message off the queue; a sender that paused it in
+between has its response taken (pynetdicom logs "Received unexpected C-STORE service
+message" and the sender waits for the DIMSE timeout). A response that comes back within a
+millisecond falls into it. :func:`pause` closes it: the reactor looks at the checkpoint again
+and takes a message only under a gate that :func:`pause` passes through after closing the
+checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import types
 from typing import Any
 
@@ -28,9 +37,13 @@ LOGGER = logging.getLogger("pynetdicom.association")
 BACKSTOP = 0.1  # seconds: the network timeout's resolution, and what a missed signal could cost
 
 
+GATE = "_gateway_reactor_gate"
+
+
 def install(assoc: Any) -> threading.Event:
     """Replace ``assoc``'s acceptor loop (before its thread starts); the returned event wakes it."""
     signal = threading.Event()
+    setattr(assoc, GATE, threading.Lock())
     for q in (assoc.dimse.msg_queue, assoc.dul.to_user_queue):
         _signal_after(q, signal)
     kill = assoc.kill
@@ -54,16 +67,32 @@ def _signal_after(q: Any, signal: threading.Event) -> None:
     q.put = put_and_signal
 
 
+def pause(assoc: Any) -> None:
+    """What pynetdicom's ``send_*`` methods do before using ``assoc`` from a thread other than
+    its reactor's, without the gap (see the module docstring); ``_reactor_checkpoint.set()``
+    lets the reactor go on."""
+    assoc._reactor_checkpoint.clear()
+    gate = getattr(assoc, GATE, None)
+    if gate is not None and not assoc._is_paused:
+        with gate:  # a reactor past its checkpoint has taken its message (or sees it closed)
+            pass
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+
+
 def _run(assoc: Any, signal: threading.Event) -> None:
     """pynetdicom's ``Association._run_reactor``, its 1 ms sleep replaced by ``signal``."""
+    gate: threading.Lock = getattr(assoc, GATE)
     while not assoc._kill:
         assoc._is_paused = True
         signal.wait(BACKSTOP)
         signal.clear()  # what arrived before this is handled below; anything later sets it again
         assoc._reactor_checkpoint.wait()
-        assoc._is_paused = False
-
-        context_id, msg = assoc.dimse.get_msg(block=False)
+        with gate:
+            if not assoc._reactor_checkpoint.is_set():
+                continue  # paused again since: by a sender whose response must stay queued
+            assoc._is_paused = False
+            context_id, msg = assoc.dimse.get_msg(block=False)
         if msg:
             assoc._serve_request(msg, context_id)
             signal.set()  # another message may have been queued meanwhile: look again at once

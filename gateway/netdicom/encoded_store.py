@@ -41,6 +41,8 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
+from gateway.netdicom import acceptor
+
 __all__ = ["EncodedDataset", "install", "installed"]
 
 LOGGER = logging.getLogger("pynetdicom.assoc")
@@ -139,9 +141,7 @@ def _send_encoded(
         raise ValueError("Failed to encode the C-STORE request")
 
     # As pynetdicom: the association's own reactor must not take the response off the queue.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
+    acceptor.pause(assoc)
     try:
         timeout = assoc.dimse.dimse_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
