@@ -28,7 +28,9 @@ from gateway.dicom.media import HTJ2K as HTJ2K_LOSSY
 from gateway.dicom.media import HTJ2K_LOSSLESS as HT
 from gateway.dicom.media import HTJ2K_LOSSLESS_RPCL as HT_RPCL
 from gateway.dicom.media import IMPLICIT_VR_LITTLE_ENDIAN as ILE
+from gateway.dicom.media import JPEG_2000_LOSSLESS as J2K
 from gateway.dicom.media import JPEG_LS_LOSSLESS as JLS
+from gateway.dicom.media import RLE_LOSSLESS as RLE
 from gateway.settings import SettingsError, load_settings
 from tests import factory
 from tests.fixtures_gateway import RunningGateway, start_gateway, stop_gateway
@@ -68,6 +70,9 @@ SOURCES = {
     "s8": lambda: _instance(_pixels(6, (40, 48), -128, 127, np.int8), 106),
     "u8-multiframe": lambda: _instance(_pixels(7, (3, 40, 48), 0, 255, np.uint8), 107),
     "rgb8": lambda: _instance(_pixels(8, (32, 40, 3), 0, 255, np.uint8, colour=True), 108, photometric="RGB"),
+    "ybr-full8": lambda: _instance(
+        _pixels(12, (32, 40, 3), 0, 255, np.uint8, colour=True), 112, photometric="YBR_FULL"
+    ),
     "rgb16": lambda: _instance(_pixels(9, (32, 40, 3), 0, 65535, np.uint16, colour=True), 109, photometric="RGB"),
     "tiny-3x3": lambda: _instance(_pixels(10, (3, 3), 0, 255, np.uint8), 110),
 }
@@ -193,6 +198,22 @@ def test_part10_has_a_basic_offset_table_and_dcmdump_parses_it(tmp_path: Path) -
     assert "PixelData" in dumped.stdout
     assert "(fffe,e000) pi" in dumped.stdout, "the encapsulated items"
     assert "E:" not in dumped.stderr
+
+
+@pytest.mark.parametrize("stored", [JLS, J2K, RLE])
+def test_compressed_instances_transcode_to_htj2k_and_back(stored: str) -> None:
+    source = factory.image_instance(
+        _pixels(13, (48, 40), -2048, 2047, np.int16), seed=113, bits_stored=12, transfer_syntax=stored
+    )
+    expected = pydicom.dcmread(io.BytesIO(source)).pixel_array
+    for target in LOSSLESS:
+        ht = transcode.transcode_instance(source, target)
+        assert np.array_equal(pydicom.dcmread(io.BytesIO(ht)).pixel_array, expected)
+        # and HTJ2K as the stored syntax decodes to Explicit VR Little Endian and to JPEG-LS
+        for onward in (ELE, JLS):
+            out = pydicom.dcmread(io.BytesIO(transcode.transcode_instance(ht, onward)))
+            assert out.file_meta.TransferSyntaxUID == onward
+            assert np.array_equal(out.pixel_array, expected)
 
 
 # --- over HTTP ----------------------------------------------------------------------------------
@@ -330,6 +351,15 @@ def test_htj2k_storage_keeps_the_pixels_and_records_the_received_syntax(tmp_path
             as_stored = 'multipart/related; type="application/dicom"; transfer-syntax=*'
             ((_, stored_body),) = split_multipart(httpx.get(url_of(gw, original), headers={"Accept": as_stored}))
             assert original_syntax.recorded(pydicom.dcmread(io.BytesIO(stored_body)).file_meta) == received
+            # Frames: decoded from the stored codestream to the uncompressed bytes received, or as stored.
+            octet = httpx.get(
+                url_of(gw, original) + "/frames/1",
+                headers={"Accept": "multipart/related; type=application/octet-stream"},
+            )
+            assert split_multipart(octet)[0][1] == source.PixelData
+            raw = httpx.get(url_of(gw, original) + "/frames/1", headers={"Accept": "image/jphc; transfer-syntax=*"})
+            assert raw.headers["content-type"] == f"image/jphc; transfer-syntax={HT_RPCL}"
+            assert raw.content == next(generate_frames(kept.PixelData))
         # The same upload again is an identical duplicate (the encoder is deterministic).
         assert stow(gw.url, [ct]).status_code == 200
     finally:
