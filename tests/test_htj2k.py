@@ -31,6 +31,7 @@ from gateway.dicom.media import IMPLICIT_VR_LITTLE_ENDIAN as ILE
 from gateway.dicom.media import JPEG_2000_LOSSLESS as J2K
 from gateway.dicom.media import JPEG_LS_LOSSLESS as JLS
 from gateway.dicom.media import RLE_LOSSLESS as RLE
+from gateway.ports import PixelDescription
 from gateway.settings import SettingsError, load_settings
 from tests import factory
 from tests.fixtures_gateway import RunningGateway, start_gateway, stop_gateway
@@ -153,6 +154,33 @@ def test_rpcl_codestream_has_rpcl_order_and_tlm_markers() -> None:
     plain = dict(main_header_markers(transcode.encode_frame(ds.PixelData, pixel, HT)))
     assert 0xFF50 in plain
     assert 0xFF50 in markers
+
+
+def test_rpcl_lowest_resolution_is_at_most_64_pixels_a_side() -> None:
+    # PS3.5 10.18: enough decompositions for a thumbnail-sized lowest resolution.
+    tall = _pixels(14, (3000, 40), 0, 4095, np.uint16)
+    data = _instance(tall, 114, bits_stored=12)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    rpcl = transcode.encode_frame(ds.PixelData, transcode.description_of(ds), HT_RPCL)
+    levels = dict(main_header_markers(rpcl))[0xFF52][5]
+    assert -(-3000 // (1 << levels)) <= 64
+    assert np.array_equal(openjpeg_decode(rpcl), tall)
+    # the default five suffice for 512 x 512 (512 / 32 = 16)
+    square = transcode.encode_frame(bytes(512 * 512 * 2), PIXEL_512, HT_RPCL)
+    assert dict(main_header_markers(square))[0xFF52][5] == 5
+
+
+PIXEL_512 = PixelDescription(
+    rows=512,
+    columns=512,
+    samples_per_pixel=1,
+    bits_allocated=16,
+    bits_stored=16,
+    pixel_representation=0,
+    photometric_interpretation="MONOCHROME2",
+    planar_configuration=0,
+    number_of_frames=1,
+)
 
 
 def test_lossy_htj2k_is_marked_lossy_and_close() -> None:

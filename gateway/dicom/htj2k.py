@@ -5,10 +5,11 @@ The encoder is OpenJPH as bundled by ``imagecodecs`` (OpenJPEG, and so pylibjpeg
 decodes HTJ2K but has no HT block encoder). Three transfer syntaxes (PS3.5 A.4.11, 8.2.15):
 
 * 1.2.840.10008.1.2.4.201 HTJ2K Lossless: reversible 5/3 wavelet, any progression order;
-* 1.2.840.10008.1.2.4.202 HTJ2K with RPCL Options (Lossless): as .201, and the codestream is in
-  RPCL progression order with a TLM marker segment, so a viewer can find where each resolution
-  ends and draw a coarse image from the first bytes of a frame (tile-parts are cut at each
-  resolution for the same reason);
+* 1.2.840.10008.1.2.4.202 HTJ2K with RPCL Options (Lossless): as .201, and (PS3.5 10.18) the
+  codestream is in RPCL progression order, has a TLM marker segment, and enough wavelet
+  decompositions for the lowest resolution to be at most 64 pixels a side, so a viewer can find
+  where each resolution ends and draw a thumbnail or a coarse image from the first bytes of a
+  frame (tile-parts are cut at each resolution for the same reason);
 * 1.2.840.10008.1.2.4.203 HTJ2K: irreversible 9/7 wavelet, lossy; only made when a client names
   it (gateway.dicom.negotiation never picks a lossy syntax on its own).
 
@@ -34,6 +35,11 @@ PROGRESSION_RPCL = 2
 # relative to the range of the samples' type, so it is scaled down for e.g. 12 bits in 16): fine
 # enough for diagnostic-looking images, coarse enough to be several times smaller than lossless.
 LOSSY_QSTEP = 0.003
+
+# OpenJPH's default number of wavelet decompositions, and the largest side of the lowest
+# resolution PS3.5 10.18 allows for .202 (a thumbnail-sized image).
+DECOMPOSITIONS = 5
+BASE_RESOLUTION_MAX = 64
 
 # Marker codes (ISO/IEC 15444-1 Table A.2).
 SOC, SOT, SOD, EOC = 0xFF4F, 0xFF90, 0xFF93, 0xFFD9
@@ -78,6 +84,7 @@ def encode(arr: np.ndarray, target: str, *, bits_stored: int | None = None) -> b
             level,
             rgb=False,
             reversible=lossless,
+            resolutions=decompositions(arr.shape[0], arr.shape[1]),  # imagecodecs' name for them
             # PS3.5 A.4.11: .202 needs TLM markers; tile-parts cut at each resolution let a
             # viewer fetch the first resolutions alone.
             tlm=rpcl or None,
@@ -89,6 +96,15 @@ def encode(arr: np.ndarray, target: str, *, bits_stored: int | None = None) -> b
         if TLM not in header or progression_order(codestream) != PROGRESSION_RPCL:
             raise ValueError("the encoder did not make an RPCL codestream with TLM markers (PS3.5 A.4.11)")
     return codestream
+
+
+def decompositions(rows: int, columns: int) -> int:
+    """Wavelet decompositions for a frame: the encoder's default, or more when the lowest
+    resolution would otherwise be over 64 pixels a side (PS3.5 10.18, required for .202)."""
+    count = DECOMPOSITIONS
+    while -(-max(rows, columns) // (1 << count)) > BASE_RESOLUTION_MAX:
+        count += 1
+    return count
 
 
 def main_header(codestream: bytes) -> dict[int, bytes]:
