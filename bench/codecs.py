@@ -1,7 +1,8 @@
 """Lossless frame codecs side by side: HTJ2K (.201 and .202 RPCL) vs JPEG-LS vs JPEG 2000.
 
     .venv/bin/python bench/codecs.py            # a few seconds; prints a markdown table
-    .venv/bin/python bench/viewer.py --codecs   # the same table, from the viewer benchmark
+    .venv/bin/python bench/codecs.py --http     # and frames through a running gateway (~10 s)
+    .venv/bin/python bench/viewer.py --codecs   # the codec table, from the viewer benchmark
 
 Each codec encodes and decodes the same 512×512 16-bit CT slices (a synthetic phantom: air,
 soft tissue, lungs, a bone ring and scanner-like noise, 12 bits stored) through the gateway's own
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +37,13 @@ from gateway.dicom.media import (  # noqa: E402
     JPEG_LS_LOSSLESS,
 )
 from gateway.ports import PixelDescription  # noqa: E402
+
+MEDIA = {
+    HTJ2K_LOSSLESS: "image/jphc",
+    HTJ2K_LOSSLESS_RPCL: "image/jphc",
+    JPEG_LS_LOSSLESS: "image/jls",
+    JPEG_2000_LOSSLESS: "image/jp2",
+}
 
 CODECS = (
     ("HTJ2K lossless", HTJ2K_LOSSLESS),
@@ -120,11 +129,59 @@ def codec_table(slices: int = 8) -> str:
     return "\n".join(lines) + "\n"
 
 
+def http_table(slices: int = 8) -> str:
+    """Frames through a running gateway: first (encoded on request) and cached, per codec."""
+    from bench.servers import gateway_server, load
+    from tests import factory
+
+    with tempfile.TemporaryDirectory(prefix="dicomweb-codecs-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        study, series = factory.new_uid("codecs-bench", 0), factory.new_uid("codecs-bench", 1)
+        files, sops = [], []
+        for seed in range(slices):
+            arr = np.frombuffer(phantom(seed), dtype="<i2").reshape(SIDE, SIDE)
+            sop = factory.new_uid("codecs-bench-slice", seed)
+            data = factory.image_instance(
+                arr, seed=9000 + seed, bits_stored=12, modality="CT", study_uid=study, series_uid=series, sop_uid=sop
+            )
+            files.append(factory.write(tmp / f"{seed:04d}.dcm", data))
+            sops.append(sop)
+        lines = [
+            f"{slices} slices STOWed uncompressed into the gateway; `/frames/1` per codec, medians per request:",
+            "",
+            "| codec | first request | cached | bytes per frame |",
+            "|---|---|---|---|",
+        ]
+        with gateway_server(tmp / "gateway") as server:
+            load(server, files)
+            base = f"{server.base}/studies/{study}/series/{series}/instances/"
+            for name, syntax in CODECS:
+                accept = f"{MEDIA[syntax]}; transfer-syntax={syntax}"
+                first, cached, sizes = [], [], []
+                for sop in sops:
+                    for times in (first, cached):
+                        start = time.perf_counter()
+                        response = server.client.get(f"{base}{sop}/frames/1", headers={"Accept": accept})
+                        body = response.content
+                        times.append(time.perf_counter() - start)
+                        if response.status_code != 200:
+                            raise RuntimeError(f"{name}: {response.status_code} {response.text[:200]}")
+                    sizes.append(len(body))
+                lines.append(
+                    f"| {name} | {statistics.median(first) * 1e3:.1f} ms | {statistics.median(cached) * 1e3:.1f} ms"
+                    f" | {statistics.mean(sizes) / 1024:.1f} KiB |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=8)
+    parser.add_argument("--http", action="store_true", help="also frames through a gateway (first and cached)")
     args = parser.parse_args(argv)
     print(codec_table(args.slices))
+    if args.http:
+        print(http_table(args.slices))
     return 0
 
 
