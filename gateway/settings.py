@@ -212,7 +212,7 @@ DIMSE_SCOPES = frozenset({"read", "write"})
 PACS_SCOPES = frozenset({"write"})  # a [[pacs]] node's front-door scopes (PacsNode.scopes)
 
 # storage_compression values -> the lossless transfer syntax stored ("" keeps what was received).
-# "htj2k" is HTJ2K with RPCL Options (PS3.5 A.4.11): lossless, and progressive for viewers.
+# "htj2k" is HTJ2K with RPCL Options (PS3.5 A.4.11, 10.18): lossless, and progressive for viewers.
 STORAGE_COMPRESSION = {
     "": None,
     "jpeg-ls": "1.2.840.10008.1.2.4.80",

@@ -141,7 +141,7 @@ def test_rpcl_codestream_has_rpcl_order_and_tlm_markers() -> None:
     pixel = transcode.description_of(ds)
     rpcl = transcode.encode_frame(ds.PixelData, pixel, HT_RPCL)
     markers = dict(main_header_markers(rpcl))
-    assert 0xFF55 in markers, "TLM marker segment (PS3.5 A.4.11)"
+    assert 0xFF55 in markers, "TLM marker segment (PS3.5 10.18)"
     cod = markers[0xFF52]
     assert cod[1] == 2, "COD SGcod progression order: RPCL"
     assert cod[9] == 1, "reversible 5/3 wavelet (SPcod transformation)"

@@ -2,7 +2,7 @@
 main header (blocking; run in threads).
 
 The encoder is OpenJPH as bundled by ``imagecodecs`` (OpenJPEG, and so pylibjpeg-openjpeg,
-decodes HTJ2K but has no HT block encoder). Three transfer syntaxes (PS3.5 A.4.11, 8.2.15):
+decodes HTJ2K but has no HT block encoder). Three transfer syntaxes (PS3.5 A.4.11 and 10.18):
 
 * 1.2.840.10008.1.2.4.201 HTJ2K Lossless: reversible 5/3 wavelet, any progression order;
 * 1.2.840.10008.1.2.4.202 HTJ2K with RPCL Options (Lossless): as .201, and (PS3.5 10.18) the
@@ -21,6 +21,7 @@ makes of them.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import numpy as np
@@ -46,6 +47,7 @@ SOC, SOT, SOD, EOC = 0xFF4F, 0xFF90, 0xFF93, 0xFFD9
 COD, TLM = 0xFF52, 0xFF55
 
 
+@functools.cache
 def available() -> bool:
     """Whether the HTJ2K encoder is installed and built with OpenJPH."""
     try:
@@ -85,16 +87,16 @@ def encode(arr: np.ndarray, target: str, *, bits_stored: int | None = None) -> b
             rgb=False,
             reversible=lossless,
             resolutions=decompositions(arr.shape[0], arr.shape[1]),  # imagecodecs' name for them
-            # PS3.5 A.4.11: .202 needs TLM markers; tile-parts cut at each resolution let a
+            # PS3.5 10.18: .202 needs TLM markers; tile-parts cut at each resolution let a
             # viewer fetch the first resolutions alone.
             tlm=rpcl or None,
             tilepart=imagecodecs.HTJ2K.TILEPART.RESOLUTIONS if rpcl else None,
         )
     )
-    if target == HTJ2K_LOSSLESS_RPCL:
+    if rpcl:
         header = main_header(codestream)
         if TLM not in header or progression_order(codestream) != PROGRESSION_RPCL:
-            raise ValueError("the encoder did not make an RPCL codestream with TLM markers (PS3.5 A.4.11)")
+            raise ValueError("the encoder did not make an RPCL codestream with TLM markers (PS3.5 10.18)")
     return codestream
 
 
