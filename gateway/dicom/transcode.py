@@ -370,7 +370,7 @@ def transcode_instance(
         raise NotAcceptable(f"instance cannot be transcoded from {stored} to {target}: {exc}") from exc
     ds.file_meta.TransferSyntaxUID = UID(target)
     if record_original:
-        original_syntax.record(ds.file_meta, original_syntax.recorded(ds.file_meta) or stored)
+        original_syntax.record(ds.file_meta, stored)
     else:
         original_syntax.forget(ds.file_meta)
     return _encoded(ds, implicit_vr=False)
