@@ -2,19 +2,23 @@
 
     .venv/bin/python bench/viewer.py            # ~3 minutes; writes bench/out/viewer.md
     .venv/bin/python bench/viewer.py --quick    # smoke test
+    .venv/bin/python bench/viewer.py --codecs   # seconds: only the codec table (bench/codecs.py)
 
 Both servers get the same CT series (512×512×16 bit, native Explicit VR Little Endian) by
 STOW-RS. Then, alternating between the servers:
 
-* one frame transcoded: ``/frames/1`` of an uncompressed slice asked as JPEG-LS Lossless and as
-  JPEG 2000 Lossless (``multipart/related; type="image/jls"; transfer-syntax=...``). "cold" asks
+* one frame transcoded: ``/frames/1`` of an uncompressed slice asked as JPEG-LS Lossless, as
+  JPEG 2000 Lossless and as HTJ2K Lossless RPCL (``multipart/related; type="image/jls";
+  transfer-syntax=...``; Orthanc encodes no HTJ2K). "cold" asks
   for a slice not asked before each time (the gateway caches re-encoded frames), "warm" asks
   for the same slice again;
 * a thumbnail of a slice (128×128 JPEG): the gateway's ``/thumbnail?viewport=128,128``;
   Orthanc's DICOMweb 1.7 has no thumbnail resource, so its ``/rendered?viewport=128,128``;
 * time to first image in OHIF: the real viewer (tests/peers/ohif.py) behind a same-origin proxy
   to each server, in headless Chromium; from the start of the viewer page load (bundle cached)
-  to the first rendered pixels on the canvas (read back from it), median of several openings.
+  to the first rendered pixels on the canvas (read back from it), median of several openings;
+* the codecs alone (bench/codecs.py): encode and decode time and bytes per frame for HTJ2K,
+  JPEG-LS and JPEG 2000 lossless, in process.
 """
 
 from __future__ import annotations
@@ -37,12 +41,12 @@ if str(ROOT) not in sys.path:
 
 import pydicom  # noqa: E402
 
-from bench import report  # noqa: E402
+from bench import codecs, report  # noqa: E402
 from bench.servers import GATEWAY, ORTHANC, Server, gateway_server, load, orthanc_server  # noqa: E402
 from tests import factory  # noqa: E402
 from tests.peers import ohif  # noqa: E402
 
-JLS, J2K = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"
+JLS, J2K, HTJ2K_RPCL = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.202"
 DRIVER = ROOT / "tests" / "ohif_driver.js"
 
 
@@ -175,7 +179,12 @@ def benchmark(stack: ExitStack, tmp: Path, plan: Plan) -> str:
         return lambda server, rep: (f"{instance}{sops[0]}/frames/1", accept)
 
     lines: list[Line] = []
-    for name, syntax, media in (("JPEG-LS", JLS, "image/jls"), ("JPEG 2000", J2K, "image/jp2")):
+    transcodings = (
+        ("JPEG-LS", JLS, "image/jls"),
+        ("JPEG 2000", J2K, "image/jp2"),
+        ("HTJ2K RPCL", HTJ2K_RPCL, "image/jphc"),
+    )
+    for name, syntax, media in transcodings:
         accept = f'multipart/related; type="{media}"; transfer-syntax={syntax}'
         label = f"one frame, uncompressed → {name} lossless"
         lines.append(measure(servers, label + " (cold)", cold(accept), plan.reads, "a slice not asked before"))
@@ -208,14 +217,18 @@ def benchmark(stack: ExitStack, tmp: Path, plan: Plan) -> str:
             notes.append(f"{server.name}: {problem}")
         log(f"  OHIF time to first image, {server.name}: {cell(seconds)} {problem}")
     lines.append(Line(f"OHIF: time to first image ({plan.slices}-slice CT)", values, "; ".join(notes)))
-    return render(lines, servers[1].version, plan)
+    return render(lines, servers[1].version, plan) + "\n" + codecs.codec_table()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--codecs", action="store_true", help="only the codec table (no servers, seconds)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "viewer.md")
     args = parser.parse_args(argv)
+    if args.codecs:
+        print(codecs.codec_table())
+        return 0
     with tempfile.TemporaryDirectory(prefix="dicomweb-viewer-bench-") as tmp, ExitStack() as stack:
         markdown = benchmark(stack, Path(tmp), QUICK if args.quick else FULL)
     print(markdown)

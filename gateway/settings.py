@@ -212,7 +212,13 @@ DIMSE_SCOPES = frozenset({"read", "write"})
 PACS_SCOPES = frozenset({"write"})  # a [[pacs]] node's front-door scopes (PacsNode.scopes)
 
 # storage_compression values -> the lossless transfer syntax stored ("" keeps what was received).
-STORAGE_COMPRESSION = {"": None, "jpeg-ls": "1.2.840.10008.1.2.4.80", "jpeg2000": "1.2.840.10008.1.2.4.90"}
+# "htj2k" is HTJ2K with RPCL Options (PS3.5 A.4.11, 10.18): lossless, and progressive for viewers.
+STORAGE_COMPRESSION = {
+    "": None,
+    "jpeg-ls": "1.2.840.10008.1.2.4.80",
+    "jpeg2000": "1.2.840.10008.1.2.4.90",
+    "htj2k": "1.2.840.10008.1.2.4.202",
+}
 
 
 @dataclass(frozen=True)
@@ -253,8 +259,13 @@ class Settings:
     # Seconds an instance cached from a PACS is kept (then removed; fetched again when asked
     # for). 0: kept forever. Instances stored by STOW are never expired.
     pacs_cache_max_age: float = 0.0
-    # Store uncompressed uploads losslessly compressed: "" (as received), "jpeg-ls" or "jpeg2000".
+    # Store uncompressed uploads losslessly compressed: "" (as received), "jpeg-ls", "jpeg2000" or
+    # "htj2k". With storage_compression_small_below > 0, instances whose frames are smaller than
+    # that many bytes (uncompressed) are stored as storage_compression_small says instead (e.g.
+    # JPEG-LS for small frames, which it encodes and decodes faster; HTJ2K for large ones).
     storage_compression: str = ""
+    storage_compression_small: str = ""
+    storage_compression_small_below: int = 0
     # Per-process in-memory caches (bytes): decoded or transcoded frames, and rendered images and
     # thumbnails. Each bounds the memory it may hold (dicomweb_gateway_cache_bytes).
     frame_cache_bytes: int = 256 << 20
@@ -463,10 +474,13 @@ def _validate(s: Settings) -> Settings:
     for f in dataclasses.fields(s.limits):
         if getattr(s.limits, f.name) <= 0:
             raise SettingsError(f"limits.{f.name} must be positive")
-    if s.storage_compression not in STORAGE_COMPRESSION:
-        raise SettingsError(
-            f"storage_compression {s.storage_compression!r} must be one of: {', '.join(map(repr, STORAGE_COMPRESSION))}"
-        )
+    for name in ("storage_compression", "storage_compression_small"):
+        if getattr(s, name) not in STORAGE_COMPRESSION:
+            raise SettingsError(
+                f"{name} {getattr(s, name)!r} must be one of: {', '.join(map(repr, STORAGE_COMPRESSION))}"
+            )
+    if s.storage_compression_small_below < 0:
+        raise SettingsError("storage_compression_small_below must be 0 (no size policy) or a frame size in bytes")
     _validate_s3(s.s3)
     _validate_pacs(s)
     _validate_dimse(s)

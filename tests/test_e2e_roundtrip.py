@@ -110,11 +110,11 @@ def test_unservable_transfer_syntax_is_406(gateway: RunningGateway) -> None:
     assert stow(gateway.url, [data]).status_code == 200
     response = httpx.get(
         f"{gateway.url}/studies/{study}/series/{series}/instances/{sop}",
-        # High-Throughput JPEG 2000: decoded here, not encoded (JPEG-LS, JPEG 2000, RLE are: test_transcode.py)
-        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.201'},
+        # JPEG XL Lossless: not encoded here (JPEG-LS, JPEG 2000, HTJ2K, RLE are: test_transcode.py, test_htj2k.py)
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.110'},
     )
     assert response.status_code == 406
-    assert "1.2.840.10008.1.2.4.201" in response.json()["reason"]
+    assert "1.2.840.10008.1.2.4.110" in response.json()["reason"]
 
 
 def test_metadata_is_valid_dicom_json_with_resolving_bulk_data(gateway: RunningGateway) -> None:

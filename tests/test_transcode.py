@@ -24,6 +24,7 @@ from gateway.adapters.filestore import FileBlobStore
 from gateway.adapters.sqlite_index import SqliteIndex
 from gateway.dicom import transcode
 from gateway.dicom.media import EXPLICIT_VR_LITTLE_ENDIAN as ELE
+from gateway.dicom.media import HTJ2K_LOSSLESS_RPCL as HTJ2K_RPCL
 from gateway.dicom.media import IMPLICIT_VR_LITTLE_ENDIAN as ILE
 from gateway.dicom.media import JPEG_2000_LOSSLESS as J2K
 from gateway.dicom.media import JPEG_BASELINE_8BIT as JPEG
@@ -458,7 +459,7 @@ def test_first_frame_of_a_90_mb_instance_is_fast(file_gateway: RunningGateway, t
 # --- compressed storage on ingest ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("setting", "syntax"), [("jpeg-ls", JLS), ("jpeg2000", J2K)])
+@pytest.mark.parametrize(("setting", "syntax"), [("jpeg-ls", JLS), ("jpeg2000", J2K), ("htj2k", HTJ2K_RPCL)])
 def test_compressed_storage_on_ingest(tmp_path: Path, setting: str, syntax: str) -> None:
     from tests.fixtures_gateway import start_gateway, stop_gateway
 

@@ -6,10 +6,11 @@ Decoding uses pydicom's pixel decoders with the pylibjpeg plugins (JPEG, JPEG-LS
 
 Encoding (:data:`ENCODABLE`): RLE Lossless (pylibjpeg-rle, else pydicom's own encoder),
 JPEG-LS Lossless (pyjpegls), JPEG 2000 Lossless (pylibjpeg-openjpeg), all through pydicom's
-encoder interface, and JPEG Baseline for 8-bit data through Pillow (pydicom has no JPEG
-encoder). JPEG Baseline is the one lossy target: callers offer it only when a client names it
-(gateway.dicom.media never picks a lossy syntax on its own), and an instance re-encoded in it
-says so in Lossy Image Compression (PS3.3 C.7.6.1.1.5).
+encoder interface; High-Throughput JPEG 2000 (all three syntaxes) through
+:mod:`gateway.dicom.htj2k`; and JPEG Baseline for 8-bit data through Pillow (pydicom has no JPEG
+or HTJ2K encoder). JPEG Baseline and HTJ2K (.203) are the lossy targets: callers offer them
+only when a client names them (gateway.dicom.media never picks a lossy syntax on its own), and
+an instance re-encoded in one says so in Lossy Image Compression (PS3.3 C.7.6.1.1.5).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.pixels.utils import pack_bits, pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from gateway.dicom import htj2k, original_syntax
 from gateway.dicom.media import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -66,6 +68,7 @@ def instance_to_uncompressed(source: Path | bytes, target: str) -> bytes:
             f"stored transfer syntax {ds.file_meta.TransferSyntaxUID} cannot be decoded here: {exc}"
         ) from exc
     ds.file_meta.TransferSyntaxUID = UID(target)
+    original_syntax.forget(ds.file_meta)  # it described the stored object, not this one
     return _encoded(ds, implicit_vr=target == ImplicitVRLittleEndian)
 
 
@@ -148,10 +151,11 @@ def _swapped_frame(frame: bytes, pixel: PixelDescription) -> bytes:
 
 # --- encoding ---------------------------------------------------------------------------------
 
-LOSSLESS_ENCODABLE = frozenset({RLE_LOSSLESS, JPEG_LS_LOSSLESS, JPEG_2000_LOSSLESS})
+LOSSLESS_ENCODABLE = frozenset({RLE_LOSSLESS, JPEG_LS_LOSSLESS, JPEG_2000_LOSSLESS}) | htj2k.LOSSLESS_HTJ2K
 """Compressed syntaxes frames and instances can be re-encoded in without loss."""
-ENCODABLE = LOSSLESS_ENCODABLE | {JPEG_BASELINE_8BIT}
-"""Every compressed syntax the gateway can produce (JPEG Baseline: 8-bit data only, lossy)."""
+ENCODABLE = LOSSLESS_ENCODABLE | htj2k.HTJ2K_SYNTAXES | {JPEG_BASELINE_8BIT}
+"""Every compressed syntax the gateway can produce (lossy: JPEG Baseline, 8-bit data only, and
+HTJ2K .203)."""
 DEFAULT_JPEG_QUALITY = 90
 # pylibjpeg-openjpeg encodes with 6 wavelet resolutions, which needs 2^5 pixels on each side.
 J2K_MIN_SIDE = 32
@@ -205,6 +209,8 @@ def can_encode(target: str, pixel: PixelDescription | None) -> bool:
         )
     if target == RLE_LOSSLESS:
         return True
+    if target in htj2k.HTJ2K_SYNTAXES:
+        return htj2k.can_encode(pixel.samples_per_pixel, pixel.bits_allocated)
     if target == JPEG_2000_LOSSLESS and min(pixel.rows, pixel.columns) < J2K_MIN_SIDE:
         return False
     try:
@@ -263,6 +269,8 @@ def encode_frame(native: bytes, pixel: PixelDescription, target: str, *, quality
         return _jpeg_baseline(arr, quality)
     if target == RLE_LOSSLESS and pixel.bits_allocated == 32:
         return _rle32(arr)
+    if target in htj2k.HTJ2K_SYNTAXES:
+        return _htj2k_frame(arr, pixel, target)
     options = _one_frame(pixel, planar_configuration=0)  # frame_array interleaves the samples
     if target == JPEG_2000_LOSSLESS and pixel.samples_per_pixel == 3:
         # No reversible colour transform: the codestream decodes to the RGB it was given.
@@ -271,6 +279,13 @@ def encode_frame(native: bytes, pixel: PixelDescription, target: str, *, quality
         encoder = get_encoder(UID(target))
         return bytes(encoder.encode(arr, encoding_plugin=_plugin(target), **options))
     except Exception as exc:  # codec errors (e.g. values outside Bits Stored)
+        raise NotAcceptable(_encoder_refusal(target, pixel, exc)) from exc
+
+
+def _htj2k_frame(arr: np.ndarray, pixel: PixelDescription, target: str) -> bytes:
+    try:
+        return htj2k.encode(arr, target, bits_stored=pixel.bits_stored)
+    except Exception as exc:  # OpenJPH's errors (imagecodecs.Htj2kError), or a codestream refused
         raise NotAcceptable(_encoder_refusal(target, pixel, exc)) from exc
 
 
@@ -317,13 +332,16 @@ def _plugin(target: str) -> str:
     return ""
 
 
-def transcode_instance(source: Path | bytes, target: str, *, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+def transcode_instance(
+    source: Path | bytes, target: str, *, quality: int = DEFAULT_JPEG_QUALITY, record_original: bool = False
+) -> bytes:
     """The Part 10 instance in transfer syntax ``target`` (uncompressed or one of :data:`ENCODABLE`).
 
     Every frame is decoded and re-encoded; the data set is unchanged except where the new
-    encoding requires it (Photometric Interpretation, Lossy Image Compression for JPEG Baseline).
-    An instance without Pixel Data only changes its label (its data set is Explicit VR Little
-    Endian in every compressed syntax).
+    encoding requires it (Photometric Interpretation, Lossy Image Compression for the lossy
+    targets). An instance without Pixel Data only changes its label (its data set is Explicit
+    VR Little Endian in every compressed syntax). ``record_original``: note the source's syntax
+    in the File Meta Information (gateway.dicom.original_syntax; storage compression does).
     """
     if target in (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN):
         return instance_to_uncompressed(source, target)
@@ -342,6 +360,8 @@ def transcode_instance(source: Path | bytes, target: str, *, quality: int = DEFA
                 ds.decompress(as_rgb=True, generate_instance_uid=False)
             if target == JPEG_BASELINE_8BIT:
                 _compress_jpeg_baseline(ds, quality)
+            elif target in htj2k.HTJ2K_SYNTAXES:
+                _compress_htj2k(ds, target)
             else:
                 _compress(ds, target)
     except NotAcceptable:
@@ -349,6 +369,10 @@ def transcode_instance(source: Path | bytes, target: str, *, quality: int = DEFA
     except Exception as exc:  # pydicom raises a variety of codec errors
         raise NotAcceptable(f"instance cannot be transcoded from {stored} to {target}: {exc}") from exc
     ds.file_meta.TransferSyntaxUID = UID(target)
+    if record_original:
+        original_syntax.record(ds.file_meta, stored)
+    else:
+        original_syntax.forget(ds.file_meta)
     return _encoded(ds, implicit_vr=False)
 
 
@@ -399,11 +423,35 @@ def _compress_jpeg_baseline(ds: pydicom.Dataset, quality: int) -> None:
     if pixel.samples_per_pixel == 3:
         ds.PhotometricInterpretation = "YBR_FULL_422"
         ds.PlanarConfiguration = 0
-    # PS3.3 C.7.6.1.1.5: the image has now been lossy compressed, and with what.
-    ratio = len(data) / max(1, sum(len(f) for f in frames))
+    _mark_lossy(ds, len(data), frames, "ISO_10918_1")
+
+
+def _compress_htj2k(ds: pydicom.Dataset, target: str) -> None:
+    """Pixel Data (native, as decompressed) re-encoded frame by frame as HTJ2K, encapsulated with
+    a Basic Offset Table (PS3.5 A.4) so a reader finds each frame without scanning fragments."""
+    pixel = description_of(ds)
+    if not can_encode(target, pixel):
+        raise NotAcceptable(f"the pixel data cannot be encoded in transfer syntax {target}")
+    size = pixel.rows * pixel.columns * pixel.samples_per_pixel * pixel.bits_allocated // 8
+    data: bytes = ds.PixelData
+    frames = [
+        _htj2k_frame(frame_array(data[i * size : (i + 1) * size], pixel), pixel, target)
+        for i in range(pixel.number_of_frames)
+    ]
+    ds.PixelData = encapsulate(frames, has_bot=True)
+    ds["PixelData"].VR = "OB"
+    if pixel.samples_per_pixel == 3:
+        ds.PlanarConfiguration = 0  # frame_array interleaved the samples; no colour transform
+    if target not in htj2k.LOSSLESS_HTJ2K:
+        _mark_lossy(ds, len(data), frames, "ISO_15444_15")
+
+
+def _mark_lossy(ds: pydicom.Dataset, native_bytes: int, frames: list[bytes], method: str) -> None:
+    """PS3.3 C.7.6.1.1.5: the image has now been lossy compressed, how much, and with what."""
+    ratio = native_bytes / max(1, sum(len(f) for f in frames))
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionRatio = [*_as_list(ds.get("LossyImageCompressionRatio")), f"{ratio:.2f}"[:16]]
-    ds.LossyImageCompressionMethod = [*_as_list(ds.get("LossyImageCompressionMethod")), "ISO_10918_1"]
+    ds.LossyImageCompressionMethod = [*_as_list(ds.get("LossyImageCompressionMethod")), method]
 
 
 def _as_list(value: Any) -> list[Any]:

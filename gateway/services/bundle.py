@@ -22,6 +22,7 @@ from gateway.services.instance_writer import InstanceWriter
 from gateway.services.pacs_flights import PacsFlights
 from gateway.services.rendered import RenderService
 from gateway.services.retrieval import RetrievalService
+from gateway.services.storage_compression import CompressionPolicy
 from gateway.services.stow import StowService
 from gateway.services.visibility import Visibility
 from gateway.settings import STORAGE_COMPRESSION, Settings
@@ -54,7 +55,12 @@ def build_gateway(
     # The one instance writer and the one visibility rule, shared by every way in.
     writer = InstanceWriter(store, index)
     visibility = Visibility(index)
-    stow = StowService(writer, visibility, parse_limits, compress_to=STORAGE_COMPRESSION[settings.storage_compression])
+    compression = CompressionPolicy(
+        syntax=STORAGE_COMPRESSION[settings.storage_compression],
+        small_syntax=STORAGE_COMPRESSION[settings.storage_compression_small],
+        small_below=settings.storage_compression_small_below,
+    )
+    stow = StowService(writer, visibility, parse_limits, compression=compression)
     reader = InstanceReader(
         store,
         index,

@@ -20,7 +20,6 @@ import orjson
 from gateway import observability
 from gateway.dicom import transcode
 from gateway.dicom.dicomjson import str_value
-from gateway.dicom.media import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from gateway.dicom.parse import InstanceRejected, ParseLimits, parse_part10
 from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.ports import InstanceRecord
@@ -37,6 +36,7 @@ from gateway.services.outcomes import (
     StoredInstance,
     not_authorized,
 )
+from gateway.services.storage_compression import CompressionPolicy
 from gateway.services.visibility import Visibility
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,13 @@ class StowService:
         *,
         parse_threads: int = 2,
         pipeline: int = 8,
-        compress_to: str | None = None,
+        compression: CompressionPolicy | None = None,
     ) -> None:
         self._writer = writer
         self._visibility = visibility
         self._parse_limits = parse_limits
-        # Lossless compression on ingest (settings.storage_compression): a transfer syntax UID.
-        self._compress_to = compress_to
+        # Lossless compression on ingest (settings.storage_compression and its size policy).
+        self._compression = compression or CompressionPolicy()
         self._parse_limiter = anyio.CapacityLimiter(parse_threads)
         self._pipeline = pipeline
 
@@ -235,13 +235,14 @@ class StowService:
         if not await self._visibility.may_write(record, patient_id(record.metadata), restriction):
             # Checked before anything is stored or compared (gateway.services.visibility).
             return not_authorized(record)
-        if self._compress_to is None or not self._compressible(record):
+        syntax = self._compression.syntax_for(record) if self._compression.enabled else None
+        if syntax is None:
             written = await self._writer.write(record, path, claimant=claimant)
         else:
             compressed = path.with_name(path.name + ".compressed")
             try:
                 record = await anyio.to_thread.run_sync(
-                    self._compress, path, compressed, self._compress_to, record.origin, limiter=self._parse_limiter
+                    self._compress, path, compressed, syntax, record.origin, limiter=self._parse_limiter
                 )
                 written = await self._writer.write(record, compressed, claimant=claimant)
             finally:
@@ -263,19 +264,12 @@ class StowService:
             record.sop_uid, restriction
         ) and await self._visibility.study_visible(record.study_uid, restriction)
 
-    def _compressible(self, record: InstanceRecord) -> bool:
-        """Uncompressed pixel data the configured lossless syntax can hold (else stored as received)."""
-        return (
-            self._compress_to is not None
-            and record.transfer_syntax in (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
-            and record.pixel is not None
-            and transcode.can_encode(self._compress_to, record.pixel)
-        )
-
     def _compress(self, source: Path, target: Path, syntax: str, origin: str) -> InstanceRecord:
         """Re-encode ``source`` losslessly into ``target`` and parse that: the stored object. The
-        encoders are deterministic, so re-sending the same upload finds an identical object."""
-        target.write_bytes(transcode.transcode_instance(source, syntax))
+        encoders are deterministic, so re-sending the same upload finds an identical object. The
+        syntax it was received in is recorded in the object's File Meta Information
+        (gateway.dicom.original_syntax)."""
+        target.write_bytes(transcode.transcode_instance(source, syntax, record_original=True))
         return parse_part10(target, origin=origin, limits=self._parse_limits)
 
     def _parse(self, path: Path, origin: str) -> InstanceRecord:
