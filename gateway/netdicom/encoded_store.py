@@ -15,20 +15,14 @@ and last fragment or not) straight to the socket, with ``sendmsg`` from slices o
 copy), and then waits for the C-STORE response exactly as pynetdicom does. Anything else (a data
 set of another kind, a TLS association) goes to pynetdicom's own ``send_c_store``.
 
-The DUL thread keeps sending everything else (pending C-GET responses, A-RELEASE): the waking
-reactor (:mod:`gateway.netdicom.reactor`) holds the association's send lock while it handles a
-primitive or a PDU, and a message is written only while holding it with nothing queued for the
-DUL, so two messages never interleave on the wire (PS3.8 9.3.5: no fragment of another message
-until all fragments of the current one are sent).
+The PDUs are written by :mod:`gateway.netdicom.pdata_writer`, as every other DIMSE message of
+a tuned association is.
 """
 
 from __future__ import annotations
 
 import logging
-import select
-import socket
 import ssl
-import struct
 import threading
 import time
 from io import BytesIO
@@ -42,15 +36,11 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
 from gateway.netdicom import acceptor
+from gateway.netdicom.pdata_writer import write_message
 
 __all__ = ["EncodedDataset", "install", "installed"]
 
 LOGGER = logging.getLogger("pynetdicom.assoc")
-
-P_DATA_TF = 0x04
-COMMAND, LAST = 0x01, 0x02  # PS3.8 E.2: the message control header's bits
-IOVEC_BATCH = 64  # PDUs handed to one sendmsg (well below IOV_MAX)
-QUIET_WAIT = 0.0002  # between looks at a DUL still sending what was queued before
 
 
 class EncodedDataset(Dataset):
@@ -145,7 +135,7 @@ def _send_encoded(
     try:
         timeout = assoc.dimse.dimse_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not _write(assoc, send_lock, int(context.context_id), command, dataset.encoded, deadline):
+        if not write_message(assoc, send_lock, int(context.context_id), command, dataset.encoded, deadline):
             assoc.abort()
             raise ConnectionError("the C-STORE request could not be written to the peer")
         _, response = assoc.dimse.get_msg(block=True)
@@ -156,63 +146,3 @@ def _send_encoded(
         return Dataset()
     status: Dataset = assoc._check_received_status(response)
     return status
-
-
-def _write(
-    assoc: Any, send_lock: threading.Lock, context_id: int, command: bytes, data: memoryview, deadline: float | None
-) -> bool:
-    """Write one message (``command``, then ``data``) as P-DATA-TF PDUs once nothing else is
-    being sent; whether all of it went out before ``deadline``."""
-    dul = assoc.dul
-    sock: socket.socket = dul.socket.socket
-    limit = assoc.dimse.maximum_pdu_size  # the peer's Maximum Length Received; 0: no limit
-    while True:
-        with send_lock:
-            if dul.to_provider_queue.empty():
-                buffers = _pdus(context_id, memoryview(command), COMMAND, limit) + _pdus(context_id, data, 0, limit)
-                return _send_all(sock, buffers, deadline)
-        if deadline is not None and time.monotonic() > deadline:
-            return False
-        time.sleep(QUIET_WAIT)
-
-
-def _pdus(context_id: int, payload: memoryview, kind: int, limit: int) -> list[memoryview | bytes]:
-    """The buffers of the P-DATA-TF PDUs carrying ``payload``, one fragment per PDU."""
-    step = limit - 6 if limit else max(len(payload), 1)
-    buffers: list[memoryview | bytes] = []
-    for start in range(0, max(len(payload), 1), step):
-        fragment = payload[start : start + step]
-        control = kind | (LAST if start + step >= len(payload) else 0)
-        # PDU type, reserved, PDU length; PDV item length, context ID, message control header.
-        buffers.append(struct.pack(">BBLLBB", P_DATA_TF, 0, 6 + len(fragment), 2 + len(fragment), context_id, control))
-        buffers.append(fragment)
-    return buffers
-
-
-def _send_all(sock: socket.socket, buffers: list[memoryview | bytes], deadline: float | None) -> bool:
-    """``sendmsg`` without blocking the socket for others (MSG_DONTWAIT), waiting for room until
-    ``deadline``; whether everything was sent."""
-    views = [memoryview(b) for b in buffers]
-    while views:
-        try:
-            sent = sock.sendmsg(views[:IOVEC_BATCH], [], socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            LOGGER.error("Connection closed while sending a C-STORE request: %s", exc)
-            return False
-        while sent and views:
-            if sent >= len(views[0]):
-                sent -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][sent:]
-                sent = 0
-        if views:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            _, writable, _ = select.select([], [sock], [], remaining)
-            if not writable:
-                return False
-    return True

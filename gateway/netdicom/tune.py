@@ -8,7 +8,8 @@
   there: on the DUL thread, once connected). Their association thread runs the same loop as
   an acceptor's (pynetdicom's is one loop for both), so it waits for work too.
 
-Every tuned association sends an already encoded data set as it is
+Every tuned association writes its DIMSE messages to its socket from the sending thread
+(:mod:`gateway.netdicom.pdata_writer`) and sends an already encoded data set as it is
 (:mod:`gateway.netdicom.encoded_store`).
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 from pynetdicom import AE
 
-from gateway.netdicom import acceptor, encoded_store
+from gateway.netdicom import acceptor, encoded_store, pdata_writer
 from gateway.netdicom.quiet import quiet
 from gateway.netdicom.reactor import install
 
@@ -26,6 +27,7 @@ from gateway.netdicom.reactor import install
 def tune(assoc: Any, transport: Any) -> None:
     quiet(assoc)
     send_lock = install(assoc.dul, transport)
+    pdata_writer.install(assoc, send_lock)
     encoded_store.install(assoc, send_lock)
 
 
