@@ -30,6 +30,7 @@ from gateway.ports import BlobStore, Index, InstanceRecord, PixelDescription, Sp
 from gateway.security.access import Restriction
 from gateway.services import bulkdata
 from gateway.services.budget import ByteBudget, whole_object_cost
+from gateway.services.byte_slices import ByteSlices, InMemory, StoredSpans
 from gateway.services.singleflight import SingleFlightCache
 from gateway.services.visibility import Visibility
 
@@ -207,13 +208,31 @@ class InstanceReader:
         frames themselves are read one at a time as the iterator is consumed, so a response
         holds one frame in memory, not the request's all, and a client gone stops the reading."""
         self._check_frames(record, numbers)
+        return self._frame_stream(record, list(numbers), self._frame_target(record, negotiated))
+
+    async def frame_slices(self, record: InstanceRecord, number: int, negotiated: Negotiated) -> ByteSlices:
+        """Frame ``number`` as a value read by byte ranges: a frame sent as stored is read from its
+        spans in the stored object (only the bytes asked for), any other is made (or taken from
+        the frame cache) whole, then sliced."""
+        self._check_frames(record, [number])
+        target = self._frame_target(record, negotiated)
+        if target is None and record.frames:
+            return StoredSpans(self._store, self.key(record), record.frames[number - 1])
+        frames = self._frame_stream(record, [number], target)
+        try:
+            return InMemory(await anext(frames))
+        finally:
+            await frames.aclose()
+
+    def _frame_target(self, record: InstanceRecord, negotiated: Negotiated) -> str | None:
+        """The syntax frames of ``record`` must be made in, None when they go out as stored."""
         target = negotiated.transfer_syntax
         as_stored = negotiated.as_stored or target == record.transfer_syntax or target is None
         if target == EXPLICIT_VR_LITTLE_ENDIAN and record.transfer_syntax in transcode.NATIVE_LITTLE_ENDIAN:
             as_stored = True
         if not as_stored and target != EXPLICIT_VR_LITTLE_ENDIAN and target not in self.frame_syntaxes(record):
             raise NotAcceptable(f"frames cannot be transcoded to {target}")
-        return self._frame_stream(record, list(numbers), None if as_stored else target)
+        return None if as_stored else target
 
     async def _frame_stream(
         self, record: InstanceRecord, numbers: list[int], target: str | None
@@ -308,6 +327,17 @@ class InstanceReader:
         if span is None:
             return self._bulk_from_object(record, tagpath)
         return self._ranges(record, span)
+
+    async def bulkdata_slices(self, record: InstanceRecord, path: str) -> ByteSlices:
+        """The value a BulkDataURI ``path`` names, read by byte ranges of its span in the stored
+        object (a deflated instance's value is read out of the whole object, then sliced)."""
+        tagpath = bulkdata.handed_out(record, path)
+        if tagpath is None:
+            raise NotFound(f"instance {record.sop_uid} has no bulk data {path[:80]!r}")
+        span = await self._bulk_span(record, tagpath)
+        if span is None:
+            return InMemory(b"".join([chunk async for chunk in self._bulk_from_object(record, tagpath)]))
+        return StoredSpans(self._store, self.key(record), [span])
 
     async def bulkdata_bytes(self, record: InstanceRecord, path: str) -> bytes:
         """:meth:`bulkdata` in one piece (small values: the LUTs a rendering needs)."""
