@@ -15,8 +15,8 @@ from typing import Protocol
 import brotli
 import zstandard
 
-# Preferred first when a client accepts several at the same q: zstd and br both shrink a series'
-# metadata about twice as far as gzip at a similar cost (bench/json_size.py; docs/dicomweb.md).
+# Preferred first when a client accepts several at the same q: br and zstd both shrink a series
+# metadata two to three times as far as gzip, at a similar cost (bench/json_size.py).
 CODINGS = ("br", "zstd", "gzip")
 
 
