@@ -76,6 +76,7 @@ def test_metadata_is_coded_and_decodes_to_the_same_json(loaded: RunningGateway, 
     assert response.headers["content-encoding"] == coding
     assert "accept-encoding" in response.headers["vary"].lower()
     assert response.headers["content-type"].startswith(accept)
+    assert response.headers["content-length"] == str(len(body))  # answered in one piece: its coded length
     decoded = DECODE[coding](body)
     assert decoded == expected
     assert len(orjson.loads(decoded)) == len(SERIES)

@@ -80,12 +80,19 @@ class _Coder:
                 await self._send(message)
                 return
             assert self._coding is not None
+            self._encoder = new_encoder(self._coding)
+            coded = self._code(body, more)
             headers = MutableHeaders(raw=start["headers"])
             del headers["content-length"]
+            if not more:  # the whole body in one piece: its coded length is known
+                headers["content-length"] = str(len(coded))
             headers["content-encoding"] = self._coding
             await self._send({**start, "headers": headers.raw})
-            self._encoder = new_encoder(self._coding)
-        assert self._encoder is not None
-        coded = self._encoder.compress(body) + (self._encoder.flush() if more else self._encoder.finish())
+        else:
+            coded = self._code(body, more)
         if coded or not more:
             await self._send({"type": "http.response.body", "body": coded, "more_body": more})
+
+    def _code(self, body: bytes, more: bool) -> bytes:
+        assert self._encoder is not None
+        return self._encoder.compress(body) + (self._encoder.flush() if more else self._encoder.finish())
