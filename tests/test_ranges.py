@@ -31,6 +31,7 @@ from tests.http_helpers import split_multipart, stow, uids_of
 # A JPEG Baseline frame in three fragments: its stored spans are not contiguous (PS3.5 A.4).
 FRAGMENTED = factory.jpeg_baseline_instance(seed=71, rows=128, cols=128, frames=2, fragments_per_frame=3)
 CT = factory.ct_instance(seed=72, rows=96, cols=96)  # native 16-bit: frames in image/jls are made
+DEFLATED = factory.deflated_instance(seed=73)  # no byte offsets in the store: values read out whole
 
 
 @pytest.fixture(scope="module", params=["file", "s3"])
@@ -49,7 +50,7 @@ def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         )
     gw = start_gateway(tmp_path_factory.mktemp("ranges"), store_kind=request.param, s3=s3)
     try:
-        response = stow(gw.url, [FRAGMENTED, CT])
+        response = stow(gw.url, [FRAGMENTED, CT, DEFLATED])
         assert response.status_code == 200, response.text
         yield gw
     finally:
@@ -184,6 +185,17 @@ def test_bulkdata_ranges(loaded: RunningGateway) -> None:
     response = httpx.get(url, headers={"Accept": "application/octet-stream", "Range": f"bytes={len(pixels)}-"})
     assert response.status_code == 416
     assert response.headers["content-range"] == f"bytes */{len(pixels)}"
+
+
+def test_ranges_of_a_deflated_instance(loaded: RunningGateway) -> None:
+    """A deflated data set has no byte offsets: its value is read out of the object, then sliced."""
+    url = url_of(loaded, DEFLATED) + "/bulkdata/7FE00010"
+    pixels = pydicom.dcmread(io.BytesIO(DEFLATED)).PixelData
+    assert whole(url, "application/octet-stream") == pixels
+    response = httpx.get(url, headers={"Accept": "application/octet-stream", "Range": "bytes=-300"})
+    assert response.status_code == 206, response.text
+    assert response.content == pixels[-300:]
+    assert response.headers["content-range"] == f"bytes {len(pixels) - 300}-{len(pixels) - 1}/{len(pixels)}"
 
 
 def test_dicomweb_client_byte_range_on_multipart_bulkdata_gets_the_whole_value(loaded: RunningGateway) -> None:
