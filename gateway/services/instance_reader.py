@@ -43,7 +43,6 @@ DEFAULT_FRAME_CACHE_BYTES = 256 << 20
 
 _BULK_KEY = b'"BulkDataURI":"'
 PIXEL_DATA_PATH = "7FE00010"
-_CHUNK = 1 << 20  # bulk data goes out in ranged reads of this size
 
 
 def absolute_bulk_uris(metadata: bytes, base_url: str) -> bytes:
@@ -315,22 +314,17 @@ class InstanceReader:
 
     # -- bulk data ---------------------------------------------------------------------------
 
-    async def bulkdata(self, record: InstanceRecord, path: str) -> AsyncGenerator[bytes, None]:
+    async def bulkdata(self, record: InstanceRecord, path: str) -> AsyncIterator[bytes]:
         """The value of the element a BulkDataURI names (``7FE00010`` or ``SEQ/index/TAG`` paths),
-        in chunks. A path the metadata never handed out is NotFound without reading the object;
-        the value is found by ranged reads of the element headers and read as one byte range
-        (a deflated instance has no byte ranges: it is read whole, within the budget)."""
-        tagpath = bulkdata.handed_out(record, path)
-        if tagpath is None:
-            raise NotFound(f"instance {record.sop_uid} has no bulk data {path[:80]!r}")
-        span = await self._bulk_span(record, tagpath)
-        if span is None:
-            return self._bulk_from_object(record, tagpath)
-        return self._ranges(record, span)
+        in chunks (:meth:`bulkdata_slices` read whole)."""
+        value = await self.bulkdata_slices(record, path)
+        return value.read(0, value.length)
 
     async def bulkdata_slices(self, record: InstanceRecord, path: str) -> ByteSlices:
-        """The value a BulkDataURI ``path`` names, read by byte ranges of its span in the stored
-        object (a deflated instance's value is read out of the whole object, then sliced)."""
+        """The value a BulkDataURI ``path`` names, read by byte ranges. A path the metadata never
+        handed out is NotFound without reading the object; the value is found by ranged reads of
+        the element headers and read as byte ranges of its span (a deflated instance has no byte
+        ranges: its value is read out of the whole object, within the budget, then sliced)."""
         tagpath = bulkdata.handed_out(record, path)
         if tagpath is None:
             raise NotFound(f"instance {record.sop_uid} has no bulk data {path[:80]!r}")
@@ -356,14 +350,6 @@ class InstanceReader:
         if span is None:
             raise NotFound(f"bulk data {tagpath} not found in instance {record.sop_uid}")
         return span
-
-    async def _ranges(self, record: InstanceRecord, span: Span) -> AsyncGenerator[bytes, None]:
-        offset, length = span
-        end = offset + length
-        while offset < end:
-            n = min(_CHUNK, end - offset)
-            yield await self._store.read_range(self.key(record), offset, n)
-            offset += n
 
     async def _bulk_from_object(self, record: InstanceRecord, tagpath: str) -> AsyncGenerator[bytes, None]:
         async with self.budget.reserve(whole_object_cost(record), f"bulk data of instance {record.sop_uid}"):

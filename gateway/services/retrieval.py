@@ -192,7 +192,7 @@ class RetrievalService:
     def frame_content_type(self, record: InstanceRecord, negotiated: Negotiated) -> str:
         return self.reader.frame_content_type(record, negotiated)
 
-    async def bulkdata(self, record: InstanceRecord, path: str) -> AsyncGenerator[bytes, None]:
+    async def bulkdata(self, record: InstanceRecord, path: str) -> AsyncIterator[bytes]:
         """The value a BulkDataURI ``path`` names, in chunks (NotFound if never handed out)."""
         return await self.reader.bulkdata(record, path)
 
