@@ -13,6 +13,7 @@ HTTP responses in one place::
     ├── Conflict                      409  e.g. a different object under a stored SOP Instance UID
     ├── PayloadTooLarge               413  a configured input limit was exceeded
     ├── UnsupportedMediaType          415  STOW body is not what PS3.18 10.5 allows
+    ├── RangeNotSatisfiable           416  a byte range past the end of a frame or bulk data
     ├── ClientDisconnected            499  the client hung up before its request was complete
     ├── UpstreamError                 502  a PACS refused, failed or could not be reached
     ├── ServiceUnavailable            503  object store or index unavailable (Retry-After)
@@ -62,6 +63,17 @@ class PayloadTooLarge(GatewayError):
 
 class UnsupportedMediaType(GatewayError):
     status = 415
+
+
+class RangeNotSatisfiable(GatewayError):
+    """A ``Range`` that selects no byte of the value; ``length`` is the value's size (the 416
+    answer says it in ``Content-Range: bytes */length``, RFC 9110 15.5.17)."""
+
+    status = 416
+
+    def __init__(self, reason: str, length: int) -> None:
+        super().__init__(reason)
+        self.length = length
 
 
 class ClientDisconnected(GatewayError):

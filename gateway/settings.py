@@ -234,6 +234,10 @@ class Settings:
     log_format: str = "json"  # json (one object per line, with the request id) or text
     spool_dir: Path | None = None  # where STOW parts are spooled; default {data_dir}/spool
     s3: S3Settings = field(default_factory=S3Settings)
+    # QIDO and metadata answers coded (gzip, br, zstd) for clients that accept it, when at least
+    # this many bytes: below about one TCP segment coding saves no time on the wire.
+    json_compression: bool = True
+    json_compression_min_bytes: int = 1024
     limits: Limits = field(default_factory=Limits)
     tls: TlsSettings = field(default_factory=TlsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -471,6 +475,8 @@ def _validate(s: Settings) -> Settings:
         raise SettingsError(f"log_level {s.log_level!r} must be one of critical, error, warning, info, debug")
     if s.log_format not in {"json", "text"}:
         raise SettingsError(f"log_format {s.log_format!r} must be json or text")
+    if s.json_compression_min_bytes < 0:
+        raise SettingsError("json_compression_min_bytes must be 0 or more")
     for f in dataclasses.fields(s.limits):
         if getattr(s.limits, f.name) <= 0:
             raise SettingsError(f"limits.{f.name} must be positive")

@@ -11,7 +11,8 @@
 //   timeoutMs: 60000,
 // }
 // report: { rows, filtered, opened: [{ study, firstImageMs, canvas: {mean, std, nonBlack} }],
-//           bad: ["401 GET url", ...], failed: [...], consoleErrors: [...], error }
+//           bad: ["401 GET url", ...], failed: [...], consoleErrors: [...], error,
+//           ranged: ["206 bytes=0-65535 bytes 0-9999/10000 url", ...] (responses to Range requests) }
 'use strict';
 const { chromium } = require('playwright-core');
 
@@ -96,7 +97,9 @@ async function openStudy(page, payload, study, trace) {
 async function main() {
   const payload = await readStdin();
   payload.timeoutMs = payload.timeoutMs || 60000;
-  const report = { rows: null, filtered: null, opened: [], bad: [], failed: [], consoleErrors: [], requests: 0 };
+  const report = {
+    rows: null, filtered: null, opened: [], bad: [], failed: [], consoleErrors: [], requests: 0, ranged: [],
+  };
   const browser = await chromium.launch({
     executablePath: payload.chromium || '/usr/bin/chromium',
     args: payload.flags || [],
@@ -108,6 +111,8 @@ async function main() {
     page.on('request', (r) => { if (r.url().includes('/studies') || r.url().includes('/wado')) report.requests++; });
     page.on('response', (r) => {
       if (r.status() >= 400) report.bad.push(`${r.status()} ${r.request().method()} ${r.url()}`);
+      const range = r.request().headers()['range'];
+      if (range) report.ranged.push(`${r.status()} ${range} ${r.headers()['content-range'] || '-'} ${r.url()}`);
     });
     page.on('requestfailed', (r) => {
       const why = r.failure() ? r.failure().errorText : '';

@@ -185,6 +185,52 @@ def test_ohif_cross_origin(viewer_dist: Path, tmp_path: Path) -> None:
         stop_gateway(gw)
 
 
+# Cornerstone3D's sequential stages with byte ranges (docs/dicomweb.md, "Progressive loading in
+# OHIF"): the first 64 KiB of each frame, then the rest. ``accept=`` makes the answer a single-part
+# frame (the loader's own Accept header asks for multipart, which ignores Range).
+BYTE_RANGE_STAGES = {
+    "$set": {
+        "stages": [
+            {"id": "lossySequential", "retrieveType": "singleFast"},
+            {"id": "finalSequential", "retrieveType": "singleFinal"},
+        ],
+        "retrieveOptions": {
+            "singleFast": {"rangeIndex": 0, "chunkSize": 65536, "urlArguments": "accept=image/jls"},
+            "singleFinal": {"rangeIndex": -1, "urlArguments": "accept=image/jls"},
+        },
+    }
+}
+
+
+def test_ohif_progressive_byte_ranges_cross_origin(viewer_dist: Path, tmp_path: Path) -> None:
+    """OHIF with byte-range stages, from another origin: every frame request carries a Range and
+    the ``accept`` query parameter, is answered 206 with Content-Range, and the images render
+    (uncompressed, JPEG 2000 and multi-frame transcoded to JPEG-LS, JPEG-LS as stored). The frames are
+    smaller than the first range, so one request brings each whole; partial decoding of the first
+    bytes is for HTJ2K frames only (Cornerstone3D decodes no other syntax from a prefix)."""
+    server = ohif.ViewerServer(viewer_dist, "")
+    config = tmp_path / "gateway.toml"
+    config.write_text(CORS.format(origin=server.url))
+    gw = start_gateway(tmp_path, extra_args=("--config", str(config)))
+    try:
+        server.config_js = ohif.app_config(gw.url, stack_retrieve_options=BYTE_RANGE_STAGES).encode()
+        _upload(gw.url)
+        report = _drive(server.url)
+        _check(report, gw.log())
+        ranged = report["ranged"]
+        assert ranged, report
+        for line in ranged:
+            status, range_header, unit, span, url = line.split(" ")
+            assert (status, range_header, unit) == ("206", "bytes=0-65535", "bytes"), line
+            first_last, length = span.split("/")
+            assert first_last == f"0-{int(length) - 1}", line  # the whole frame: smaller than the range
+            assert "/frames/" in url, line
+            assert url.endswith("?accept=image/jls"), line
+    finally:
+        server.close()
+        stop_gateway(gw)
+
+
 def test_ohif_with_a_bearer_token(viewer_dist: Path, tmp_path: Path, jwks_server: JwksServer, issuer: Issuer) -> None:
     server = ohif.ViewerServer(viewer_dist, "")
     sg = start_secured_gateway(tmp_path, oidc_config(jwks_server.url, extra=CORS.format(origin=server.url)))

@@ -291,7 +291,7 @@ def test_preflight_is_answered_without_credentials(access_gateway: SecuredGatewa
         headers={
             "Origin": VIEWER,
             "Access-Control-Request-Method": "GET",
-            "Access-Control-Request-Headers": "accept, authorization, content-type",
+            "Access-Control-Request-Headers": "accept, authorization, content-type, range",
         },
     )
     assert response.status_code == 200
@@ -299,7 +299,7 @@ def test_preflight_is_answered_without_credentials(access_gateway: SecuredGatewa
     assert h["access-control-allow-origin"] == VIEWER
     assert {"GET", "POST"} <= {m.strip() for m in h["access-control-allow-methods"].split(",")}
     allowed = {x.strip().lower() for x in h["access-control-allow-headers"].split(",")}
-    assert {"accept", "authorization", "content-type"} <= allowed
+    assert {"accept", "authorization", "content-type", "range"} <= allowed  # range: progressive loading
     assert h["access-control-max-age"] == "600"
     assert "Origin" in h["vary"]
     assert h["cross-origin-resource-policy"] == "cross-origin"
@@ -310,7 +310,8 @@ def test_cors_on_responses(access_gateway: SecuredGateway, issuer: Issuer) -> No
     assert ok.headers["access-control-allow-origin"] == VIEWER
     assert "Origin" in ok.headers["vary"]
     assert ok.headers["cross-origin-resource-policy"] == "cross-origin"
-    assert "warning" in ok.headers["access-control-expose-headers"].lower()
+    exposed = ok.headers["access-control-expose-headers"].lower()
+    assert {"warning", "content-range"} <= {x.strip() for x in exposed.split(",")}
     # A 401 carries CORS headers too, so the viewer can read it and log in again.
     denied = httpx.get(access_gateway.url + "/studies", headers={"Origin": VIEWER})
     assert denied.status_code == 401

@@ -25,3 +25,11 @@ def base_url(request: Request) -> str:
     # X-Forwarded-Prefix from a trusted proxy (gateway.http.middleware.forwarded): the path it strips.
     prefix: str = request.scope.get("state", {}).get("forwarded_prefix", "")
     return str(request.base_url).rstrip("/") + prefix + settings.base_path
+
+
+def accept_of(request: Request) -> str | None:
+    """The ``accept`` query parameter (PS3.18 8.3.3.1) when given, else the Accept header.
+
+    Cornerstone3D's loader sends a fixed multipart Accept header with every frame request; its
+    ``urlArguments: "accept=..."`` option is how a viewer asks for another media type."""
+    return request.query_params.get("accept") or request.headers.get("accept")

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.errors import GatewayError, RangeNotSatisfiable, ServiceUnavailable
 
 log = logging.getLogger("gateway.http")
 
@@ -27,6 +27,8 @@ async def gateway_error(request: Request, exc: Exception) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, ServiceUnavailable):
         headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{exc.length}"
     if exc.status >= 500:
         log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.reason)
     return error_response(exc.status, exc.reason, headers)

@@ -20,7 +20,7 @@ from gateway.dicom.media import negotiate_rendered
 from gateway.dicom.multipart import content_type_for_multipart, multipart_stream, new_boundary
 from gateway.dicom.render import RenderOptions
 from gateway.errors import NotAcceptable
-from gateway.http.context import base_url, gateway_of
+from gateway.http.context import accept_of, base_url, gateway_of
 from gateway.http.middleware.security import restriction_of
 from gateway.http.retrieve_warnings import add_retrieve_warnings
 from gateway.ports import InstanceRecord
@@ -43,11 +43,6 @@ def render_options(request: Request, media_type: str) -> RenderOptions:
         viewport=render.parse_viewport(viewport) if viewport else None,
         window=render.parse_window(window) if window else None,
     )
-
-
-def accept_of(request: Request) -> str | None:
-    """The ``accept`` query parameter (PS3.18 8.3.3.1) when given, else the Accept header."""
-    return request.query_params.get("accept") or request.headers.get("accept")
 
 
 async def _select(request: Request, notes: list[str]) -> list[InstanceRecord]:

@@ -18,7 +18,8 @@ from gateway.dicom.media import (
 )
 from gateway.dicom.multipart import content_type_for_multipart, multipart_stream, new_boundary
 from gateway.errors import NotAcceptable
-from gateway.http.context import base_url, gateway_of
+from gateway.http.byte_ranges import ranged_response
+from gateway.http.context import accept_of, base_url, gateway_of
 from gateway.http.middleware.security import restriction_of
 from gateway.http.retrieve_warnings import add_retrieve_warnings
 from gateway.http.started import started, started_parts
@@ -47,7 +48,7 @@ async def retrieve(request: Request) -> Response:
     # From the store, or streamed from a PACS as each instance arrives (and cached on the way).
     retrieval = await gw.retrieval.stream(*_uids(request), pacs=_pacs(request), restriction=restriction_of(request))
     negotiated = negotiate_instances(
-        request.headers.get("accept"),
+        accept_of(request),
         stored_syntaxes=retrieval.syntaxes,
         supported=INSTANCE_SYNTAXES,
     )
@@ -68,7 +69,7 @@ async def retrieve(request: Request) -> Response:
 async def metadata(request: Request) -> Response:
     """``GET .../metadata`` at study, series or instance level, answered from the index."""
     gw = gateway_of(request)
-    negotiated = negotiate_metadata(request.headers.get("accept"))
+    negotiated = negotiate_metadata(accept_of(request))
     notes: list[str] = []  # a PACS retrieve that sent only part of the entity says so
     records = await gw.retrieval.select(
         *_uids(request), pacs=_pacs(request), restriction=restriction_of(request), warnings=notes
@@ -93,22 +94,23 @@ async def frames(request: Request) -> Response:
     notes: list[str] = []
     record = await _one_instance(request, notes)
     negotiated = negotiate_frames(
-        request.headers.get("accept"),
+        accept_of(request),
         stored_syntaxes={record.transfer_syntax},
         supported=gw.retrieval.frame_syntaxes(record),
     )
-    if not negotiated.multipart and len(numbers) != 1:
-        raise NotAcceptable(
-            f"a single-part {negotiated.media_type} response holds one frame; ask for multipart/related"
-        )
-    # The first frame is read before the status is sent (a store that fails answers 503); the
-    # others as the response goes out.
-    bodies = await started(await gw.retrieval.frames(record, numbers, negotiated))
     part_type = gw.retrieval.frame_content_type(record, negotiated)
     if not negotiated.multipart:  # one frame as its bare bitstream (image/jls, image/jp2, ...)
-        body = await anext(bodies)
-        await bodies.aclose()
-        return add_retrieve_warnings(Response(body, media_type=part_type, headers=_NO_TRANSFORM), notes)
+        if len(numbers) != 1:
+            raise NotAcceptable(
+                f"a single-part {negotiated.media_type} response holds one frame; ask for multipart/related"
+            )
+        # Byte ranges of it too: the byte-range stage of progressive decoders (gateway.http.byte_ranges).
+        value = await gw.retrieval.frame_slices(record, numbers[0], negotiated)
+        response = await ranged_response(request, value, part_type, _NO_TRANSFORM, stream=False)
+        return add_retrieve_warnings(response, notes)
+    # The first frame is read before the status is sent (a store that fails answers 503); the
+    # others as the response goes out. A Range header is ignored: a multipart body is sent whole.
+    bodies = await started(await gw.retrieval.frames(record, numbers, negotiated))
     boundary = new_boundary()
     media_type = content_type_for_multipart(negotiated.media_type, None, boundary)
     location = f"{base_url(request)}/studies/{record.study_uid}/series/{record.series_uid}/instances/{record.sop_uid}"
@@ -130,12 +132,13 @@ async def bulkdata(request: Request) -> Response:
     gw = gateway_of(request)
     path = request.path_params["path"]
     record = await _one_instance(request)
-    negotiated = negotiate_bulkdata(request.headers.get("accept"))
+    negotiated = negotiate_bulkdata(accept_of(request))
     # A path the metadata never handed out is refused before anything is read; the value is
     # streamed in ranged reads, its first chunk read before the status is sent (503 if the store fails).
+    if not negotiated.multipart:  # whole, or the byte range asked for (a browser seeking in a video)
+        whole = await gw.retrieval.bulkdata_slices(record, path)
+        return await ranged_response(request, whole, APPLICATION_OCTET_STREAM, _NO_TRANSFORM, stream=True)
     value = await started(await gw.retrieval.bulkdata(record, path))
-    if not negotiated.multipart:
-        return StreamingResponse(value, media_type=APPLICATION_OCTET_STREAM, headers=_NO_TRANSFORM)
     boundary = new_boundary()
     media_type = content_type_for_multipart(APPLICATION_OCTET_STREAM, None, boundary)
     return StreamingResponse(

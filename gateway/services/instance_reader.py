@@ -30,6 +30,7 @@ from gateway.ports import BlobStore, Index, InstanceRecord, PixelDescription, Sp
 from gateway.security.access import Restriction
 from gateway.services import bulkdata
 from gateway.services.budget import ByteBudget, whole_object_cost
+from gateway.services.byte_slices import ByteSlices, InMemory, StoredSpans
 from gateway.services.singleflight import SingleFlightCache
 from gateway.services.visibility import Visibility
 
@@ -42,7 +43,6 @@ DEFAULT_FRAME_CACHE_BYTES = 256 << 20
 
 _BULK_KEY = b'"BulkDataURI":"'
 PIXEL_DATA_PATH = "7FE00010"
-_CHUNK = 1 << 20  # bulk data goes out in ranged reads of this size
 
 
 def absolute_bulk_uris(metadata: bytes, base_url: str) -> bytes:
@@ -207,13 +207,31 @@ class InstanceReader:
         frames themselves are read one at a time as the iterator is consumed, so a response
         holds one frame in memory, not the request's all, and a client gone stops the reading."""
         self._check_frames(record, numbers)
+        return self._frame_stream(record, list(numbers), self._frame_target(record, negotiated))
+
+    async def frame_slices(self, record: InstanceRecord, number: int, negotiated: Negotiated) -> ByteSlices:
+        """Frame ``number`` as a value read by byte ranges: a frame sent as stored is read from its
+        spans in the stored object (only the bytes asked for), any other is made (or taken from
+        the frame cache) whole, then sliced."""
+        self._check_frames(record, [number])
+        target = self._frame_target(record, negotiated)
+        if target is None and record.frames:
+            return StoredSpans(self._store, self.key(record), record.frames[number - 1])
+        frames = self._frame_stream(record, [number], target)
+        try:
+            return InMemory(await anext(frames))
+        finally:
+            await frames.aclose()
+
+    def _frame_target(self, record: InstanceRecord, negotiated: Negotiated) -> str | None:
+        """The syntax frames of ``record`` must be made in, None when they go out as stored."""
         target = negotiated.transfer_syntax
         as_stored = negotiated.as_stored or target == record.transfer_syntax or target is None
         if target == EXPLICIT_VR_LITTLE_ENDIAN and record.transfer_syntax in transcode.NATIVE_LITTLE_ENDIAN:
             as_stored = True
         if not as_stored and target != EXPLICIT_VR_LITTLE_ENDIAN and target not in self.frame_syntaxes(record):
             raise NotAcceptable(f"frames cannot be transcoded to {target}")
-        return self._frame_stream(record, list(numbers), None if as_stored else target)
+        return None if as_stored else target
 
     async def _frame_stream(
         self, record: InstanceRecord, numbers: list[int], target: str | None
@@ -296,18 +314,24 @@ class InstanceReader:
 
     # -- bulk data ---------------------------------------------------------------------------
 
-    async def bulkdata(self, record: InstanceRecord, path: str) -> AsyncGenerator[bytes, None]:
+    async def bulkdata(self, record: InstanceRecord, path: str) -> AsyncIterator[bytes]:
         """The value of the element a BulkDataURI names (``7FE00010`` or ``SEQ/index/TAG`` paths),
-        in chunks. A path the metadata never handed out is NotFound without reading the object;
-        the value is found by ranged reads of the element headers and read as one byte range
-        (a deflated instance has no byte ranges: it is read whole, within the budget)."""
+        in chunks (:meth:`bulkdata_slices` read whole)."""
+        value = await self.bulkdata_slices(record, path)
+        return value.read(0, value.length)
+
+    async def bulkdata_slices(self, record: InstanceRecord, path: str) -> ByteSlices:
+        """The value a BulkDataURI ``path`` names, read by byte ranges. A path the metadata never
+        handed out is NotFound without reading the object; the value is found by ranged reads of
+        the element headers and read as byte ranges of its span (a deflated instance has no byte
+        ranges: its value is read out of the whole object, within the budget, then sliced)."""
         tagpath = bulkdata.handed_out(record, path)
         if tagpath is None:
             raise NotFound(f"instance {record.sop_uid} has no bulk data {path[:80]!r}")
         span = await self._bulk_span(record, tagpath)
         if span is None:
-            return self._bulk_from_object(record, tagpath)
-        return self._ranges(record, span)
+            return InMemory(b"".join([chunk async for chunk in self._bulk_from_object(record, tagpath)]))
+        return StoredSpans(self._store, self.key(record), [span])
 
     async def bulkdata_bytes(self, record: InstanceRecord, path: str) -> bytes:
         """:meth:`bulkdata` in one piece (small values: the LUTs a rendering needs)."""
@@ -326,14 +350,6 @@ class InstanceReader:
         if span is None:
             raise NotFound(f"bulk data {tagpath} not found in instance {record.sop_uid}")
         return span
-
-    async def _ranges(self, record: InstanceRecord, span: Span) -> AsyncGenerator[bytes, None]:
-        offset, length = span
-        end = offset + length
-        while offset < end:
-            n = min(_CHUNK, end - offset)
-            yield await self._store.read_range(self.key(record), offset, n)
-            offset += n
 
     async def _bulk_from_object(self, record: InstanceRecord, tagpath: str) -> AsyncGenerator[bytes, None]:
         async with self.budget.reserve(whole_object_cost(record), f"bulk data of instance {record.sop_uid}"):

@@ -48,6 +48,7 @@ from gateway.dicom.render import RenderOptions
 from gateway.errors import NotFound, UpstreamError
 from gateway.ports import InstanceRecord
 from gateway.security.access import Restriction
+from gateway.services.byte_slices import ByteSlices
 from gateway.services.flight import Arrival, read_file, reraised
 from gateway.services.instance_reader import InstanceReader
 from gateway.services.pacs_flights import PacsFlights
@@ -180,10 +181,18 @@ class RetrievalService:
         """Frames ``numbers`` in the negotiated syntax, read as the iterator is consumed."""
         return await self.reader.frames(record, numbers, negotiated)
 
+    async def frame_slices(self, record: InstanceRecord, number: int, negotiated: Negotiated) -> ByteSlices:
+        """Frame ``number`` in the negotiated syntax, as a value read by byte ranges."""
+        return await self.reader.frame_slices(record, number, negotiated)
+
+    async def bulkdata_slices(self, record: InstanceRecord, path: str) -> ByteSlices:
+        """The value a BulkDataURI ``path`` names, as a value read by byte ranges."""
+        return await self.reader.bulkdata_slices(record, path)
+
     def frame_content_type(self, record: InstanceRecord, negotiated: Negotiated) -> str:
         return self.reader.frame_content_type(record, negotiated)
 
-    async def bulkdata(self, record: InstanceRecord, path: str) -> AsyncGenerator[bytes, None]:
+    async def bulkdata(self, record: InstanceRecord, path: str) -> AsyncIterator[bytes]:
         """The value a BulkDataURI ``path`` names, in chunks (NotFound if never handed out)."""
         return await self.reader.bulkdata(record, path)
 

@@ -101,11 +101,19 @@ def ensure_chromium() -> str:
     return CHROMIUM
 
 
-def app_config(dicomweb_url: str, *, token: str | None = None, thumbnails: str = "thumbnail") -> str:
+def app_config(
+    dicomweb_url: str,
+    *,
+    token: str | None = None,
+    thumbnails: str = "thumbnail",
+    stack_retrieve_options: dict[str, Any] | None = None,
+) -> str:
     """``app-config.js`` with one DICOMweb data source pointing at ``dicomweb_url``.
 
     With ``token``, every request of the data source carries ``Authorization: Bearer token``
     (OHIF's ``requestOptions.auth``: a function returning the header value).
+    ``stack_retrieve_options``: the data source's ``stackRetrieveOptions`` (Cornerstone3D's
+    progressive loading stages and retrieve options for stack viewports; docs/dicomweb.md).
     """
     source: dict[str, Any] = {
         "friendlyName": "dicomweb-gateway",
@@ -125,6 +133,8 @@ def app_config(dicomweb_url: str, *, token: str | None = None, thumbnails: str =
         "omitQuotationForMultipartRequest": True,
         "bulkDataURI": {"enabled": True},
     }
+    if stack_retrieve_options is not None:
+        source["stackRetrieveOptions"] = stack_retrieve_options
     source_js = json.dumps(source, indent=2)
     if token is not None:
         # A function, as OHIF's UserAuthenticationService would provide: JSON cannot carry it.

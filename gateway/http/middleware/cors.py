@@ -2,7 +2,8 @@
 
 Starlette's CORSMiddleware meets the rules with the arguments built here: an explicit origin
 allowlist (``*`` never with credentials; settings refuse it), preflights answered with
-Allow-Methods, Allow-Headers (accept, authorization, content-type: what OHIF sends) and
+Allow-Methods, Allow-Headers (accept, authorization, content-type: what OHIF sends; range, for
+the byte-range stage of progressive loading) and
 Max-Age, and ``Vary: Origin`` on every response. Viewers that set COEP ``require-corp`` (OHIF
 does, for SharedArrayBuffer) can load cross-origin responses only when they carry
 ``Cross-Origin-Resource-Policy: cross-origin``; :class:`CorpMiddleware` adds it when configured.
@@ -19,9 +20,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.settings import CorsSettings
 
 ALLOW_METHODS = ("GET", "HEAD", "POST", "DELETE", "OPTIONS")
-ALLOW_HEADERS = ("accept", "authorization", "content-type")
-# Headers a viewer may read from responses (PS3.18 8.3.4.4 Warning, frame Content-Location, ...).
-EXPOSE_HEADERS = ("Warning", "Content-Location", "Retry-After", "WWW-Authenticate", "Content-Length")
+ALLOW_HEADERS = ("accept", "authorization", "content-type", "range")
+# Headers a viewer may read from responses (PS3.18 8.3.4.4 Warning, frame Content-Location, ...);
+# Cornerstone3D reads a frame's total size from Content-Range to pace its progressive decodes.
+EXPOSE_HEADERS = (
+    "Warning",
+    "Content-Location",
+    "Retry-After",
+    "WWW-Authenticate",
+    "Content-Length",
+    "Content-Range",
+    "Accept-Ranges",
+)
 
 
 class CorpMiddleware:

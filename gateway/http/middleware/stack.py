@@ -7,7 +7,8 @@
 5. CORP and CORS (preflights answered before authentication; 401s still carry CORS headers,
    so a browser viewer can read them);
 6. authentication, scope check and rate limit;
-7. the request body limit and minimum rate (bodies of rejected requests are never read).
+7. the request body limit and minimum rate (bodies of rejected requests are never read);
+8. content coding of DICOM JSON answers (innermost: it sees the routes' bodies as they are made).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from starlette.middleware import Middleware
 
 from gateway.http.middleware.audit import AuditMiddleware
+from gateway.http.middleware.compression import CompressionMiddleware
 from gateway.http.middleware.cors import cors_middleware
 from gateway.http.middleware.forwarded import ForwardedMiddleware
 from gateway.http.middleware.hosts import TrustedHostMiddleware, default_trusted_hosts
@@ -69,4 +71,6 @@ def middleware_stack(settings: Settings, security: Security) -> list[Middleware]
             min_body_rate=settings.limits.min_body_rate,
         )
     )
+    if settings.json_compression:
+        stack.append(Middleware(CompressionMiddleware, min_bytes=settings.json_compression_min_bytes))
     return stack
