@@ -86,6 +86,11 @@ class InstanceWriter:
             # Another replica's upload may have been told it is stored: the index knows (KeepIf.SHARED).
             await self._remove(stored.study_uid, stored.series_uid, stored.sop_instance_uid, KeepIf.SHARED)
 
+    async def discard_objects(self, study: str, series: str, sop: str) -> None:
+        """Delete the objects of an instance taken out of the index earlier (a DELETE, once its
+        grace is over), unless it was indexed again meanwhile (stored anew: then they are its)."""
+        await self._remove(study, series, sop, KeepIf.INDEXED)
+
     async def _write(self, record: InstanceRecord, path: Path, who: Claimant) -> StoredInstance | FailedInstance:
         # REMOVING: an undo or sweep on another replica is deleting this instance's objects; once
         # it is over they are written again (the removal blocks the index, not the store).
