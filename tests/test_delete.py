@@ -17,6 +17,7 @@ from dicomweb_client import DICOMwebClient
 
 from tests import factory
 from tests.fixtures_gateway import stop_gateway
+from tests.fixtures_pacs import GatewayFactory, PacsData, node
 from tests.fixtures_security import (
     RESTRICTION_CLAIM,
     Issuer,
@@ -27,6 +28,9 @@ from tests.fixtures_security import (
     start_secured_gateway,
 )
 from tests.http_helpers import stow_body, uids_of
+from tests.peers.orthanc import OrthancPeer
+from tests.test_pacs_cache_expiry import wait_until
+from tests.test_pacs_wado import by_sop, retrieve
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -176,3 +180,30 @@ def test_a_deleted_instance_can_be_stored_again(sg: SecuredGateway, issuer: Issu
     wait_until_gone(sg, other)
     assert objects_of(sg, sop)
     assert httpx.get(f"{sg.url}/studies/{study}", headers=accept, timeout=30).status_code == 200
+
+
+def test_deleting_a_copy_cached_from_a_pacs_leaves_the_pacs_alone(
+    pacs_gateway_factory: GatewayFactory, orthanc_pacs: OrthancPeer, pacs_data: PacsData
+) -> None:
+    gw = pacs_gateway_factory([node("orthanc", orthanc_pacs.dicom_port, orthanc_pacs.aet)], delete_grace=GRACE)
+    study, series, _ = uids_of(pacs_data.catalog[0])
+    in_series = {uids_of(d)[2] for d in pacs_data.catalog if uids_of(d)[1] == series}
+    url = f"{gw.url}/studies/{study}/series/{series}"
+    assert set(by_sop(retrieve(url))) == in_series
+    assert wait_until(lambda: f"retrieved series {series}" in gw.log(), 30), gw.log()[-3000:]
+    entries = httpx.get(gw.url + "/changefeed", params={"includeMetadata": "false"}, timeout=30).json()
+    assert {(e["SopInstanceUid"], e["Action"], e["Origin"]) for e in entries} == {
+        (sop, "create", "pacs:orthanc") for sop in in_series
+    }
+
+    response = httpx.delete(url, timeout=30)
+    assert response.status_code == 204, response.text
+    assert "PACS orthanc" in response.headers["warning"]
+    assert "still holds" in response.headers["warning"]
+    entries = httpx.get(gw.url + "/changefeed", params={"offset": len(in_series)}, timeout=30).json()
+    assert {(e["SopInstanceUid"], e["Action"], e["Origin"]) for e in entries} == {
+        (sop, "delete", "delete") for sop in in_series
+    }
+    # The PACS still has the series: asked again, the gateway fetches it from the PACS anew.
+    assert set(by_sop(retrieve(url))) == in_series
+    assert gw.log().count(f"retrieving series {series}") == 2
