@@ -195,12 +195,14 @@ class ChangeEntry:
 @dataclass(frozen=True)
 class ChangeQuery:
     """Which entries :meth:`Index.changes` returns: those with ``start <= timestamp < end``
-    (None: unbounded), in sequence order, ``offset`` of them skipped (Microsoft's v2: offset
-    counts entries), at most ``limit``; with a ``restriction`` only its studies' entries (the
-    rule of :mod:`gateway.services.visibility`, applied in the database as QIDO's is)."""
+    (None: unbounded) and a sequence above ``after``, in sequence order, ``offset`` of them
+    skipped (Microsoft's v2: offset counts entries), at most ``limit``; with a ``restriction``
+    only its studies' entries (the rule of :mod:`gateway.services.visibility`, applied in the
+    database as QIDO's is)."""
 
     limit: int
     offset: int = 0
+    after: int | None = None  # only entries with a greater sequence (a follower's position)
     start: float | None = None
     end: float | None = None
     restriction: Restriction | None = None

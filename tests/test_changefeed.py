@@ -6,14 +6,18 @@ parameters, and a 400 for each malformed one."""
 from __future__ import annotations
 
 import io
+import queue
 import shutil
 import subprocess
+import sys
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests import factory
@@ -137,3 +141,47 @@ def test_a_c_store_by_storescu_writes_one_entry(tmp_path: Path) -> None:
     assert [(e["SopInstanceUid"], e["Action"], e["Origin"]) for e in entries] == [
         (uids_of(data)[2], "create", "dimse:modality")
     ]
+
+
+def test_the_changes_command_prints_and_follows_the_feed(file_gateway: RunningGateway) -> None:
+    gw = file_gateway
+    instances = factory.ct_series(3, 64, 64, seed=165)
+    assert stow(gw.url, instances[:2]).status_code == 200
+    study, series, sop = uids_of(instances[0])
+    assert httpx.delete(f"{gw.url}/studies/{study}/series/{series}/instances/{sop}", timeout=30).status_code == 204
+
+    run = gw.cli("changes")
+    assert run.returncode == 0, run.stderr
+    lines = [line.split("\t") for line in run.stdout.splitlines()]
+    assert [(cols[2], cols[3], cols[4], cols[7]) for cols in lines] == [
+        ("create", "deleted", "stow", sop),
+        ("create", "current", "stow", uids_of(instances[1])[2]),
+        ("delete", "deleted", "delete", sop),
+    ]
+    assert lines[2][8] == "anonymous"  # who deleted it (authentication is off on loopback)
+    run = gw.cli("changes", "--json", "--after", lines[0][0])
+    assert run.returncode == 0, run.stderr
+    entries = [orjson.loads(line) for line in run.stdout.splitlines()]
+    assert [(e["Sequence"], e["Action"], e["Principal"]) for e in entries] == [
+        (int(lines[1][0]), "create", None),
+        (int(lines[2][0]), "delete", "anonymous"),
+    ]
+    assert gw.cli("changes", "--after", "-1").returncode == 2
+
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "changes", "--follow", "--json", "--interval", "0.1", *gw.args],
+        env=gw.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines_seen: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines_seen.put(line) for line in follower.stdout or ()], daemon=True).start()
+    try:
+        followed = [orjson.loads(lines_seen.get(timeout=60)) for _ in range(3)]
+        assert [e["Sequence"] for e in followed] == [int(cols[0]) for cols in lines]
+        assert stow(gw.url, instances[2:]).status_code == 200
+        arrived = orjson.loads(lines_seen.get(timeout=60))
+        assert (arrived["SopInstanceUid"], arrived["Action"]) == (uids_of(instances[2])[2], "create")
+    finally:
+        follower.terminate()
+        follower.wait(30)

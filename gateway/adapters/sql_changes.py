@@ -85,6 +85,9 @@ def changes_sql(p: str, query: ChangeQuery) -> tuple[str, list[object]]:
     if query.end is not None:
         where.append(f"c.timestamp < {p}")
         params.append(query.end)
+    if query.after is not None:
+        where.append(f"c.sequence > {p}")
+        params.append(query.after)
     _restrict(p, query.restriction, where, params)
     sql = _select(p, query.include_metadata, where) + f" ORDER BY c.sequence LIMIT {p} OFFSET {p}"
     return sql, [*params, query.limit, query.offset]
