@@ -4,9 +4,13 @@ decided at read time and the restriction applied as QIDO applies it."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import anyio
+import psycopg
 import pytest
 
+from gateway.adapters.postgres_index import parse_url
 from gateway.ports import AddOutcome, ChangeAction, ChangeQuery, ChangeState, Index, KeepIf, RemovalCause
 from gateway.security.access import Restriction
 from tests.fixtures_index import Backend
@@ -139,3 +143,32 @@ async def test_sequence_follows_commits_across_replicas(index: Index, backend: B
         assert sequences == sorted(set(sequences))
     finally:
         await other.aclose()
+
+
+async def test_the_migration_gives_instances_already_indexed_their_create_entries(backend: Backend) -> None:
+    first = backend.open()
+    try:
+        await first.add(record(1, 1, 1, PatientID="P1"))
+        await first.add(record(1, 1, 2, PatientID="P1"))
+    finally:
+        await first.aclose()
+    # The database a gateway of schema version 3 left: no change feed yet.
+    if backend.name == "sqlite":
+        assert backend.path is not None
+        with sqlite3.connect(backend.path) as conn:
+            conn.execute("DROP TABLE changefeed")
+        conn.close()
+    else:
+        assert backend.url is not None
+        conninfo, schema = parse_url(backend.url)[:2]
+        with psycopg.connect(conninfo, autocommit=True, options=f"-c search_path={schema}") as pg:
+            pg.execute("DROP TABLE changefeed")
+    backend.set_schema_version(3)
+    again = backend.open()
+    try:
+        entries = await again.changes(feed(restriction=Restriction(patient_ids=frozenset({"P1"}))))
+        assert [(e.sop_uid, e.action, e.state, e.origin) for e in entries] == [
+            (f"{ROOT}.1.1.{sop}", ChangeAction.CREATE, ChangeState.CURRENT, "stow") for sop in (1, 2)
+        ]
+    finally:
+        await again.aclose()

@@ -163,6 +163,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         + sql_changes.COLUMNS_DDL.format(real="double precision", text=_TEXT)
         + ")",
         *sql_changes.INDEXES,
+        sql_changes.BACKFILL,
     ),
 }
 EXPIRED_CACHED_SQL = (
@@ -311,6 +312,8 @@ class PostgresIndex:
     async def clear(self) -> None:
         async with self._connection(bulk=True) as conn, conn.transaction():
             await _no_statement_timeout(conn)
+            # The tables first, the feed lock last, as every writer takes them (no deadlock).
+            await conn.execute("LOCK TABLE instances, series, studies, removals IN ACCESS EXCLUSIVE MODE")
             await _lock_feed(conn)
             await conn.execute(sql_changes.clear_sql("%s"), (time.time(),))
             await conn.execute("TRUNCATE instances, series, studies, removals")

@@ -32,6 +32,13 @@ INDEXES = (
     "CREATE INDEX changefeed_by_time ON changefeed (timestamp, sequence)",
 )
 _INSERTED = "timestamp, action, study_uid, series_uid, sop_uid, origin, patient_id, principal, reason"
+# The migration that creates the feed gives every instance already indexed its create entry
+# (time: when it was stored), so the feed from its start accounts for everything the index holds.
+BACKFILL = (
+    "INSERT INTO changefeed (timestamp, action, study_uid, series_uid, sop_uid, origin, patient_id)"
+    " SELECT i.stored_at, 'create', i.study_uid, i.series_uid, i.sop_uid, i.origin, st.patient_id"
+    " FROM instances AS i JOIN studies AS st ON st.study_uid = i.study_uid ORDER BY i.stored_at, i.sop_uid"
+)
 
 
 def insert_sql(p: str) -> str:

@@ -136,6 +136,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         + sql_changes.COLUMNS_DDL.format(real="REAL", text="TEXT")
         + ")",
         *sql_changes.INDEXES,
+        sql_changes.BACKFILL,
     ),
 }
 EXPIRED_CACHED_SQL = (
