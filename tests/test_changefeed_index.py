@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 import anyio
+import anyio.lowlevel
 import psycopg
 import pytest
 
@@ -172,3 +173,59 @@ async def test_the_migration_gives_instances_already_indexed_their_create_entrie
         ]
     finally:
         await again.aclose()
+
+
+async def test_a_follower_by_sequence_misses_no_entry_of_concurrent_writers(index: Index, backend: Backend) -> None:
+    # Two replicas write while a follower asks, again and again, for what came after the last
+    # sequence it saw: entries commit in sequence order, so it must end up with every one.
+    await index.ping()  # the schema exists
+    if backend.name == "postgres":
+        _slow_commits(backend)
+    writers = [backend.open() for _ in range(2)]
+    seen: list[int] = []
+    done = anyio.Event()
+
+    async def write(idx: Index, study: int) -> None:
+        # A study each: adds to one study would wait for each other anyway (its counter row).
+        for sop in range(1, 31):
+            assert await idx.add(record(study, 1, sop)) is AddOutcome.INSERTED
+
+    async def follow() -> None:
+        while True:
+            finished = done.is_set()
+            after = seen[-1] if seen else None
+            seen.extend(e.sequence for e in await index.changes(feed(limit=1000, after=after)))
+            if finished:
+                return
+            await anyio.lowlevel.checkpoint()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            async with anyio.create_task_group() as writing:
+                writing.start_soon(write, writers[0], 1)
+                writing.start_soon(write, writers[1], 2)
+            done.set()
+    finally:
+        for idx in writers:
+            await idx.aclose()
+    everything = [e.sequence for e in await index.changes(feed(limit=1000))]
+    assert len(everything) == 60
+    assert seen == everything
+
+
+def _slow_commits(backend: Backend) -> None:
+    """Widen the gap between an entry taking its sequence and its commit (a random pause after
+    the insert, in the writer's transaction), where a writer that took a later sequence could
+    commit first if nothing ordered the commits."""
+    assert backend.url is not None
+    conninfo, schema = parse_url(backend.url)[:2]
+    with psycopg.connect(conninfo, autocommit=True, options=f"-c search_path={schema}") as pg:
+        pg.execute(
+            "CREATE FUNCTION pause_after_entry() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN PERFORM pg_sleep(random() * 0.02); RETURN NEW; END $$"
+        )
+        pg.execute(
+            "CREATE TRIGGER pause_after_entry AFTER INSERT ON changefeed"
+            " FOR EACH ROW EXECUTE FUNCTION pause_after_entry()"
+        )
