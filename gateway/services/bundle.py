@@ -86,7 +86,7 @@ def build_gateway(
             store, index, visibility, cached_copies_expire=settings.pacs_cache_max_age > 0 and bool(nodes)
         ),
         changes=ChangeFeed(index),
-        removal=RemovalService(index, writer, visibility, bridge_state, grace=settings.delete_grace),
+        removal=RemovalService(index, writer, visibility, bridge_state, flights, grace=settings.delete_grace),
         upstreams=nodes,
     )
 

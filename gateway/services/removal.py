@@ -15,7 +15,11 @@ only inside its restriction; outside it the answer is the 404 of an absent study
 
 Instances cached from a PACS (origin ``pacs:<name>``) leave the cache only; the PACS keeps
 them, and the answer says so. The "retrieved whole" marks of their series go too, so the next
-retrieve asks the PACS again instead of answering from a thinned-out cache.
+retrieve asks the PACS again instead of answering from a thinned-out cache. While a retrieve of
+the study from a PACS is in flight in this process, its write-through would put back what is
+being deleted: the delete is refused (503, Retry-After) until it ends, and retrieves of the
+study wait while a delete runs (:meth:`gateway.services.pacs_flights.PacsFlights.holding`, as
+the cache expiry does).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup
 
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import GatewayError, NotFound, ServiceUnavailable
 from gateway.ports import BridgeState, Index, InstanceKey, InstanceRecord, KeepIf, RemovalCause
 from gateway.security.access import Restriction
 from gateway.services.instance_writer import InstanceWriter
+from gateway.services.pacs_flights import PacsFlights
 from gateway.services.visibility import Visibility
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ class RemovalService:
         writer: InstanceWriter,
         visibility: Visibility,
         bridge_state: BridgeState | None,
+        flights: PacsFlights,
         *,
         grace: float,
     ) -> None:
@@ -58,6 +64,7 @@ class RemovalService:
         self._writer = writer
         self._visibility = visibility
         self._state = bridge_state
+        self._flights = flights
         self._grace = grace
         self._tasks: TaskGroup | None = None
 
@@ -77,7 +84,13 @@ class RemovalService:
     ) -> Removed:
         """Take the study, series or instance out of the index (see the module docstring);
         NotFound when nothing visible to ``restriction`` matches."""
-        records = await self._select(study, series, sop, restriction)
+        await self._select(study, series, sop, restriction)  # absent or hidden: 404 before anything else
+        async with self._flights.holding(study) as held:
+            if not held:
+                raise ServiceUnavailable(f"study {study} is being retrieved from a PACS; retry once that ends")
+            return await self._remove(await self._select(study, series, sop, restriction), cause)
+
+    async def _remove(self, records: list[InstanceRecord], cause: RemovalCause) -> Removed:
         removed = Removed()
         pacs: set[str] = set()
         for record in records:
