@@ -154,6 +154,29 @@ def test_only_admin_may_delete_and_a_restricted_one_only_its_own(sg: SecuredGate
     assert stored_sops(sg, issuer, my_study) == []
 
 
+def test_a_restricted_reader_follows_only_its_studies_in_the_change_feed(sg: SecuredGateway, issuer: Issuer) -> None:
+    mine = factory.ct_series(2, 64, 64, seed=177)
+    theirs = factory.ct_series(1, 64, 64, seed=178)
+    store(sg, issuer, mine + theirs)
+    my_study = uids_of(mine[0])[0]
+    admin = token(issuer, "admin")
+    assert httpx.delete(f"{sg.url}/studies/{my_study}", headers=admin, timeout=30).status_code == 204
+    store(sg, issuer, theirs)  # an identical re-send: no entry, and not mine anyway
+    reader = token(issuer, "read", {"StudyInstanceUID": [my_study]}, sub="ward-reader")
+    response = httpx.get(sg.url + "/changefeed", params={"limit": 200}, headers=reader, timeout=30)
+    assert response.status_code == 200, response.text
+    entries = response.json()
+    assert {e["StudyInstanceUid"] for e in entries} == {my_study}
+    assert sorted((e["Action"], e["SopInstanceUid"]) for e in entries) == sorted(
+        (action, uids_of(data)[2]) for action in ("create", "delete") for data in mine
+    )
+    # offset counts its entries only.
+    second = httpx.get(sg.url + "/changefeed", params={"offset": 1, "limit": 1}, headers=reader, timeout=30)
+    assert second.json() == entries[1:2]
+    latest = httpx.get(sg.url + "/changefeed/latest", headers=reader, timeout=30)
+    assert latest.json() == entries[-1]
+
+
 def test_bad_uids_are_400(sg: SecuredGateway, issuer: Issuer) -> None:
     response = httpx.delete(f"{sg.url}/studies/1.02.3", headers=token(issuer, "admin"), timeout=30)
     assert response.status_code == 400
