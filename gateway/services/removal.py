@@ -88,7 +88,12 @@ class RemovalService:
         async with self._flights.holding(study) as held:
             if not held:
                 raise ServiceUnavailable(f"study {study} is being retrieved from a PACS; retry once that ends")
-            return await self._remove(await self._select(study, series, sop, restriction), cause)
+            records = await self._select(study, series, sop, restriction)
+            # Once begun, every row of the selection goes and its objects are scheduled, even if
+            # the client hangs up meanwhile: no half-deleted study, no object left unscheduled.
+            with anyio.CancelScope(shield=True):
+                removed = await self._remove(records, cause)
+        return removed
 
     async def _remove(self, records: list[InstanceRecord], cause: RemovalCause) -> Removed:
         removed = Removed()
@@ -127,11 +132,11 @@ class RemovalService:
 
     async def _discard_later(self, keys: list[InstanceKey]) -> None:
         await anyio.sleep(self._grace)
-        try:
-            await self._discard(keys)
-        except GatewayError as exc:  # the index is away: the objects are orphans for reindex --repair
-            log.warning("could not delete the objects of %d removed instance(s): %s", len(keys), exc.reason)
+        await self._discard(keys)
 
     async def _discard(self, keys: list[InstanceKey]) -> None:
         for study, series, sop in keys:
-            await self._writer.discard_objects(study, series, sop)
+            try:
+                await self._writer.discard_objects(study, series, sop)
+            except GatewayError as exc:  # the index is away: orphans now, for reindex --repair
+                log.warning("could not delete the objects of removed instance %s: %s", sop, exc.reason)
