@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,9 @@ pytestmark = pytest.mark.timeout(300)
 GRACE = 0.5  # delete_grace: seconds between a row leaving the index and its objects going
 
 
-@pytest.fixture(scope="module")
-def sg(tmp_path_factory: pytest.TempPathFactory, jwks_server: JwksServer) -> Iterator[SecuredGateway]:
-    where = tmp_path_factory.mktemp("delete")
+@contextmanager
+def audited_gateway(where: Path, jwks_server: JwksServer) -> Iterator[SecuredGateway]:
+    """A gateway with OIDC tokens, a short delete grace and its audit trail in a file."""
     config = f'delete_grace = {GRACE}\n[audit]\ndestination = "{where / "audit.jsonl"}"\n' + oidc_config(
         jwks_server.url
     )
@@ -49,6 +50,12 @@ def sg(tmp_path_factory: pytest.TempPathFactory, jwks_server: JwksServer) -> Ite
         yield running
     finally:
         stop_gateway(running.gw)
+
+
+@pytest.fixture(scope="module")
+def sg(tmp_path_factory: pytest.TempPathFactory, jwks_server: JwksServer) -> Iterator[SecuredGateway]:
+    with audited_gateway(tmp_path_factory.mktemp("delete"), jwks_server) as running:
+        yield running
 
 
 def token(issuer: Issuer, scope: str, restriction: dict[str, Any] | None = None, sub: str = "ops") -> dict[str, str]:

@@ -13,24 +13,17 @@ import orjson
 import pytest
 
 from tests import factory
-from tests.fixtures_gateway import stop_gateway
-from tests.fixtures_security import Issuer, JwksServer, SecuredGateway, oidc_config, start_secured_gateway
+from tests.fixtures_security import Issuer, JwksServer, SecuredGateway
 from tests.http_helpers import uids_of
-from tests.test_delete import store, stored_sops, token
+from tests.test_delete import audited_gateway, store, stored_sops, token
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
 def sg(tmp_path_factory: pytest.TempPathFactory, jwks_server: JwksServer) -> Iterator[SecuredGateway]:
-    where = tmp_path_factory.mktemp("reject")
-    config = f'delete_grace = 0.5\n[audit]\ndestination = "{where / "audit.jsonl"}"\n' + oidc_config(jwks_server.url)
-    running = start_secured_gateway(where, config)
-    running.extra["audit"] = where / "audit.jsonl"
-    try:
+    with audited_gateway(tmp_path_factory.mktemp("reject"), jwks_server) as running:
         yield running
-    finally:
-        stop_gateway(running.gw)
 
 
 def feed_of(sg: SecuredGateway, issuer: Issuer, study: str) -> list[dict[str, Any]]:

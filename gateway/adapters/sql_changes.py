@@ -96,7 +96,7 @@ def changes_sql(p: str, query: ChangeQuery) -> tuple[str, list[object]]:
         where.append(f"c.sequence > {p}")
         params.append(query.after)
     _restrict(p, query.restriction, where, params)
-    sql = _select(p, query.include_metadata, where) + f" ORDER BY c.sequence LIMIT {p} OFFSET {p}"
+    sql = _select(query.include_metadata, where) + f" ORDER BY c.sequence LIMIT {p} OFFSET {p}"
     return sql, [*params, query.limit, query.offset]
 
 
@@ -104,7 +104,7 @@ def latest_sql(p: str, restriction: Restriction | None, include_metadata: bool) 
     params: list[object] = []
     where: list[str] = []
     _restrict(p, restriction, where, params)
-    return _select(p, include_metadata, where) + " ORDER BY c.sequence DESC LIMIT 1", params
+    return _select(include_metadata, where) + " ORDER BY c.sequence DESC LIMIT 1", params
 
 
 def _restrict(p: str, restriction: Restriction | None, where: list[str], params: list[object]) -> None:
@@ -112,7 +112,7 @@ def _restrict(p: str, restriction: Restriction | None, where: list[str], params:
         where.append(restriction_condition(p, restriction, params, study="c.study_uid", patient="c.patient_id"))
 
 
-def _select(p: str, include_metadata: bool, where: list[str]) -> str:
+def _select(include_metadata: bool, where: list[str]) -> str:
     # The instance's current metadata exists only while its row does (same study and series).
     metadata = "i.metadata" if include_metadata else "NULL"
     joined = (
