@@ -147,6 +147,7 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
             async with open_pacs(settings, receiver) as (upstreams, bridge_state), anyio.create_task_group() as tasks:
                 gateway = build_gateway(settings, own_store, own_index, upstreams=upstreams, bridge_state=bridge_state)
                 gateway.retrieval.start(tasks)
+                gateway.removal.start(tasks)
                 if settings.pacs_cache_max_age > 0 and upstreams:
                     expiry = CacheExpiry(
                         own_index,

@@ -19,6 +19,7 @@ from gateway.dicom.records import InstanceRecord as InstanceRecord
 from gateway.dicom.records import PixelDescription as PixelDescription
 from gateway.dicom.records import ReceivedInstance as ReceivedInstance
 from gateway.dicom.records import Span as Span
+from gateway.dicom.restriction import Restriction
 
 # A DICOM JSON object (PS3.18 F.2): {"0020000D": {"vr": "UI", "Value": [...]}, ...}
 DicomJson = dict[str, Any]
@@ -141,6 +142,74 @@ class KeepIf(enum.Enum):
 
 
 @dataclass(frozen=True)
+class RemovalCause:
+    """Why an instance leaves the index, as its change-feed entry records it (``origin``:
+    ``delete``, ``reject``, ``expiry``, ``undo``, ``repair``); ``principal`` (its audit id) and
+    ``reason`` (a rejection's code, e.g. ``113039^DCM``) when a request caused it."""
+
+    origin: str
+    principal: str | None = None
+    reason: str | None = None
+
+
+UNDONE = RemovalCause("undo")  # an upload refused as a whole, or objects nobody was told are stored
+
+
+class ChangeAction(enum.Enum):
+    CREATE = "create"
+    DELETE = "delete"
+
+
+class ChangeState(enum.Enum):
+    """The state of the instance an entry names, decided when the feed is read (Microsoft's
+    model): the entry is its latest and a create (CURRENT); a later create replaced it
+    (REPLACED); its latest entry is a delete (DELETED)."""
+
+    CURRENT = "current"
+    REPLACED = "replaced"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class ChangeEntry:
+    """One change-feed entry: an instance entered (``create``) or left (``delete``) the index,
+    written in the same transaction as that row. ``sequence`` strictly increases with commit
+    order on one database (across replicas on PostgreSQL); ``timestamp`` is seconds since the
+    epoch. ``origin``: the record's origin for a create (``stow``, ``dimse:<name>``,
+    ``pacs:<name>``), the :class:`RemovalCause` origin for a delete. ``metadata``: the
+    instance's DICOM JSON (relative BulkDataURIs) when asked for and it is still indexed."""
+
+    sequence: int
+    timestamp: float
+    action: ChangeAction
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    origin: str
+    state: ChangeState
+    principal: str | None = None
+    reason: str | None = None
+    metadata: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ChangeQuery:
+    """Which entries :meth:`Index.changes` returns: those with ``start <= timestamp < end``
+    (None: unbounded) and a sequence above ``after``, in sequence order, ``offset`` of them
+    skipped (Microsoft's v2: offset counts entries), at most ``limit``; with a ``restriction``
+    only its studies' entries (the rule of :mod:`gateway.services.visibility`, applied in the
+    database as QIDO's is)."""
+
+    limit: int
+    offset: int = 0
+    after: int | None = None  # only entries with a greater sequence (a follower's position)
+    start: float | None = None
+    end: float | None = None
+    restriction: Restriction | None = None
+    include_metadata: bool = False
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """QIDO rows as DICOM JSON objects (without RetrieveURL: the service adds it)."""
 
@@ -168,12 +237,18 @@ class Index(Protocol):
     async def search(self, query: QidoQuery) -> SearchResult:
         """Answer a QIDO query (its restriction, if any, applied in the database)."""
 
-    async def begin_removal(self, study: str, series: str, sop: str, *, keep_if: KeepIf) -> str | None:
+    async def begin_removal(
+        self, study: str, series: str, sop: str, *, keep_if: KeepIf, cause: RemovalCause = UNDONE
+    ) -> str | None:
         """Before deleting an instance's objects: atomically remove its row (unless ``keep_if``
         says to keep it: then None) and record a removal of ``sop`` in progress, so that no
         upload on any replica commits a row for it until :meth:`end_removal` (its ``add`` answers
         REMOVING instead). Returns the removal's token. The index row is the commit point of a
-        write, so this is what makes "delete the objects" safe against a concurrent upload."""
+        write, so this is what makes "delete the objects" safe against a concurrent upload.
+
+        When a row is removed, a ``delete`` change-feed entry saying ``cause`` is written in the
+        same transaction: the feed says "deleted" exactly when the index no longer serves it
+        (a removal that finds no row, e.g. of objects never indexed, writes none)."""
 
     async def end_removal(self, sop: str, token: str) -> None:
         """The objects are gone: uploads of ``sop`` may commit again. A removal never ended (its
@@ -185,7 +260,16 @@ class Index(Protocol):
         stored to an upload (not ``shared``), oldest first: what the cache expiry removes."""
 
     async def clear(self) -> None:
-        """Remove every row (reindex)."""
+        """Remove every row (reindex), each with its ``delete`` change-feed entry (origin
+        ``reindex``); the feed's history stays."""
+
+    async def changes(self, query: ChangeQuery) -> list[ChangeEntry]:
+        """Change-feed entries (see :class:`ChangeQuery`), oldest first."""
+
+    async def latest_change(
+        self, restriction: Restriction | None = None, *, include_metadata: bool = False
+    ) -> ChangeEntry | None:
+        """The entry with the highest sequence (of ``restriction``'s studies), None when none."""
 
     async def ping(self) -> None:
         """Raise IndexError_ when the database cannot be reached (readiness)."""

@@ -263,6 +263,9 @@ class Settings:
     # Seconds an instance cached from a PACS is kept (then removed; fetched again when asked
     # for). 0: kept forever. Instances stored by STOW are never expired.
     pacs_cache_max_age: float = 0.0
+    # Seconds between a DELETE or rejection taking instances out of the index (they are gone for
+    # every new request at once) and deleting their objects: retrieves already sending them finish.
+    delete_grace: float = 30.0
     # Store uncompressed uploads losslessly compressed: "" (as received), "jpeg-ls", "jpeg2000" or
     # "htj2k". With storage_compression_small_below > 0, instances whose frames are smaller than
     # that many bytes (uncompressed) are stored as storage_compression_small says instead (e.g.
@@ -520,6 +523,8 @@ def _validate_pacs(s: Settings) -> None:
         raise SettingsError("memory_trim_interval must be 0 (never) or positive seconds")
     if s.pacs_cache_max_age < 0:
         raise SettingsError("pacs_cache_max_age must be 0 (keep cached instances forever) or positive seconds")
+    if not 0 <= s.delete_grace <= 3600:
+        raise SettingsError("delete_grace must be between 0 and 3600 seconds")
     if not _valid_ae_title(s.ae_title):
         raise SettingsError(f"ae_title {s.ae_title!r} must be 1-16 printable ASCII characters without backslash")
     if s.scp_port is not None and not 0 < s.scp_port < 65536:

@@ -269,24 +269,30 @@ def object_keys(study: str, series: str, sop: str) -> set[str]:
 
 
 IndexRows = Callable[[], set[tuple[str, str, str]]]
+INSTANCE_ROWS = "SELECT study_uid, series_uid, sop_uid FROM instances"
+# The instances the change feed says are stored now: those whose latest entry is a create.
+FEED_CURRENT = (
+    "SELECT c.study_uid, c.series_uid, c.sop_uid FROM changefeed AS c WHERE c.action = 'create'"
+    " AND c.sequence = (SELECT max(m.sequence) FROM changefeed AS m WHERE m.sop_uid = c.sop_uid)"
+)
 
 
-def sqlite_rows(data_dir: Path) -> IndexRows:
+def sqlite_rows(data_dir: Path, sql: str = INSTANCE_ROWS) -> IndexRows:
     def rows() -> set[tuple[str, str, str]]:
         with sqlite3.connect(f"file:{data_dir / 'index.sqlite3'}?mode=ro", uri=True) as conn:
-            found = conn.execute("SELECT study_uid, series_uid, sop_uid FROM instances").fetchall()
+            found = conn.execute(sql).fetchall()
         conn.close()
         return {(a, b, c) for a, b, c in found}
 
     return rows
 
 
-def postgres_rows(url: str) -> IndexRows:
+def postgres_rows(url: str, sql: str = INSTANCE_ROWS) -> IndexRows:
     conninfo, schema = parse_url(url)[:2]
 
     def rows() -> set[tuple[str, str, str]]:
         with psycopg.connect(conninfo, options=f"-c search_path={schema}") as conn:
-            found = conn.execute("SELECT study_uid, series_uid, sop_uid FROM instances").fetchall()
+            found = conn.execute(sql).fetchall()
         return {(a, b, c) for a, b, c in found}
 
     return rows
@@ -300,12 +306,15 @@ def repair_counts(stdout: str) -> dict[str, int]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def index_choice(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[tuple[str, ...], IndexRows]]:
+def index_choice(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[tuple[str, ...], IndexRows, IndexRows]]:
+    """(gateway flags, the index rows, the instances the change feed says are stored)."""
     if request.param == "sqlite":
-        yield (), sqlite_rows(tmp_path / "data")
+        yield (), sqlite_rows(tmp_path / "data"), sqlite_rows(tmp_path / "data", FEED_CURRENT)
     else:
         url = request.getfixturevalue("postgres_url")
-        yield ("--index-url", url), postgres_rows(url)
+        yield ("--index-url", url), postgres_rows(url), postgres_rows(url, FEED_CURRENT)
 
 
 @pytest.mark.timeout(400)
@@ -313,9 +322,9 @@ def test_sigkill_during_stow_loses_no_acknowledged_instance_and_repair_leaves_no
     tmp_path: Path,
     s3_bucket: S3Bucket,
     s3_admin: S3Client,
-    index_choice: tuple[tuple[str, ...], IndexRows],
+    index_choice: tuple[tuple[str, ...], IndexRows, IndexRows],
 ) -> None:
-    extra_args, index_rows = index_choice
+    extra_args, index_rows, feed_current = index_choice
     bucket = s3_bucket.bucket
     plan = plan_requests(seed=7)
 
@@ -385,6 +394,9 @@ def test_sigkill_during_stow_loses_no_acknowledged_instance_and_repair_leaves_no
     assert [row for row in rows if not object_keys(*row) <= keys] == [], "index rows without their objects"
     indexed_sops = {sop for _, _, sop in rows}
     assert [sop for sop in run.acknowledged if sop not in indexed_sops] == [], "acknowledged but not indexed"
+    # The change feed was written in the rows' own transactions: no entry for a row the kills
+    # rolled back, no row without its entry.
+    assert feed_current() == rows, "the change feed and the index disagree after the kills"
     committed = set().union(*(object_keys(*row) for row in rows)) if rows else set()
     orphans = keys - committed
     uploads = unfinished_uploads(s3_admin, bucket)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.adapters.filestore import FileBlobStore
@@ -87,6 +88,12 @@ def test_cached_series_expires_and_is_fetched_again(
     # every second here, and the machine may be busy, so a generous bound on noticing it.
     assert wait_until(lambda: "cache expiry: removed 3 instance(s)" in gw.log(), 30), gw.log()[-3000:]
     assert f"retrieved series {PACS_SERIES}" in gw.log()
+    # The change feed says where the copies came from, and what took them away.
+    feed = httpx.get(gw.url + "/changefeed", params={"includeMetadata": "false"}, timeout=30).json()
+    cached = [(e["SopInstanceUid"], e["Action"], e["Origin"]) for e in feed if e["StudyInstanceUid"] == PACS_STUDY]
+    assert sorted(cached) == sorted(
+        [(sop, "create", "pacs:orthanc") for sop in expected] + [(sop, "delete", "expiry") for sop in expected]
+    )
     # The objects go one sweep after the rows (requests may still be reading them).
     assert wait_until(lambda: not cached_sops(gw.data_dir, PACS_STUDY), 30)
 

@@ -117,8 +117,13 @@ async def test_schema_version_1_is_migrated_keeping_its_rows(backend: Backend) -
 
 
 def _downgrade_to_version_1(backend: Backend) -> None:
-    """Undo migrations 3 and 2 by hand: the database a gateway of schema version 1 left."""
-    statements = ("DROP INDEX instances_expiry", "ALTER TABLE instances DROP COLUMN shared", "DROP TABLE removals")
+    """Undo migrations 4, 3 and 2 by hand: the database a gateway of schema version 1 left."""
+    statements = (
+        "DROP TABLE changefeed",
+        "DROP INDEX instances_expiry",
+        "ALTER TABLE instances DROP COLUMN shared",
+        "DROP TABLE removals",
+    )
     if backend.name == "sqlite":
         assert backend.path is not None
         with sqlite3.connect(backend.path) as conn:

@@ -120,6 +120,17 @@ ROUTES = [
         )
         for kind in ("/rendered", "/thumbnail")
     ),
+    ("GET", "/changefeed"),
+    ("GET", "/changefeed/latest"),
+    *(
+        route
+        for level in (
+            "/studies/{study}",
+            "/studies/{study}/series/{series}",
+            "/studies/{study}/series/{series}/instances/{instance}",
+        )
+        for route in (("DELETE", level), ("POST", level + "/reject/{code}"))
+    ),
 ]
 PACS_ROUTES = [(m, t) for m, t in ROUTES if m == "GET"]
 ACCEPT = {
@@ -170,6 +181,7 @@ def url_for(template: str, study: Study) -> str:
         .replace("{instance}", i)
         .replace("{frames}", "1")
         .replace("{path:path}", "7FE00010")
+        .replace("{code}", "113039^DCM")
     )
 
 
@@ -184,6 +196,8 @@ def request(sg: SecuredGateway, method: str, template: str, study: Study, header
         if "bulkdata" in template
         else None
     )
+    if method == "DELETE" or template.endswith("/reject/{code}"):
+        return httpx.request(method, url, headers=headers, timeout=30)
     if method == "POST":
         body, content_type = stow_body([study.data])
         return httpx.post(url, content=body, headers={**headers, "Content-Type": content_type}, timeout=30)
@@ -234,12 +248,16 @@ def test_access_matrix(access_gateway: SecuredGateway, issuer: Issuer, principal
 def _expected(principal: str, method: str, template: str, study: str) -> int:
     if principal == "anonymous":
         return 401
-    needed = "write" if method == "POST" else "read"
+    # No principal here has admin: deleting and rejecting are refused before anything is looked up.
+    destructive = method == "DELETE" or template.endswith("/reject/{code}")
+    needed = "admin" if destructive else "write" if method == "POST" else "read"
     scopes = str((PRINCIPALS[principal] or {}).get("scope", "")).split()
     if needed not in scopes:
         return 403
     if method == "OPTIONS":
         return 200  # Capabilities describe path templates, never a study's data
+    if template == "/changefeed/latest" and not VISIBLE[principal]:
+        return 204  # no entry of its studies: the feed is empty as far as it can tell
     if method == "POST":
         # An identical re-upload; outside a restriction it is refused (0124 Not Authorized).
         return 200 if study in VISIBLE.get(principal, {"A", "B", "C"}) else 409

@@ -25,6 +25,12 @@ one row (the loser sees the winner's row once it commits and answers IDENTICAL o
 Deadlocks and serialization failures are retried. psycopg errors
 become :class:`gateway.errors.IndexError_` (503).
 
+Change feed (:mod:`gateway.adapters.sql_changes`): an identity column numbers the entries, but
+it hands out numbers when a row is inserted, not when it commits, so a follower reading "after
+sequence n" could pass over an entry n-1 still committing. Every transaction writing an entry
+therefore takes one transaction-scoped advisory lock just before it (its last statement): entries
+commit in sequence order, on every replica, at the cost of serializing the commits of writes.
+
 Outages: while the server is stopped or unreachable every call fails at once with that 503
 (Retry-After); connections whose backends died are dropped at checkout; after the server returns,
 the first call within a second reconnects, without a gateway restart. Reads are run once more
@@ -52,6 +58,7 @@ import psycopg.errors
 from psycopg.adapt import Buffer, Loader
 from psycopg.sql import SQL, Literal
 
+from gateway.adapters import sql_changes
 from gateway.adapters.postgres_pool import ConnectionLost, IndexConnections, one_line
 from gateway.adapters.postgres_search import norm_values, search_sql
 from gateway.adapters.sql_rows import (
@@ -71,12 +78,27 @@ from gateway.adapters.sql_search import row_to_json, sql_columns
 from gateway.dicom.attributes import Level
 from gateway.dicom.query import QidoQuery
 from gateway.errors import IndexError_, IndexOutcomeUnknown
-from gateway.ports import REMOVAL_LAPSE, AddOutcome, InstanceKey, InstanceRecord, KeepIf, SearchResult
+from gateway.ports import (
+    REMOVAL_LAPSE,
+    UNDONE,
+    AddOutcome,
+    ChangeAction,
+    ChangeEntry,
+    ChangeQuery,
+    InstanceKey,
+    InstanceRecord,
+    KeepIf,
+    RemovalCause,
+    SearchResult,
+)
+from gateway.security.access import Restriction
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Advisory lock space of per-instance locks (the second key is a CRC of the SOP Instance UID:
 # a collision only makes two instances wait for each other).
 _INSTANCE_LOCKS = 0x44574749
+# The one advisory lock that orders change-feed commits (see the module docstring).
+_FEED_LOCK = (0x44574749, -1)
 DEFAULT_MAX_RESULTS = 1000
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # A statement running longer is cancelled by the server (503): within the 10 s in which a client
@@ -136,6 +158,13 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # The cache expiry sweep walks this partial index (see the SQLite adapter).
     3: ("CREATE INDEX instances_expiry ON instances (stored_at) WHERE origin LIKE 'pacs:%' AND NOT shared",),
+    4: (
+        "CREATE TABLE changefeed (sequence bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+        + sql_changes.COLUMNS_DDL.format(real="double precision", text=_TEXT)
+        + ")",
+        *sql_changes.INDEXES,
+        sql_changes.BACKFILL,
+    ),
 }
 EXPIRED_CACHED_SQL = (
     "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%%' AND NOT shared"
@@ -239,7 +268,9 @@ class PostgresIndex:
 
         return await anyio.to_thread.run_sync(convert)
 
-    async def begin_removal(self, study: str, series: str, sop: str, *, keep_if: KeepIf) -> str | None:
+    async def begin_removal(
+        self, study: str, series: str, sop: str, *, keep_if: KeepIf, cause: RemovalCause = UNDONE
+    ) -> str | None:
         for attempt in range(_RETRIES):
             async with self._connection() as conn:
                 try:
@@ -253,7 +284,11 @@ class PostgresIndex:
                         if found is not None:
                             if keep_if is KeepIf.INDEXED or (keep_if is KeepIf.SHARED and found[0]):
                                 return None
+                            cur = await conn.execute(sql_changes.STUDY_PATIENT_SQL.format(p="%s"), (study,))
+                            patient = await cur.fetchone()
                             await _delete(conn, study, series, sop)
+                            key = (study, series, sop)
+                            await _write_change(conn, ChangeAction.DELETE, key, cause.origin, patient, cause)
                         token = uuid.uuid4().hex
                         await conn.execute(
                             "INSERT INTO removals (sop_uid, token, since) VALUES (%s, %s, %s) ON CONFLICT (sop_uid)"
@@ -275,8 +310,25 @@ class PostgresIndex:
         return [(str(a), str(b), str(c)) for a, b, c in rows]
 
     async def clear(self) -> None:
-        async with self._connection() as conn:
+        async with self._connection(bulk=True) as conn, conn.transaction():
+            await _no_statement_timeout(conn)
+            # The tables first, the feed lock last, as every writer takes them (no deadlock).
+            await conn.execute("LOCK TABLE instances, series, studies, removals IN ACCESS EXCLUSIVE MODE")
+            await _lock_feed(conn)
+            await conn.execute(sql_changes.clear_sql("%s"), (time.time(),))
             await conn.execute("TRUNCATE instances, series, studies, removals")
+
+    async def changes(self, query: ChangeQuery) -> list[ChangeEntry]:
+        sql, params = sql_changes.changes_sql("%s", query)
+        rows = await self._fetch(sql, params)
+        return [sql_changes.entry_from_row(row) for row in rows]
+
+    async def latest_change(
+        self, restriction: Restriction | None = None, *, include_metadata: bool = False
+    ) -> ChangeEntry | None:
+        sql, params = sql_changes.latest_sql("%s", restriction, include_metadata)
+        rows = await self._fetch(sql, params)
+        return sql_changes.entry_from_row(rows[0]) if rows else None
 
     async def ping(self) -> None:
         # Readiness probes time out after a few seconds: answer "unavailable" before they do.
@@ -306,6 +358,7 @@ class PostgresIndex:
         study and series counters are computed here. Returns the number of instances."""
         studies: dict[str, list[Any]] = {}
         series: dict[tuple[str, str], list[Any]] = {}
+        created: list[tuple[tuple[str, str, str], str]] = []
         count = 0
         async with self._connection(bulk=True) as conn, conn.transaction():
             await _no_statement_timeout(conn)
@@ -320,6 +373,7 @@ class PostgresIndex:
                         if count == 0 and list(instance) != columns:
                             raise AssertionError(f"instance columns {list(instance)} != {columns}")
                         await copy.write_row(tuple(instance.values()))
+                        created.append(((record.study_uid, record.series_uid, record.sop_uid), record.origin))
                         count += 1
                         key = (record.study_uid, record.series_uid)
                         if key not in series:
@@ -340,6 +394,13 @@ class PostgresIndex:
                     async with cur.copy(_copy_sql("studies", cols)) as copy:
                         for values, n_series, n_instances in studies.values():
                             await copy.write_row((*values.values(), n_series, n_instances))
+                    # Every way in has its change-feed entry, a bulk load too (its studies are all new).
+                    await _lock_feed(conn)
+                    now = time.time()
+                    async with cur.copy(_copy_sql("changefeed", sql_changes.BULK_COLUMNS)) as copy:
+                        for instance_key, origin in created:
+                            patient_id = studies[instance_key[0]][0].get("patient_id")
+                            await copy.write_row(sql_changes.bulk_row(now, instance_key, origin, patient_id))
         return count
 
     async def analyze(self) -> None:
@@ -554,7 +615,7 @@ class _PgRow(IndexRow):
                 await conn.execute(_insert_sql("studies", study, "study_uid"), tuple(study.values()))
                 # After the insert, not before: a concurrent add creating the same study made it
                 # wait for that commit, and this statement's snapshot then sees the winner's row.
-                cur = await conn.execute("SELECT attrs FROM studies WHERE study_uid = %s", (rec.study_uid,))
+                cur = await conn.execute("SELECT attrs, patient_id FROM studies WHERE study_uid = %s", (rec.study_uid,))
                 stored = await cur.fetchone()
                 if stored is not None and patient_identity(orjson.loads(stored[0])) != self.patient:
                     raise _PatientMismatch
@@ -576,6 +637,8 @@ class _PgRow(IndexRow):
                     " WHERE study_uid = %s",
                     (new_series, rec.study_uid),
                 )
+                key = (rec.study_uid, rec.series_uid, rec.sop_uid)
+                await _write_change(conn, ChangeAction.CREATE, key, rec.origin, stored)
                 committing = True
         except _PatientMismatch:
             return AddOutcome.PATIENT_MISMATCH  # rolled back: nothing changed
@@ -593,6 +656,29 @@ async def _lock_instance(conn: psycopg.AsyncConnection[Any], sop: str) -> None:
     """Until the transaction ends, no other add or removal of ``sop`` runs (on any replica)."""
     key = zlib.crc32(sop.encode()) - (1 << 31)  # int4 range
     await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_INSTANCE_LOCKS, key))
+
+
+async def _lock_feed(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Until the transaction ends, no other change-feed entry commits (module docstring)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _FEED_LOCK)
+
+
+async def _write_change(
+    conn: psycopg.AsyncConnection[Any],
+    action: ChangeAction,
+    key: tuple[str, str, str],
+    origin: str,
+    study_row: tuple[Any, ...] | None,
+    cause: RemovalCause | None = None,
+) -> None:
+    """The change-feed entry of a row added or removed by this transaction. Call it last: it
+    takes the feed lock, held until the commit, after the row locks (the order every writer
+    keeps, so two never wait for each other). ``study_row``: the study's ``patient_id`` last,
+    read in this transaction before the row went."""
+    await _lock_feed(conn)
+    patient_id = None if study_row is None else study_row[-1]
+    params = sql_changes.insert_params(time.time(), action, key, origin, patient_id, cause)
+    await conn.execute(sql_changes.insert_sql("%s"), params)
 
 
 async def _sha256_of(conn: psycopg.AsyncConnection[Any], sop: str) -> str | None:

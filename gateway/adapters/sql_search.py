@@ -175,7 +175,7 @@ def search_sql(dialect: Dialect, query: QidoQuery, limit: int) -> tuple[str, lis
         if condition is not None:
             where.append(condition)
     if query.restriction is not None:
-        where.append(_restriction_condition(p, query.restriction, params))
+        where.append(restriction_condition(p, query.restriction, params))
 
     modalities = d.modalities() if "study" in query.spanned_levels else "NULL"
     study_order = f"{d.desc('st.study_date')}, {d.desc('st.study_time')}, st.study_uid"
@@ -211,11 +211,19 @@ def search_sql(dialect: Dialect, query: QidoQuery, limit: int) -> tuple[str, lis
     return sql, params
 
 
-def _restriction_condition(p: str, restriction: Restriction, params: list[object]) -> str:
-    """Only studies the principal may see (gateway.security.access): a listed StudyInstanceUID
-    or PatientID. Applied in the WHERE clause, so limit/offset count visible rows only."""
+def restriction_condition(
+    p: str,
+    restriction: Restriction,
+    params: list[object],
+    *,
+    study: str = "st.study_uid",
+    patient: str = "st.patient_id",
+) -> str:
+    """Only studies the principal may see (gateway.security.access, gateway.services.visibility):
+    a listed StudyInstanceUID or PatientID (the ``study`` and ``patient`` columns). Applied in the
+    WHERE clause, so limit/offset count visible rows only."""
     terms = []
-    for column, values in (("st.study_uid", restriction.study_uids), ("st.patient_id", restriction.patient_ids)):
+    for column, values in ((study, restriction.study_uids), (patient, restriction.patient_ids)):
         if values:
             terms.append(f"{column} IN ({', '.join([p] * len(values))})")
             params.extend(sorted(values))

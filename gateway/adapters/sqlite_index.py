@@ -13,6 +13,8 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, created or migrated on
   once a second upload of the same bytes was told the instance is stored.
 * ``removals`` — SOP Instance UIDs whose objects are being deleted right now
   (:meth:`gateway.ports.Index.begin_removal`); an ``add`` of one answers REMOVING.
+* ``changefeed`` — one entry per instance row added or removed, written in that transaction
+  (:mod:`gateway.adapters.sql_changes`); one writer at a time, so sequence order is commit order.
 
 Concurrency: one writer connection, its transactions serialized (a capacity limiter of one in
 the event loop, a lock in the threads) and started with ``BEGIN IMMEDIATE`` so that writers in
@@ -37,6 +39,7 @@ import anyio.to_thread
 import orjson
 
 from gateway import observability
+from gateway.adapters import sql_changes
 from gateway.adapters.sql_rows import (
     IndexRow,
     decode_metadata,
@@ -55,11 +58,24 @@ from gateway.adapters.sqlite_search import COLUMNS, register_functions, row_to_j
 from gateway.dicom.attributes import Level
 from gateway.dicom.query import QidoQuery
 from gateway.errors import IndexError_
-from gateway.ports import REMOVAL_LAPSE, AddOutcome, InstanceKey, InstanceRecord, KeepIf, SearchResult
+from gateway.ports import (
+    REMOVAL_LAPSE,
+    UNDONE,
+    AddOutcome,
+    ChangeAction,
+    ChangeEntry,
+    ChangeQuery,
+    InstanceKey,
+    InstanceRecord,
+    KeepIf,
+    RemovalCause,
+    SearchResult,
+)
+from gateway.security.access import Restriction
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_MAX_RESULTS = 1000
 
 
@@ -114,6 +130,14 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # scanning every instance row; the planner uses a partial index when the query repeats its
     # WHERE terms exactly.
     3: ("CREATE INDEX instances_expiry ON instances (stored_at) WHERE origin LIKE 'pacs:%' AND shared = 0",),
+    # AUTOINCREMENT: a sequence is never reused, even once the newest entries were deleted.
+    4: (
+        "CREATE TABLE changefeed (sequence INTEGER PRIMARY KEY AUTOINCREMENT, "
+        + sql_changes.COLUMNS_DDL.format(real="REAL", text="TEXT")
+        + ")",
+        *sql_changes.INDEXES,
+        sql_changes.BACKFILL,
+    ),
 }
 EXPIRED_CACHED_SQL = (
     "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%' AND shared = 0"
@@ -179,7 +203,9 @@ class SqliteIndex:
 
         return await self._read(work)
 
-    async def begin_removal(self, study: str, series: str, sop: str, *, keep_if: KeepIf) -> str | None:
+    async def begin_removal(
+        self, study: str, series: str, sop: str, *, keep_if: KeepIf, cause: RemovalCause = UNDONE
+    ) -> str | None:
         # BEGIN IMMEDIATE serializes this with every add, in this process and any other.
         def begin(conn: sqlite3.Connection) -> str | None:
             found = conn.execute(
@@ -189,7 +215,12 @@ class SqliteIndex:
             if found is not None:
                 if keep_if is KeepIf.INDEXED or (keep_if is KeepIf.SHARED and found[0]):
                     return None
+                (patient_id,) = conn.execute(sql_changes.STUDY_PATIENT_SQL.format(p="?"), (study,)).fetchone()
                 _delete(conn, study, series, sop)
+                params = sql_changes.insert_params(
+                    time.time(), ChangeAction.DELETE, (study, series, sop), cause.origin, patient_id, cause
+                )
+                conn.execute(sql_changes.insert_sql("?"), params)
             token = uuid.uuid4().hex
             conn.execute(
                 "INSERT INTO removals (sop_uid, token, since) VALUES (?, ?, ?)"
@@ -213,10 +244,23 @@ class SqliteIndex:
 
     async def clear(self) -> None:
         def clear(conn: sqlite3.Connection) -> None:
+            conn.execute(sql_changes.clear_sql("?"), (time.time(),))
             for table in ("instances", "series", "studies", "removals"):
                 conn.execute(f"DELETE FROM {table}")
 
         await self._write(lambda: self._transaction(clear))
+
+    async def changes(self, query: ChangeQuery) -> list[ChangeEntry]:
+        sql, params = sql_changes.changes_sql("?", query)
+        rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return [sql_changes.entry_from_row(row) for row in rows]
+
+    async def latest_change(
+        self, restriction: Restriction | None = None, *, include_metadata: bool = False
+    ) -> ChangeEntry | None:
+        sql, params = sql_changes.latest_sql("?", restriction, include_metadata)
+        rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return sql_changes.entry_from_row(rows[0]) if rows else None
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("PRAGMA user_version").fetchone())
@@ -254,8 +298,11 @@ class SqliteIndex:
                 return 0
             conn.execute("PRAGMA defer_foreign_keys = ON")  # children are inserted before parents
 
+            created: list[tuple[tuple[str, str, str], str]] = []
+
             def instances() -> Iterator[tuple[object, ...]]:
                 for record in _chain(first, rows):
+                    created.append(((record.study_uid, record.series_uid, record.sop_uid), record.origin))
                     # Study and series rows once each, not once per instance: this is the hot loop.
                     meta = decode_metadata(record)
                     key = (record.study_uid, record.series_uid)
@@ -280,6 +327,13 @@ class SqliteIndex:
             conn.executemany(
                 _insert_sql("studies", {**some_study, "num_series": 0, "num_instances": 0}, None),
                 ((*values.values(), n_series, n_instances) for values, n_series, n_instances in studies.values()),
+            )
+            # Every way in has its change-feed entry, a bulk load too (its studies are all new).
+            now = time.time()
+            marks = ", ".join("?" * len(sql_changes.BULK_COLUMNS))
+            conn.executemany(
+                f"INSERT INTO changefeed ({', '.join(sql_changes.BULK_COLUMNS)}) VALUES ({marks})",
+                (sql_changes.bulk_row(now, k, origin, studies[k[0]][0].get("patient_id")) for k, origin in created),
             )
             return count
 
@@ -447,7 +501,7 @@ class _Row(IndexRow):
             conn.execute("UPDATE instances SET shared = 1 WHERE sop_uid = ? AND shared = 0", (rec.sop_uid,))
             return AddOutcome.IDENTICAL
         # BEGIN IMMEDIATE holds the write lock: no other add can create the study meanwhile.
-        study = conn.execute("SELECT attrs FROM studies WHERE study_uid = ?", (rec.study_uid,)).fetchone()
+        study = conn.execute("SELECT attrs, patient_id FROM studies WHERE study_uid = ?", (rec.study_uid,)).fetchone()
         if study is not None and patient_identity(orjson.loads(study[0])) != self.patient:
             return AddOutcome.PATIENT_MISMATCH
         conn.execute(_insert_sql("studies", self.study, "study_uid"), tuple(self.study.values()))
@@ -461,6 +515,10 @@ class _Row(IndexRow):
             "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + ? WHERE study_uid = ?",
             (added.rowcount, rec.study_uid),
         )
+        key = (rec.study_uid, rec.series_uid, rec.sop_uid)
+        patient_id = self.study.get("patient_id") if study is None else study[1]
+        params = sql_changes.insert_params(time.time(), ChangeAction.CREATE, key, rec.origin, patient_id)
+        conn.execute(sql_changes.insert_sql("?"), params)
         return AddOutcome.INSERTED
 
 

@@ -1,4 +1,4 @@
-"""The ``dicomweb-gateway`` command: ``serve`` and ``reindex``.
+"""The ``dicomweb-gateway`` command: ``serve``, ``reindex``, ``echo``, ``migrate``, ``changes``, ``apikey``.
 
 The environment and flags are read here, at the edge, and nowhere else.
 """
@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="create or upgrade the index schema, then exit")
     _common_flags(migrate)
 
+    changes = sub.add_parser("changes", help="print the change feed (what entered and left the gateway)")
+    _common_flags(changes)
+    changes.add_argument("--after", type=int, default=0, metavar="SEQUENCE", help="only entries after this one")
+    changes.add_argument("--follow", action="store_true", help="keep printing new entries until interrupted")
+    changes.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="with --follow: how often to look (default 1)"
+    )
+    changes.add_argument("--json", action="store_true", help="one JSON object per line, as the HTTP feed spells it")
+
     add_apikey_parser(sub)
     return parser
 
@@ -132,6 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.commands.migrate import run_migrate
 
         return run_migrate(settings)
+    if args.command == "changes":
+        from gateway.commands.changes import run_changes
+
+        if args.after < 0 or not 0.05 <= args.interval <= 3600:
+            print("dicomweb-gateway: --after must be >= 0 and --interval between 0.05 and 3600 s", file=sys.stderr)
+            return 2
+        return run_changes(settings, after=args.after, follow=args.follow, interval=args.interval, as_json=args.json)
     raise AssertionError(args.command)  # argparse guarantees a known command
 
 

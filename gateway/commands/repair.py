@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.dicom import uids
-from gateway.ports import BlobStore, Index, InstanceKey, KeepIf, ListedObject
+from gateway.ports import BlobStore, Index, InstanceKey, KeepIf, ListedObject, RemovalCause
 
 DEFAULT_GRACE = 15 * 60.0  # seconds
 _BATCH = 500
@@ -185,7 +185,7 @@ async def _drop_dangling(store: BlobStore, index: Index, key: InstanceKey, dry_r
         return False  # removed, or written after the listing passed its place
     if dry_run:
         return True
-    token = await index.begin_removal(study, series, sop, keep_if=KeepIf.NEVER)
+    token = await index.begin_removal(study, series, sop, keep_if=KeepIf.NEVER, cause=RemovalCause("repair"))
     restore = False
     try:
         # An upload of the same bytes may have written the object again in the meantime (its

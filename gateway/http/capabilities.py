@@ -42,7 +42,7 @@ from gateway.dicom.media import (
 )
 from gateway.dicom.ziparchive import APPLICATION_ZIP
 from gateway.errors import NotAcceptable, NotFound
-from gateway.http import qido, rendered, stow, wado, wado_uri
+from gateway.http import changefeed, delete, qido, rendered, stow, wado, wado_uri
 from gateway.http.context import base_url, gateway_of
 
 WADL = "application/vnd.sun.wadl+xml"
@@ -69,6 +69,7 @@ class Method:
     query: tuple[str, ...] = ()
     request: tuple[str, ...] = ()
     response: tuple[str, ...] = ()
+    status: int = 200
 
 
 def _multipart(part: str, syntaxes: Sequence[str] = ()) -> list[str]:
@@ -138,6 +139,19 @@ DESCRIPTIONS: dict[Callable[..., Any], Callable[[str], Method]] = {
     wado_uri.retrieve: lambda _: Method(
         "RetrieveWadoUri", "WADO-URI (PS3.18 9)", _WADO_URI_QUERY, response=(APPLICATION_DICOM, *_IMAGES)
     ),
+    delete.delete: lambda p: Method("Delete" + _level(p), "Delete (Microsoft's DICOM service, admin)", status=204),
+    delete.reject: lambda p: Method(
+        "Reject" + _level(p), "Reject with a PS3.16 CID 7011 code, which deletes (admin scope)", status=204
+    ),
+    changefeed.changefeed: lambda _: Method(
+        "ReadChangeFeed",
+        "Change feed (Microsoft's DICOM service, v2)",
+        ("startTime", "endTime", "offset", "limit", "includeMetadata"),
+        response=(APPLICATION_JSON,),
+    ),
+    changefeed.latest: lambda _: Method(
+        "ReadLatestChange", "Latest change-feed entry", ("includeMetadata",), response=(APPLICATION_JSON,)
+    ),
 }
 
 
@@ -200,7 +214,7 @@ def _wadl(base: str, found: Sequence[Resource], base_path: str) -> str:
                 lines += [f'          <param name={quoteattr(q)} style="query"/>' for q in info.query]
                 lines += [f"          <representation mediaType={quoteattr(m)}/>" for m in info.request]
                 lines.append("        </request>")
-            lines.append('        <response status="200">')
+            lines.append(f'        <response status="{info.status}">')
             lines += [f"          <representation mediaType={quoteattr(m)}/>" for m in info.response]
             lines.append("        </response>")
             lines.append("      </method>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Mount, Route
 
-from gateway.http import capabilities, health, landing, qido, rendered, stow, wado, wado_uri
+from gateway.http import capabilities, changefeed, delete, health, landing, qido, rendered, stow, wado, wado_uri
 from gateway.http.middleware import metrics
 
 S = "/studies/{study}"
@@ -41,6 +41,14 @@ def dicomweb_routes() -> list[BaseRoute]:
     # One PACS alone, as a read-only DICOMweb root of its own: {base}/pacs/{name}/studies, ...
     # (gateway.services.federation explains the selector; an unknown name is a 404).
     read_only = [r for r in routes if isinstance(r, Route) and "POST" not in (r.methods or ())]
+    # The change feed is the gateway's own history, not a PACS's: only at the root.
+    # So are the changes made to it: DELETE and rejections (IOCM codes, OHIF's supportsReject).
+    routes += [
+        Route("/changefeed", changefeed.changefeed, methods=["GET"]),
+        Route("/changefeed/latest", changefeed.latest, methods=["GET"]),
+        *(Route(level, delete.delete, methods=["DELETE"]) for level in (S, SE, I)),
+        *(Route(level + "/reject/{code}", delete.reject, methods=["POST"]) for level in (S, SE, I)),
+    ]
     # The Capabilities transaction (PS3.18 8.9) on every resource: OPTIONS only, so other methods
     # on unknown paths stay 404 (gateway.http.capabilities).
     options = capabilities.OptionsRoute("/{path:path}", capabilities.describe, methods=["OPTIONS"])

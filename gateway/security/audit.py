@@ -14,7 +14,9 @@ plus what a gateway operator needs next to them (HTTP method, path, status, byte
   for refused credentials (401) EventOutcomeDescription is a machine-readable reason
   (``expired``, ``bad_signature``, ``unknown_kid``, ``alg_not_allowed``, ``malformed``,
   ``unknown_key``, ``revoked_key``, ...); a STOW names the instances it stored and those it did
-  not (``ParticipantObjectDescription`` "not stored", with their FailureReason).
+  not (``ParticipantObjectDescription`` "not stored", with their FailureReason); a DELETE or a
+  rejection (event 110103, action D) names each instance it took out of the index
+  (``ParticipantObjectDescription`` "deleted", or "rejected" with the rejection code).
 
 Lines go to stdout or are appended to a file; nothing in them is a stack trace.
 """
@@ -66,6 +68,9 @@ class AccessRecord:
     # STOW: instances not stored, (study or None, sop, FailureReason); parts with no readable
     # SOP Instance UID are counted only.
     failed: list[tuple[str | None, str | None, int]] = field(default_factory=list)
+    # DELETE or rejection: the instances removed (study, series, sop), and a rejection's code.
+    removed: list[tuple[str, str, str]] = field(default_factory=list)
+    rejection: str | None = None
     outcome_reason: str | None = None  # why credentials were refused (401), machine-readable
     # A DIMSE operation (gateway.dimse.observe): its fields replace the "http" ones, and
     # ``outcome`` (0, 4, 8) the one derived from an HTTP status.
@@ -133,6 +138,19 @@ def _objects(record: AccessRecord, include_values: bool) -> list[dict[str, Any]]
                 "ParticipantObjectIDTypeCode": _ID_TYPES["instance"],
                 "ParticipantObjectID": sop,
                 "ParticipantObjectDetail": {"StudyInstanceUID": study, "SeriesInstanceUID": series},
+            }
+        )
+    for study, series, sop in record.removed:
+        detail = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+        if record.rejection is not None:
+            detail["RejectionCode"] = record.rejection  # PS3.16 CID 7011
+        objects.append(
+            {
+                "ParticipantObjectTypeCode": 2,
+                "ParticipantObjectIDTypeCode": _ID_TYPES["instance"],
+                "ParticipantObjectID": sop,
+                "ParticipantObjectDescription": "deleted" if record.rejection is None else "rejected",
+                "ParticipantObjectDetail": detail,
             }
         )
     for failed_study, failed_sop, reason in record.failed:

@@ -14,12 +14,14 @@ from pathlib import Path
 from gateway.dicom.parse import ParseLimits
 from gateway.ports import BlobStore, BridgeState, Index, Upstream
 from gateway.services.budget import ByteBudget
+from gateway.services.changefeed import ChangeFeed
 from gateway.services.commitment import CommitmentCheck
 from gateway.services.federation import QidoFederation
 from gateway.services.forward import ForwardService
 from gateway.services.instance_reader import InstanceReader
 from gateway.services.instance_writer import InstanceWriter
 from gateway.services.pacs_flights import PacsFlights
+from gateway.services.removal import RemovalService
 from gateway.services.rendered import RenderService
 from gateway.services.retrieval import RetrievalService
 from gateway.services.storage_compression import CompressionPolicy
@@ -39,6 +41,8 @@ class Gateway:
     retrieval: RetrievalService  # WADO: the cache, or a PACS through it; frames, bulk data, rendered
     forward: ForwardService | None  # STOW forwarding to settings.forward_to
     commitment: CommitmentCheck  # storage commitment (PS3.4 Annex J): durable, indexed, visible
+    changes: ChangeFeed  # the change feed (what entered and left the index)
+    removal: RemovalService  # DELETE and rejections
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # the PACS nodes, by name (readiness)
 
 
@@ -87,6 +91,8 @@ def build_gateway(
         commitment=CommitmentCheck(
             store, index, visibility, cached_copies_expire=settings.pacs_cache_max_age > 0 and bool(nodes)
         ),
+        changes=ChangeFeed(index),
+        removal=RemovalService(index, writer, visibility, bridge_state, flights, grace=settings.delete_grace),
         upstreams=nodes,
     )
 

@@ -32,13 +32,14 @@ from anyio.abc import TaskGroup
 
 from gateway.dicom import uids
 from gateway.errors import GatewayError
-from gateway.ports import BlobStore, BridgeState, Index, KeepIf
+from gateway.ports import BlobStore, BridgeState, Index, KeepIf, RemovalCause
 from gateway.services.pacs_flights import PacsFlights
 
 log = logging.getLogger(__name__)
 
 BATCH = 500  # instances looked up per index query
 MAX_INTERVAL = 60.0
+EXPIRED = RemovalCause("expiry")  # what the change-feed entry of an expired copy says
 
 
 class CacheExpiry:
@@ -103,7 +104,7 @@ class CacheExpiry:
                 return removed
 
     async def _remove(self, study: str, series: str, sop: str) -> int:
-        token = await self._index.begin_removal(study, series, sop, keep_if=KeepIf.SHARED)
+        token = await self._index.begin_removal(study, series, sop, keep_if=KeepIf.SHARED, cause=EXPIRED)
         if token is None:  # an upload was told it is stored meanwhile: it stays
             return 0
         await self._index.end_removal(sop, token)

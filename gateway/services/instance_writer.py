@@ -86,6 +86,20 @@ class InstanceWriter:
             # Another replica's upload may have been told it is stored: the index knows (KeepIf.SHARED).
             await self._remove(stored.study_uid, stored.series_uid, stored.sop_instance_uid, KeepIf.SHARED)
 
+    async def discard_objects(self, study: str, series: str, sop: str) -> None:
+        """Delete the objects of an instance taken out of the index earlier (a DELETE, once its
+        grace is over), unless it was indexed again meanwhile (stored anew: then they are its).
+        Raises GatewayError when the index cannot say: the objects then stay (they may belong to
+        a row committed since), for ``reindex --repair`` to judge."""
+        token = await self._index.begin_removal(study, series, sop, keep_if=KeepIf.INDEXED)
+        if token is None:
+            return
+        await self._delete_objects(study, series, sop)
+        try:
+            await self._index.end_removal(sop, token)
+        except GatewayError as exc:  # the removal lapses (REMOVAL_LAPSE)
+            log.warning("could not end the removal of %s: %s", sop, exc.reason)
+
     async def _write(self, record: InstanceRecord, path: Path, who: Claimant) -> StoredInstance | FailedInstance:
         # REMOVING: an undo or sweep on another replica is deleting this instance's objects; once
         # it is over they are written again (the removal blocks the index, not the store).

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.http.middleware.security import OPEN_PATHS
+from gateway.http.middleware.security import OPEN_PATHS, is_rejection
 from gateway.http.middleware.traffic import counted
 from gateway.security.audit import AccessRecord, AuditLog
 
@@ -35,6 +35,8 @@ def classify(
                 uids.setdefault(_WADO_URI_PARAMETERS[name], value[:64])
     if status == 401:
         return "authenticate", uids
+    if method == "POST" and is_rejection(relative):
+        return "delete", uids
     if method in ("POST", "PUT"):
         return "store", uids
     if method == "DELETE":
@@ -86,6 +88,8 @@ class AuditMiddleware:
                 query=query,
                 stored=list(state.get("stored_instances", ())),
                 failed=list(state.get("failed_instances", ())),
+                removed=list(state.get("removed_instances", ())),
+                rejection=state.get("rejection_code"),
                 outcome_reason=state.get("auth_failure") if status == 401 else None,
             )
             self.audit.write(record)

@@ -5,7 +5,8 @@ Runs before routing, so no endpoint can forget it. What each request needs (issu
 * ``/healthz``, ``/readyz``: nothing (probes);
 * GET / HEAD / OPTIONS (QIDO, WADO, capabilities): ``read``;
 * POST / PUT (STOW): ``write``;
-* DELETE and anything else that changes state: ``admin``;
+* DELETE, a rejection (``POST .../reject/{code}``: it deletes) and anything else that changes
+  state: ``admin``;
 * ``GET /metrics``: ``metrics``, and an unrestricted principal (the counters cover every
   study; a study-restricted principal gets 403 even with the scope).
 
@@ -44,9 +45,15 @@ def required_scope(method: str, path: str) -> str | None:
         return METRICS
     if method in ("GET", "HEAD", "OPTIONS"):
         return READ
-    if method in ("POST", "PUT"):
+    if method in ("POST", "PUT") and not is_rejection(path):
         return WRITE
     return ADMIN
+
+
+def is_rejection(path: str) -> bool:
+    """``.../reject/{code}``: a rejection (gateway.http.delete), which deletes."""
+    segments = path.rstrip("/").split("/")
+    return len(segments) >= 3 and segments[-2] == "reject"
 
 
 def principal_of(request: Request) -> Principal | None:
