@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ from gateway.http.errors import EXCEPTION_HANDLERS
 from gateway.http.middleware.metrics import ObservabilityMiddleware
 from gateway.http.middleware.stack import build_security, middleware_stack
 from gateway.http.routes import all_routes
-from gateway.ports import BlobStore, BridgeState, Index, Upstream
+from gateway.ports import BlobStore, BridgeState, Index, Upstream, WebhookCursors
 from gateway.services.bundle import build_gateway, pacs_spool_dir
 from gateway.services.cache_expiry import CacheExpiry
+from gateway.services.changefeed import ChangeFeed
+from gateway.services.webhooks import Webhooks
 from gateway.settings import PacsNode, Settings
 from gateway.spool import process_spool_dir
 
@@ -128,6 +131,60 @@ async def open_pacs(
             await state.aclose()
 
 
+def replica_id(data_dir: Path) -> str:
+    """This replica's name as the holder of webhook leases, kept in its data directory: a
+    process that restarts on it (after a crash too) takes its leases back at once instead of
+    waiting for them to lapse. A new data directory is a new replica."""
+    path = data_dir / "replica-id"
+    try:
+        return path.read_text().strip() or _new_replica_id(path)
+    except FileNotFoundError:
+        return _new_replica_id(path)
+
+
+def _new_replica_id(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = uuid.uuid4().hex
+    path.write_text(value + "\n")
+    return value
+
+
+def own_base_url(settings: Settings) -> str:
+    """The DICOMweb base URL in what the gateway sends out (webhook Metadata's BulkDataURIs)."""
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    scheme = "https" if settings.tls.cert_file is not None else "http"
+    return f"{scheme}://{host}:{settings.port}{settings.base_path}"
+
+
+@contextlib.asynccontextmanager
+async def open_webhooks(settings: Settings, index: Index) -> AsyncIterator[Webhooks | None]:
+    """The webhook deliveries, their cursors created before the gateway serves."""
+    if not settings.webhooks:
+        yield None
+        return
+    if not isinstance(index, WebhookCursors):
+        raise ServiceUnavailable("this index keeps no webhook cursors ([[webhooks]] need SQLite or PostgreSQL)")
+    from gateway.adapters.webhook_http import HttpWebhookSender
+
+    webhooks = Webhooks(
+        settings.webhooks,
+        ChangeFeed(index),
+        index,
+        HttpWebhookSender(),
+        holder=replica_id(settings.data_dir),
+        base_url=own_base_url(settings),
+    )
+    try:
+        await webhooks.prepare()
+        yield webhooks
+    finally:
+        with anyio.CancelScope(shield=True):
+            await webhooks.aclose()
+
+
 def create_app(settings: Settings, *, store: BlobStore | None = None, index: Index | None = None) -> Starlette:
     """The ASGI app. Adapters are built in the lifespan (or passed in, e.g. by tests)."""
     security = build_security(settings)
@@ -144,7 +201,11 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
             # PACS) goes to disk in its spool as it arrives, not whole into memory.
             stop_receiving_into_files = receive_into_files(process_spool_dir(settings.effective_spool_dir) / "received")
             receiver = build_move_receiver(settings)
-            async with open_pacs(settings, receiver) as (upstreams, bridge_state), anyio.create_task_group() as tasks:
+            async with (
+                contextlib.AsyncExitStack() as stack,
+                open_pacs(settings, receiver) as (upstreams, bridge_state),
+                anyio.create_task_group() as tasks,
+            ):
                 gateway = build_gateway(settings, own_store, own_index, upstreams=upstreams, bridge_state=bridge_state)
                 gateway.retrieval.start(tasks)
                 gateway.removal.start(tasks)
@@ -160,6 +221,10 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
                 if gateway.forward is not None:
                     gateway.forward.start(tasks)
                 app.state.gateway = gateway
+                webhooks = await stack.enter_async_context(open_webhooks(settings, own_index))
+                if webhooks is not None:
+                    webhooks.start(tasks)
+                app.state.webhooks = webhooks
                 # The DIMSE front door (and where C-MOVE sub-operations arrive) on scp_port.
                 async with open_front_door(
                     gateway,

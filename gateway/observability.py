@@ -146,6 +146,24 @@ STORE_ERRORS = Counter(
 STORE_RETRIES = Counter(
     "dicomweb_gateway_store_retries", "Object store call attempts retried, by kind", ["kind"], registry=REGISTRY
 )
+WEBHOOK_DELIVERIES = Counter(
+    "dicomweb_gateway_webhook_deliveries",
+    "Webhook POSTs by webhook and outcome (acknowledged: a 2xx; failed: retried later)",
+    ["webhook", "outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_PENDING = Gauge(
+    "dicomweb_gateway_webhook_pending",
+    "Change-feed entries after a webhook's cursor (not yet acknowledged or passed by its filters)",
+    ["webhook"],
+    registry=REGISTRY,
+)
+WEBHOOK_FAILING = Gauge(
+    "dicomweb_gateway_webhook_failing",
+    "Failed attempts of the entry a webhook is retrying now on this replica (0: delivering normally)",
+    ["webhook"],
+    registry=REGISTRY,
+)
 
 
 def metrics_exposition() -> tuple[bytes, str]:
@@ -245,6 +263,17 @@ def store_error(kind: str) -> None:
 def store_retry(kind: str) -> None:
     """An object store call attempt failed and is retried."""
     STORE_RETRIES.labels(kind).inc()
+
+
+def webhook_delivery(webhook: str, *, acknowledged: bool) -> None:
+    """One webhook POST and its outcome."""
+    WEBHOOK_DELIVERIES.labels(webhook, "acknowledged" if acknowledged else "failed").inc()
+
+
+def webhook_state(webhook: str, *, pending: int, failing: int) -> None:
+    """A webhook's entries pending and the failed attempts of the one being retried."""
+    WEBHOOK_PENDING.labels(webhook).set(pending)
+    WEBHOOK_FAILING.labels(webhook).set(failing)
 
 
 # -- request ids and logs -------------------------------------------------------------------------

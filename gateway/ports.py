@@ -10,7 +10,7 @@ import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.dicom.query import QidoQuery
 
@@ -284,6 +284,53 @@ class Index(Protocol):
 
     async def indexed(self, keys: Collection[InstanceKey]) -> set[InstanceKey]:
         """Those of ``keys`` that have an index row under exactly that study and series."""
+
+
+@dataclass(frozen=True)
+class WebhookCursor:
+    """Where a webhook's delivery stands: ``sequence``, the last change-feed entry it passed
+    (acknowledged by the receiver, or skipped by its filters); ``pending``, entries after it;
+    ``holder`` and ``lease_until``, the replica delivering it and until when (epoch seconds)."""
+
+    name: str
+    sequence: int
+    pending: int
+    holder: str | None
+    lease_until: float | None
+
+
+@runtime_checkable
+class WebhookCursors(Protocol):
+    """Each webhook's position in the change feed, kept in the index database beside the feed,
+    so that it survives restarts and replicas share it: one replica at a time delivers a webhook
+    (the holder of its lease), and an entry is passed only once the receiver acknowledged it."""
+
+    async def add_webhook(self, name: str) -> None:
+        """Create the cursor of a webhook not seen before at the feed's newest entry (it is sent
+        the entries written from now on); an existing cursor is left as it is."""
+
+    async def claim_webhook(self, name: str, holder: str, until: float) -> int | None:
+        """Take or renew the lease of ``name`` for ``holder`` until ``until`` (epoch seconds)
+        when it is free, lapsed or already ``holder``'s; its cursor then, else None."""
+
+    async def advance_webhook(self, name: str, holder: str, sequence: int, until: float) -> bool:
+        """Move the cursor forward to ``sequence`` (and renew the lease) if ``holder`` still
+        holds the lease; False when it does not (another replica took over: stop)."""
+
+    async def webhook_cursors(self) -> list[WebhookCursor]:
+        """Every webhook's cursor, with the number of entries after it."""
+
+
+class WebhookSender(Protocol):
+    """POSTs one webhook delivery over HTTP(S)."""
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], *, within: float) -> str | None:
+        """None when the receiver answered 2xx (acknowledged); else why not (a status, a
+        connection error, no answer within ``within`` seconds), for the log and /readyz. Never raises for the receiver's
+        failures."""
+
+    async def aclose(self) -> None:
+        """Close connections."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -208,6 +208,23 @@ class DimseTls:
         return self.cert_file is not None
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """One receiver of the change feed (a ``[[webhooks]]`` table; gateway.services.webhooks)."""
+
+    name: str = ""  # in logs, metrics, /readyz and the cursor kept in the index
+    url: str = ""  # https://...; http:// only with allow_http
+    allow_http: bool = False  # e.g. a receiver on the same host or a private network
+    secret: str | None = None  # the HMAC-SHA256 key of X-Gateway-Signature
+    secret_env: str | None = None  # or: the environment variable that holds it
+    actions: tuple[str, ...] = ()  # "create", "delete", "series-stable"; none: all of them
+    origins: tuple[str, ...] = ()  # e.g. "stow", "dimse", "pacs:main", "delete"; none: all
+    include_metadata: bool = False  # each entry's Metadata (the instance's DICOM JSON)
+    # Seconds without a new entry of a series after which a "series-stable" event is sent; 0: none.
+    series_stable_seconds: float = 0.0
+    timeout: float = 10.0  # seconds one POST may take before it counts as failed
+
+
 DIMSE_SCOPES = frozenset({"read", "write"})
 PACS_SCOPES = frozenset({"write"})  # a [[pacs]] node's front-door scopes (PacsNode.scopes)
 
@@ -280,6 +297,7 @@ class Settings:
     # Seconds between returns of freed heap memory to the kernel (glibc malloc_trim; see
     # gateway.malloc). 0: never.
     memory_trim_interval: float = 30.0
+    webhooks: tuple[Webhook, ...] = ()  # [[webhooks]] tables: the change feed POSTed to receivers
 
     # Derived, validated views -------------------------------------------------------------
 
@@ -325,7 +343,9 @@ def load_settings(
     values = _deep_merge(values, _from_env(env))
     values = _deep_merge(values, {k: v for k, v in (overrides or {}).items() if v is not None})
     settings = _build(Settings, values, "")
-    return _validate(settings)
+    from gateway.settings_webhooks import resolve_secrets
+
+    return _validate(resolve_secrets(settings, env))
 
 
 # -------------------------------------------------------------------------------------------
@@ -496,6 +516,9 @@ def _validate(s: Settings) -> Settings:
     from gateway.settings_security import validate_security
 
     validate_security(s)
+    from gateway.settings_webhooks import validate_webhooks
+
+    validate_webhooks(s)
     return s
 
 

@@ -58,7 +58,7 @@ import psycopg.errors
 from psycopg.adapt import Buffer, Loader
 from psycopg.sql import SQL, Literal
 
-from gateway.adapters import sql_changes
+from gateway.adapters import sql_changes, sql_webhooks
 from gateway.adapters.postgres_pool import ConnectionLost, IndexConnections, one_line
 from gateway.adapters.postgres_search import norm_values, search_sql
 from gateway.adapters.sql_rows import (
@@ -90,10 +90,11 @@ from gateway.ports import (
     KeepIf,
     RemovalCause,
     SearchResult,
+    WebhookCursor,
 )
 from gateway.security.access import Restriction
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Advisory lock space of per-instance locks (the second key is a CRC of the SOP Instance UID:
 # a collision only makes two instances wait for each other).
 _INSTANCE_LOCKS = 0x44574749
@@ -165,6 +166,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         *sql_changes.INDEXES,
         sql_changes.BACKFILL,
     ),
+    5: (sql_webhooks.TABLE_DDL.format(text=_TEXT, integer="bigint", real="double precision"),),
 }
 EXPIRED_CACHED_SQL = (
     "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%%' AND NOT shared"
@@ -343,6 +345,28 @@ class PostgresIndex:
 
     async def indexed(self, keys: Collection[InstanceKey]) -> set[InstanceKey]:
         return await find_indexed(self._fetch, "%s", keys)
+
+    # -- WebhookCursors ------------------------------------------------------------------------
+
+    async def add_webhook(self, name: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql_webhooks.add_sql("%s"), (name,))
+
+    async def claim_webhook(self, name: str, holder: str, until: float) -> int | None:
+        async with self._connection() as conn:
+            cur = await conn.execute(sql_webhooks.claim_sql("%s"), (holder, until, name, holder, time.time()))
+            row = await cur.fetchone()
+        return None if row is None else int(row[0])
+
+    async def advance_webhook(self, name: str, holder: str, sequence: int, until: float) -> bool:
+        async with self._connection() as conn:
+            params = sql_webhooks.advance_params(sequence, until, name, holder)
+            cur = await conn.execute(sql_webhooks.advance_sql("%s"), params)
+            return cur.rowcount == 1
+
+    async def webhook_cursors(self) -> list[WebhookCursor]:
+        rows = await self._fetch(sql_webhooks.CURSORS_SQL, [])
+        return [sql_webhooks.cursor_from_row(row) for row in rows]
 
     # -- beyond the protocol -------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, created or migrated on
   (:meth:`gateway.ports.Index.begin_removal`); an ``add`` of one answers REMOVING.
 * ``changefeed`` — one entry per instance row added or removed, written in that transaction
   (:mod:`gateway.adapters.sql_changes`); one writer at a time, so sequence order is commit order.
+* ``webhook_cursors`` — each webhook's position in the feed and its delivery lease
+  (:mod:`gateway.adapters.sql_webhooks`).
 
 Concurrency: one writer connection, its transactions serialized (a capacity limiter of one in
 the event loop, a lock in the threads) and started with ``BEGIN IMMEDIATE`` so that writers in
@@ -39,7 +41,7 @@ import anyio.to_thread
 import orjson
 
 from gateway import observability
-from gateway.adapters import sql_changes
+from gateway.adapters import sql_changes, sql_webhooks
 from gateway.adapters.sql_rows import (
     IndexRow,
     decode_metadata,
@@ -70,12 +72,13 @@ from gateway.ports import (
     KeepIf,
     RemovalCause,
     SearchResult,
+    WebhookCursor,
 )
 from gateway.security.access import Restriction
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_MAX_RESULTS = 1000
 
 
@@ -138,6 +141,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         *sql_changes.INDEXES,
         sql_changes.BACKFILL,
     ),
+    5: (sql_webhooks.TABLE_DDL.format(text="TEXT", integer="INTEGER", real="REAL"),),
 }
 EXPIRED_CACHED_SQL = (
     "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%' AND shared = 0"
@@ -276,6 +280,28 @@ class SqliteIndex:
 
     async def _read_rows(self, sql: str, params: list[object]) -> list[tuple[Any, ...]]:
         return await self._read(lambda conn: conn.execute(sql, params).fetchall())
+
+    # -- WebhookCursors ------------------------------------------------------------------------
+
+    async def add_webhook(self, name: str) -> None:
+        await self._write(lambda: self._transaction(lambda conn: conn.execute(sql_webhooks.add_sql("?"), (name,))))
+
+    async def claim_webhook(self, name: str, holder: str, until: float) -> int | None:
+        def claim(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(sql_webhooks.claim_sql("?"), (holder, until, name, holder, time.time())).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._write(lambda: self._transaction(claim))
+
+    async def advance_webhook(self, name: str, holder: str, sequence: int, until: float) -> bool:
+        params = sql_webhooks.advance_params(sequence, until, name, holder)
+        return await self._write(
+            lambda: self._transaction(lambda conn: conn.execute(sql_webhooks.advance_sql("?"), params).rowcount == 1)
+        )
+
+    async def webhook_cursors(self) -> list[WebhookCursor]:
+        rows = await self._read(lambda conn: conn.execute(sql_webhooks.CURSORS_SQL).fetchall())
+        return [sql_webhooks.cursor_from_row(row) for row in rows]
 
     # -- beyond the protocol -------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ import orjson
 
 from gateway.app import build_index
 from gateway.errors import GatewayError
-from gateway.http.changefeed import entry_json
 from gateway.ports import ChangeEntry, ChangeQuery, Index
+from gateway.services.changefeed import entry_json
 from gateway.settings import Settings
 
 PAGE = 500

@@ -10,7 +10,6 @@ UTC when no offset is given; entries with ``startTime <= Timestamp < endTime``),
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -19,8 +18,8 @@ from starlette.responses import Response
 from gateway.errors import BadRequest
 from gateway.http.context import base_url, gateway_of
 from gateway.http.middleware.security import restriction_of
-from gateway.ports import ChangeEntry, ChangeQuery
-from gateway.services.changefeed import DEFAULT_LIMIT
+from gateway.ports import ChangeQuery
+from gateway.services.changefeed import DEFAULT_LIMIT, entry_json
 
 _JSON = "application/json"
 _PARAMETERS = ("starttime", "endtime", "offset", "limit", "includemetadata")
@@ -48,26 +47,6 @@ async def latest(request: Request) -> Response:
     if entry is None:  # an empty feed: no entry to answer with (Microsoft's server answers 204 too)
         return Response(status_code=204)
     return Response(orjson.dumps(entry_json(entry)), media_type=_JSON)
-
-
-def entry_json(entry: ChangeEntry) -> dict[str, Any]:
-    """One entry as Microsoft spells it, plus ``Origin`` (and a rejection's ``Reason``)."""
-    body: dict[str, Any] = {
-        "Sequence": entry.sequence,
-        "StudyInstanceUid": entry.study_uid,
-        "SeriesInstanceUid": entry.series_uid,
-        "SopInstanceUid": entry.sop_uid,
-        "Action": entry.action.value,
-        "Timestamp": datetime.fromtimestamp(entry.timestamp, UTC)
-        .isoformat(timespec="microseconds")
-        .replace("+00:00", "Z"),
-        "State": entry.state.value,
-        "Metadata": None if entry.metadata is None else orjson.loads(entry.metadata),
-        "Origin": entry.origin,
-    }
-    if entry.reason is not None:
-        body["Reason"] = entry.reason
-    return body
 
 
 def _parameters(request: Request) -> dict[str, str]:

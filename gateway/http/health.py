@@ -60,6 +60,13 @@ async def readyz(request: Request) -> Response:
             info["forward"] = {"to": gw.forward.target, **await gw.forward.status()}
         except GatewayError as exc:
             info["forward"] = {"to": gw.forward.target, "error": exc.reason}
+    webhooks = getattr(request.app.state, "webhooks", None)
+    if webhooks is not None:
+        # Informational too: a receiver that is down delays its deliveries, nothing else.
+        try:
+            info["webhooks"] = await webhooks.status()
+        except GatewayError as exc:
+            info["webhooks"] = {"error": exc.reason}
     body = orjson.dumps(info)
     return Response(body, status_code=200 if ready else 503, media_type="application/json")
 

@@ -6,6 +6,10 @@ by the index in the same condition as QIDO's)."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
 
 from gateway.errors import BadRequest
 from gateway.ports import ChangeEntry, ChangeQuery, Index
@@ -42,3 +46,26 @@ def _absolute(entry: ChangeEntry, base_url: str) -> ChangeEntry:
     if entry.metadata is None:
         return entry
     return dataclasses.replace(entry, metadata=absolute_bulk_uris(entry.metadata, base_url))
+
+
+def entry_json(entry: ChangeEntry) -> dict[str, Any]:
+    """One entry as Microsoft spells it, plus ``Origin`` (and a rejection's ``Reason``)."""
+    body: dict[str, Any] = {
+        "Sequence": entry.sequence,
+        "StudyInstanceUid": entry.study_uid,
+        "SeriesInstanceUid": entry.series_uid,
+        "SopInstanceUid": entry.sop_uid,
+        "Action": entry.action.value,
+        "Timestamp": feed_time(entry.timestamp),
+        "State": entry.state.value,
+        "Metadata": None if entry.metadata is None else orjson.loads(entry.metadata),
+        "Origin": entry.origin,
+    }
+    if entry.reason is not None:
+        body["Reason"] = entry.reason
+    return body
+
+
+def feed_time(seconds: float) -> str:
+    """An entry's Timestamp as the feed spells it: ISO 8601 in UTC, microseconds, ``Z``."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
