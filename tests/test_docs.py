@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gateway.commands.cli import build_parser
-from gateway.settings import DimseClient, PacsNode, Settings
+from gateway.settings import DimseClient, PacsNode, Settings, Webhook
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -30,7 +30,7 @@ def _setting_names(cls: type, prefix: str = "") -> list[str]:
     """Dotted names of every leaf setting, e.g. ``limits.max_head_bytes``; ``[[pacs]]`` apart."""
     names: list[str] = []
     for f in dataclasses.fields(cls):
-        if f.name in ("pacs", "dimse_clients"):
+        if f.name in ("pacs", "dimse_clients", "webhooks"):
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
@@ -62,6 +62,13 @@ def test_every_dimse_client_setting_is_in_the_dimse_section(name: str) -> None:
     section = _section(CONFIGURATION.read_text(), "## DIMSE front door: `[[dimse_clients]]`")
     assert f"`{name}`" in section, f"[[dimse_clients]] {name} is not documented in docs/configuration.md"
     assert "`dimse_clients`" in section
+
+
+@pytest.mark.parametrize("name", _setting_names(Webhook))
+def test_every_webhook_setting_is_in_the_webhooks_section(name: str) -> None:
+    section = _section(CONFIGURATION.read_text(), "## Webhooks: `[[webhooks]]`")
+    assert f"`{name}`" in section, f"[[webhooks]] {name} is not documented in docs/configuration.md"
+    assert "`webhooks`" in section
 
 
 def _flags(parser: argparse.ArgumentParser) -> set[str]:
