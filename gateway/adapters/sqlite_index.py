@@ -286,18 +286,24 @@ class SqliteIndex:
     async def add_webhook(self, name: str) -> None:
         await self._write(lambda: self._transaction(lambda conn: conn.execute(sql_webhooks.add_sql("?"), (name,))))
 
+    # Leases and cursors are not worth an fsync each (one per delivered entry, beside the STOWs'):
+    # a power cut that undoes a cursor's last moves only makes their entries be sent again,
+    # which at-least-once delivery allows. A crash of the process loses nothing (WAL).
+
     async def claim_webhook(self, name: str, holder: str, until: float) -> int | None:
         def claim(conn: sqlite3.Connection) -> int | None:
             row = conn.execute(sql_webhooks.claim_sql("?"), (holder, until, name, holder, time.time())).fetchone()
             return None if row is None else int(row[0])
 
-        return await self._write(lambda: self._transaction(claim))
+        return await self._write(lambda: self._transaction(claim, synced=False))
 
     async def advance_webhook(self, name: str, holder: str, sequence: int, until: float) -> bool:
         params = sql_webhooks.advance_params(sequence, until, name, holder)
-        return await self._write(
-            lambda: self._transaction(lambda conn: conn.execute(sql_webhooks.advance_sql("?"), params).rowcount == 1)
-        )
+
+        def advance(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute(sql_webhooks.advance_sql("?"), params).rowcount == 1)
+
+        return await self._write(lambda: self._transaction(advance, synced=False))
 
     async def webhook_cursors(self) -> list[WebhookCursor]:
         rows = await self._read(lambda conn: conn.execute(sql_webhooks.CURSORS_SQL).fetchall())
@@ -407,18 +413,27 @@ class SqliteIndex:
                     else:
                         self._idle.append(conn)
 
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T], *, synced: bool = True) -> T:
+        """``fn`` in one write transaction. ``synced=False``: its commit is not flushed to disk
+        at once (WAL, ``synchronous=NORMAL``): it survives a crash of the process, and a power
+        cut may undo it, never a synced commit before it (the next synced commit flushes it)."""
         with self._writer_lock:
             try:
                 conn = self._writer_connection()
-                conn.execute("BEGIN IMMEDIATE")
+                if not synced:
+                    conn.execute("PRAGMA synchronous = NORMAL")
                 try:
-                    result = fn(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = fn(conn)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+                finally:
+                    if not synced:
+                        conn.execute("PRAGMA synchronous = FULL")
             except (sqlite3.Error, OSError) as exc:
                 raise IndexError_(f"index write failed: {exc}") from exc
             return result

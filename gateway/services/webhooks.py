@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 30.0
 # A lease is renewed once less than this much of it is left (and before every POST).
 RENEW_MARGIN = 20.0
-POLL_SECONDS = 0.2  # how often a caught-up webhook looks for new entries
+POLL_SECONDS = 0.1  # how often a caught-up webhook looks for new entries
 BATCH = 100  # entries read at once
 FIRST_RETRY = 1.0
 MAX_RETRY = 60.0
