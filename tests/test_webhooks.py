@@ -37,6 +37,7 @@ class Delivery:
     sequence: int
     body: dict[str, Any]
     acknowledged: bool
+    webhook: str = ""
 
 
 @dataclass
@@ -65,7 +66,8 @@ class Receiver:
             if headers.get("Content-Type") != "application/json":
                 self.problems.append(f"content type {headers.get('Content-Type')}")
             fail = self.failing or len(self.attempts) < self.fail_first
-            self.attempts.append(Delivery(int(body["Sequence"]), body, not fail))
+            delivery = Delivery(int(body["Sequence"]), body, not fail, headers.get("X-Gateway-Webhook", ""))
+            self.attempts.append(delivery)
         return 503 if fail else 204
 
 
@@ -179,26 +181,43 @@ def test_a_failing_receiver_shows_as_pending_and_failing(tmp_path: Path, receive
 
 
 def test_metadata_when_asked_for_and_filters_on_action_and_origin(tmp_path: Path, receiver: Receiver) -> None:
-    config = hook_config(receiver.url, include_metadata="true", actions='["delete"]')
+    config = hook_config(receiver.url, actions='["delete"]')
     config += hook_config(receiver.url, origins='["pacs"]').replace('name = "ai"', 'name = "cache"')
-    gw = start_with(tmp_path, config)
+    uploads = hook_config(receiver.url, origins='["stow"]', include_metadata="true")
+    config += uploads.replace('name = "ai"', 'name = "uploads"').replace(
+        f'secret = "{SECRET}"', 'secret_env = "UPLOADS_WEBHOOK_SECRET"'
+    )
+    (tmp_path / "gateway.toml").write_text(config)
+    gw = start_gateway(
+        tmp_path,
+        extra_args=("--config", str(tmp_path / "gateway.toml")),
+        env={"UPLOADS_WEBHOOK_SECRET": SECRET},
+    )
     try:
         instances = factory.ct_series(2, 32, 32, seed=1621)
         study, series, sop = uids_of(instances[0])
         assert stow(gw.url, instances).status_code == 200
+        # Metadata is the instance's while it is stored (the feed's rule): delete once it is sent.
+        wait_for(lambda: len(receiver.acknowledged()) == 2, 30, "the two creates")
         deleted = httpx.delete(f"{gw.url}/studies/{study}/series/{series}/instances/{sop}", timeout=30)
         assert deleted.status_code == 204, deleted.text
-        wait_for(lambda: len(receiver.acknowledged()) == 1, 30, "the delete entry")
-        # The creates were passed over by "ai" (actions) and everything by "cache" (origins):
-        # both cursors reach the end of the feed without another POST.
-        wait_for(lambda: pending(gw) == {"ai": 0, "cache": 0}, 30, "both cursors at the end of the feed")
-        [delivery] = receiver.acknowledged()
-        assert (delivery.body["Action"], delivery.body["SopInstanceUid"], delivery.body["Origin"]) == (
-            "delete",
-            sop,
-            "delete",
-        )
-        assert "Metadata" in delivery.body  # asked for; null: a deleted instance has none
+        wait_for(lambda: len(receiver.acknowledged()) == 3, 30, "the delete entry")
+        # The others were passed over, by "ai" (actions) and by "cache" (origins: nothing came
+        # from a PACS): every cursor reaches the end of the feed without another POST.
+        wait_for(lambda: set(pending(gw).values()) == {0}, 30, "every cursor at the end of the feed")
+        time.sleep(0.3)
+        by_hook: dict[str, list[dict[str, Any]]] = {}
+        for delivery in receiver.acknowledged():
+            by_hook.setdefault(delivery.webhook, []).append(delivery.body)
+        assert sorted(by_hook) == ["ai", "uploads"]
+        [removal] = by_hook["ai"]
+        assert (removal["Action"], removal["SopInstanceUid"], removal["Origin"]) == ("delete", sop, "delete")
+        assert "Metadata" not in removal  # include_metadata is off
+        creates = by_hook["uploads"]
+        assert [(b["Action"], b["Origin"]) for b in creates] == [("create", "stow")] * 2
+        # Signed with the secret from the environment (the receiver checks every signature),
+        # and with the instance's DICOM JSON, as GET .../metadata gives it.
+        assert {b["Metadata"]["00080018"]["Value"][0] for b in creates} == {uids_of(d)[2] for d in instances}
         assert receiver.problems == []
     finally:
         stop_gateway(gw)
