@@ -317,6 +317,9 @@ class WebhookCursors(Protocol):
         """Move the cursor forward to ``sequence`` (and renew the lease) if ``holder`` still
         holds the lease; False when it does not (another replica took over: stop)."""
 
+    async def release_webhook(self, name: str, holder: str) -> None:
+        """Give up ``holder``'s lease (a replica stopping): another takes the webhook at once."""
+
     async def webhook_cursors(self) -> list[WebhookCursor]:
         """Every webhook's cursor, with the number of entries after it."""
 

@@ -1,6 +1,6 @@
 """Webhook cursors as the index keeps them, over SQLite and PostgreSQL: a new cursor starts at
-the feed's end, one holder at a time (another takes over only once the lease lapsed), only the
-holder moves it, and never backwards. What the delivery service relies on for "one replica
+the feed's end, one holder at a time (another takes over once the lease lapsed or was given
+up), only the holder moves it, and never backwards. What the delivery service relies on for "one replica
 delivers each webhook" and "an acknowledged entry is not sent again"."""
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ async def test_one_holder_at_a_time_until_its_lease_lapses(backend: Backend) -> 
         [cursor] = await cb.webhook_cursors()
         assert (cursor.sequence, cursor.holder) == (7, "replica-b")  # never moves back
         assert await cb.claim_webhook("other", "replica-b", now + 30) is None  # no such webhook
+        # A replica stopping gives its lease up: another takes the webhook before it lapses.
+        await ca.release_webhook("ai", "replica-a")  # not the holder: changes nothing
+        assert await ca.claim_webhook("ai", "replica-a", now + 30) is None
+        await cb.release_webhook("ai", "replica-b")
+        assert await ca.claim_webhook("ai", "replica-a", now + 30) == 7
     finally:
         await a.aclose()
         await b.aclose()

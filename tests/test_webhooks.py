@@ -21,8 +21,10 @@ from typing import Any
 
 import httpx
 import orjson
+import psycopg
 import pytest
 
+from gateway.adapters.postgres_index import parse_url
 from tests import factory
 from tests.fixtures_gateway import RunningGateway, start_gateway, stop_gateway
 from tests.http_helpers import stow, uids_of
@@ -255,6 +257,19 @@ def test_two_replicas_on_postgresql_deliver_each_entry_once(
             assert [d.sequence for d in receiver.attempts] == feed_sequences(a)
             states = [httpx.get(gw.root + "/readyz", timeout=10).json()["webhooks"]["ai"] for gw in (a, b)]
             assert sorted(s["delivering"] for s in states) == [False, True]
+            # The replica delivering stops (a rolling update): it gives its lease up, and the
+            # other carries on at once, long before the 30 s lease would have lapsed.
+            holder, other = (a, b) if states[0]["delivering"] else (b, a)
+            stop_gateway(holder)
+            # Its lease was not left to lapse: the row names no holder, or already the other.
+            conninfo, schema = parse_url(postgres_url)[:2]
+            with psycopg.connect(conninfo, options=f"-c search_path={schema}") as conn:
+                row = conn.execute("SELECT holder FROM webhook_cursors WHERE name = 'ai'").fetchone()
+            assert row is not None
+            assert row[0] in (None, (other.data_dir / "replica-id").read_text().strip())
+            assert stow(other.url, factory.ct_series(2, 32, 32, seed=1648)).status_code == 200
+            wait_for(lambda: len(receiver.acknowledged()) == 14, 60, "two more entries")
+            assert [d.sequence for d in receiver.attempts] == feed_sequences(other)
             assert receiver.problems == []
         finally:
             stop_gateway(b)

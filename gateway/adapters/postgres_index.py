@@ -364,6 +364,10 @@ class PostgresIndex:
             cur = await conn.execute(sql_webhooks.advance_sql("%s"), params)
             return cur.rowcount == 1
 
+    async def release_webhook(self, name: str, holder: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql_webhooks.release_sql("%s"), (name, holder))
+
     async def webhook_cursors(self) -> list[WebhookCursor]:
         rows = await self._fetch(sql_webhooks.CURSORS_SQL, [])
         return [sql_webhooks.cursor_from_row(row) for row in rows]

@@ -50,6 +50,11 @@ def advance_params(sequence: int, until: float, name: str, holder: str) -> tuple
     return (sequence, sequence, until, name, holder)
 
 
+def release_sql(p: str) -> str:
+    """Parameters: name, holder."""
+    return f"UPDATE webhook_cursors SET holder = NULL, lease_until = NULL WHERE name = {p} AND holder = {p}"
+
+
 CURSORS_SQL = (
     "SELECT w.name, w.sequence, (SELECT count(*) FROM changefeed AS c WHERE c.sequence > w.sequence),"
     " w.holder, w.lease_until FROM webhook_cursors AS w ORDER BY w.name"

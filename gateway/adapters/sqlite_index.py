@@ -305,6 +305,11 @@ class SqliteIndex:
 
         return await self._write(lambda: self._transaction(advance, synced=False))
 
+    async def release_webhook(self, name: str, holder: str) -> None:
+        await self._write(
+            lambda: self._transaction(lambda conn: conn.execute(sql_webhooks.release_sql("?"), (name, holder)))
+        )
+
     async def webhook_cursors(self) -> list[WebhookCursor]:
         rows = await self._read(lambda conn: conn.execute(sql_webhooks.CURSORS_SQL).fetchall())
         return [sql_webhooks.cursor_from_row(row) for row in rows]

@@ -11,8 +11,9 @@ move the cursor without a POST. Until the receiver acknowledges, the same entry 
 1 s, 2 s, 4 s ... up to 60 s, and nothing after it is sent (order is kept).
 
 Replicas share the cursors: one replica at a time holds a webhook's lease (renewed while it
-delivers; a replica that died gives the webhook up once its lease lapses, at once when the same
-replica id starts again), so each entry is delivered by one replica, not by each. A POST must
+delivers; given up when the replica stops; a replica that died loses it once it lapses, or at
+once when the same replica id starts again), so each entry is delivered by one replica, not by
+each. A POST must
 end within ``timeout`` (at most 20 s), well inside the lease, before the lease is renewed again.
 
 ``series_stable_seconds``: a ``series-stable`` event once a series had no new entry for that
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 30.0
 # A lease is renewed once less than this much of it is left (and before every POST).
 RENEW_MARGIN = 20.0
+CLAIM_SECONDS = 2.0  # how often a replica not holding a webhook asks whether it is free
 POLL_SECONDS = 0.1  # how often a caught-up webhook looks for new entries
 BATCH = 100  # entries read at once
 FIRST_RETRY = 1.0
@@ -82,7 +84,7 @@ class WebhookDelivery:
         self._feed = feed
         self._cursors = cursors
         self._sender = sender
-        self._holder = holder
+        self.holder = holder
         self._base_url = base_url
         self._lease_until = 0.0
         self._series: dict[str, _Series] = {}
@@ -98,7 +100,7 @@ class WebhookDelivery:
                 cursor = await self._claim()
                 if cursor is None:
                     self.holding = False
-                    await anyio.sleep(LEASE_SECONDS / 3)
+                    await anyio.sleep(CLAIM_SECONDS)
                     continue
                 self.holding = True
                 await self._follow(cursor)
@@ -112,7 +114,7 @@ class WebhookDelivery:
 
     async def _claim(self) -> int | None:
         until = time.time() + LEASE_SECONDS
-        cursor = await self._cursors.claim_webhook(self.hook.name, self._holder, until)
+        cursor = await self._cursors.claim_webhook(self.hook.name, self.holder, until)
         if cursor is not None:
             self._lease_until = until
         return cursor
@@ -123,7 +125,7 @@ class WebhookDelivery:
 
     async def _advance(self, sequence: int) -> None:
         until = time.time() + LEASE_SECONDS
-        if not await self._cursors.advance_webhook(self.hook.name, self._holder, sequence, until):
+        if not await self._cursors.advance_webhook(self.hook.name, self.holder, sequence, until):
             raise _LeaseLost
         self._lease_until = until
 
@@ -296,4 +298,13 @@ class Webhooks:
             await anyio.sleep(STATUS_SECONDS)
 
     async def aclose(self) -> None:
-        await self._sender.aclose()
+        """After the deliveries stopped: give up their leases, so that another replica carries
+        on at once (a rolling update) instead of after the lease lapsed."""
+        try:
+            for delivery in self.deliveries:
+                if delivery.holding:
+                    await self._cursors.release_webhook(delivery.hook.name, delivery.holder)
+        except GatewayError as exc:
+            log.warning("webhook leases not given up (they lapse in %.0f s): %s", LEASE_SECONDS, exc.reason)
+        finally:
+            await self._sender.aclose()
