@@ -6,9 +6,11 @@ acknowledged twice; filters; settings refused at start-up."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ import httpx
 import orjson
 import psycopg
 import pytest
+import trustme
 
 from gateway.adapters.postgres_index import parse_url
 from tests import factory
@@ -73,9 +76,9 @@ class Receiver:
         return 503 if fail else 204
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    state = Receiver()
+@contextlib.contextmanager
+def serving(state: Receiver, tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    """``state`` answering on a loopback port (over TLS with ``tls``), its ``url`` set."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -88,7 +91,10 @@ def receiver() -> Iterator[Receiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    scheme, host = ("https", "localhost") if tls is not None else ("http", "127.0.0.1")
+    state.url = f"{scheme}://{host}:{server.server_address[1]}/hook"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -96,6 +102,12 @@ def receiver() -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with serving(Receiver()) as state:
+        yield state
 
 
 def hook_config(url: str, **extra: str) -> str:
@@ -128,6 +140,11 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 def pending(gw: RunningGateway) -> dict[str, int]:
     hooks = httpx.get(gw.root + "/readyz", timeout=10).json()["webhooks"]
     return {name: hook["pending"] for name, hook in hooks.items()}
+
+
+def hook_state(gw: RunningGateway, name: str = "ai") -> dict[str, Any]:
+    state: dict[str, Any] = httpx.get(gw.root + "/readyz", timeout=10).json()["webhooks"][name]
+    return state
 
 
 def feed_sequences(gw: RunningGateway) -> list[int]:
@@ -304,6 +321,40 @@ def test_a_gateway_killed_with_pending_entries_delivers_them_after_restart(
         assert receiver.problems == []
     finally:
         stop_gateway(again)
+
+
+def test_https_receivers_are_verified_against_the_trusted_cas(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with serving(Receiver(), server_context) as receiver:
+        config = hook_config(receiver.url).replace("allow_http = true\n", "")
+        # A receiver whose certificate no trusted CA signed gets nothing: failing, retried.
+        untrusted = start_with(tmp_path / "untrusted", config)
+        try:
+            assert stow(untrusted.url, factory.ct_series(1, 32, 32, seed=1661)).status_code == 200
+            wait_for(lambda: hook_state(untrusted)["failing"] >= 1, 30, "a failed attempt")
+            assert "certificate" in hook_state(untrusted)["last_error"].lower()
+            assert receiver.attempts == []
+        finally:
+            stop_gateway(untrusted)
+        # With the CA trusted (SSL_CERT_FILE, as OpenSSL reads it), entries arrive.
+        (tmp_path / "trusted").mkdir()
+        (tmp_path / "trusted" / "gateway.toml").write_text(config)
+        trusted = start_gateway(
+            tmp_path / "trusted",
+            extra_args=("--config", str(tmp_path / "trusted" / "gateway.toml")),
+            env={"SSL_CERT_FILE": str(ca_file)},
+        )
+        try:
+            assert stow(trusted.url, factory.ct_series(2, 32, 32, seed=1662)).status_code == 200
+            wait_for(lambda: len(receiver.acknowledged()) == 2, 30, "two entries over HTTPS")
+            assert [d.sequence for d in receiver.acknowledged()] == feed_sequences(trusted)
+            assert receiver.problems == []
+        finally:
+            stop_gateway(trusted)
 
 
 BAD_HOOKS = [
