@@ -10,13 +10,16 @@ acknowledges every POST with 204). Latency: the receiver's clock at receipt minu
 ``Timestamp`` (the time its index transaction wrote it: the commit, to the millisecond), for
 every entry of STOWs of ``--batch`` instances sent at ``--rate`` instances per second.
 Throughput: ``--clients`` clients STOW batches as fast as the gateway takes them for
-``--throughput-seconds``, without and with the webhook, alternating for ``--rounds``.
+``--throughput-seconds``, without and with the webhook, alternating for ``--rounds``. CPU: the
+gateway process's CPU time per instance to store ``--cpu-instances`` and deliver their entries,
+without and with the webhook (Linux ``/proc``): on a shared machine, the steadiest of the three.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -167,6 +170,26 @@ def throughput(tmp: Path, receiver: Receiver | None, clients: int, seconds: floa
     return sum(stored) / elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_instance(tmp: Path, receiver: Receiver | None, count: int, batch: int, seed: int) -> float:
+    """The gateway's CPU time per instance (ms) to store ``count`` new instances and, with a
+    receiver, deliver every entry: unlike throughput, hardly moved by the machine's other load."""
+    work = batches(count, batch, seed)
+    with gateway(tmp, receiver) as gw, httpx.Client(timeout=60) as client:
+        before = cpu_seconds(gw.process.pid)
+        for instances in work:
+            stow(client, gw, instances)
+        deadline = time.monotonic() + 120
+        while receiver is not None and receiver.received() < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return (cpu_seconds(gw.process.pid) - before) / count * 1000
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -180,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients in the throughput runs")
     parser.add_argument("--throughput-seconds", type=float, default=8.0, help="length of each throughput run")
     parser.add_argument("--rounds", type=int, default=3, help="throughput runs each way, alternating")
+    parser.add_argument("--cpu-instances", type=int, default=500, help="instances of the CPU-time measurement")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp_name:
         tmp = Path(tmp_name)
@@ -205,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
             f"STOW throughput ({args.clients} clients, {args.batch} instances per request, median of {args.rounds}):"
             f" webhook off {off:.0f} instances/s, on {on:.0f} instances/s ({(on - off) / off * 100:+.1f} %);"
             f" runs off {[round(x) for x in offs]}, on {[round(x) for x in ons]}"
+        )
+        off_cpu = cpu_per_instance(tmp / "cpu-off", None, args.cpu_instances, args.batch, seed=70000)
+        receiver = Receiver(tmp)
+        on_cpu = cpu_per_instance(tmp / "cpu-on", receiver, args.cpu_instances, args.batch, seed=80000)
+        receiver.stop()
+        print(
+            f"gateway CPU per instance ({args.cpu_instances} instances): webhook off {off_cpu:.2f} ms,"
+            f" on {on_cpu:.2f} ms (+{on_cpu - off_cpu:.2f} ms per delivered entry)"
         )
         print(f"load average: {load_average()}")
     return 0
