@@ -173,7 +173,9 @@ def test_each_entry_is_posted_signed_in_order_and_retried_until_acknowledged(
         first = acked[0].body
         assert (first["Action"], first["State"], first["Origin"]) == ("create", "current", "stow")
         assert "Metadata" not in first  # include_metadata is off by default
-        ready = httpx.get(gw.root + "/readyz", timeout=10).json()["webhooks"]["ai"]
+        # The receiver saw the last POST before the gateway read its answer: wait for that too.
+        wait_for(lambda: hook_state(gw)["pending"] == 0, 30, "the cursor after the last entry")
+        ready = hook_state(gw)
         assert (ready["delivered"], ready["failed_attempts"], ready["failing"], ready["pending"]) == (4, 2, 0, 0)
         metrics = httpx.get(gw.root + "/metrics", timeout=10).text
         assert 'dicomweb_gateway_webhook_deliveries_total{outcome="failed",webhook="ai"} 2.0' in metrics
@@ -187,7 +189,7 @@ def test_a_failing_receiver_shows_as_pending_and_failing(tmp_path: Path, receive
     gw = start_with(tmp_path, hook_config(receiver.url))
     try:
         assert stow(gw.url, factory.ct_series(3, 32, 32, seed=1611)).status_code == 200
-        wait_for(lambda: len(receiver.attempts) >= 2, 30, "two failed attempts")
+        wait_for(lambda: hook_state(gw)["failing"] >= 2, 30, "two failed attempts")
         ready = httpx.get(gw.root + "/readyz", timeout=10)
         assert ready.status_code == 200  # a receiver that is down does not make the gateway unready
         hook = ready.json()["webhooks"]["ai"]
