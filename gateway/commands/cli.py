@@ -1,4 +1,4 @@
-"""The ``dicomweb-gateway`` command: ``serve`` and ``reindex``.
+"""The ``dicomweb-gateway`` command: ``serve``, ``reindex``, ``import`` and the others.
 
 The environment and flags are read here, at the edge, and nowhere else.
 """
@@ -68,6 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="create or upgrade the index schema, then exit")
     _common_flags(migrate)
 
+    imp = sub.add_parser(
+        "import",
+        help="store the DICOM files of folders, ZIPs, DICOMDIR media or s3://bucket/prefix, resumably",
+    )
+    _common_flags(imp)
+    imp.add_argument("sources", nargs="+", metavar="SOURCE", help="a folder, a ZIP file, or s3://bucket/prefix")
+    imp.add_argument("--report", type=Path, help="write the JSON-lines report here (default: standard output)")
+    imp.add_argument(
+        "--state",
+        type=Path,
+        help="the file recording what is done, for resuming (default: {data}/import/state-*.jsonl, one per store)",
+    )
+    imp.add_argument("--jobs", type=int, help="files imported at once (default: the number of CPUs)")
+    imp.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal: seconds between progress lines (default 10)",
+    )
+    imp.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
     add_apikey_parser(sub)
     return parser
 
@@ -132,6 +154,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.commands.migrate import run_migrate
 
         return run_migrate(settings)
+    if args.command == "import":
+        from gateway.commands.bulk_import import run_import
+
+        if not args.progress_interval > 0:
+            print("dicomweb-gateway: --progress-interval must be a number of seconds > 0", file=sys.stderr)
+            return 2
+        return run_import(
+            settings,
+            args.sources,
+            report=args.report,
+            state_file=args.state,
+            jobs=args.jobs,
+            progress=not args.quiet,
+            progress_interval=args.progress_interval,
+        )
     raise AssertionError(args.command)  # argparse guarantees a known command
 
 
