@@ -115,7 +115,8 @@ class S3Source:
             if error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 raise SourceChanged(f"{entry.name} changed or went since it was listed") from exc
             raise
-        with response["Body"] as body:
+        body = response["Body"]
+        with body:
             try:
                 with target.open("xb") as out:
                     for chunk in body.iter_chunks(_CHUNK):

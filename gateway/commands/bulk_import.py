@@ -97,7 +97,8 @@ def _report_stream(report: Path | None) -> Iterator[TextIO]:
         yield sys.stdout
         return
     report.parent.mkdir(parents=True, exist_ok=True)
-    with report.open("w", encoding="utf-8") as f:
+    # Line-buffered: a killed import leaves a report complete up to its last finished file.
+    with report.open("w", encoding="utf-8", buffering=1) as f:
         yield f
 
 
