@@ -345,3 +345,37 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert busy.returncode == 2
     assert "another import" in busy.stderr
     assert cli(str(folder), "--state", str(state)).returncode == 0
+
+
+def test_limits_hostile_archives_and_links(file_gateway: RunningGateway, tmp_path: Path) -> None:
+    small, large = instances(11, 1)[0], factory.ct_series(1, rows=128, cols=128, seed=12)[0]
+    outside = tmp_path / "elsewhere"
+    write_tree(outside, {"IM0": instances(13, 1)[0]})
+    tree = tmp_path / "share"
+    write_tree(tree, {"small.dcm": small, "large.dcm": large})
+    (tree / "link").symlink_to(outside, target_is_directory=True)
+    (tree / "link.dcm").symlink_to(outside / "IM0")
+    hostile = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(hostile, "w") as z:
+        z.writestr("../escape.dcm", small)
+    limit = (len(small) + len(large)) // 2
+    assert len(small) < limit < len(large)
+
+    report = tmp_path / "report.jsonl"
+    env = {"DICOMWEB_GATEWAY_LIMITS__MAX_PART_BYTES": str(limit)}
+    done = run_import(file_gateway, str(tree), str(hostile), report=report, env=env)
+    assert done.returncode == 1, done.stderr
+    by_name = {Path(row["file"]).name: row for row in rows(report)}
+    # Symbolic links inside a tree are not followed: only the two files are listed.
+    assert set(by_name) == {"small.dcm", "large.dcm", "hostile.zip"}
+    assert by_name["small.dcm"]["outcome"] == "stored"
+    assert by_name["large.dcm"]["outcome"] == "failed"
+    assert "limits.max_part_bytes" in by_name["large.dcm"]["reason"]
+    assert by_name["hostile.zip"]["outcome"] == "failed"
+    assert "'..' path component" in by_name["hostile.zip"]["reason"]
+    assert set(indexed(file_gateway)) == {uids_of(small)[2]}
+
+    # With the default limit the large file goes in; what was done is not done again.
+    again = tmp_path / "again.jsonl"
+    assert run_import(file_gateway, str(tree), report=again).returncode == 0
+    assert outcomes(again) == {"stored": 1, "skipped": 1}

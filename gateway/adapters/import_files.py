@@ -61,7 +61,7 @@ class FolderSource:
 def _walk(root: Path) -> Iterator[SourceEntry]:
     """Depth first, names sorted: the same tree lists in the same order on every run."""
     try:
-        info = os.lstat(root)
+        info = os.stat(root)  # the root as the operator named it, a symbolic link or not
     except OSError as exc:
         raise StorageError(f"cannot read {root}: {exc.strerror}") from exc
     if stat.S_ISREG(info.st_mode):

@@ -151,7 +151,9 @@ async def _main(
         }
         out.write(orjson.dumps(row).decode() + "\n")
 
-    importer = BulkImport(gateway.stow, state, spool, jobs=jobs, on_result=write)
+    importer = BulkImport(
+        gateway.stow, state, spool, jobs=jobs, max_file_bytes=settings.limits.max_part_bytes, on_result=write
+    )
     stop = anyio.Event()
     began = time.monotonic()
     try:

@@ -90,11 +90,15 @@ class BulkImport:
         spool_dir: Path,
         *,
         jobs: int,
+        max_file_bytes: int,
         on_result: Callable[[ImportResult], None],
     ) -> None:
         if jobs < 1:
             raise ValueError("jobs must be at least 1")
         self._stow = stow
+        # limits.max_part_bytes, the one-instance limit of STOW and C-STORE: checked on the
+        # listed size, before anything is copied.
+        self._max_file_bytes = max_file_bytes
         self._state = state
         self._spool_dir = spool_dir
         self._jobs = jobs
@@ -145,6 +149,10 @@ class BulkImport:
 
     async def _import_one(self, work: _Work) -> ImportResult:
         entry = work.entry
+        if entry.size > self._max_file_bytes:
+            # Not recorded as done: a run with a higher limit imports it.
+            reason = f"{entry.size} bytes, over the one-instance limit limits.max_part_bytes ({self._max_file_bytes})"
+            return ImportResult(entry.name, None, FAILED, reason, entry.size)
         spooled = self._spool_dir / f"import-{uuid.uuid4().hex}"
         try:
             try:
