@@ -164,6 +164,12 @@ def test_dicomdir_medium_made_by_dcmmkdir(file_gateway: RunningGateway, tmp_path
     for d in data:
         assert as_stored(file_gateway, d) == d
 
+    # A medium named by its DICOMDIR file is its folder: the same files, done already.
+    again = tmp_path / "again.jsonl"
+    assert run_import(file_gateway, str(medium / "DICOMDIR"), report=again).returncode == 0
+    assert outcomes(again) == {"skipped": 5}
+    assert {row["file"] for row in rows(again)} == {row["file"] for row in rows(report)}
+
 
 def test_zip_with_an_osirix_tree(file_gateway: RunningGateway, tmp_path: Path) -> None:
     data = instances(4, 3)

@@ -170,3 +170,12 @@ class ZipSource:
 def is_zip_file(path: Path) -> bool:
     """Whether ``path`` is a ZIP archive, by content (its end of central directory record)."""
     return path.is_file() and zipfile.is_zipfile(path)
+
+
+def is_dicomdir(path: Path) -> bool:
+    """Whether ``path`` is a DICOMDIR (a Media Storage Directory, PS3.10 8.6), by content."""
+    try:
+        with path.open("rb") as f:
+            return ziparchive.content_kind(f.read(ziparchive.HEAD_BYTES)) == "dicomdir"
+    except OSError:  # not a readable file: the caller says what it is
+        return False

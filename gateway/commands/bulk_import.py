@@ -24,7 +24,7 @@ from typing import TextIO
 import anyio
 import orjson
 
-from gateway.adapters.import_files import FolderSource, ZipSource, is_zip_file
+from gateway.adapters.import_files import FolderSource, ZipSource, is_dicomdir, is_zip_file
 from gateway.adapters.import_s3 import S3Source
 from gateway.app import build_index, build_store
 from gateway.commands.import_progress import end_progress, show_progress, summary_line
@@ -84,6 +84,9 @@ def open_sources(settings: Settings, names: Sequence[str]) -> list[ImportSource]
         path = Path(name)
         if is_zip_file(path):
             sources.append(ZipSource(path, limits))
+        elif is_dicomdir(path):
+            # A medium named by its DICOMDIR: the files it references are in its folder tree.
+            sources.append(FolderSource(path.parent))
         elif path.is_dir() or path.is_file():
             sources.append(FolderSource(path))
         else:
