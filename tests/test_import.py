@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests import factory
-from tests.fixtures_gateway import RunningGateway
+from tests.fixtures_gateway import RunningGateway, start_gateway, stop_gateway
 from tests.fixtures_s3 import S3Bucket
 from tests.http_helpers import split_multipart, stow, uids_of
 
@@ -385,3 +385,32 @@ def test_limits_hostile_archives_and_links(file_gateway: RunningGateway, tmp_pat
     again = tmp_path / "again.jsonl"
     assert run_import(file_gateway, str(tree), report=again).returncode == 0
     assert outcomes(again) == {"stored": 1, "skipped": 1}
+
+
+@pytest.mark.s3
+def test_two_imports_at_once_beside_a_gateway_on_s3_and_postgresql(
+    tmp_path: Path, s3_bucket: S3Bucket, postgres_url: str
+) -> None:
+    count = 60
+    data = instances(14, count)
+    tree = tmp_path / "share"
+    write_tree(tree, {f"IM{i:04d}": d for i, d in enumerate(data)})
+    gw = start_gateway(tmp_path, store_kind="s3", s3=s3_bucket, extra_args=("--index-url", postgres_url))
+    try:
+        runs = []
+        for name in ("one", "two"):
+            extra = ("--quiet", "--index-url", postgres_url, "--state", str(tmp_path / f"{name}.state"))
+            command = import_cmd(gw, str(tree), report=tmp_path / f"{name}.jsonl", extra=extra)
+            runs.append(subprocess.Popen(command, env=gw.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for run in runs:
+            assert run.wait(300) == 0, run.stderr.read() if run.stderr else ""
+        # Each instance is stored by one import and found identical by the other, never twice.
+        one, two = outcomes(tmp_path / "one.jsonl"), outcomes(tmp_path / "two.jsonl")
+        assert one["stored"] + two["stored"] == count
+        assert one["duplicate"] + two["duplicate"] == count
+        listed = httpx.get(f"{gw.url}/instances?limit=1000", timeout=30).json()
+        assert len(listed) == count
+        for d in (data[0], data[-1]):
+            assert as_stored(gw, d) == d
+    finally:
+        stop_gateway(gw)
