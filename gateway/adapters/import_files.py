@@ -107,7 +107,7 @@ def _copy_file(source: Path, entry: SourceEntry, target: Path) -> None:
         raise SourceChanged(f"{source} was removed since it was listed") from None
     except OSError as exc:
         target.unlink(missing_ok=True)
-        raise StorageError(f"cannot read {source}: {exc.strerror}") from exc
+        raise StorageError(f"cannot copy {source} into the spool: {exc.strerror}") from exc
 
 
 class ZipSource:

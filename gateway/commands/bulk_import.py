@@ -140,10 +140,15 @@ async def _main(
     progress: bool,
     progress_interval: float,
 ) -> int:
+    spool = process_spool_dir(settings.effective_spool_dir) / "import"
+    try:
+        spool.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"dicomweb-gateway: cannot create the spool directory {spool}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
     store = build_store(settings)
     index = build_index(settings)
     gateway = build_gateway(settings, store, index)
-    spool = process_spool_dir(settings.effective_spool_dir) / "import"
 
     def write(result: ImportResult) -> None:
         row = {

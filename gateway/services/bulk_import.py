@@ -116,6 +116,8 @@ class BulkImport:
                 break
             try:
                 async for entry in source.entries():
+                    if stop.is_set():
+                        break  # a long listing (millions of S3 keys) stops at Ctrl-C too
                     done = self._state.done(entry)
                     if done is None:
                         todo.append(_Work(source, entry))
@@ -160,6 +162,9 @@ class BulkImport:
                 head = await anyio.to_thread.run_sync(_head, spooled)
             except GatewayError as exc:
                 return ImportResult(entry.name, None, FAILED, exc.reason, entry.size)
+            except OSError as exc:  # the spool's side: a full or read-only data volume
+                reason = f"cannot copy into the spool {self._spool_dir}: {exc.strerror or exc}"
+                return ImportResult(entry.name, None, FAILED, reason, entry.size)
             kind = ziparchive.content_kind(head)
             if kind != "dicom":
                 reason = _NOT_INSTANCE[kind]
