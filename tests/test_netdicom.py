@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE
-from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RQ
+from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 
@@ -188,5 +188,18 @@ def test_a_pending_retrieve_response_is_the_one_pynetdicom_encodes(kind: str) ->
         completed=5,
         failed=1,
         warning=0,
+    )
+    assert ours == encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB007])
+def test_a_c_store_response_is_the_one_pynetdicom_encodes(status: int) -> None:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo, response.Status = 5, status
+    response.AffectedSOPClassUID, response.AffectedSOPInstanceUID = CT_IMAGE_STORAGE, "1.2.3.45"
+    message = C_STORE_RSP()
+    message.primitive_to_message(response)
+    ours = command_set.c_store_rsp(
+        sop_class_uid=CT_IMAGE_STORAGE, sop_instance_uid="1.2.3.45", responding_to=5, status=status
     )
     assert ours == encode(message.command_set, True, True)

@@ -2,20 +2,22 @@
 
 pynetdicom builds each command set as a pydicom Dataset (validating every value) and encodes it;
 for a C-STORE request and a pending C-MOVE/C-GET response per instance that was about a
-millisecond of a sub-operation's ~3 ms. These functions write the same bytes: group 0000 in
+millisecond of a sub-operation's ~3 ms; the C-STORE response of every instance received is
+built the same way. These functions write the same bytes: group 0000 in
 Implicit VR Little Endian (PS3.7 6.3.1), elements in tag order, each value padded to an even
 length (UI with NUL, AE with a space: PS3.5 6.2), the Command Group Length first (PS3.7 E.1).
-The fields are those pynetdicom writes for these messages (PS3.7 9.3.1.1 C-STORE-RQ, 9.3.3.2
-C-GET-RSP, 9.3.4.2 C-MOVE-RSP), so the bytes are identical (tests/test_netdicom.py compares).
+The fields are those pynetdicom writes for these messages (PS3.7 9.3.1.1 C-STORE-RQ, 9.3.1.2
+C-STORE-RSP, 9.3.3.2 C-GET-RSP, 9.3.4.2 C-MOVE-RSP), so the bytes are identical (tests/test_netdicom.py compares).
 """
 
 from __future__ import annotations
 
 import struct
 
-__all__ = ["C_GET_RSP", "C_MOVE_RSP", "c_store_rq", "retrieve_rsp"]
+__all__ = ["C_GET_RSP", "C_MOVE_RSP", "c_store_rq", "c_store_rsp", "retrieve_rsp"]
 
 C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
 C_GET_RSP = 0x8010
 C_MOVE_RSP = 0x8021
 DATA_SET_PRESENT = 0x0001  # Command Data Set Type: any value but 0x0101 (pynetdicom's choice)
@@ -45,6 +47,20 @@ def c_store_rq(
     if originator_id is not None:
         elements.append(_us(0x1031, originator_id))
     return _group(elements)
+
+
+def c_store_rsp(*, sop_class_uid: str, sop_instance_uid: str, responding_to: int, status: int) -> bytes:
+    """A C-STORE-RSP command set without an Error Comment or Offending Element (PS3.7 9.3.1.2)."""
+    return _group(
+        [
+            _ui(0x0002, sop_class_uid),
+            _us(0x0100, C_STORE_RSP),
+            _us(0x0120, responding_to),
+            _us(0x0800, NO_DATA_SET),
+            _us(0x0900, status),
+            _ui(0x1000, sop_instance_uid),
+        ]
+    )
 
 
 def retrieve_rsp(

@@ -30,7 +30,7 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
-from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 
 from gateway.netdicom import command_set
@@ -57,9 +57,9 @@ def install(assoc: Any, send_lock: threading.Lock) -> None:
             return
         timeout = dimse.dimse_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        pending = _pending_retrieve_response(primitive) if not logged(assoc) else None
-        if pending is not None:  # one per instance of a C-MOVE or C-GET: encoded directly
-            if not write_message(assoc, send_lock, context_id, pending, None, deadline):
+        per_instance = _per_instance_response(primitive) if not logged(assoc) else None
+        if per_instance is not None:  # one per instance stored or sent: encoded directly
+            if not write_message(assoc, send_lock, context_id, per_instance, None, deadline):
                 assoc.dul.event_queue.put("Evt17")
             return
         if primitive.MessageIDBeingRespondedTo is None:
@@ -85,9 +85,11 @@ def logged(assoc: Any) -> bool:
     return bool(assoc.get_handlers(evt.EVT_DIMSE_SENT))
 
 
-def _pending_retrieve_response(primitive: Any) -> bytes | None:
-    """The command set of a pending C-MOVE or C-GET response without an identifier, or
-    ``None`` for any other message."""
+def _per_instance_response(primitive: Any) -> bytes | None:
+    """The command set of a C-STORE response, or a pending C-MOVE or C-GET response, without
+    an identifier or error fields; ``None`` for any other message."""
+    if isinstance(primitive, C_STORE):
+        return _store_response(primitive)
     if isinstance(primitive, C_MOVE):
         field = command_set.C_MOVE_RSP
     elif isinstance(primitive, C_GET):
@@ -118,6 +120,24 @@ def _pending_retrieve_response(primitive: Any) -> bytes | None:
         completed=int(completed),
         failed=int(failed),
         warning=int(warning),
+    )
+
+
+def _store_response(primitive: Any) -> bytes | None:
+    if (
+        primitive.MessageIDBeingRespondedTo is None
+        or primitive.Status is None
+        or primitive.ErrorComment is not None
+        or primitive.OffendingElement is not None
+        or not primitive.AffectedSOPClassUID
+        or not primitive.AffectedSOPInstanceUID
+    ):
+        return None
+    return command_set.c_store_rsp(
+        sop_class_uid=str(primitive.AffectedSOPClassUID),
+        sop_instance_uid=str(primitive.AffectedSOPInstanceUID),
+        responding_to=int(primitive.MessageIDBeingRespondedTo),
+        status=int(primitive.Status),
     )
 
 
