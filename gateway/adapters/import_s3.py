@@ -19,17 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from gateway.adapters.import_files import SourceChanged
+from gateway.adapters.s3_client import s3_client, s3_config
 from gateway.adapters.s3_retry import error_code
 from gateway.errors import BadRequest, StorageError
 from gateway.ports import SourceEntry
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+    pass
 
 _CHUNK = 1 << 20
 
@@ -62,25 +61,15 @@ class S3Source:
         self._url = url
         self._bucket, self._prefix = split_s3_url(url)
         self._limiter = anyio.CapacityLimiter(max_threads)
-        config = Config(
-            region_name=region,
-            signature_version="s3v4",
-            s3={"addressing_style": "path"},  # S3-compatible servers rarely have wildcard DNS
-            retries={"mode": "standard", "total_max_attempts": 5},
+        config = s3_config(
+            region=region,
+            attempts=5,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_threads,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
         )
-        # A private session: boto3's default session is shared and not thread-safe.
-        self._client: S3Client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            config=config,
+        self._client = s3_client(
+            config, endpoint_url=endpoint_url, region=region, access_key=access_key, secret_key=secret_key
         )
 
     @property

@@ -184,8 +184,8 @@ class BulkImport:
         if isinstance(written, FailedInstance):
             failure = f"{written.detail} (failure reason 0x{written.failure_reason:04X})"
             return ImportResult(entry.name, written.sop_instance_uid, FAILED, failure, entry.size)
-        outcome = STORED if written.created else DUPLICATE
-        reason = None if written.created else "an identical instance is stored already"
+        outcome = STORED if written.inserted else DUPLICATE
+        reason = None if written.inserted else "an identical instance is stored already"
         self._state.record(entry, DoneFile(outcome, written.sop_instance_uid, reason))
         return ImportResult(entry.name, written.sop_instance_uid, outcome, reason, entry.size)
 
