@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
+import httpx
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -15,6 +19,18 @@ from gateway.dicom.deidentify_part10 import deidentified_part10
 from gateway.dicom.deidentify_table import TABLE
 from gateway.dicom.dicomjson import dataset_to_json
 from tests.factory import ct_dataset, new_uid, to_part10_bytes
+from tests.fixtures_gateway import stop_gateway
+from tests.fixtures_security import (
+    Issuer,
+    JwksServer,
+    SecuredGateway,
+    apikey_command,
+    bearer,
+    create_api_key,
+    oidc_config,
+    start_secured_gateway,
+)
+from tests.http_helpers import read, split_multipart, stow_body
 
 KEY = b"k" * 32
 UID_2_25 = re.compile(r"^2\.25\.[1-9][0-9]*$")
@@ -210,3 +226,159 @@ def test_burned_in_annotation_is_withheld_unless_served() -> None:
     assert Deidentifier(KEY).withholds(js)
     assert not Deidentifier(KEY, ProfileOptions(serve_burned_in=True)).withholds(js)
     assert not Deidentifier(KEY).withholds(dataset_to_json(rich_dataset(), "studies/x"))
+
+
+# -- through a running gateway ------------------------------------------------------------------
+
+SITE_KEY = "site-secret-for-tests"
+DEID_CLAIM = "deid"
+
+
+@dataclass
+class DeidGateway:
+    sg: SecuredGateway
+    plain: dict[str, str]  # an API key with read and write, answered as stored
+    deid: dict[str, str]  # an API key made with --deidentify basic
+    rich: Dataset  # the stored rich instance, as sent
+    burned: Dataset  # an instance of the same series with Burned In Annotation YES
+
+    def get(self, path: str, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.sg.url + path, headers=headers, timeout=60, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def dg(tmp_path_factory: pytest.TempPathFactory, jwks_server: JwksServer) -> Iterator[DeidGateway]:
+    where = tmp_path_factory.mktemp("deidentify")
+    keys = where / "keys.json"
+    plain = create_api_key(keys, "uploader", "read", "write")
+    deid = create_api_key(keys, "research", "read", deidentify="basic")
+    listed = apikey_command("list", "--keys-file", str(keys))
+    assert "research" in listed.stdout
+    assert "deidentify=basic" in listed.stdout
+    extra = f'deidentify_claim = "{DEID_CLAIM}"\n[deidentify]\nkey = "{SITE_KEY}"\n'
+    running = start_secured_gateway(where, oidc_config(jwks_server.url, keys_file=keys, extra=extra))
+    try:
+        rich = rich_dataset()
+        burned = rich_dataset()
+        burned.SOPInstanceUID = new_uid("burned", 18)
+        burned.InstanceNumber = 2
+        burned.BurnedInAnnotation = "YES"
+        body, content_type = stow_body([to_part10_bytes(rich_dataset()), to_part10_bytes(burned)])
+        headers = {**bearer(plain), "Content-Type": content_type, "Accept": "application/dicom+json"}
+        response = httpx.post(running.url + "/studies", content=body, headers=headers, timeout=60)
+        assert response.status_code == 200, response.text
+        yield DeidGateway(running, bearer(plain), bearer(deid), rich, burned)
+    finally:
+        stop_gateway(running.gw)
+
+
+def uid_of(row: dict[str, Any], tag: str) -> str:
+    return str(row[tag]["Value"][0])
+
+
+def test_qido_rows_are_deidentified_with_the_same_uids_every_time(dg: DeidGateway) -> None:
+    mapped = Deidentifier(SITE_KEY.encode()).uid(dg.rich.StudyInstanceUID)
+    answers = [dg.get("/studies", dg.deid).json() for _ in range(2)]
+    assert answers[0] == answers[1]
+    (row,) = answers[0]
+    assert uid_of(row, "0020000D") == mapped
+    assert "Value" not in row["00100010"]  # Patient's Name: Z
+    assert uid_of(row, "00100020") not in ("", dg.rich.PatientID)
+    assert dg.rich.StudyInstanceUID not in str(row)
+    assert row["00081190"]["Value"][0].endswith(f"/studies/{mapped}")
+    (plain,) = dg.get("/studies", dg.plain).json()
+    assert uid_of(plain, "0020000D") == dg.rich.StudyInstanceUID
+
+
+def test_navigation_with_deidentified_uids(dg: DeidGateway) -> None:
+    (study,) = dg.get("/studies", dg.deid).json()
+    study_uid = uid_of(study, "0020000D")
+    (series,) = dg.get(f"/studies/{study_uid}/series", dg.deid).json()
+    series_uid = uid_of(series, "0020000E")
+    assert series_uid != dg.rich.SeriesInstanceUID
+    instances = dg.get(f"/studies/{study_uid}/series/{series_uid}/instances", dg.deid).json()
+    sops = {uid_of(row, "00080018") for row in instances}
+    sop = Deidentifier(SITE_KEY.encode()).uid(dg.rich.SOPInstanceUID)
+    assert sop in sops
+    found = dg.get("/instances", dg.deid, params={"SOPInstanceUID": sop}).json()
+    assert [uid_of(row, "00080018") for row in found] == [sop]
+    path = f"/studies/{study_uid}/series/{series_uid}/instances/{sop}"
+    plain_path = (
+        f"/studies/{dg.rich.StudyInstanceUID}/series/{dg.rich.SeriesInstanceUID}/instances/{dg.rich.SOPInstanceUID}"
+    )
+    accept = {"Accept": 'multipart/related; type="application/octet-stream"'}
+    frames = dg.get(path + "/frames/1", {**dg.deid, **accept})
+    assert frames.status_code == 200, frames.text
+    ((headers, frame),) = split_multipart(frames)
+    assert sop in headers["content-location"]
+    assert dg.rich.SOPInstanceUID not in frames.text
+    ((_, plain_frame),) = split_multipart(dg.get(plain_path + "/frames/1", {**dg.plain, **accept}))
+    assert frame == plain_frame
+    (metadata,) = dg.get(path + "/metadata", dg.deid).json()
+    assert metadata["00120062"]["Value"] == ["YES"]
+    assert uid_of(metadata, "00080018") == sop
+    assert not [tag for tag in metadata if int(tag[3], 16) % 2]
+    rendered = dg.get(path + "/rendered", {**dg.deid, "Accept": "image/png"})
+    assert rendered.status_code == 200
+    # The original UIDs mean nothing to a de-identified principal.
+    assert dg.get(plain_path + "/metadata", dg.deid).status_code == 404
+
+
+def test_instances_are_rewritten_with_pixels_unchanged(dg: DeidGateway) -> None:
+    (study,) = dg.get("/studies", dg.deid).json()
+    response = dg.get(
+        f"/studies/{uid_of(study, '0020000D')}", {**dg.deid, "Accept": 'multipart/related; type="application/dicom"'}
+    )
+    assert response.status_code == 200, response.text
+    (part,) = split_multipart(response)  # the burned in instance is withheld
+    ds = read(part[1])
+    assert ds.PatientIdentityRemoved == "YES"
+    assert ds.PatientName == ""
+    assert ds.SOPInstanceUID == Deidentifier(SITE_KEY.encode()).uid(dg.rich.SOPInstanceUID)
+    assert ds.PixelData == dg.rich.PixelData
+    assert not [e for e in ds if e.tag.is_private]
+
+
+def test_burned_in_annotation_is_withheld(dg: DeidGateway) -> None:
+    deid = Deidentifier(SITE_KEY.encode())
+    path = "/studies/{}/series/{}/instances/{}/metadata".format(
+        *(deid.uid(u) for u in (dg.burned.StudyInstanceUID, dg.burned.SeriesInstanceUID, dg.burned.SOPInstanceUID))
+    )
+    assert dg.get(path, dg.deid).status_code == 404
+    b = dg.burned
+    plain = f"/studies/{b.StudyInstanceUID}/series/{b.SeriesInstanceUID}/instances/{b.SOPInstanceUID}/metadata"
+    assert dg.get(plain, dg.plain).status_code == 200
+
+
+def test_matching_on_deidentified_attributes_is_refused(dg: DeidGateway) -> None:
+    response = dg.get("/studies", dg.deid, params={"PatientName": "DOE*"})
+    assert response.status_code == 400
+    assert "PatientName" in response.text
+    kept = dg.get("/studies", dg.deid, params={"ModalitiesInStudy": "CT"})  # not in the table: matches
+    assert kept.status_code == 200, kept.text
+
+
+def test_wado_uri_honours_anonymize_for_deidentified_principals(dg: DeidGateway) -> None:
+    deid = Deidentifier(SITE_KEY.encode())
+    params = {
+        "requestType": "WADO",
+        "studyUID": deid.uid(dg.rich.StudyInstanceUID),
+        "seriesUID": deid.uid(dg.rich.SeriesInstanceUID),
+        "objectUID": deid.uid(dg.rich.SOPInstanceUID),
+        "contentType": "application/dicom",
+        "anonymize": "yes",
+    }
+    response = dg.get("/wado", dg.deid, params=params)
+    assert response.status_code == 200, response.text
+    assert read(response.content).PatientIdentityRemoved == "YES"
+    plain = {**params, "studyUID": dg.rich.StudyInstanceUID, "seriesUID": dg.rich.SeriesInstanceUID,
+             "objectUID": dg.rich.SOPInstanceUID}  # fmt: skip
+    assert dg.get("/wado", dg.plain, params=plain).status_code == 406
+
+
+def test_a_token_claim_marks_the_principal(dg: DeidGateway, issuer: Issuer) -> None:
+    token = bearer(issuer.token(sub="researcher", scope="read", **{DEID_CLAIM: "basic"}))
+    (row,) = dg.get("/studies", token).json()
+    assert uid_of(row, "0020000D") == Deidentifier(SITE_KEY.encode()).uid(dg.rich.StudyInstanceUID)
+    wrong = bearer(issuer.token(sub="researcher", scope="read", **{DEID_CLAIM: "none"}))
+    assert dg.get("/studies", wrong).status_code == 401

@@ -47,7 +47,7 @@ DEIDENTIFICATION_METHOD_CODES = "00120064"
 LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED = "00280303"
 BURNED_IN_ANNOTATION = "00280301"
 RETRIEVE_URL = "00081190"
-PROFILE_NAME = "basic"
+PROFILES = frozenset({"basic"})  # the Basic Application Level Confidentiality Profile (PS3.15 E.1)
 
 _DUMMY_DATE = "19000101"
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UT", "PN", "UR", "AS"})
