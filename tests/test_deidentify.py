@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +21,7 @@ from gateway.dicom.deidentify import Deidentifier, ProfileOptions, action_for
 from gateway.dicom.deidentify_part10 import deidentified_part10
 from gateway.dicom.deidentify_table import TABLE
 from gateway.dicom.dicomjson import dataset_to_json
+from tests.dimse_gateway import DimseGateway, client, dimse_gateway
 from tests.factory import ct_dataset, new_uid, to_part10_bytes
 from tests.fixtures_gateway import stop_gateway
 from tests.fixtures_security import (
@@ -382,3 +386,49 @@ def test_a_token_claim_marks_the_principal(dg: DeidGateway, issuer: Issuer) -> N
     assert uid_of(row, "0020000D") == Deidentifier(SITE_KEY.encode()).uid(dg.rich.StudyInstanceUID)
     wrong = bearer(issuer.token(sub="researcher", scope="read", **{DEID_CLAIM: "none"}))
     assert dg.get("/studies", wrong).status_code == 401
+
+
+# -- the DIMSE front door -------------------------------------------------------------------------
+
+
+def findscu(gw: DimseGateway, aet: str, *keys: str, tmp: Path) -> tuple[list[Dataset], str]:
+    """DCMTK's findscu (Study Root) with ``keys``: the response identifiers and its log."""
+    out = tmp / f"{aet}-{len(list(tmp.iterdir()))}"
+    out.mkdir()
+    argv = ["findscu", "-v", "-S", "-aet", aet, "-aec", gw.ae_title, "-X", "-od", str(out), "-to", "20"]
+    argv += ["127.0.0.1", str(gw.port)]
+    for key in keys:
+        argv += ["-k", key]
+    done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))], (done.stdout + done.stderr).decode()
+
+
+@pytest.mark.skipif(shutil.which("findscu") is None, reason="DCMTK is not installed (apt-get install dcmtk)")
+def test_a_dimse_client_with_deidentify_gets_deidentified_cfind_answers(tmp_path: Path) -> None:
+    clients = [client("PLAINSCU", scopes=["read"]), client("DEIDSCU", scopes=["read"], deidentify="basic")]
+    with dimse_gateway(tmp_path / "gw", clients=clients, deidentify={"key": SITE_KEY}) as gw:
+        rich = rich_dataset()
+        gw.stow(to_part10_bytes(rich_dataset()))
+        keys = ("QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientName", "PatientID", "StudyDate")
+        answers = tmp_path / "answers"
+        answers.mkdir()
+        (plain,), _ = findscu(gw, "PLAINSCU", *keys, tmp=answers)
+        assert plain.PatientName == rich.PatientName
+        found, log = findscu(gw, "DEIDSCU", *keys, tmp=answers)
+        assert len(found) == 1, log
+        (deid,) = found
+        mapped = Deidentifier(SITE_KEY.encode()).uid(rich.StudyInstanceUID)
+        assert deid.StudyInstanceUID == mapped, log
+        assert deid.PatientName == ""
+        assert deid.StudyDate == ""
+        assert deid.PatientID not in ("", rich.PatientID)
+        # The de-identified UID finds the study again; the original finds nothing.
+        series, log = findscu(gw, "DEIDSCU", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={mapped}",
+                              "SeriesInstanceUID", tmp=answers)  # fmt: skip
+        assert [s.SeriesInstanceUID for s in series] == [Deidentifier(SITE_KEY.encode()).uid(rich.SeriesInstanceUID)]
+        none, _ = findscu(gw, "DEIDSCU", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={rich.StudyInstanceUID}",
+                          tmp=answers)  # fmt: skip
+        assert none == []
+        refused, log = findscu(gw, "DEIDSCU", "QueryRetrieveLevel=STUDY", "PatientName=DOE*", tmp=answers)
+        assert refused == []
+        assert "UnableToProcess" in log, log

@@ -111,7 +111,14 @@ def front_door_services(
         ),
         Service(
             evt.EVT_C_FIND,
-            FindHandler(gateway.qido, ae_title=ae_title, portal=portal, peer_of=peer_of, on_outcome=on_find),
+            FindHandler(
+                gateway.qido,
+                ae_title=ae_title,
+                portal=portal,
+                peer_of=peer_of,
+                on_outcome=on_find,
+                views=gateway.deidentified,
+            ),
             FIND_CLASSES,
             NATIVE,
             read=True,

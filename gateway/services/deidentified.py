@@ -153,6 +153,8 @@ class DeidentifiedViews:
         return dataclasses.replace(query, matches=tuple(matches), study=study, series=series)
 
     async def _original_match(self, match: Match) -> Match:
+        if match.kind == "universal":
+            return match  # a return key (C-FIND), nothing matched on
         if match.tag in _UID_TAGS or (match.vr == "UI" and self.profile.action(match.tag) == "U"):
             values = tuple([await self.original(v) for v in match.values])
             value = "\\".join(values)
