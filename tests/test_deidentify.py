@@ -432,3 +432,35 @@ def test_a_dimse_client_with_deidentify_gets_deidentified_cfind_answers(tmp_path
         refused, log = findscu(gw, "DEIDSCU", "QueryRetrieveLevel=STUDY", "PatientName=DOE*", tmp=answers)
         assert refused == []
         assert "UnableToProcess" in log, log
+
+
+@pytest.mark.skipif(shutil.which("getscu") is None, reason="DCMTK is not installed (apt-get install dcmtk)")
+def test_a_dimse_client_with_deidentify_gets_deidentified_instances_by_cget(tmp_path: Path) -> None:
+    clients = [client("DEIDSCU", scopes=["read"], deidentify="basic")]
+    rich = rich_dataset()
+    burned = rich_dataset()
+    burned.SOPInstanceUID = new_uid("burned", 18)
+    burned.BurnedInAnnotation = "YES"
+    deid = Deidentifier(SITE_KEY.encode())
+    out = tmp_path / "got"
+    out.mkdir()
+    with dimse_gateway(tmp_path / "gw", clients=clients, deidentify={"key": SITE_KEY}) as gw:
+        gw.stow(to_part10_bytes(rich_dataset()), to_part10_bytes(burned))
+        argv = ["getscu", "-v", "-S", "-aet", "DEIDSCU", "-aec", gw.ae_title, "-od", str(out), "-to", "30"]
+        argv += ["-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={deid.uid(rich.StudyInstanceUID)}"]
+        argv += ["-k", f"SeriesInstanceUID={deid.uid(rich.SeriesInstanceUID)}", "127.0.0.1", str(gw.port)]
+        done = subprocess.run(argv, capture_output=True, timeout=120, check=False)
+        log = (done.stdout + done.stderr).decode()
+        # By the original UIDs, nothing: they name no study for this peer.
+        plain = ["getscu", "-S", "-aet", "DEIDSCU", "-aec", gw.ae_title, "-od", str(out), "-to", "30"]
+        plain += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={rich.StudyInstanceUID}"]
+        subprocess.run([*plain, "127.0.0.1", str(gw.port)], capture_output=True, timeout=120, check=False)
+    files = [pydicom.dcmread(p) for p in out.iterdir() if p.is_file()]
+    assert len(files) == 1, log  # the burned in instance is withheld
+    (got,) = files
+    assert got.SOPInstanceUID == deid.uid(rich.SOPInstanceUID)
+    assert got.StudyInstanceUID == deid.uid(rich.StudyInstanceUID)
+    assert got.PatientName == ""
+    assert got.PatientIdentityRemoved == "YES"
+    assert got.PixelData == rich.PixelData
+    assert not [e for e in got if e.tag.is_private]
