@@ -464,3 +464,19 @@ def test_a_dimse_client_with_deidentify_gets_deidentified_instances_by_cget(tmp_
     assert got.PatientIdentityRemoved == "YES"
     assert got.PixelData == rich.PixelData
     assert not [e for e in got if e.tag.is_private]
+
+
+def test_the_change_feed_names_replacement_uids(dg: DeidGateway) -> None:
+    response = dg.get("/changefeed", dg.deid, params={"limit": "10"})
+    assert response.status_code == 200, response.text
+    entries = response.json()
+    deid = Deidentifier(SITE_KEY.encode())
+    assert {e["SopInstanceUid"] for e in entries} == {
+        deid.uid(dg.rich.SOPInstanceUID),
+        deid.uid(dg.burned.SOPInstanceUID),
+    }
+    for original in (dg.rich.StudyInstanceUID, dg.rich.SOPInstanceUID, str(dg.rich.PatientName)):
+        assert original not in response.text
+    by_sop = {e["SopInstanceUid"]: e for e in entries}
+    assert by_sop[deid.uid(dg.burned.SOPInstanceUID)]["Metadata"] is None  # withheld
+    assert by_sop[deid.uid(dg.rich.SOPInstanceUID)]["Metadata"]["00120062"]["Value"] == ["YES"]
