@@ -480,3 +480,24 @@ def test_the_change_feed_names_replacement_uids(dg: DeidGateway) -> None:
     by_sop = {e["SopInstanceUid"]: e for e in entries}
     assert by_sop[deid.uid(dg.burned.SOPInstanceUID)]["Metadata"] is None  # withheld
     assert by_sop[deid.uid(dg.rich.SOPInstanceUID)]["Metadata"]["00120062"]["Value"] == ["YES"]
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, timeout=60, check=False)
+    lines = (done.stdout + done.stderr).decode("utf-8", "replace").splitlines()
+    return {line.strip() for line in lines if line.startswith("Error")}
+
+
+@pytest.mark.skipif(
+    shutil.which("dciodvfy") is None, reason="dicom3tools is not installed (apt-get install dicom3tools)"
+)
+@pytest.mark.parametrize(
+    "options", [ProfileOptions(), ProfileOptions(modified_dates=True)], ids=["basic", "modified-dates"]
+)
+def test_dciodvfy_finds_no_new_errors_in_a_deidentified_instance(tmp_path: Path, options: ProfileOptions) -> None:
+    original = tmp_path / "original.dcm"
+    original.write_bytes(to_part10_bytes(rich_dataset()))
+    deidentified_path = tmp_path / "deidentified.dcm"
+    deidentified_path.write_bytes(deidentified_part10(original.read_bytes(), Deidentifier(KEY, options)))
+    before, after = dciodvfy_errors(original), dciodvfy_errors(deidentified_path)
+    assert after <= before, sorted(after - before)

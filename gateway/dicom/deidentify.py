@@ -220,7 +220,7 @@ class Deidentifier:
 
     def _dummy_json(self, vr: str, value: Any) -> Any:
         if vr == "PN":
-            return {"Alphabetic": self.pseudonym(str(value))}
+            return {"Alphabetic": self._dummy(vr, value)}
         return self._dummy(vr, value)
 
     def _dummy(self, vr: str, value: Any) -> Any:
@@ -232,6 +232,8 @@ class Deidentifier:
             return _DUMMY_DATE + "000000"
         if vr == "UI":
             return self.uid(str(value))
+        if vr == "PN":  # a family name alone, delimited: the form PS3.5 6.2.1.1 defines
+            return self.pseudonym(str(value)) + "^"
         if vr in _NUMBER_VRS:
             return 0 if vr not in ("IS", "DS") else "0"
         if vr in _TEXT_VRS:
