@@ -358,6 +358,14 @@ def test_matching_on_deidentified_attributes_is_refused(dg: DeidGateway) -> None
     response = dg.get("/studies", dg.deid, params={"PatientName": "DOE*"})
     assert response.status_code == 400
     assert "PatientName" in response.text
+    # The dummy Patient ID it was shown finds the patient's studies (a viewer's priors); the
+    # real one finds nothing.
+    (row,) = dg.get("/studies", dg.deid).json()
+    shown = uid_of(row, "00100020")
+    assert [uid_of(r, "0020000D") for r in dg.get("/studies", dg.deid, params={"PatientID": shown}).json()] == [
+        uid_of(row, "0020000D")
+    ]
+    assert dg.get("/studies", dg.deid, params={"PatientID": dg.rich.PatientID}).json() == []
     kept = dg.get("/studies", dg.deid, params={"ModalitiesInStudy": "CT"})  # not in the table: matches
     assert kept.status_code == 200, kept.text
 

@@ -121,18 +121,20 @@ def _resolved(action: str) -> str:
 
 
 class Deidentifier:
-    """The profile with a site's key and options. ``on_uid`` is told each (original, replacement)
-    pair handed out, so that the gateway can resolve replacements back."""
+    """The profile with a site's key and options. ``on_uid`` and ``on_pseudonym`` are told each
+    (original, replacement) pair handed out, so that the gateway can resolve replacements back."""
 
     def __init__(
         self,
         key: bytes,
         options: ProfileOptions = ProfileOptions(),
         on_uid: Callable[[str, str], None] | None = None,
+        on_pseudonym: Callable[[str, str], None] | None = None,
     ) -> None:
         self.options = options
         self._key = key
         self._on_uid = on_uid
+        self._on_pseudonym = on_pseudonym
         self._actions: dict[str, str | None] = {}
         digest = hmac.new(key, b"date-shift", hashlib.sha256).digest()
         self._shift = datetime.timedelta(days=1 + int.from_bytes(digest[:4], "big") % _SHIFT_DAYS)
@@ -149,7 +151,10 @@ class Deidentifier:
 
     def pseudonym(self, text: str) -> str:
         digest = hmac.new(self._key, b"dummy:" + text.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
-        return f"ANON{digest[:8].upper()}"
+        pseudonym = f"ANON{digest[:8].upper()}"
+        if self._on_pseudonym is not None:
+            self._on_pseudonym(text, pseudonym)
+        return pseudonym
 
     def shifted_date(self, value: str) -> str:
         """A DA or the date part of a DT moved back by the site's shift; unparsable: the dummy."""

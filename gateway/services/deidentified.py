@@ -44,6 +44,7 @@ from gateway.settings import DeidentifySettings, Settings
 MAX_REMEMBERED = 500_000
 RELEARN_SECONDS = 10.0
 _UNKNOWN = "0.0"  # a valid UID no instance has: an unknown replacement matches nothing
+_NO_VALUE = "\x7f"  # a value no stored text has (DEL is in no DICOM character repertoire)
 _UID_TAGS = frozenset({STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID})
 
 
@@ -93,13 +94,16 @@ class DeidentifiedViews:
         self._options = options
         self._profile: Deidentifier | None = None
         self._originals: OrderedDict[str, str] = OrderedDict()
+        self._pseudonyms: OrderedDict[str, str] = OrderedDict()
         self._learning = anyio.Lock()
         self._learned_at: float | None = None
 
     @property
     def profile(self) -> Deidentifier:
         if self._profile is None:
-            self._profile = Deidentifier(self._key(), self._options, on_uid=self._remember)
+            self._profile = Deidentifier(
+                self._key(), self._options, on_uid=self._remember, on_pseudonym=self._remember_pseudonym
+            )
         return self._profile
 
     def _remember(self, original: str, replacement: str) -> None:
@@ -107,6 +111,12 @@ class DeidentifiedViews:
         self._originals.move_to_end(replacement)
         if len(self._originals) > MAX_REMEMBERED:
             self._originals.popitem(last=False)
+
+    def _remember_pseudonym(self, original: str, pseudonym: str) -> None:
+        self._pseudonyms[pseudonym] = original
+        self._pseudonyms.move_to_end(pseudonym)
+        if len(self._pseudonyms) > MAX_REMEMBERED:
+            self._pseudonyms.popitem(last=False)
 
     # -- requests: from de-identified UIDs to stored ones ----------------------------------------
 
@@ -159,7 +169,14 @@ class DeidentifiedViews:
             values = tuple([await self.original(v) for v in match.values])
             value = "\\".join(values)
             return dataclasses.replace(match, value=value, values=values)
-        if self.profile.action(match.tag) not in (None, "K"):
+        action = self.profile.action(match.tag)
+        if action == "D" and match.kind == "single":
+            # A dummy this gateway handed out (a viewer looking for the priors of the Patient ID
+            # it was shown) matches what it stands for; any other value matches nothing.
+            pseudonym = match.value.rstrip("^")
+            original = self._pseudonyms.get(pseudonym, _NO_VALUE)
+            return dataclasses.replace(match, value=original, values=(original,))
+        if action not in (None, "K"):
             raise BadRequest(
                 f"{match.keyword} cannot be matched: it is de-identified in the answers to this principal"
                 " (PS3.15 E.1 Basic Application Level Confidentiality Profile)"
