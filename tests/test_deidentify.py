@@ -21,6 +21,9 @@ from gateway.dicom.deidentify import Deidentifier, ProfileOptions, action_for
 from gateway.dicom.deidentify_part10 import deidentified_part10
 from gateway.dicom.deidentify_table import TABLE
 from gateway.dicom.dicomjson import dataset_to_json
+from gateway.errors import SettingsError
+from gateway.services.deidentified import deidentify_key
+from gateway.settings import load_settings
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
 from tests.factory import ct_dataset, new_uid, to_part10_bytes
 from tests.fixtures_gateway import stop_gateway
@@ -509,3 +512,40 @@ def test_dciodvfy_finds_no_new_errors_in_a_deidentified_instance(tmp_path: Path,
     deidentified_path.write_bytes(deidentified_part10(original.read_bytes(), Deidentifier(KEY, options)))
     before, after = dciodvfy_errors(original), dciodvfy_errors(deidentified_path)
     assert after <= before, sorted(after - before)
+
+
+# -- settings and the key -------------------------------------------------------------------------
+
+
+def test_the_key_file_is_made_once_and_kept(tmp_path: Path) -> None:
+    settings = load_settings(environ={}, overrides={"data_dir": tmp_path / "data"})
+    first = deidentify_key(settings)
+    path = tmp_path / "data" / "deidentify.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert deidentify_key(settings) == first
+    assert len(first) == 32
+    configured = load_settings(environ={}, overrides={"data_dir": tmp_path / "data", "deidentify": {"key": "k"}})
+    assert deidentify_key(configured) == b"k"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"deidentify": {"retain_full_dates": True, "retain_modified_dates": True}}, "exclude each other"),
+        (
+            {"scp_port": 11112, "dimse_clients": [{"name": "x", "ae_title": "X", "deidentify": "full"}]},
+            "deidentify 'full' is not \"basic\"",
+        ),
+    ],
+)
+def test_settings_refuse_what_cannot_be_done(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ={}, overrides={"data_dir": tmp_path, **overrides})
+
+
+def test_apikey_create_refuses_an_unknown_profile(tmp_path: Path) -> None:
+    done = apikey_command(
+        "create", "x", "--keys-file", str(tmp_path / "keys.json"), "--scope", "read", "--deidentify", "full"
+    )
+    assert done.returncode != 0
+    assert "invalid choice" in done.stderr
