@@ -306,7 +306,10 @@ def test_navigation_with_deidentified_uids(dg: DeidGateway) -> None:
     instances = dg.get(f"/studies/{study_uid}/series/{series_uid}/instances", dg.deid).json()
     sops = {uid_of(row, "00080018") for row in instances}
     sop = Deidentifier(SITE_KEY.encode()).uid(dg.rich.SOPInstanceUID)
-    assert sop in sops
+    assert sops == {sop}  # the burned in instance is withheld from the list too
+    assert all("00280301" not in row for row in instances)  # looked at, not asked for
+    plain_rows = dg.get(f"/studies/{dg.rich.StudyInstanceUID}/instances", dg.plain).json()
+    assert len(plain_rows) == 2
     found = dg.get("/instances", dg.deid, params={"SOPInstanceUID": sop}).json()
     assert [uid_of(row, "00080018") for row in found] == [sop]
     path = f"/studies/{study_uid}/series/{series_uid}/instances/{sop}"

@@ -163,6 +163,7 @@ class FindHandler:
     def _rows(self, request: FindRequest, peer: FindPeer) -> list[dict[str, Any]]:
         query = dataclasses.replace(request.query, restriction=peer.restriction)
         views = self._views if peer.deidentify is not None else None
+        asked = query
         if views is not None:
             try:  # de-identified UIDs resolved back; matching on de-identified attributes refused
                 query = self._portal(views.original_query(query))
@@ -176,7 +177,7 @@ class FindHandler:
             # C-FIND has no paging: the answer is the first limits.max_qido_results matches.
             log.warning("C-FIND from %s: more matches than limits.max_qido_results; answer cut", peer.name)
         rows = patient_rows(result.rows) if request.level == "PATIENT" else result.rows
-        return views.rows(rows) if views is not None else rows
+        return views.rows(rows, asked) if views is not None else rows
 
     def _report(self, outcome: FindOutcome) -> None:
         log.info(

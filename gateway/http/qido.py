@@ -44,12 +44,14 @@ def _endpoint(level: Level):  # type: ignore[no-untyped-def]
         )
         query = dataclasses.replace(query, restriction=restriction_of(request))
         views = views_of(request)
+        asked = query
         if views is not None:  # UIDs resolved back; matching on what is de-identified refused
             query = await views.original_query(query)
         # Under {base}/pacs/{name} only that PACS is asked (gateway.services.federation).
         result = await gw.qido.search(query, base_url=base_url(request), pacs=request.path_params.get("pacs"))
         if views is not None:
-            result = dataclasses.replace(result, rows=await anyio.to_thread.run_sync(views.rows, result.rows))
+            rows = await anyio.to_thread.run_sync(views.rows, result.rows, asked)
+            result = dataclasses.replace(result, rows=rows)
         response: Response
         if len(result.rows) > STREAM_ROWS:
             # The headers (Warning included) are all decided here, before the body starts.

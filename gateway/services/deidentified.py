@@ -33,7 +33,7 @@ import anyio
 import orjson
 
 from gateway.dicom.attributes import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID
-from gateway.dicom.deidentify import Deidentifier, ProfileOptions
+from gateway.dicom.deidentify import BURNED_IN_ANNOTATION, Deidentifier, ProfileOptions
 from gateway.dicom.deidentify_part10 import deidentified_part10
 from gateway.dicom.query import Match, QidoQuery
 from gateway.errors import BadRequest
@@ -160,7 +160,10 @@ class DeidentifiedViews:
         matches = [await self._original_match(match) for match in query.matches]
         study = None if query.study is None else await self.original(query.study)
         series = None if query.series is None else await self.original(query.series)
-        return dataclasses.replace(query, matches=tuple(matches), study=study, series=series)
+        includes = query.includes
+        if query.level == "instance" and not self.profile.options.serve_burned_in:
+            includes |= {BURNED_IN_ANNOTATION}  # so that :meth:`rows` can leave withheld instances out
+        return dataclasses.replace(query, matches=tuple(matches), study=study, series=series, includes=includes)
 
     async def _original_match(self, match: Match) -> Match:
         if match.kind == "universal":
@@ -185,9 +188,18 @@ class DeidentifiedViews:
 
     # -- answers: what the principal receives ----------------------------------------------------
 
-    def rows(self, rows: Sequence[DicomJson]) -> list[DicomJson]:
-        """QIDO rows or C-FIND identifiers, de-identified (only the attributes they carry)."""
-        return [self.profile.json_dataset(row, mark=False) for row in rows]
+    def rows(self, rows: Sequence[DicomJson], asked: QidoQuery) -> list[DicomJson]:
+        """QIDO rows or C-FIND identifiers for the query ``asked`` (before
+        :meth:`original_query`), de-identified (only the attributes they carry); at instance
+        level without the withheld instances."""
+        out = []
+        for row in rows:
+            if asked.level == "instance" and self.profile.withholds(row):
+                continue
+            if BURNED_IN_ANNOTATION not in asked.includes and not asked.include_all:
+                row = {tag: element for tag, element in row.items() if tag != BURNED_IN_ANNOTATION}
+            out.append(self.profile.json_dataset(row, mark=False))
+        return out
 
     def visible(self, records: Sequence[InstanceRecord]) -> list[InstanceRecord]:
         """The instances the principal may receive: burned in annotation withheld (PS3.15 E.1.1
