@@ -552,3 +552,21 @@ def test_apikey_create_refuses_an_unknown_profile(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "invalid choice" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "options",
+    [ProfileOptions(), ProfileOptions(modified_dates=True, patient_characteristics=True)],
+    ids=["basic", "options"],
+)
+def test_metadata_and_instance_agree(options: ProfileOptions) -> None:
+    """What metadata says (DICOM JSON through the profile) is what the rewritten instance holds."""
+    deid = Deidentifier(KEY, options)
+    from_json = deid.json_dataset(dataset_to_json(rich_dataset(), "bulk"))
+    instance = pydicom.dcmread(io.BytesIO(deidentified_part10(to_part10_bytes(rich_dataset()), deid)))
+    from_instance = dataset_to_json(instance, "bulk")
+    assert from_json.keys() == from_instance.keys()
+    for tag, element in from_json.items():
+        # Pixel Data's VR is still ambiguous ("OB or OW") in the data set built in memory.
+        if "BulkDataURI" not in element and tag != "7FE00010":
+            assert element == from_instance[tag], tag

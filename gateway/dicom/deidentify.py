@@ -224,8 +224,9 @@ class Deidentifier:
         return {"vr": vr, "Value": [self._dummy_json(vr, v) for v in values]}
 
     def _dummy_json(self, vr: str, value: Any) -> Any:
-        if vr == "PN":
-            return {"Alphabetic": self._dummy(vr, value)}
+        if vr == "PN":  # DICOM JSON's PN object: the pseudonym of the same text pydicom holds
+            text = value.get("Alphabetic", "") if isinstance(value, dict) else value
+            return {"Alphabetic": self._dummy(vr, text)}
         return self._dummy(vr, value)
 
     def _dummy(self, vr: str, value: Any) -> Any:
