@@ -328,6 +328,11 @@ def test_navigation_with_deidentified_uids(dg: DeidGateway) -> None:
     assert metadata["00120062"]["Value"] == ["YES"]
     assert uid_of(metadata, "00080018") == sop
     assert not [tag for tag in metadata if int(tag[3], 16) % 2]
+    pixel_uri = metadata["7FE00010"]["BulkDataURI"]
+    assert pixel_uri.startswith(dg.sg.url + path)  # under the replacement UIDs
+    pixels = httpx.get(pixel_uri, headers={**dg.deid, "Accept": "application/octet-stream"}, timeout=60)
+    assert pixels.status_code == 200, pixels.text
+    assert pixels.content == dg.rich.PixelData
     rendered = dg.get(path + "/rendered", {**dg.deid, "Accept": "image/png"})
     assert rendered.status_code == 200
     # The original UIDs mean nothing to a de-identified principal.
