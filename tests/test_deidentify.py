@@ -22,6 +22,8 @@ from gateway.dicom.deidentify_part10 import deidentified_part10
 from gateway.dicom.deidentify_table import TABLE
 from gateway.dicom.dicomjson import dataset_to_json
 from gateway.errors import SettingsError
+from gateway.ports import Index
+from gateway.services import deidentified as views_module
 from gateway.services.deidentified import deidentify_key
 from gateway.settings import load_settings
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
@@ -38,6 +40,7 @@ from tests.fixtures_security import (
     start_secured_gateway,
 )
 from tests.http_helpers import read, split_multipart, stow_body
+from tests.test_index_contract import record as index_record
 
 KEY = b"k" * 32
 UID_2_25 = re.compile(r"^2\.25\.[1-9][0-9]*$")
@@ -575,3 +578,30 @@ def test_metadata_and_instance_agree(options: ProfileOptions) -> None:
         # Pixel Data's VR is still ambiguous ("OB or OW") in the data set built in memory.
         if "BulkDataURI" not in element and tag != "7FE00010":
             assert element == from_instance[tag], tag
+
+
+# -- the way back: remembered pairs and the index -------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_forgotten_replacements_are_found_again_in_the_index(
+    index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pairs beyond MAX_REMEMBERED are forgotten oldest first and found again by hashing the
+    index (at most once per RELEARN_SECONDS); a UID never handed out stays unknown."""
+    monkeypatch.setattr(views_module, "MAX_REMEMBERED", 2)
+    stored = [index_record(1, 1, n) for n in (1, 2, 3)]
+    for r in stored:
+        await index.add(r)
+    views = views_module.DeidentifiedViews(index, lambda: KEY, ProfileOptions())
+    replacements = [views.profile.uid(r.sop_uid) for r in stored]  # only the last 2 remembered
+    assert await views.original(replacements[0]) == stored[0].sop_uid  # from the index
+    assert await views.original(replacements[2]) == stored[2].sop_uid
+    assert await views.original(Deidentifier(KEY).uid("1.2.3.4")) == "0.0"  # never stored
+    assert await views.original(stored[1].sop_uid) == "0.0"  # an original is no replacement
+    # A new instance is found by the next pass, which waits RELEARN_SECONDS after the last one.
+    added = index_record(1, 1, 4)
+    await index.add(added)
+    assert await views.original(Deidentifier(KEY).uid(added.sop_uid)) == "0.0"
+    monkeypatch.setattr(views_module, "RELEARN_SECONDS", 0.0)
+    assert await views.original(Deidentifier(KEY).uid(added.sop_uid)) == added.sop_uid

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -95,6 +96,8 @@ class DeidentifiedViews:
         self._profile: Deidentifier | None = None
         self._originals: OrderedDict[str, str] = OrderedDict()
         self._pseudonyms: OrderedDict[str, str] = OrderedDict()
+        # Answers are de-identified in worker threads and on pynetdicom's threads at once.
+        self._remembering = threading.Lock()
         self._learning = anyio.Lock()
         self._learned_at: float | None = None
 
@@ -107,16 +110,10 @@ class DeidentifiedViews:
         return self._profile
 
     def _remember(self, original: str, replacement: str) -> None:
-        self._originals[replacement] = original
-        self._originals.move_to_end(replacement)
-        if len(self._originals) > MAX_REMEMBERED:
-            self._originals.popitem(last=False)
+        _remember_in(self._originals, self._remembering, replacement, original)
 
     def _remember_pseudonym(self, original: str, pseudonym: str) -> None:
-        self._pseudonyms[pseudonym] = original
-        self._pseudonyms.move_to_end(pseudonym)
-        if len(self._pseudonyms) > MAX_REMEMBERED:
-            self._pseudonyms.popitem(last=False)
+        _remember_in(self._pseudonyms, self._remembering, pseudonym, original)
 
     # -- requests: from de-identified UIDs to stored ones ----------------------------------------
 
@@ -124,8 +121,7 @@ class DeidentifiedViews:
         """The stored UID ``replacement`` stands for; ``0.0`` (no instance) when none."""
         found = self._originals.get(replacement)
         if found is None:
-            await self._learn_index()
-            found = self._originals.get(replacement)
+            found = await self._learn_index(replacement)
         return found or _UNKNOWN
 
     async def originals(self, study: str, series: str | None, sop: str | None) -> tuple[str, str | None, str | None]:
@@ -135,24 +131,25 @@ class DeidentifiedViews:
             None if sop is None else await self.original(sop),
         )
 
-    async def _learn_index(self) -> None:
-        """Hash every UID the index holds, remembering each pair (see the module). One pass at a
-        time, and at most one per ``RELEARN_SECONDS``: unknown UIDs sent on purpose cannot make
-        the gateway scan its index over and over."""
+    async def _learn_index(self, wanted: str) -> str | None:
+        """Hash every UID the index holds, remembering each pair (see the module); the original
+        of ``wanted`` when it is among them (the pass may hold more UIDs than are remembered).
+        One pass at a time, and at most one per ``RELEARN_SECONDS``: unknown UIDs sent on purpose
+        cannot make the gateway scan its index over and over."""
         async with self._learning:
             now = time.monotonic()
             if self._learned_at is not None and now - self._learned_at < RELEARN_SECONDS:
-                return
+                return self._originals.get(wanted)  # perhaps learned by the pass just made
             self._learned_at = now
-            await self._hash_index()
-
-    async def _hash_index(self) -> None:
-        seen: set[str] = set()
-        async for key in self._index.instance_keys():
-            for uid in key:
-                if uid not in seen:
-                    seen.add(uid)
-                    self.profile.uid(uid)
+            found = None
+            seen: set[str] = set()
+            async for key in self._index.instance_keys():
+                for uid in key:
+                    if uid not in seen:
+                        seen.add(uid)
+                        if self.profile.uid(uid) == wanted:
+                            found = uid
+            return found
 
     async def original_query(self, query: QidoQuery) -> QidoQuery:
         """``query`` (from a de-identified principal) over the stored data: UIDs resolved back;
@@ -223,6 +220,14 @@ class DeidentifiedViews:
     def part10(self, data: bytes) -> bytes:
         """A Part 10 instance de-identified (pixel data bytes unchanged)."""
         return deidentified_part10(data, self.profile)
+
+
+def _remember_in(pairs: OrderedDict[str, str], lock: threading.Lock, replacement: str, original: str) -> None:
+    with lock:
+        pairs[replacement] = original
+        pairs.move_to_end(replacement)
+        if len(pairs) > MAX_REMEMBERED:
+            pairs.popitem(last=False)
 
 
 def _metadata(record: InstanceRecord) -> dict[str, Any]:
