@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import aclosing, suppress
@@ -61,11 +62,12 @@ from gateway.dicom.query import Match, QidoQuery, parse_qido
 from gateway.dimse.find import Searcher
 from gateway.dimse.portal import LoopPortal
 from gateway.dimse.retrieve_outcome import Tally
-from gateway.dimse.retrieve_query import RetrieveRequest, Selection
+from gateway.dimse.retrieve_query import UNABLE_TO_PROCESS, RetrieveFailure, RetrieveRequest, Selection
 from gateway.errors import GatewayError, NotFound
 from gateway.netdicom.encoded_store import EncodedDataset
 from gateway.ports import InstanceRecord
 from gateway.security.access import Restriction
+from gateway.services.deidentified import DeidentifiedViews
 from gateway.services.flight import Arrival
 from gateway.services.retrieval import Retrieval, RetrievalService
 
@@ -117,6 +119,8 @@ class Plan:
     """Every part of a request, and the number of sub-operations announced."""
 
     parts: list[Part]
+    # The peer receives the instances de-identified (gateway.services.deidentified).
+    views: DeidentifiedViews | None = None
 
     @property
     def count(self) -> int:
@@ -175,17 +179,39 @@ def accepted_syntaxes(contexts: Iterable[PresentationContext], *, as_scu: bool =
 class Retriever:
     """Plans a request and yields its sub-operations (see the module docstring)."""
 
-    def __init__(self, retrieval: RetrievalService, search: Searcher, *, portal: LoopPortal) -> None:
+    def __init__(
+        self,
+        retrieval: RetrievalService,
+        search: Searcher,
+        *,
+        portal: LoopPortal,
+        views: DeidentifiedViews | None = None,
+    ) -> None:
         self._retrieval = retrieval
         self._search = search
         self._portal = portal
+        self._views = views
 
     # -- planning (on the gateway's event loop) -----------------------------------------------
 
-    def plan(self, request: RetrieveRequest, restriction: Restriction | None) -> Plan:
-        """The parts of ``request`` (selections outside ``restriction`` or absent are left out)."""
+    def plan(self, request: RetrieveRequest, restriction: Restriction | None, *, deidentified: bool = False) -> Plan:
+        """The parts of ``request`` (selections outside ``restriction`` or absent are left out).
+        ``deidentified``: the request names de-identified UIDs, and its instances go out
+        de-identified, burned in annotation withheld (failed sub-operations)."""
+        if deidentified:
+            if self._views is None:
+                raise RetrieveFailure(UNABLE_TO_PROCESS, "de-identified views are not available")
+            request = self._portal(self._original_request(request, self._views))
         plan: Plan = self._portal(self._plan(request, restriction))
+        plan.views = self._views if deidentified else None
         return plan
+
+    async def _original_request(self, request: RetrieveRequest, views: DeidentifiedViews) -> RetrieveRequest:
+        if request.patient_id is not None:
+            # The Patient ID such a peer sees is a dummy: it names no stored patient.
+            raise RetrieveFailure(UNABLE_TO_PROCESS, "retrieve by Patient ID is not available to a de-identified peer")
+        selections = [Selection(*(await views.originals(s.study, s.series, s.sop))) for s in request.selections]
+        return dataclasses.replace(request, selections=tuple(selections))
 
     async def _plan(self, request: RetrieveRequest, restriction: Restriction | None) -> Plan:
         selections = request.selections
@@ -354,7 +380,10 @@ class Retriever:
                         budget -= 1
                         if budget > 0:
                             ahead.start()  # the next instance is read while this one is sent
-                        dataset = self._dataset(item, sop, data, accepted(), encoded=sends_encoded())
+                        if plan.views is None:
+                            dataset = self._dataset(item, sop, data, accepted(), encoded=sends_encoded())
+                        else:
+                            dataset = self._deidentified(item, sop, data, accepted(), plan.views)
                         (tally.sent if "SOPClassUID" in dataset else tally.unsent).append(sop)
                         yield PENDING, dataset
                         del dataset, data
@@ -365,7 +394,7 @@ class Retriever:
                     yield CANCELLED, None
                     return
                 tally.unsent.append(sop)
-                yield PENDING, _unsendable(sop)
+                yield PENDING, _unsendable(sop if plan.views is None else plan.views.profile.uid(sop))
         finally:
             self.close(plan)
 
@@ -420,6 +449,29 @@ class Retriever:
             log.warning("instance %s cannot be sent in %s: %s", sop, target, exc)
             return _unsendable(sop)
         return transcoded
+
+    def _deidentified(
+        self,
+        item: InstanceRecord | Arrival,
+        sop: str,
+        data: bytes | Exception,
+        accepted: dict[str, set[str]],
+        views: DeidentifiedViews,
+    ) -> Dataset:
+        """:meth:`_dataset` for a de-identified peer: the instance rewritten by the profile (its
+        Pixel Data as it is), or the stand-in that fails under its replacement UID when it is
+        withheld (burned in annotation) or cannot be made."""
+        stand_in = _unsendable(views.profile.uid(sop))
+        if isinstance(item, Arrival):  # from a PACS: its index record says whether it is withheld
+            self._portal(item.settled.wait())
+        record = item if isinstance(item, InstanceRecord) else item.record
+        if record is None or views.withholds(record):
+            return stand_in
+        plain = self._dataset(item, sop, data, accepted, encoded=False)
+        if "SOPClassUID" not in plain:
+            return stand_in
+        views.profile.dataset(plain)
+        return plain
 
 
 class ReadAhead:

@@ -18,9 +18,11 @@ from starlette.responses import Response
 
 from gateway.errors import BadRequest
 from gateway.http.context import base_url, gateway_of
+from gateway.http.deidentified import views_of
 from gateway.http.middleware.security import restriction_of
 from gateway.ports import ChangeEntry, ChangeQuery
 from gateway.services.changefeed import DEFAULT_LIMIT
+from gateway.services.deidentified import DeidentifiedViews
 
 _JSON = "application/json"
 _PARAMETERS = ("starttime", "endtime", "offset", "limit", "includemetadata")
@@ -37,7 +39,8 @@ async def changefeed(request: Request) -> Response:
         include_metadata=_boolean(params, "includemetadata"),
     )
     entries = await gateway_of(request).changes.read(query, base_url=base_url(request))
-    return Response(orjson.dumps([entry_json(e) for e in entries]), media_type=_JSON)
+    views = views_of(request)
+    return Response(orjson.dumps([entry_json(e, views) for e in entries]), media_type=_JSON)
 
 
 async def latest(request: Request) -> Response:
@@ -47,11 +50,15 @@ async def latest(request: Request) -> Response:
     )
     if entry is None:  # an empty feed: no entry to answer with (Microsoft's server answers 204 too)
         return Response(status_code=204)
-    return Response(orjson.dumps(entry_json(entry)), media_type=_JSON)
+    return Response(orjson.dumps(entry_json(entry, views_of(request))), media_type=_JSON)
 
 
-def entry_json(entry: ChangeEntry) -> dict[str, Any]:
-    """One entry as Microsoft spells it, plus ``Origin`` (and a rejection's ``Reason``)."""
+def entry_json(entry: ChangeEntry, views: DeidentifiedViews | None = None) -> dict[str, Any]:
+    """One entry as Microsoft spells it, plus ``Origin`` (and a rejection's ``Reason``);
+    with ``views``, de-identified: replacement UIDs, the metadata through the profile (none for
+    a withheld instance)."""
+    if views is not None:
+        return _deidentified(entry_json(entry), views)
     body: dict[str, Any] = {
         "Sequence": entry.sequence,
         "StudyInstanceUid": entry.study_uid,
@@ -67,6 +74,15 @@ def entry_json(entry: ChangeEntry) -> dict[str, Any]:
     }
     if entry.reason is not None:
         body["Reason"] = entry.reason
+    return body
+
+
+def _deidentified(body: dict[str, Any], views: DeidentifiedViews) -> dict[str, Any]:
+    for key in ("StudyInstanceUid", "SeriesInstanceUid", "SopInstanceUid"):
+        body[key] = views.profile.uid(body[key])
+    metadata = body["Metadata"]
+    if metadata is not None:
+        body["Metadata"] = None if views.profile.withholds(metadata) else views.profile.json_dataset(metadata)
     return body
 
 
