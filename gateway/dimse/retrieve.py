@@ -30,11 +30,9 @@ sub-operation (0xFE00 with the counts).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -61,6 +59,7 @@ from gateway.dicom.part10 import read_meta
 from gateway.dicom.query import Match, QidoQuery, parse_qido
 from gateway.dimse.find import Searcher
 from gateway.dimse.portal import LoopPortal
+from gateway.dimse.read_ahead import ReadAhead, collect
 from gateway.dimse.retrieve_outcome import Tally
 from gateway.dimse.retrieve_query import UNABLE_TO_PROCESS, RetrieveFailure, RetrieveRequest, Selection
 from gateway.errors import GatewayError, NotFound
@@ -441,7 +440,7 @@ class Retriever:
             return _unsendable(sop)
         del data
         try:
-            converted: bytes = self._portal(_collect(self._retrieval.instance_bytes(item, target)))
+            converted: bytes = self._portal(collect(self._retrieval.instance_bytes(item, target)))
             if not converted:
                 raise ValueError("nothing to transcode (refused by the cache)")
             transcoded: Dataset = pydicom.dcmread(BytesIO(converted))
@@ -474,66 +473,6 @@ class Retriever:
         return plain
 
 
-class ReadAhead:
-    """The instances of one part's stream with their stored bytes, read on the event loop one
-    instance ahead of the sender: :meth:`start` begins reading the next while the current one is
-    sent, :meth:`next` waits for it. At most two instances are in memory. Leaving the ``with``
-    block stops a read still under way before anything else touches the stream."""
-
-    def __init__(
-        self,
-        items: AsyncGenerator[InstanceRecord | Arrival, None],
-        retrieval: RetrievalService,
-        portal: LoopPortal,
-    ) -> None:
-        self._items = items
-        self._retrieval = retrieval
-        self._portal = portal
-        self._pending: concurrent.futures.Future[Any] | None = None
-        self._task: asyncio.Task[Any] | None = None
-
-    def __enter__(self) -> ReadAhead:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending.done():
-            with suppress(Exception):
-                self._portal(self._stop())
-
-    def start(self) -> None:
-        if self._pending is None:
-            self._pending = self._portal.submit(self._read())
-
-    def next(self) -> tuple[InstanceRecord | Arrival, bytes | Exception] | None:
-        """The next instance and its bytes (or why they could not be read); ``None`` at the
-        end. Raises what broke the stream itself."""
-        self.start()
-        pending, self._pending = self._pending, None
-        assert pending is not None
-        got: tuple[InstanceRecord | Arrival, bytes | Exception] | None = self._portal.result(pending)
-        return got
-
-    async def _read(self) -> tuple[InstanceRecord | Arrival, bytes | Exception] | None:
-        self._task = asyncio.current_task()
-        item = await _next(self._items)
-        if item is None:
-            return None
-        try:
-            return item, await _collect(self._retrieval.instance_bytes(item, None))
-        except Exception as exc:  # the store or the spool file failed: this one sub-operation
-            return item, exc
-
-    async def _stop(self) -> None:
-        """Cancel the read under way and wait until it has let go of the stream (scheduled
-        after it, so its task has started)."""
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            with suppress(BaseException):
-                await task
-
-
 def _unsendable(sop: str) -> Dataset:
     """A data set with only a SOP Instance UID: pynetdicom's C-STORE refuses it (no SOP Class
     UID) before sending anything, and lists the UID as a failed sub-operation."""
@@ -549,17 +488,6 @@ def _identity(item: InstanceRecord | Arrival) -> str:
 async def _replay(items: list[InstanceRecord | Arrival]) -> AsyncGenerator[InstanceRecord | Arrival, None]:
     for item in items:
         yield item
-
-
-async def _next(items: AsyncGenerator[InstanceRecord | Arrival, None]) -> InstanceRecord | Arrival | None:
-    try:
-        return await items.__anext__()
-    except StopAsyncIteration:
-        return None
-
-
-async def _collect(body: AsyncIterator[bytes]) -> bytes:
-    return b"".join([chunk async for chunk in body])
 
 
 def _value(row: dict[str, Any], tag: str) -> str:
