@@ -468,3 +468,41 @@ class BridgeState(Protocol):
 
     async def aclose(self) -> None:
         """Close the database."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Bulk import sources (dicomweb-gateway import)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEntry:
+    """One file of an import source, as its listing sees it (nothing read yet).
+
+    ``name`` is how the report and the state file name it: an absolute path, ``ARCHIVE!MEMBER``
+    for a ZIP member, ``s3://bucket/key``. ``version`` says the file has not changed since an
+    earlier run saw it: the modification time (ns) of a file, the CRC-32 of a ZIP member and
+    the modification time of its archive, the ETag of an S3 object."""
+
+    name: str
+    size: int
+    version: str
+
+
+class ImportSource(Protocol):
+    """Where ``dicomweb-gateway import`` reads files from: a folder tree, a ZIP, an S3 prefix."""
+
+    @property
+    def label(self) -> str:
+        """The source as the operator named it (for messages)."""
+
+    def entries(self) -> AsyncIterator[SourceEntry]:
+        """Every file of the source (directories, links and the like left out)."""
+
+    async def fetch(self, entry: SourceEntry, target: Path) -> None:
+        """Copy the bytes of ``entry`` into the new file ``target`` (a private spool file: what
+        is stored is this copy, never the operator's file). Raises GatewayError when the source
+        cannot be read or the entry is not what its listing claimed."""
+
+    async def aclose(self) -> None:
+        """Release what the source holds open."""

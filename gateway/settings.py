@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 # Re-exported: defined beside the other errors so that the validators of a settings section
 # (gateway.settings_security) can raise it without importing this module, which calls them.
+from gateway.dicom.deidentify import PROFILES as DEIDENTIFY_PROFILES
 from gateway.dicom.restriction import Restriction, RestrictionError, parse_restriction
 from gateway.errors import SettingsError as SettingsError
 
@@ -96,6 +97,8 @@ class OidcSettings:
     scope_claim: str = "scope"  # space-separated string (RFC 8693) or a JSON list
     scope_prefix: str = ""  # e.g. "dicomweb." when the provider's scopes are "dicomweb.read"
     restriction_claim: str | None = None  # claim limiting a token to studies; see docs/security.md
+    # Claim naming the de-identification profile applied to all a token sees ("basic"); none: off.
+    deidentify_claim: str | None = None
     jwks_min_refresh: float = 30.0  # seconds between JWKS refetches caused by unknown kids
     jwks_max_age: float = 3600.0  # seconds before the JWKS is refetched anyway
 
@@ -178,6 +181,23 @@ class DimseClient:
     # The studies it may see and write, as an HTTP principal's (gateway.dicom.restriction):
     # {PatientID = [...], StudyInstanceUID = [...]}; none: every study.
     restriction: Restriction | None = None
+    deidentify: str | None = None  # "basic": every answer de-identified (gateway.dicom.deidentify)
+
+
+@dataclass(frozen=True)
+class DeidentifySettings:
+    """De-identified views (PS3.15 E.1, docs/security.md): the key of the keyed-hash UIDs and
+    dummies, and the profile options the site switches on."""
+
+    # Secret of the UID mapping; several replicas must share it. Empty: a random key kept in
+    # {data_dir}/deidentify.key (created on first use, mode 0600).
+    key: str = ""
+    retain_full_dates: bool = False  # PS3.15 E.3.6 Retain Longitudinal Temporal Information, Full Dates
+    retain_modified_dates: bool = False  # PS3.15 E.3.6, Modified Dates (shifted by a keyed number of days)
+    retain_patient_characteristics: bool = False  # PS3.15 E.3.7
+    retain_device_identity: bool = False  # PS3.15 E.3.8
+    retain_institution_identity: bool = False  # PS3.15 E.3.9
+    serve_burned_in_annotation: bool = False  # instances with Burned In Annotation YES are withheld unless true
 
 
 @dataclass(frozen=True)
@@ -274,6 +294,7 @@ class Settings:
     dimse_clients: tuple[DimseClient, ...] = ()  # [[dimse_clients]] tables
     dimse: DimseSettings = field(default_factory=DimseSettings)
     dimse_tls: DimseTls = field(default_factory=DimseTls)
+    deidentify: DeidentifySettings = field(default_factory=DeidentifySettings)
     forward_to: str | None = None  # name of a PACS that receives every STOWed instance (C-STORE)
     ready_requires_pacs: bool = False  # /readyz fails while a PACS does not answer C-ECHO (else only reported)
     pacs: tuple[PacsNode, ...] = ()  # [[pacs]] tables
@@ -513,6 +534,8 @@ def _validate(s: Settings) -> Settings:
     _validate_s3(s.s3)
     _validate_pacs(s)
     _validate_dimse(s)
+    if s.deidentify.retain_full_dates and s.deidentify.retain_modified_dates:
+        raise SettingsError("deidentify.retain_full_dates and deidentify.retain_modified_dates exclude each other")
     from gateway.settings_security import validate_security
 
     validate_security(s)
@@ -632,6 +655,8 @@ def _validate_dimse(s: Settings) -> None:
         unknown = sorted(set(client.scopes) - DIMSE_SCOPES)
         if unknown:
             raise SettingsError(f'{where}: scope {unknown[0]!r} is not one of "read", "write"')
+        if client.deidentify is not None and client.deidentify not in DEIDENTIFY_PROFILES:
+            raise SettingsError(f'{where}: deidentify {client.deidentify!r} is not "basic"')
     limits = s.dimse
     for f in dataclasses.fields(limits):
         if getattr(limits, f.name) <= 0:

@@ -11,6 +11,8 @@ need_apt=()
 command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 [ -x /usr/bin/dcmqrscp ] || need_apt+=(dcmtk)
+# dciodvfy checks de-identified instances against their IOD (tests/test_deidentify.py).
+[ -x /usr/bin/dciodvfy ] || need_apt+=(dicom3tools)
 # The OHIF viewer test (tests/test_ohif.py): Debian's Chromium, driven by playwright-core (npm).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)

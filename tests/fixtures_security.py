@@ -146,13 +146,21 @@ class JwksServer:
         self.server.server_close()
 
 
-def create_api_key(keys_file: Path, name: str, *scopes: str, restriction: dict[str, Any] | None = None) -> str:
+def create_api_key(
+    keys_file: Path,
+    name: str,
+    *scopes: str,
+    restriction: dict[str, Any] | None = None,
+    deidentify: str | None = None,
+) -> str:
     """A key made by the real ``dicomweb-gateway apikey create`` command (stdout: the key alone)."""
     argv = [sys.executable, "-m", "gateway", "apikey", "create", name, "--keys-file", str(keys_file)]
     for scope in scopes:
         argv += ["--scope", scope]
     if restriction is not None:
         argv += ["--restriction", json.dumps(restriction)]
+    if deidentify is not None:
+        argv += ["--deidentify", deidentify]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=_clean_env())
     assert result.returncode == 0, result.stderr
     key = result.stdout.strip()

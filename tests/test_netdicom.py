@@ -15,13 +15,19 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE
+from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+from pynetdicom.dsutils import encode
 
 from gateway.dicom.part10 import read_meta
+from gateway.netdicom import command_set
 from gateway.netdicom.encoded_store import EncodedDataset, installed
 from gateway.netdicom.tune import TunedAE
 from tests import factory
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
 from tests.peers.ports import free_port
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("storescp") is None, reason="DCMTK is not installed (apt-get install dcmtk)"),
@@ -132,3 +138,68 @@ def test_pynetdicom_info_lines_without_the_pdu_trace(gw: DimseGateway, caplog: p
     echo(gw)
     assert "Received Echo Request" in caplog.text
     assert "Request Parameters:" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("originator_aet", "originator_id"), [(None, None), ("MOVESCU", 7), ("ABCDEFGHIJKLMNOP", 65535), ("ODD", 1)]
+)
+def test_a_c_store_command_set_is_the_one_pynetdicom_encodes(
+    originator_aet: str | None, originator_id: int | None
+) -> None:
+    request = C_STORE()
+    request.MessageID, request.Priority = 12, 2
+    request.MoveOriginatorApplicationEntityTitle = originator_aet
+    request.MoveOriginatorMessageID = originator_id
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = CT_IMAGE_STORAGE, "1.2.3.45"
+    request.DataSet = BytesIO()
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    theirs = encode(message.command_set, True, True)
+    ours = command_set.c_store_rq(
+        sop_class_uid=CT_IMAGE_STORAGE,
+        sop_instance_uid="1.2.3.45",
+        message_id=12,
+        priority=2,
+        originator_aet=originator_aet,
+        originator_id=originator_id,
+    )
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("kind", ["C-MOVE", "C-GET"])
+def test_a_pending_retrieve_response_is_the_one_pynetdicom_encodes(kind: str) -> None:
+    primitive, message_class, field = (
+        (C_MOVE(), C_MOVE_RSP, command_set.C_MOVE_RSP)
+        if kind == "C-MOVE"
+        else (C_GET(), C_GET_RSP, command_set.C_GET_RSP)
+    )
+    primitive.MessageIDBeingRespondedTo, primitive.Status = 3, 0xFF00
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    primitive.NumberOfRemainingSuboperations, primitive.NumberOfCompletedSuboperations = 10, 5
+    primitive.NumberOfFailedSuboperations, primitive.NumberOfWarningSuboperations = 1, 0
+    message = message_class()
+    message.primitive_to_message(primitive)
+    ours = command_set.retrieve_rsp(
+        field,
+        sop_class_uid="1.2.840.10008.5.1.4.1.2.2.2",
+        responding_to=3,
+        status=0xFF00,
+        remaining=10,
+        completed=5,
+        failed=1,
+        warning=0,
+    )
+    assert ours == encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB007])
+def test_a_c_store_response_is_the_one_pynetdicom_encodes(status: int) -> None:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo, response.Status = 5, status
+    response.AffectedSOPClassUID, response.AffectedSOPInstanceUID = CT_IMAGE_STORAGE, "1.2.3.45"
+    message = C_STORE_RSP()
+    message.primitive_to_message(response)
+    ours = command_set.c_store_rsp(
+        sop_class_uid=CT_IMAGE_STORAGE, sop_instance_uid="1.2.3.45", responding_to=5, status=status
+    )
+    assert ours == encode(message.command_set, True, True)

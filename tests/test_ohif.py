@@ -268,3 +268,47 @@ def test_ohif_from_a_pacs(viewer_dist: Path, tmp_path: Path, pacs_gateway_factor
             _check(_drive(server.url, studies=studies), gw.log(), studies)
         finally:
             server.close()
+
+
+def test_ohif_opens_deidentified_studies(
+    viewer_dist: Path, tmp_path: Path, jwks_server: JwksServer, issuer: Issuer
+) -> None:
+    """A token with the de-identification claim (docs/security.md): OHIF lists the studies under
+    their replacement UIDs without the patients' names and opens each with real pixels."""
+    from gateway.dicom.deidentify import Deidentifier
+
+    server = ohif.ViewerServer(viewer_dist, "")
+    key = "ohif-deidentify-key"
+    extra = 'deidentify_claim = "deid"\n' + CORS.format(origin=server.url) + f'[deidentify]\nkey = "{key}"\n'
+    sg = start_secured_gateway(tmp_path, oidc_config(jwks_server.url, extra=extra))
+    try:
+        server.config_js = ohif.app_config(sg.url).encode()
+        _upload(sg.url, bearer(issuer.token(scope="write", sub="uploader")))
+        token = issuer.token(scope="read", sub="research", deid="basic")
+        mapped = [Deidentifier(key.encode()).uid(s.uid) for s in STUDIES]
+        payload = {
+            "viewer": server.url,
+            "chromium": ohif.CHROMIUM,
+            "flags": list(ohif.CHROMIUM_FLAGS),
+            "token": token,
+            "open": mapped,
+            "list": True,
+            "expectRows": len(STUDIES),
+            "timeoutMs": 60_000,
+        }
+        report = ohif.run_driver(DRIVER, payload, timeout=DRIVER_TIMEOUT)
+        context = f"report: {report}\ngateway log (tail):\n{sg.gw.log()[-4000:]}"
+        assert report.get("error") is None, context
+        assert report["bad"] == [], "4xx/5xx responses: " + context
+        assert report["failed"] == [], "failed requests: " + context
+        assert len(report["rows"]) == len(STUDIES), context
+        shown = str(report["rows"])
+        for study in STUDIES:
+            assert study.patient not in shown, shown
+        assert [o["study"] for o in report["opened"]] == mapped
+        for opened in report["opened"]:
+            assert opened["canvas"]["std"] > 10, opened
+            assert opened["canvas"]["nonBlack"] > 0.02, opened
+    finally:
+        server.close()
+        stop_gateway(sg.gw)

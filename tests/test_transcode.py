@@ -573,3 +573,27 @@ async def test_frames_of_a_deflated_instance_come_from_one_read_of_the_object(tm
         assert frames == [pydicom.dcmread(io.BytesIO(data)).PixelData]
     finally:
         await index.aclose()
+
+
+def test_jpeg_2000_encodes_from_several_threads_at_once_all_round_trip() -> None:
+    """Ingest compresses parts in parallel threads; pylibjpeg-openjpeg's encoder crashed the
+    process when two encodes overlapped, so the gateway runs them one at a time."""
+    import concurrent.futures
+
+    pixel = PixelDescription(rows=128, columns=128, samples_per_pixel=1, bits_allocated=16, bits_stored=12,
+                             pixel_representation=0, photometric_interpretation="MONOCHROME2",
+                             number_of_frames=1, planar_configuration=0)  # fmt: skip
+    frames = [np.random.default_rng(seed).integers(0, 4096, (128, 128), dtype=np.uint16) for seed in range(24)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        encoded = list(pool.map(lambda frame: transcode.encode_frame(frame.tobytes(), pixel, J2K), frames))
+    decoder = get_decoder(UID(J2K))
+    for frame, codestream in zip(frames, encoded, strict=True):
+        ds = pydicom.Dataset()
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored = 128, 128, 1, 16, 12
+        ds.PixelRepresentation, ds.PhotometricInterpretation = 0, "MONOCHROME2"
+        ds.PixelData = encapsulate([codestream])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = UID(J2K)
+        decoded, _ = decoder.as_array(ds)
+        assert np.array_equal(decoded, frame)

@@ -33,19 +33,18 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from gateway import observability
 from gateway.adapters.filestore import validate_key, validate_prefix
+from gateway.adapters.s3_client import s3_client, s3_config
 from gateway.adapters.s3_retry import THROTTLING_CODES, StoreBreaker, StoreUnavailable, backoff, classify
 from gateway.adapters.s3_retry import error_code as _error_code
 from gateway.errors import AlreadyExists, GatewayError, NotFound, StorageError
 from gateway.ports import ListedObject, ObjectInfo, UnfinishedWrite
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 P = ParamSpec("P")
@@ -141,43 +140,24 @@ class S3BlobStore:
         # process (striped locks), which makes the server's check effective; across processes
         # a digest check after the complete detects most losers (see _put_multipart).
         self._complete_locks = [anyio.Lock() for _ in range(_COMPLETE_LOCK_STRIPES)]
-        config = Config(
-            region_name=region,
-            signature_version="s3v4",
-            s3={"addressing_style": "path"},  # S3-compatible servers rarely have wildcard DNS
-            retries={"mode": "standard", "total_max_attempts": 1},  # our loop retries (see _attempt)
+        config = s3_config(
+            region=region,
+            attempts=1,  # our loop retries (see _attempt)
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_threads,
-            # botocore >= 1.36 adds CRC checksums (aws-chunked trailers) to every upload by
-            # default, which several S3-compatible servers reject; the sha256 metadata and
-            # Content-MD5 where S3 demands it are enough.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
         )
-        # A private session: boto3's default session is shared and not thread-safe.
-        self._client: S3Client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            config=config,
+        self._client = s3_client(
+            config, endpoint_url=endpoint_url, region=region, access_key=access_key, secret_key=secret_key
         )
         # Readiness probes: one attempt with short timeouts, whatever the calls' settings.
-        self._probe_client: S3Client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            config=config.merge(
-                Config(
-                    connect_timeout=min(connect_timeout, _PROBE_TIMEOUT),
-                    read_timeout=min(read_timeout, _PROBE_TIMEOUT),
-                    max_pool_connections=1,
-                )
-            ),
+        probe = Config(
+            connect_timeout=min(connect_timeout, _PROBE_TIMEOUT),
+            read_timeout=min(read_timeout, _PROBE_TIMEOUT),
+            max_pool_connections=1,
+        )
+        self._probe_client = s3_client(
+            config.merge(probe), endpoint_url=endpoint_url, region=region, access_key=access_key, secret_key=secret_key
         )
 
     @property

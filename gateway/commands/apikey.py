@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from gateway.security.apikeys import ApiKeyError, create_key, read_keys, revoke_key
-from gateway.security.principal import SCOPES
+from gateway.security.principal import DEIDENTIFY_PROFILES, SCOPES
 from gateway.settings import load_settings
 
 
@@ -35,6 +35,11 @@ def add_apikey_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                 "--restriction",
                 help='study restriction as JSON, e.g. \'{"StudyInstanceUID": ["1.2.3"]}\' (see docs/security.md)',
             )
+            p.add_argument(
+                "--deidentify",
+                choices=sorted(DEIDENTIFY_PROFILES),
+                help="every answer to this key is de-identified by this profile (see docs/security.md)",
+            )
 
 
 def run_apikey(args: argparse.Namespace) -> int:
@@ -48,7 +53,7 @@ def run_apikey(args: argparse.Namespace) -> int:
     try:
         if args.apikey_command == "create":
             restriction = json.loads(args.restriction) if args.restriction else None
-            entry, key = create_key(path, args.name, frozenset(args.scope), restriction)
+            entry, key = create_key(path, args.name, frozenset(args.scope), restriction, args.deidentify)
             print(f"created API key {entry.name!r} with scopes {', '.join(sorted(entry.scopes))} in {path};"
                   " it is shown once:", file=sys.stderr)  # fmt: skip
             print(key)
@@ -60,7 +65,8 @@ def run_apikey(args: argparse.Namespace) -> int:
             return 0
         for e in read_keys(path):
             state = "revoked" if e.revoked else "active"
-            print(f"{e.name}\t{e.id}\t{','.join(sorted(e.scopes))}\t{e.created}\t{state}")
+            view = f"\tdeidentify={e.deidentify}" if e.deidentify else ""
+            print(f"{e.name}\t{e.id}\t{','.join(sorted(e.scopes))}\t{e.created}\t{state}{view}")
         return 0
     except (ApiKeyError, ValueError) as exc:
         print(f"dicomweb-gateway: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ import orjson
 from gateway.app import build_index
 from gateway.errors import GatewayError
 from gateway.ports import ChangeEntry, ChangeQuery, Index
-from gateway.services.changefeed import entry_json
+from gateway.services.changefeed import feed_entry_json
 from gateway.settings import Settings
 
 PAGE = 500
@@ -63,7 +63,7 @@ async def _print_changes(index: Index, *, after: int, follow: bool, interval: fl
 
 def _line(entry: ChangeEntry, as_json: bool) -> str:
     if as_json:
-        body = entry_json(entry)
+        body = feed_entry_json(entry)
         del body["Metadata"]
         body["Principal"] = entry.principal
         return orjson.dumps(body).decode()

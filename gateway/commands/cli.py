@@ -1,4 +1,4 @@
-"""The ``dicomweb-gateway`` command: ``serve``, ``reindex``, ``echo``, ``migrate``, ``changes``, ``apikey``.
+"""The ``dicomweb-gateway`` command: ``serve``, ``reindex``, ``import``, ``changes`` and the others.
 
 The environment and flags are read here, at the edge, and nowhere else.
 """
@@ -77,6 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     changes.add_argument("--json", action="store_true", help="one JSON object per line, as the HTTP feed spells it")
 
+    imp = sub.add_parser(
+        "import",
+        help="store the DICOM files of folders, ZIPs, DICOMDIR media or s3://bucket/prefix, resumably",
+    )
+    _common_flags(imp)
+    imp.add_argument("sources", nargs="+", metavar="SOURCE", help="a folder, a ZIP file, or s3://bucket/prefix")
+    imp.add_argument("--report", type=Path, help="write the JSON-lines report here (default: standard output)")
+    imp.add_argument(
+        "--state",
+        type=Path,
+        help="the file recording what is done, for resuming (default: {data}/import/state-*.jsonl, one per store)",
+    )
+    imp.add_argument("--jobs", type=int, help="files imported at once (default: the number of CPUs)")
+    imp.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal: seconds between progress lines (default 10)",
+    )
+    imp.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
     add_apikey_parser(sub)
     return parser
 
@@ -148,6 +170,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("dicomweb-gateway: --after must be >= 0 and --interval between 0.05 and 3600 s", file=sys.stderr)
             return 2
         return run_changes(settings, after=args.after, follow=args.follow, interval=args.interval, as_json=args.json)
+
+    if args.command == "import":
+        from gateway.commands.bulk_import import run_import
+
+        if not args.progress_interval > 0:
+            print("dicomweb-gateway: --progress-interval must be a number of seconds > 0", file=sys.stderr)
+            return 2
+        return run_import(
+            settings,
+            args.sources,
+            report=args.report,
+            state_file=args.state,
+            jobs=args.jobs,
+            progress=not args.quiet,
+            progress_interval=args.progress_interval,
+        )
     raise AssertionError(args.command)  # argparse guarantees a known command
 
 

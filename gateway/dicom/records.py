@@ -44,7 +44,9 @@ class InstanceRecord:
     transfer_syntax: str
     size: int
     sha256: str
-    origin: str  # "stow", "reindex", "dimse:<name>" (a DIMSE client's C-STORE), "pacs:<name>" (cached from a PACS)
+    # "stow", "reindex", "import" (dicomweb-gateway import), "dimse:<name>" (a DIMSE client's
+    # C-STORE), "pacs:<name>" (cached from a PACS)
+    origin: str
     metadata: bytes
     frames: tuple[tuple[Span, ...], ...] = ()
     pixel: PixelDescription | None = None

@@ -15,7 +15,9 @@ an instance re-encoded in one says so in Lossy Image Compression (PS3.3 C.7.6.1.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -277,7 +279,8 @@ def encode_frame(native: bytes, pixel: PixelDescription, target: str, *, quality
         options["use_mct"] = False
     try:
         encoder = get_encoder(UID(target))
-        return bytes(encoder.encode(arr, encoding_plugin=_plugin(target), **options))
+        with _one_encoder_at_a_time(target):
+            return bytes(encoder.encode(arr, encoding_plugin=_plugin(target), **options))
     except Exception as exc:  # codec errors (e.g. values outside Bits Stored)
         raise NotAcceptable(_encoder_refusal(target, pixel, exc)) from exc
 
@@ -323,6 +326,16 @@ def _rle32(arr: np.ndarray) -> bytes:
         data, rows=rows, columns=columns, samples_per_pixel=1, bits_allocated=32, byteorder="<"
     )
     return encoded
+
+
+# pylibjpeg-openjpeg's encoder (2.6) crashes the process when two threads encode at once (seen
+# with two STOW parts compressed to JPEG 2000 on ingest: the process died mid-encode, after the
+# encoder's progress messages): its encodes run one at a time.
+_OPENJPEG_ENCODE = threading.Lock()
+
+
+def _one_encoder_at_a_time(target: str) -> contextlib.AbstractContextManager[object]:
+    return _OPENJPEG_ENCODE if target == JPEG_2000_LOSSLESS else contextlib.nullcontext()
 
 
 def _plugin(target: str) -> str:
@@ -405,7 +418,8 @@ def _compress(ds: pydicom.Dataset, target: str) -> None:
         ds["PixelData"].VR = "OB"
         return
     arr = frames[0] if pixel.number_of_frames == 1 else np.stack(frames)
-    ds.compress(target, arr, encoding_plugin=_plugin(target), generate_instance_uid=False, **options)
+    with _one_encoder_at_a_time(target):
+        ds.compress(target, arr, encoding_plugin=_plugin(target), generate_instance_uid=False, **options)
 
 
 def _compress_jpeg_baseline(ds: pydicom.Dataset, quality: int) -> None:

@@ -38,6 +38,7 @@ MEDIA_STORAGE_DIRECTORY = b"1.2.840.10008.1.3.10"  # the DICOMDIR's SOP Class (P
 _ARCHIVE_SUFFIXES = (".zip", ".gz", ".tgz", ".tar", ".bz2", ".xz", ".7z", ".rar", ".zst", ".jar")
 _ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"7z\xbc\xaf\x27\x1c", b"Rar!", b"BZh", b"\xfd7zXZ")
 _CHUNK = 1 << 20
+HEAD_BYTES = 132 + 4096  # preamble, "DICM" and enough of the File Meta Information to see the SOP Class
 
 
 @dataclass(frozen=True)
@@ -120,24 +121,14 @@ def check_archive(archive: zipfile.ZipFile, limits: ZipLimits) -> list[zipfile.Z
 def extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, spool_dir: Path) -> Member | Skipped:
     """Spool one member (checked by :func:`check_archive`) and say what it is."""
     path = spool_dir / f".zip-{uuid.uuid4().hex}"
-    written = 0
+    spool_member(archive, info, path)
     try:
-        with archive.open(info) as src, path.open("wb") as dst:
-            while chunk := src.read(_CHUNK):
-                written += len(chunk)
-                if written > info.file_size:
-                    # zipfile checks the CRC only at the end: the claimed size is the cap.
-                    raise BadRequest(f"ZIP member {info.filename[:200]!r} holds more than its header says: refused")
-                dst.write(chunk)
         with path.open("rb") as f:
-            head = f.read(132 + 4096)
-    except zipfile.BadZipFile as exc:
-        path.unlink(missing_ok=True)
-        raise BadRequest(f"ZIP member {info.filename[:200]!r} is damaged: {exc}") from None
+            head = f.read(HEAD_BYTES)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    kind = _kind(head)
+    kind = content_kind(head)
     if kind == "dicom":
         return Member(info.filename, path)
     path.unlink(missing_ok=True)
@@ -148,7 +139,29 @@ def extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, spool_dir: P
     return Skipped(info.filename, "not a DICOM Part 10 file")
 
 
-def _kind(head: bytes) -> str:
+def spool_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> None:
+    """Inflate one member (checked by :func:`check_archive`) into the new file ``path``, never
+    more bytes than its header claims; nothing is left at ``path`` when it fails."""
+    written = 0
+    try:
+        with archive.open(info) as src, path.open("xb") as dst:
+            while chunk := src.read(_CHUNK):
+                written += len(chunk)
+                if written > info.file_size:
+                    # zipfile checks the CRC only at the end: the claimed size is the cap.
+                    raise BadRequest(f"ZIP member {info.filename[:200]!r} holds more than its header says: refused")
+                dst.write(chunk)
+    except zipfile.BadZipFile as exc:
+        path.unlink(missing_ok=True)
+        raise BadRequest(f"ZIP member {info.filename[:200]!r} is damaged: {exc}") from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def content_kind(head: bytes) -> str:
+    """What the first :data:`HEAD_BYTES` of a file say it is: ``dicom`` (a Part 10 instance),
+    ``dicomdir`` (a Media Storage Directory, PS3.10 8.6), ``archive`` or ``other``."""
     if head[128:132] == b"DICM":
         return "dicomdir" if MEDIA_STORAGE_DIRECTORY in head[132:] else "dicom"
     if head.startswith(_ARCHIVE_MAGIC):

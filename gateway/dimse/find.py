@@ -38,10 +38,11 @@ from gateway.dicom.query import QidoQuery
 from gateway.dimse.find_answer import patient_rows, response_identifier
 from gateway.dimse.find_query import FindFailure, FindRequest, parse_find
 from gateway.dimse.observe import notify
-from gateway.dimse.status import failure, identifier_of
-from gateway.errors import ServiceUnavailable
+from gateway.dimse.status import UNABLE_TO_PROCESS, failure, identifier_of
+from gateway.errors import BadRequest, ServiceUnavailable
 from gateway.ports import SearchResult
 from gateway.security.access import Restriction
+from gateway.services.deidentified import DeidentifiedViews
 
 __all__ = ["FindHandler", "FindOutcome", "FindPeer", "Portal", "Searcher"]
 
@@ -66,6 +67,9 @@ class FindPeer(Protocol):
 
     @property
     def restriction(self) -> Restriction | None: ...
+
+    @property
+    def deidentify(self) -> str | None: ...
 
 
 class Searcher(Protocol):
@@ -94,7 +98,8 @@ class FindHandler:
     ``search``: the QIDO federation (or anything with its ``search``); ``ae_title``: the
     gateway's AE title, every row's Retrieve AE Title; ``portal``: see :data:`Portal`;
     ``peer_of``: the calling peer of an event; ``on_outcome``: called once per request, after
-    its final status (the listener's audit and metrics hook).
+    its final status (the listener's audit and metrics hook); ``views``: the de-identified
+    views a peer with ``deidentify`` set is answered through (as an HTTP principal would be).
     """
 
     def __init__(
@@ -105,8 +110,10 @@ class FindHandler:
         portal: Portal,
         peer_of: Callable[[Any], FindPeer],
         on_outcome: Callable[[FindOutcome], None] | None = None,
+        views: DeidentifiedViews | None = None,
     ) -> None:
         self._search = search
+        self._views = views
         self._ae_title = ae_title
         self._portal = portal
         self._peer_of = peer_of
@@ -155,6 +162,13 @@ class FindHandler:
 
     def _rows(self, request: FindRequest, peer: FindPeer) -> list[dict[str, Any]]:
         query = dataclasses.replace(request.query, restriction=peer.restriction)
+        views = self._views if peer.deidentify is not None else None
+        asked = query
+        if views is not None:
+            try:  # de-identified UIDs resolved back; matching on de-identified attributes refused
+                query = self._portal(views.original_query(query))
+            except BadRequest as exc:
+                raise FindFailure(UNABLE_TO_PROCESS, exc.reason) from None
         # RetrieveURL is not a C-FIND key the gateway answers; the base only satisfies the API.
         result: SearchResult = self._portal(self._search.search(query, base_url=""))
         for warning in result.extra.get("warnings", ()):
@@ -162,7 +176,8 @@ class FindHandler:
         if result.more:
             # C-FIND has no paging: the answer is the first limits.max_qido_results matches.
             log.warning("C-FIND from %s: more matches than limits.max_qido_results; answer cut", peer.name)
-        return patient_rows(result.rows) if request.level == "PATIENT" else result.rows
+        rows = patient_rows(result.rows) if request.level == "PATIENT" else result.rows
+        return views.rows(rows, asked) if views is not None else rows
 
     def _report(self, outcome: FindOutcome) -> None:
         log.info(

@@ -33,6 +33,7 @@ from gateway.dimse.retrieve_outcome import RetrieveOutcome
 from gateway.dimse.retrieve_query import GET_SOP_CLASSES
 from gateway.dimse.retrieve_run import SUCCESS, RetrieveRun
 from gateway.netdicom import encoded_store
+from gateway.services.deidentified import DeidentifiedViews
 from gateway.services.retrieval import RetrievalService
 
 __all__ = ["GetHandler"]
@@ -53,8 +54,9 @@ class GetHandler:
         portal: LoopPortal,
         peer_of: Callable[[Any], FindPeer],
         on_outcome: Callable[[RetrieveOutcome], None] | None = None,
+        views: DeidentifiedViews | None = None,
     ) -> None:
-        self._retriever = Retriever(retrieval, search, portal=portal)
+        self._retriever = Retriever(retrieval, search, portal=portal, views=views)
         self._ae_title = ae_title
         self._peer_of = peer_of
         self._on_outcome = on_outcome

@@ -41,6 +41,7 @@ class DimsePeer:
     port: int | None = None  # its storage SCP (C-MOVE destination, storage commitment reports)
     scopes: frozenset[str] = frozenset()
     restriction: Restriction | None = None
+    deidentify: str | None = None  # "basic": its C-FIND answers and retrieved instances are de-identified
 
     @property
     def origin(self) -> str:
@@ -71,6 +72,7 @@ class DimsePeers:
                 port=c.port,
                 scopes=frozenset(c.scopes),
                 restriction=c.restriction,
+                deidentify=c.deidentify,
             )
             for c in settings.dimse_clients
         ]

@@ -30,10 +30,9 @@ sub-operation (0xFE00 with the counts).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
+import dataclasses
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -60,12 +59,14 @@ from gateway.dicom.part10 import read_meta
 from gateway.dicom.query import Match, QidoQuery, parse_qido
 from gateway.dimse.find import Searcher
 from gateway.dimse.portal import LoopPortal
+from gateway.dimse.read_ahead import ReadAhead, collect
 from gateway.dimse.retrieve_outcome import Tally
-from gateway.dimse.retrieve_query import RetrieveRequest, Selection
+from gateway.dimse.retrieve_query import UNABLE_TO_PROCESS, RetrieveFailure, RetrieveRequest, Selection
 from gateway.errors import GatewayError, NotFound
 from gateway.netdicom.encoded_store import EncodedDataset
 from gateway.ports import InstanceRecord
 from gateway.security.access import Restriction
+from gateway.services.deidentified import DeidentifiedViews
 from gateway.services.flight import Arrival
 from gateway.services.retrieval import Retrieval, RetrievalService
 
@@ -117,6 +118,8 @@ class Plan:
     """Every part of a request, and the number of sub-operations announced."""
 
     parts: list[Part]
+    # The peer receives the instances de-identified (gateway.services.deidentified).
+    views: DeidentifiedViews | None = None
 
     @property
     def count(self) -> int:
@@ -175,17 +178,39 @@ def accepted_syntaxes(contexts: Iterable[PresentationContext], *, as_scu: bool =
 class Retriever:
     """Plans a request and yields its sub-operations (see the module docstring)."""
 
-    def __init__(self, retrieval: RetrievalService, search: Searcher, *, portal: LoopPortal) -> None:
+    def __init__(
+        self,
+        retrieval: RetrievalService,
+        search: Searcher,
+        *,
+        portal: LoopPortal,
+        views: DeidentifiedViews | None = None,
+    ) -> None:
         self._retrieval = retrieval
         self._search = search
         self._portal = portal
+        self._views = views
 
     # -- planning (on the gateway's event loop) -----------------------------------------------
 
-    def plan(self, request: RetrieveRequest, restriction: Restriction | None) -> Plan:
-        """The parts of ``request`` (selections outside ``restriction`` or absent are left out)."""
+    def plan(self, request: RetrieveRequest, restriction: Restriction | None, *, deidentified: bool = False) -> Plan:
+        """The parts of ``request`` (selections outside ``restriction`` or absent are left out).
+        ``deidentified``: the request names de-identified UIDs, and its instances go out
+        de-identified, burned in annotation withheld (failed sub-operations)."""
+        if deidentified:
+            if self._views is None:
+                raise RetrieveFailure(UNABLE_TO_PROCESS, "de-identified views are not available")
+            request = self._portal(self._original_request(request, self._views))
         plan: Plan = self._portal(self._plan(request, restriction))
+        plan.views = self._views if deidentified else None
         return plan
+
+    async def _original_request(self, request: RetrieveRequest, views: DeidentifiedViews) -> RetrieveRequest:
+        if request.patient_id is not None:
+            # The Patient ID such a peer sees is a dummy: it names no stored patient.
+            raise RetrieveFailure(UNABLE_TO_PROCESS, "retrieve by Patient ID is not available to a de-identified peer")
+        selections = [Selection(*(await views.originals(s.study, s.series, s.sop))) for s in request.selections]
+        return dataclasses.replace(request, selections=tuple(selections))
 
     async def _plan(self, request: RetrieveRequest, restriction: Restriction | None) -> Plan:
         selections = request.selections
@@ -354,7 +379,10 @@ class Retriever:
                         budget -= 1
                         if budget > 0:
                             ahead.start()  # the next instance is read while this one is sent
-                        dataset = self._dataset(item, sop, data, accepted(), encoded=sends_encoded())
+                        if plan.views is None:
+                            dataset = self._dataset(item, sop, data, accepted(), encoded=sends_encoded())
+                        else:
+                            dataset = self._deidentified(item, sop, data, accepted(), plan.views)
                         (tally.sent if "SOPClassUID" in dataset else tally.unsent).append(sop)
                         yield PENDING, dataset
                         del dataset, data
@@ -365,7 +393,7 @@ class Retriever:
                     yield CANCELLED, None
                     return
                 tally.unsent.append(sop)
-                yield PENDING, _unsendable(sop)
+                yield PENDING, _unsendable(sop if plan.views is None else plan.views.profile.uid(sop))
         finally:
             self.close(plan)
 
@@ -412,7 +440,7 @@ class Retriever:
             return _unsendable(sop)
         del data
         try:
-            converted: bytes = self._portal(_collect(self._retrieval.instance_bytes(item, target)))
+            converted: bytes = self._portal(collect(self._retrieval.instance_bytes(item, target)))
             if not converted:
                 raise ValueError("nothing to transcode (refused by the cache)")
             transcoded: Dataset = pydicom.dcmread(BytesIO(converted))
@@ -421,65 +449,28 @@ class Retriever:
             return _unsendable(sop)
         return transcoded
 
-
-class ReadAhead:
-    """The instances of one part's stream with their stored bytes, read on the event loop one
-    instance ahead of the sender: :meth:`start` begins reading the next while the current one is
-    sent, :meth:`next` waits for it. At most two instances are in memory. Leaving the ``with``
-    block stops a read still under way before anything else touches the stream."""
-
-    def __init__(
+    def _deidentified(
         self,
-        items: AsyncGenerator[InstanceRecord | Arrival, None],
-        retrieval: RetrievalService,
-        portal: LoopPortal,
-    ) -> None:
-        self._items = items
-        self._retrieval = retrieval
-        self._portal = portal
-        self._pending: concurrent.futures.Future[Any] | None = None
-        self._task: asyncio.Task[Any] | None = None
-
-    def __enter__(self) -> ReadAhead:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending.done():
-            with suppress(Exception):
-                self._portal(self._stop())
-
-    def start(self) -> None:
-        if self._pending is None:
-            self._pending = self._portal.submit(self._read())
-
-    def next(self) -> tuple[InstanceRecord | Arrival, bytes | Exception] | None:
-        """The next instance and its bytes (or why they could not be read); ``None`` at the
-        end. Raises what broke the stream itself."""
-        self.start()
-        pending, self._pending = self._pending, None
-        assert pending is not None
-        got: tuple[InstanceRecord | Arrival, bytes | Exception] | None = self._portal.result(pending)
-        return got
-
-    async def _read(self) -> tuple[InstanceRecord | Arrival, bytes | Exception] | None:
-        self._task = asyncio.current_task()
-        item = await _next(self._items)
-        if item is None:
-            return None
-        try:
-            return item, await _collect(self._retrieval.instance_bytes(item, None))
-        except Exception as exc:  # the store or the spool file failed: this one sub-operation
-            return item, exc
-
-    async def _stop(self) -> None:
-        """Cancel the read under way and wait until it has let go of the stream (scheduled
-        after it, so its task has started)."""
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            with suppress(BaseException):
-                await task
+        item: InstanceRecord | Arrival,
+        sop: str,
+        data: bytes | Exception,
+        accepted: dict[str, set[str]],
+        views: DeidentifiedViews,
+    ) -> Dataset:
+        """:meth:`_dataset` for a de-identified peer: the instance rewritten by the profile (its
+        Pixel Data as it is), or the stand-in that fails under its replacement UID when it is
+        withheld (burned in annotation) or cannot be made."""
+        stand_in = _unsendable(views.profile.uid(sop))
+        if isinstance(item, Arrival):  # from a PACS: its index record says whether it is withheld
+            self._portal(item.settled.wait())
+        record = item if isinstance(item, InstanceRecord) else item.record
+        if record is None or views.withholds(record):
+            return stand_in
+        plain = self._dataset(item, sop, data, accepted, encoded=False)
+        if "SOPClassUID" not in plain:
+            return stand_in
+        views.profile.dataset(plain)
+        return plain
 
 
 def _unsendable(sop: str) -> Dataset:
@@ -497,17 +488,6 @@ def _identity(item: InstanceRecord | Arrival) -> str:
 async def _replay(items: list[InstanceRecord | Arrival]) -> AsyncGenerator[InstanceRecord | Arrival, None]:
     for item in items:
         yield item
-
-
-async def _next(items: AsyncGenerator[InstanceRecord | Arrival, None]) -> InstanceRecord | Arrival | None:
-    try:
-        return await items.__anext__()
-    except StopAsyncIteration:
-        return None
-
-
-async def _collect(body: AsyncIterator[bytes]) -> bytes:
-    return b"".join([chunk async for chunk in body])
 
 
 def _value(row: dict[str, Any], tag: str) -> str:

@@ -57,7 +57,9 @@ class RetrieveRun:
                 identifier_of(event, RetrieveFailure), str(event.request.AffectedSOPClassUID), sop_classes
             )
             self.level = request.level
-            self.plan = self.retriever.plan(request, self.peer.restriction)
+            self.plan = self.retriever.plan(
+                request, self.peer.restriction, deidentified=self.peer.deidentify is not None
+            )
         except RetrieveFailure as exc:
             self.status, self.comment = exc.status, exc.comment
             return failure(exc.status, exc.comment, exc.offending)

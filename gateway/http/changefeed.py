@@ -10,6 +10,7 @@ UTC when no offset is given; entries with ``startTime <= Timestamp < endTime``),
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -17,9 +18,11 @@ from starlette.responses import Response
 
 from gateway.errors import BadRequest
 from gateway.http.context import base_url, gateway_of
+from gateway.http.deidentified import views_of
 from gateway.http.middleware.security import restriction_of
-from gateway.ports import ChangeQuery
-from gateway.services.changefeed import DEFAULT_LIMIT, entry_json
+from gateway.ports import ChangeEntry, ChangeQuery
+from gateway.services.changefeed import DEFAULT_LIMIT, feed_entry_json
+from gateway.services.deidentified import DeidentifiedViews
 
 _JSON = "application/json"
 _PARAMETERS = ("starttime", "endtime", "offset", "limit", "includemetadata")
@@ -36,7 +39,8 @@ async def changefeed(request: Request) -> Response:
         include_metadata=_boolean(params, "includemetadata"),
     )
     entries = await gateway_of(request).changes.read(query, base_url=base_url(request))
-    return Response(orjson.dumps([entry_json(e) for e in entries]), media_type=_JSON)
+    views = views_of(request)
+    return Response(orjson.dumps([entry_json(e, views) for e in entries]), media_type=_JSON)
 
 
 async def latest(request: Request) -> Response:
@@ -46,7 +50,24 @@ async def latest(request: Request) -> Response:
     )
     if entry is None:  # an empty feed: no entry to answer with (Microsoft's server answers 204 too)
         return Response(status_code=204)
-    return Response(orjson.dumps(entry_json(entry)), media_type=_JSON)
+    return Response(orjson.dumps(entry_json(entry, views_of(request))), media_type=_JSON)
+
+
+def entry_json(entry: ChangeEntry, views: DeidentifiedViews | None = None) -> dict[str, Any]:
+    """One entry as the feed spells it (:func:`gateway.services.changefeed.feed_entry_json`);
+    with ``views``, de-identified: replacement UIDs, the metadata through the profile (none for
+    a withheld instance)."""
+    body = feed_entry_json(entry)
+    return body if views is None else _deidentified(body, views)
+
+
+def _deidentified(body: dict[str, Any], views: DeidentifiedViews) -> dict[str, Any]:
+    for key in ("StudyInstanceUid", "SeriesInstanceUid", "SopInstanceUid"):
+        body[key] = views.profile.uid(body[key])
+    metadata = body["Metadata"]
+    if metadata is not None:
+        body["Metadata"] = None if views.profile.withholds(metadata) else views.profile.json_dataset(metadata)
+    return body
 
 
 def _parameters(request: Request) -> dict[str, str]:

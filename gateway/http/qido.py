@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -14,6 +15,7 @@ from gateway.dicom import uids
 from gateway.dicom.media import negotiate_qido
 from gateway.dicom.query import parse_qido
 from gateway.http.context import base_url, gateway_of
+from gateway.http.deidentified import views_of
 from gateway.http.middleware.security import restriction_of
 from gateway.http.warning_header import add_warnings, warning_value
 
@@ -41,8 +43,15 @@ def _endpoint(level: Level):  # type: ignore[no-untyped-def]
             series=series,
         )
         query = dataclasses.replace(query, restriction=restriction_of(request))
+        views = views_of(request)
+        asked = query
+        if views is not None:  # UIDs resolved back; matching on what is de-identified refused
+            query = await views.original_query(query)
         # Under {base}/pacs/{name} only that PACS is asked (gateway.services.federation).
         result = await gw.qido.search(query, base_url=base_url(request), pacs=request.path_params.get("pacs"))
+        if views is not None:
+            rows = await anyio.to_thread.run_sync(views.rows, result.rows, asked)
+            result = dataclasses.replace(result, rows=rows)
         response: Response
         if len(result.rows) > STREAM_ROWS:
             # The headers (Warning included) are all decided here, before the body starts.

@@ -21,7 +21,7 @@ from gateway.dicom.multipart import content_type_for_multipart, multipart_stream
 from gateway.dicom.render import RenderOptions
 from gateway.errors import NotAcceptable
 from gateway.http.context import accept_of, base_url, gateway_of
-from gateway.http.middleware.security import restriction_of
+from gateway.http.deidentified import selected
 from gateway.http.retrieve_warnings import add_retrieve_warnings
 from gateway.ports import InstanceRecord
 from gateway.services.instance_reader import parse_frame_list
@@ -47,14 +47,8 @@ def render_options(request: Request, media_type: str) -> RenderOptions:
 
 async def _select(request: Request, notes: list[str]) -> list[InstanceRecord]:
     p = request.path_params
-    return await gateway_of(request).retrieval.select(
-        p["study"],
-        p.get("series"),
-        p.get("instance"),
-        pacs=p.get("pacs"),
-        restriction=restriction_of(request),
-        warnings=notes,  # a PACS retrieve that sent only part of the entity says so
-    )
+    # A PACS retrieve that sent only part of the entity says so in ``notes``.
+    return await selected(request, p["study"], p.get("series"), p.get("instance"), warnings=notes)
 
 
 async def rendered(request: Request) -> Response:

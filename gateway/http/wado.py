@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -17,13 +18,15 @@ from gateway.dicom.media import (
     negotiate_metadata,
 )
 from gateway.dicom.multipart import content_type_for_multipart, multipart_stream, new_boundary
-from gateway.errors import NotAcceptable
+from gateway.errors import NotAcceptable, NotFound
 from gateway.http.byte_ranges import ranged_response
 from gateway.http.context import accept_of, base_url, gateway_of
+from gateway.http.deidentified import deidentified_body, selected, views_of
 from gateway.http.middleware.security import restriction_of
 from gateway.http.retrieve_warnings import add_retrieve_warnings
 from gateway.http.started import started, started_parts
 from gateway.ports import InstanceRecord
+from gateway.services.deidentified import DeidentifiedViews
 from gateway.services.instance_reader import INSTANCE_SYNTAXES, parse_frame_list
 
 # Pixel data must not be gzip-compressed by middleware or proxies on our behalf: it costs far
@@ -45,6 +48,9 @@ def _uids(request: Request) -> tuple[str, str | None, str | None]:
 async def retrieve(request: Request) -> Response:
     """``GET .../studies/{s}[/series/{se}[/instances/{i}]]``: multipart/related DICOM instances."""
     gw = gateway_of(request)
+    views = views_of(request)
+    if views is not None:
+        return await _retrieve_deidentified(request, views)
     # From the store, or streamed from a PACS as each instance arrives (and cached on the way).
     retrieval = await gw.retrieval.stream(*_uids(request), pacs=_pacs(request), restriction=restriction_of(request))
     negotiated = negotiate_instances(
@@ -66,24 +72,45 @@ async def retrieve(request: Request) -> Response:
     return StreamingResponse(body, media_type=media_type, headers=_NO_TRANSFORM)
 
 
+async def _retrieve_deidentified(request: Request, views: DeidentifiedViews) -> Response:
+    """:func:`retrieve` for a de-identified principal: each instance rewritten whole (the PACS
+    arrivals are waited for: a rewrite needs the whole object)."""
+    gw = gateway_of(request)
+    records = await selected(request, *_uids(request))
+    negotiated = negotiate_instances(
+        accept_of(request),
+        stored_syntaxes=frozenset(r.transfer_syntax for r in records),
+        supported=INSTANCE_SYNTAXES,
+    )
+    await gw.retrieval.check_transcodable(*await views.originals(*_uids(request)), negotiated)
+    boundary = new_boundary()
+
+    async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+        for record in records:
+            content_type, body = gw.retrieval.part(record, negotiated)
+            yield content_type, deidentified_body(views, body)
+
+    media_type = content_type_for_multipart(negotiated.media_type, negotiated.transfer_syntax, boundary)
+    body = multipart_stream(await started_parts(parts()), boundary)
+    return StreamingResponse(body, media_type=media_type, headers=_NO_TRANSFORM)
+
+
 async def metadata(request: Request) -> Response:
     """``GET .../metadata`` at study, series or instance level, answered from the index."""
     gw = gateway_of(request)
     negotiated = negotiate_metadata(accept_of(request))
     notes: list[str] = []  # a PACS retrieve that sent only part of the entity says so
-    records = await gw.retrieval.select(
-        *_uids(request), pacs=_pacs(request), restriction=restriction_of(request), warnings=notes
-    )
-    response = Response(gw.retrieval.metadata_body(records, base_url(request)), media_type=negotiated.media_type)
+    records = await selected(request, *_uids(request), warnings=notes)
+    body = gw.retrieval.metadata_body(records, base_url(request))
+    views = views_of(request)
+    if views is not None:
+        body = await anyio.to_thread.run_sync(views.metadata_body, body)
+    response = Response(body, media_type=negotiated.media_type)
     return add_retrieve_warnings(response, notes)
 
 
 async def _one_instance(request: Request, notes: list[str] | None = None) -> InstanceRecord:
-    gw = gateway_of(request)
-    study, series, sop = _uids(request)
-    records = await gw.retrieval.select(
-        study, series, sop, pacs=_pacs(request), restriction=restriction_of(request), warnings=notes
-    )
+    records = await selected(request, *_uids(request), warnings=notes)
     return records[0]
 
 
@@ -113,7 +140,9 @@ async def frames(request: Request) -> Response:
     bodies = await started(await gw.retrieval.frames(record, numbers, negotiated))
     boundary = new_boundary()
     media_type = content_type_for_multipart(negotiated.media_type, None, boundary)
-    location = f"{base_url(request)}/studies/{record.study_uid}/series/{record.series_uid}/instances/{record.sop_uid}"
+    # The UIDs of the path, not of the record: a de-identified principal's are replacements.
+    study, series, sop = _uids(request)
+    location = f"{base_url(request)}/studies/{study}/series/{series}/instances/{sop}"
 
     async def parts() -> AsyncIterator[tuple[str, bytes, dict[str, str]]]:
         numbered = iter(numbers)
@@ -131,6 +160,9 @@ async def bulkdata(request: Request) -> Response:
     """``GET .../instances/{i}/bulkdata/{path}``: the URIs handed out in metadata."""
     gw = gateway_of(request)
     path = request.path_params["path"]
+    views = views_of(request)
+    if views is not None and not views.sends_bulkdata(path):
+        raise NotFound(f"bulk data {path} is not part of the de-identified instance")
     record = await _one_instance(request)
     negotiated = negotiate_bulkdata(accept_of(request))
     # A path the metadata never handed out is refused before anything is read; the value is

@@ -12,7 +12,8 @@ For older and mobile viewers that fetch one object by URL. Parameters (PS3.18 9.
 * images: ``windowCenter`` and ``windowWidth`` (together), ``rows`` / ``columns`` (the size to
   scale to, keeping the aspect ratio; either alone scales to it), ``region=x1,y1,x2,y2``
   (fractions of the image, 0 to 1), ``frameNumber`` (default 1), ``imageQuality`` (1-100);
-* ``anonymize=yes`` is refused (nothing is de-identified here); ``annotation`` and ``charset``
+* ``anonymize=yes`` is honoured for a principal marked for de-identified views (its answers
+  are de-identified anyway, gateway.http.deidentified) and refused for others; ``annotation`` and ``charset``
   are accepted and have no effect.
 
 The object is authorised and located exactly like a WADO-RS instance.
@@ -36,7 +37,7 @@ from gateway.dicom.media import (
 from gateway.dicom.render import RenderOptions, Viewport, Window
 from gateway.errors import BadRequest, NotAcceptable, NotFound
 from gateway.http.context import gateway_of
-from gateway.http.middleware.security import restriction_of
+from gateway.http.deidentified import deidentified_body, selected, views_of
 from gateway.http.started import started
 from gateway.ports import InstanceRecord
 
@@ -111,11 +112,11 @@ async def retrieve(request: Request) -> Response:
     if request.query_params.get("requestType") != "WADO":
         raise BadRequest("WADO-URI needs requestType=WADO (PS3.18 9.1.2.1)")
     study, series, sop = (_required(request, n) for n in ("studyUID", "seriesUID", "objectUID"))
-    if request.query_params.get("anonymize", "").lower() == "yes":
+    # The answer to a de-identified principal is de-identified, so its anonymize=yes is honoured;
+    # for others the gateway does not de-identify on request.
+    if request.query_params.get("anonymize", "").lower() == "yes" and views_of(request) is None:
         raise NotAcceptable("anonymize=yes is not supported: this gateway does not de-identify objects")
-    records = await gw.retrieval.select(
-        study, series, sop, pacs=request.path_params.get("pacs"), restriction=restriction_of(request)
-    )
+    records = await selected(request, study, series, sop)
     record = records[0]
     media = _content_type(request, record)
     if media == APPLICATION_DICOM:
@@ -143,6 +144,9 @@ async def _dicom(request: Request, record: InstanceRecord) -> Response:
     ):
         raise NotAcceptable(f"object {record.sop_uid} cannot be sent in transfer syntax {syntax}")
     content_type, body = gw.retrieval.part(record, Negotiated(APPLICATION_DICOM, syntax, False))
+    views = views_of(request)
+    if views is not None:
+        body = deidentified_body(views, body)
     # The first bytes are read before the status is sent: a store that is down answers 503.
     headers = {"Cache-Control": "private, no-store, no-transform"}
     return StreamingResponse(await started(body), media_type=content_type, headers=headers)

@@ -31,12 +31,13 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
+from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from gateway.netdicom import acceptor
-from gateway.netdicom.pdata_writer import write_message
+from gateway.netdicom import acceptor, command_set
+from gateway.netdicom.pdata_writer import logged, write_message
 
 __all__ = ["EncodedDataset", "install", "installed"]
 
@@ -102,20 +103,16 @@ def installed(assoc: Any) -> bool:
     return getattr(assoc, "_gateway_sends_encoded", False) is True
 
 
-def _send_encoded(
+def _logged_command(
     assoc: Any,
-    send_lock: threading.Lock,
     dataset: EncodedDataset,
     msg_id: int,
     priority: int,
     originator_aet: str | None,
     originator_id: int | None,
-) -> Dataset:
-    """What pynetdicom's ``send_c_store`` does, with the message written by :func:`_write`."""
-    if not assoc.is_established:
-        raise RuntimeError("The association with a peer SCP must be established before sending a C-STORE request")
-    # No conversion: the bytes are in ``syntax``, so only a context of that syntax can carry them.
-    context = assoc._get_valid_context(dataset.SOPClassUID, dataset.syntax, "scu", allow_conversion=False)
+) -> bytes:
+    """The C-STORE-RQ command set as pynetdicom's message, announced to its EVT_DIMSE_SENT
+    handlers as pynetdicom announces each message it sends."""
     request = C_STORE()
     request.MessageID = msg_id
     request.Priority = priority
@@ -126,9 +123,38 @@ def _send_encoded(
     request.DataSet = BytesIO()  # a data set follows (Command Data Set Type, PS3.7 9.3.1.1)
     message = C_STORE_RQ()
     message.primitive_to_message(request)
+    evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
     command = encode(message.command_set, True, True)  # PS3.7 6.3.1: Implicit VR Little Endian
     if command is None:
         raise ValueError("Failed to encode the C-STORE request")
+    return command
+
+
+def _send_encoded(
+    assoc: Any,
+    send_lock: threading.Lock,
+    dataset: EncodedDataset,
+    msg_id: int,
+    priority: int,
+    originator_aet: str | None,
+    originator_id: int | None,
+) -> Dataset:
+    """What pynetdicom's ``send_c_store`` does, with the message written by :func:`write_message`."""
+    if not assoc.is_established:
+        raise RuntimeError("The association with a peer SCP must be established before sending a C-STORE request")
+    # No conversion: the bytes are in ``syntax``, so only a context of that syntax can carry them.
+    context = assoc._get_valid_context(dataset.SOPClassUID, dataset.syntax, "scu", allow_conversion=False)
+    if logged(assoc):  # built as pynetdicom builds it, for its log of each message
+        command = _logged_command(assoc, dataset, msg_id, priority, originator_aet, originator_id)
+    else:
+        command = command_set.c_store_rq(
+            sop_class_uid=str(dataset.SOPClassUID),
+            sop_instance_uid=str(dataset.SOPInstanceUID),
+            message_id=msg_id,
+            priority=priority,
+            originator_aet=originator_aet,
+            originator_id=originator_id,
+        )
 
     # As pynetdicom: the association's own reactor must not take the response off the queue.
     acceptor.pause(assoc)

@@ -30,7 +30,10 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
+
+from gateway.netdicom import command_set
 
 __all__ = ["install", "write_message"]
 
@@ -52,6 +55,13 @@ def install(assoc: Any, send_lock: threading.Lock) -> None:
         if not direct(assoc) or getattr(primitive, "_dataset_path", None) is not None:
             original(primitive, context_id)
             return
+        timeout = dimse.dimse_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        per_instance = _per_instance_response(primitive) if not logged(assoc) else None
+        if per_instance is not None:  # one per instance stored or sent: encoded directly
+            if not write_message(assoc, send_lock, context_id, per_instance, None, deadline):
+                assoc.dul.event_queue.put("Evt17")
+            return
         if primitive.MessageIDBeingRespondedTo is None:
             message = _RQ_TO_MESSAGE[primitive.__class__]()
         else:
@@ -63,12 +73,72 @@ def install(assoc: Any, send_lock: threading.Lock) -> None:
         if command is None:
             raise ValueError("Failed to encode the DIMSE command set")
         data = message.data_set.getvalue() if message.data_set is not None else b""
-        timeout = dimse.dimse_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
         if not write_message(assoc, send_lock, context_id, command, memoryview(data) if data else None, deadline):
             assoc.dul.event_queue.put("Evt17")  # as pynetdicom's transport does when a send fails
 
     dimse.send_msg = send_msg
+
+
+def logged(assoc: Any) -> bool:
+    """Whether a handler wants each sent message (pynetdicom's log of them, at INFO or DEBUG:
+    see :mod:`gateway.netdicom.quiet`); then messages are built as pynetdicom builds them."""
+    return bool(assoc.get_handlers(evt.EVT_DIMSE_SENT))
+
+
+def _per_instance_response(primitive: Any) -> bytes | None:
+    """The command set of a C-STORE response, or a pending C-MOVE or C-GET response, without
+    an identifier or error fields; ``None`` for any other message."""
+    if isinstance(primitive, C_STORE):
+        return _store_response(primitive)
+    if isinstance(primitive, C_MOVE):
+        field = command_set.C_MOVE_RSP
+    elif isinstance(primitive, C_GET):
+        field = command_set.C_GET_RSP
+    else:
+        return None
+    counts = (
+        primitive.NumberOfRemainingSuboperations,
+        primitive.NumberOfCompletedSuboperations,
+        primitive.NumberOfFailedSuboperations,
+        primitive.NumberOfWarningSuboperations,
+    )
+    if (
+        primitive.MessageIDBeingRespondedTo is None
+        or primitive.Status not in (0xFF00, 0xFF01)
+        or primitive.Identifier is not None
+        or not primitive.AffectedSOPClassUID
+        or None in counts
+    ):
+        return None
+    remaining, completed, failed, warning = counts
+    return command_set.retrieve_rsp(
+        field,
+        sop_class_uid=str(primitive.AffectedSOPClassUID),
+        responding_to=int(primitive.MessageIDBeingRespondedTo),
+        status=int(primitive.Status),
+        remaining=int(remaining),
+        completed=int(completed),
+        failed=int(failed),
+        warning=int(warning),
+    )
+
+
+def _store_response(primitive: Any) -> bytes | None:
+    if (
+        primitive.MessageIDBeingRespondedTo is None
+        or primitive.Status is None
+        or primitive.ErrorComment is not None
+        or primitive.OffendingElement is not None
+        or not primitive.AffectedSOPClassUID
+        or not primitive.AffectedSOPInstanceUID
+    ):
+        return None
+    return command_set.c_store_rsp(
+        sop_class_uid=str(primitive.AffectedSOPClassUID),
+        sop_instance_uid=str(primitive.AffectedSOPInstanceUID),
+        responding_to=int(primitive.MessageIDBeingRespondedTo),
+        status=int(primitive.Status),
+    )
 
 
 def direct(assoc: Any) -> bool:

@@ -11,7 +11,8 @@ Key file (JSON, written by ``dicomweb-gateway apikey create/revoke``, mode 0600)
     {"version": 1, "keys": [
       {"name": "uploader-1", "id": "3f9a1c2b7d4e", "salt": "<32 hex>", "sha256": "<64 hex>",
        "scopes": ["write"], "created": "2025-01-31T12:00:00Z", "revoked": false,
-       "restriction": {"StudyInstanceUID": ["1.2.3"]}}   # optional, see gateway.security.access
+       "restriction": {"StudyInstanceUID": ["1.2.3"]},    # optional, see gateway.security.access
+       "deidentify": "basic"}                              # optional: answers de-identified
     ]}
 
 The gateway re-reads the file when it changes, so a revocation takes effect without a restart.
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.security.access import Restriction, RestrictionError, parse_restriction
-from gateway.security.principal import SCOPES, Principal
+from gateway.security.principal import DEIDENTIFY_PROFILES, SCOPES, Principal
 
 PREFIX = "dwgk_"
 _KEY = re.compile(r"dwgk_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})")
@@ -56,6 +57,7 @@ class ApiKeyEntry:
     created: str
     revoked: bool
     restriction: Restriction | None
+    deidentify: str | None = None
 
 
 def looks_like_api_key(token: str) -> bool:
@@ -94,7 +96,13 @@ class ApiKeyStore:
             return None, "unknown_key" if entry is None else "revoked_key"
         if not hmac.compare_digest(_digest(entry.salt, match.group(2)), entry.digest):
             return None, "bad_secret"
-        principal = Principal(subject=entry.name, kind="apikey", scopes=entry.scopes, restriction=entry.restriction)
+        principal = Principal(
+            subject=entry.name,
+            kind="apikey",
+            scopes=entry.scopes,
+            restriction=entry.restriction,
+            deidentify=entry.deidentify,
+        )
         return principal, "ok"
 
     def _refresh(self) -> None:
@@ -131,6 +139,9 @@ def _entry(item: Any, path: Path) -> ApiKeyEntry:
         if not scopes <= SCOPES:
             raise ValueError(f"unknown scope in {sorted(scopes)}")
         restriction = parse_restriction(item["restriction"]) if item.get("restriction") is not None else None
+        deidentify = item.get("deidentify")
+        if deidentify is not None and deidentify not in DEIDENTIFY_PROFILES:
+            raise ValueError(f"unknown de-identification profile {deidentify!r}")
         return ApiKeyEntry(
             name=str(item["name"]),
             id=str(item["id"]),
@@ -140,13 +151,18 @@ def _entry(item: Any, path: Path) -> ApiKeyEntry:
             created=str(item.get("created", "")),
             revoked=bool(item.get("revoked", False)),
             restriction=restriction,
+            deidentify=deidentify,
         )
     except (KeyError, TypeError, ValueError, RestrictionError) as exc:
         raise ApiKeyError(f"API key file {path} has a malformed entry: {exc}") from None
 
 
 def create_key(
-    path: Path, name: str, scopes: frozenset[str], restriction: dict[str, Any] | None = None
+    path: Path,
+    name: str,
+    scopes: frozenset[str],
+    restriction: dict[str, Any] | None = None,
+    deidentify: str | None = None,
 ) -> tuple[ApiKeyEntry, str]:
     """Add a key to the file; returns its entry and the key itself (shown once, never stored)."""
     if not _NAME.fullmatch(name):
@@ -158,6 +174,8 @@ def create_key(
             parse_restriction(restriction)
         except RestrictionError as exc:
             raise ApiKeyError(str(exc)) from None
+    if deidentify is not None and deidentify not in DEIDENTIFY_PROFILES:
+        raise ApiKeyError(f"de-identification profile must be one of {', '.join(sorted(DEIDENTIFY_PROFILES))}")
     entries = _raw_entries(path)
     if any(e["name"] == name and not e.get("revoked") for e in entries):
         raise ApiKeyError(f"an active key named {name!r} exists; revoke it first")
@@ -173,6 +191,8 @@ def create_key(
     }
     if restriction is not None:
         item["restriction"] = restriction
+    if deidentify is not None:
+        item["deidentify"] = deidentify
     _write(path, [*entries, item])
     return _entry(item, path), f"{PREFIX}{key_id}_{secret}"
 

@@ -51,7 +51,7 @@ from jwt.exceptions import (
 
 from gateway.errors import ServiceUnavailable
 from gateway.security.access import RestrictionError, parse_restriction
-from gateway.security.principal import SCOPES, Principal
+from gateway.security.principal import DEIDENTIFY_PROFILES, SCOPES, Principal
 from gateway.settings import OidcSettings
 
 MAX_TOKEN_BYTES = 8192
@@ -206,7 +206,24 @@ class OidcVerifier:
                 restriction = parse_restriction(claims[claim_name])
             except RestrictionError as exc:
                 raise AuthError(f"token {exc}", reason="bad_restriction") from None
-        return Principal(subject=subject[:256], kind="oidc", scopes=self._scopes(claims), restriction=restriction)
+        return Principal(
+            subject=subject[:256],
+            kind="oidc",
+            scopes=self._scopes(claims),
+            restriction=restriction,
+            deidentify=self._deidentify(claims),
+        )
+
+    def _deidentify(self, claims: dict[str, Any]) -> str | None:
+        """The profile the configured claim names; a claim that names none we know rejects the
+        token (fail closed: a token meant for de-identified answers never gets identified ones)."""
+        claim_name = self._settings.deidentify_claim
+        if not claim_name or claim_name not in claims:
+            return None
+        value = claims[claim_name]
+        if value not in DEIDENTIFY_PROFILES:
+            raise AuthError(f"token claim {claim_name} names no de-identification profile", reason="bad_claim")
+        return str(value)
 
     def _scopes(self, claims: dict[str, Any]) -> frozenset[str]:
         raw = claims.get(self._settings.scope_claim, [])

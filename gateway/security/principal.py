@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.dicom.deidentify import PROFILES
 from gateway.security.access import Restriction
 
 # Scopes (issue #4): read = QIDO/WADO, write = STOW, admin = maintenance (reindex, delete),
@@ -14,6 +15,8 @@ WRITE = "write"
 ADMIN = "admin"
 METRICS = "metrics"
 SCOPES = frozenset({READ, WRITE, ADMIN, METRICS})
+# De-identification profiles a principal may be given (PS3.15 E.1).
+DEIDENTIFY_PROFILES = PROFILES
 
 Kind = Literal["anonymous", "oidc", "apikey", "dimse"]
 
@@ -21,12 +24,15 @@ Kind = Literal["anonymous", "oidc", "apikey", "dimse"]
 @dataclass(frozen=True)
 class Principal:
     """``subject`` is the token's ``sub`` or the API key's name; ``restriction`` None means all
-    studies. The anonymous principal exists only when authentication is off (loopback)."""
+    studies; ``deidentify`` names the confidentiality profile its answers pass through.
+    The anonymous principal exists only when authentication is off (loopback)."""
 
     subject: str
     kind: Kind
     scopes: frozenset[str]
     restriction: Restriction | None = None
+    # "basic": every answer it receives is de-identified (gateway.dicom.deidentify); None: as stored.
+    deidentify: str | None = None
 
     @property
     def audit_id(self) -> str:

@@ -16,6 +16,7 @@ from gateway.ports import BlobStore, BridgeState, Index, Upstream
 from gateway.services.budget import ByteBudget
 from gateway.services.changefeed import ChangeFeed
 from gateway.services.commitment import CommitmentCheck
+from gateway.services.deidentified import DeidentifiedViews, deidentify_key, profile_options
 from gateway.services.federation import QidoFederation
 from gateway.services.forward import ForwardService
 from gateway.services.instance_reader import InstanceReader
@@ -43,6 +44,8 @@ class Gateway:
     commitment: CommitmentCheck  # storage commitment (PS3.4 Annex J): durable, indexed, visible
     changes: ChangeFeed  # the change feed (what entered and left the index)
     removal: RemovalService  # DELETE and rejections
+    # What principals marked for de-identification receive (PS3.15 E.1); None: built without a key.
+    deidentified: DeidentifiedViews | None = None
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # the PACS nodes, by name (readiness)
 
 
@@ -93,6 +96,7 @@ def build_gateway(
         ),
         changes=ChangeFeed(index),
         removal=RemovalService(index, writer, visibility, bridge_state, flights, grace=settings.delete_grace),
+        deidentified=DeidentifiedViews(index, lambda: deidentify_key(settings), profile_options(settings.deidentify)),
         upstreams=nodes,
     )
 

@@ -48,7 +48,7 @@ def _absolute(entry: ChangeEntry, base_url: str) -> ChangeEntry:
     return dataclasses.replace(entry, metadata=absolute_bulk_uris(entry.metadata, base_url))
 
 
-def entry_json(entry: ChangeEntry) -> dict[str, Any]:
+def feed_entry_json(entry: ChangeEntry) -> dict[str, Any]:
     """One entry as Microsoft spells it, plus ``Origin`` (and a rejection's ``Reason``)."""
     body: dict[str, Any] = {
         "Sequence": entry.sequence,

@@ -129,6 +129,7 @@ class InstanceWriter:
             record.study_uid,
             record.series_uid,
             created=created and added is AddOutcome.INSERTED,
+            inserted=added is AddOutcome.INSERTED,
         )
 
     async def _write_objects(

@@ -34,6 +34,10 @@ class StoredInstance:
     study_uid: str
     series_uid: str
     created: bool = True  # False when an identical copy was already stored (nothing new to undo)
+    # This write added the index row (whoever wrote the object): two writers racing with the
+    # same instance both find the object or the row of the other, so neither may have created
+    # it, but exactly one inserted it.
+    inserted: bool = True
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Each webhook follows the feed from its cursor (:class:`gateway.ports.WebhookCursors`, kept in
 the index database): every entry after it, in Sequence order, is POSTed as JSON (the feed's
-Microsoft spelling, :func:`gateway.services.changefeed.entry_json`, without ``Metadata`` unless
+Microsoft spelling, :func:`gateway.services.changefeed.feed_entry_json`, without ``Metadata`` unless
 ``include_metadata``) with ``X-Gateway-Signature: sha256=<hex HMAC-SHA256 of the body keyed by
 the secret>`` and ``X-Gateway-Sequence``. A 2xx acknowledges it: only then does the cursor move
 past it, so delivery is at least once; an entry is sent again only when the process died
@@ -37,7 +37,7 @@ from anyio.abc import TaskGroup
 from gateway import observability
 from gateway.errors import GatewayError
 from gateway.ports import ChangeEntry, ChangeQuery, WebhookCursors, WebhookSender
-from gateway.services.changefeed import ChangeFeed, entry_json, feed_time
+from gateway.services.changefeed import ChangeFeed, feed_entry_json, feed_time
 from gateway.settings import Webhook
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class WebhookDelivery:
             del self._series[series_uid]
 
     def _entry_body(self, entry: ChangeEntry) -> bytes:
-        body = entry_json(entry)
+        body = feed_entry_json(entry)
         if not self.hook.include_metadata:
             del body["Metadata"]
         return orjson.dumps(body)

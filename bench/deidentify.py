@@ -1,0 +1,108 @@
+"""De-identified views against plain answers: WADO-RS series and series metadata (issue #18).
+
+    .venv/bin/python bench/deidentify.py              # a 40-slice 512x512 CT series, ~30 s
+    .venv/bin/python bench/deidentify.py --slices 100
+
+One gateway in process (its ASGI app, SQLite index and file store in a temporary directory),
+two API keys: one answered as stored, one made with ``--deidentify basic``. Each request is
+timed several times after one warm-up; the table gives medians and the ratio (the issue's
+target: within 1.5x). Times include the ASGI stack and the whole body, not the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from gateway.app import create_app  # noqa: E402
+from gateway.security.apikeys import create_key  # noqa: E402
+from gateway.settings import load_settings  # noqa: E402
+from tests import factory  # noqa: E402
+from tests.http_helpers import stow_body  # noqa: E402
+
+RUNS = 5
+
+
+async def measure(slices: int) -> list[tuple[str, float, float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = Path(tmp) / "keys.json"
+        _, plain = create_key(keys, "plain", frozenset({"read", "write"}))
+        _, deid = create_key(keys, "research", frozenset({"read"}), deidentify="basic")
+        settings = load_settings(
+            environ={},
+            overrides={
+                "data_dir": Path(tmp) / "data",
+                "auth": {"api_keys_file": keys},
+                "audit": {"destination": "off"},
+                "deidentify": {"key": "bench"},
+            },
+        )
+        app = create_app(settings)
+        series = factory.ct_series(slices, 512, 512, seed=7)
+        study, series_uid = factory.new_uid("study", 7), factory.new_uid("series", 7, 1)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client,
+        ):
+            body, content_type = stow_body(list(series))
+            stored = await client.post(
+                "/dicomweb/studies",
+                content=body,
+                headers={"Content-Type": content_type, "Authorization": f"Bearer {plain}"},
+            )
+            assert stored.status_code == 200, stored.text
+            rows = []
+            for name, path, accept in (
+                ("series metadata", "/metadata", "application/dicom+json"),
+                ("series instances", "", 'multipart/related; type="application/dicom"'),
+            ):
+                times = {}
+                for who, key, (s, se) in (
+                    ("plain", plain, (study, series_uid)),
+                    ("deid", deid, await _replacements(client, deid)),
+                ):
+                    url = f"/dicomweb/studies/{s}/series/{se}{path}"
+                    headers = {"Authorization": f"Bearer {key}", "Accept": accept}
+                    samples = []
+                    for _ in range(RUNS + 1):
+                        started = time.perf_counter()
+                        response = await client.get(url, headers=headers)
+                        assert response.status_code == 200, response.text
+                        samples.append(time.perf_counter() - started)
+                    times[who] = statistics.median(samples[1:])
+                rows.append((name, times["plain"], times["deid"]))
+            return rows
+
+
+async def _replacements(client: httpx.AsyncClient, key: str) -> tuple[str, str]:
+    headers = {"Authorization": f"Bearer {key}"}
+    (study,) = (await client.get("/dicomweb/studies", headers=headers)).json()
+    study_uid = study["0020000D"]["Value"][0]
+    (series,) = (await client.get(f"/dicomweb/studies/{study_uid}/series", headers=headers)).json()
+    return study_uid, series["0020000E"]["Value"][0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=40)
+    args = parser.parse_args()
+    rows = asyncio.run(measure(args.slices))
+    print(f"| {args.slices} slices, 512x512 CT | plain ms | de-identified ms | ratio |")
+    print("|---|---|---|---|")
+    for name, plain, deid in rows:
+        print(f"| {name} | {plain * 1000:.1f} | {deid * 1000:.1f} | {deid / plain:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The DICOMweb routes' side of de-identified views (gateway.services.deidentified): which
+principals get them, and the one selection every WADO route (WADO-RS, rendered, WADO-URI) makes
+through, so that de-identified UIDs in a path find the stored instances and withheld instances
+(burned in annotation) stay absent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+from starlette.requests import Request
+
+from gateway.errors import NotFound
+from gateway.http.context import gateway_of
+from gateway.http.middleware.security import principal_of, restriction_of
+from gateway.ports import InstanceRecord
+from gateway.services.deidentified import DeidentifiedViews
+
+
+def views_of(request: Request) -> DeidentifiedViews | None:
+    """The de-identified views when the principal is marked for them, else None (as stored)."""
+    principal = principal_of(request)
+    if principal is None or principal.deidentify is None:
+        return None
+    return gateway_of(request).deidentified
+
+
+async def selected(
+    request: Request,
+    study: str,
+    series: str | None,
+    sop: str | None,
+    *,
+    warnings: list[str] | None = None,
+) -> list[InstanceRecord]:
+    """``RetrievalService.select`` for the request's principal: its restriction, and for a
+    de-identified one its UIDs resolved back and withheld instances left out (absent, 404, as an
+    instance outside a restriction is)."""
+    views = views_of(request)
+    if views is not None:
+        study, series, sop = await views.originals(study, series, sop)
+    records = await gateway_of(request).retrieval.select(
+        study, series, sop, pacs=request.path_params.get("pacs"), restriction=restriction_of(request), warnings=warnings
+    )
+    if views is not None:
+        records = views.visible(records)
+        if not records:
+            raise NotFound("no instance of this selection can be sent de-identified (burned in annotation)")
+    return records
+
+
+async def deidentified_body(views: DeidentifiedViews, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A Part 10 body de-identified: read whole, rewritten in a worker thread (pydicom)."""
+    data = b"".join([chunk async for chunk in body])
+    yield await anyio.to_thread.run_sync(views.part10, data)
