@@ -155,6 +155,30 @@ class RemovalCause:
 UNDONE = RemovalCause("undo")  # an upload refused as a whole, or objects nobody was told are stored
 
 
+@dataclass(frozen=True)
+class RetentionMatch:
+    """Which instances a retention rule selects (:meth:`Index.retention_candidates`). ``origin``:
+    an exact origin (``stow``, ``import``, ``dimse:<name>``, ``pacs:<name>``) or, ending in
+    ``:``, every origin with that prefix (``dimse:``, ``pacs:``); "" any. ``modality`` (of the
+    series) and ``sop_class``: "" any. Instances cached from a PACS that an upload was told are
+    stored (``shared``) are never matched by a ``pacs:`` origin: they are not mere copies."""
+
+    origin: str = ""
+    modality: str = ""
+    sop_class: str = ""
+
+
+@dataclass(frozen=True)
+class RetentionCandidate:
+    """An instance a rule selects, with when it was stored (seconds since the epoch)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    origin: str
+    stored_at: float
+
+
 class ChangeAction(enum.Enum):
     CREATE = "create"
     DELETE = "delete"
@@ -258,6 +282,23 @@ class Index(Protocol):
         """(study, series, sop) of up to ``limit`` instances cached from a PACS (origin
         ``pacs:<name>``) stored before ``before`` (seconds since the epoch) and never reported
         stored to an upload (not ``shared``), oldest first: what the cache expiry removes."""
+
+    async def retention_candidates(
+        self, match: RetentionMatch, stored_before: float, limit: int
+    ) -> list[RetentionCandidate]:
+        """Up to ``limit`` instances ``match`` selects, stored before ``stored_before``, oldest
+        first, outside protected studies (:meth:`set_protected`)."""
+
+    async def set_protected(self, study: str, protected: bool) -> None:
+        """Protect ``study`` from retention sweeps, or lift that (kept while the study is absent)."""
+
+    async def is_protected(self, study: str) -> bool:
+        """Whether ``study`` is protected from retention sweeps."""
+
+    async def take_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Hold the lease ``name`` for ``seconds`` (renewing it when ``holder`` holds it already);
+        False while another holder's lease runs. What one replica at a time may do (the
+        retention sweep) runs under it."""
 
     async def clear(self) -> None:
         """Remove every row (reindex), each with its ``delete`` change-feed entry (origin

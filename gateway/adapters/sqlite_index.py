@@ -39,7 +39,7 @@ import anyio.to_thread
 import orjson
 
 from gateway import observability
-from gateway.adapters import sql_changes
+from gateway.adapters import sql_changes, sql_retention
 from gateway.adapters.sql_rows import (
     IndexRow,
     decode_metadata,
@@ -69,13 +69,15 @@ from gateway.ports import (
     InstanceRecord,
     KeepIf,
     RemovalCause,
+    RetentionCandidate,
+    RetentionMatch,
     SearchResult,
 )
 from gateway.security.access import Restriction
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_MAX_RESULTS = 1000
 
 
@@ -138,6 +140,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         *sql_changes.INDEXES,
         sql_changes.BACKFILL,
     ),
+    5: sql_retention.migration("TEXT NOT NULL", "REAL"),
 }
 EXPIRED_CACHED_SQL = (
     "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%' AND shared = 0"
@@ -241,6 +244,32 @@ class SqliteIndex:
     async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
         rows = await self._read(lambda conn: conn.execute(EXPIRED_CACHED_SQL, (before, limit)).fetchall())
         return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+    async def retention_candidates(
+        self, match: RetentionMatch, stored_before: float, limit: int
+    ) -> list[RetentionCandidate]:
+        sql, params = sql_retention.candidates_sql("?", match, stored_before, limit)
+        rows = await self._read_rows(sql, params)
+        return [RetentionCandidate(str(a), str(b), str(c), str(o), float(t)) for a, b, c, o, t in rows]
+
+    async def set_protected(self, study: str, protected: bool) -> None:
+        sql, params = (
+            (sql_retention.protect_sql("?"), (study, time.time()))
+            if protected
+            else (sql_retention.unprotect_sql("?"), (study,))
+        )
+        await self._write(lambda: self._transaction(lambda conn: conn.execute(sql, params)))
+
+    async def is_protected(self, study: str) -> bool:
+        return bool(await self._read_rows(sql_retention.is_protected_sql("?"), [study]))
+
+    async def take_lease(self, name: str, holder: str, seconds: float) -> bool:
+        now = time.time()
+        params = (name, holder, now + seconds, now, holder)
+        rows = await self._write(
+            lambda: self._transaction(lambda conn: conn.execute(sql_retention.take_lease_sql("?"), params).fetchall())
+        )
+        return bool(rows)
 
     async def clear(self) -> None:
         def clear(conn: sqlite3.Connection) -> None:

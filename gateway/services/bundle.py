@@ -21,6 +21,7 @@ from gateway.services.forward import ForwardService
 from gateway.services.instance_reader import InstanceReader
 from gateway.services.instance_writer import InstanceWriter
 from gateway.services.pacs_flights import PacsFlights
+from gateway.services.protection import StudyProtection
 from gateway.services.removal import RemovalService
 from gateway.services.rendered import RenderService
 from gateway.services.retrieval import RetrievalService
@@ -43,6 +44,7 @@ class Gateway:
     commitment: CommitmentCheck  # storage commitment (PS3.4 Annex J): durable, indexed, visible
     changes: ChangeFeed  # the change feed (what entered and left the index)
     removal: RemovalService  # DELETE and rejections
+    protection: StudyProtection  # studies kept from retention sweeps
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # the PACS nodes, by name (readiness)
 
 
@@ -92,6 +94,7 @@ def build_gateway(
             store, index, visibility, cached_copies_expire=settings.pacs_cache_max_age > 0 and bool(nodes)
         ),
         changes=ChangeFeed(index),
+        protection=StudyProtection(index, visibility),
         removal=RemovalService(index, writer, visibility, bridge_state, flights, grace=settings.delete_grace),
         upstreams=nodes,
     )

@@ -92,22 +92,41 @@ class RemovalService:
             # Once begun, every row of the selection goes and its objects are scheduled, even if
             # the client hangs up meanwhile: no half-deleted study, no object left unscheduled.
             with anyio.CancelScope(shield=True):
-                removed = await self._remove(records, cause)
+                removed = await self._remove(
+                    [((r.study_uid, r.series_uid, r.sop_uid), r.origin) for r in records], cause
+                )
         return removed
 
-    async def _remove(self, records: list[InstanceRecord], cause: RemovalCause) -> Removed:
+    async def remove_swept(
+        self, study: str, instances: list[tuple[InstanceKey, str]], *, cause: RemovalCause
+    ) -> Removed | None:
+        """For a retention sweep (:mod:`gateway.services.retention`): take ``instances`` of
+        ``study`` ((key, origin) pairs) out of the index as a DELETE does, except a cached copy
+        an upload was meanwhile told is stored (:attr:`KeepIf.SHARED`). None, and nothing
+        removed, while a retrieve of the study from a PACS is in flight or once the study is
+        protected (:meth:`gateway.ports.Index.set_protected`): the next sweep looks again."""
+        removed: Removed | None = None
+        async with self._flights.holding(study) as held:
+            if held and not await self._index.is_protected(study):
+                with anyio.CancelScope(shield=True):
+                    removed = await self._remove(instances, cause, KeepIf.SHARED)
+        return removed
+
+    async def _remove(
+        self, instances: list[tuple[InstanceKey, str]], cause: RemovalCause, keep_if: KeepIf = KeepIf.NEVER
+    ) -> Removed:
         removed = Removed()
         pacs: set[str] = set()
-        for record in records:
-            key = (record.study_uid, record.series_uid, record.sop_uid)
-            token = await self._index.begin_removal(*key, keep_if=KeepIf.NEVER, cause=cause)
-            if token is not None:
-                await self._index.end_removal(record.sop_uid, token)
+        for key, origin in instances:
+            token = await self._index.begin_removal(*key, keep_if=keep_if, cause=cause)
+            if token is None:  # KeepIf.SHARED: an upload was told it is stored; it stays
+                continue
+            await self._index.end_removal(key[2], token)
             removed.instances.append(key)
-            if record.origin.startswith("pacs:"):
-                pacs.add(record.origin.removeprefix("pacs:"))
+            if origin.startswith("pacs:"):
+                pacs.add(origin.removeprefix("pacs:"))
         if pacs and self._state is not None:
-            for series_key in sorted({(r.study_uid, r.series_uid) for r in records}):
+            for series_key in sorted({(study, series) for study, series, _ in removed.instances}):
                 await self._state.forget_retrieved(*series_key)
         removed.pacs.extend(sorted(pacs))
         if self._tasks is not None and self._grace > 0:
