@@ -278,11 +278,6 @@ class Index(Protocol):
         """The objects are gone: uploads of ``sop`` may commit again. A removal never ended (its
         process died) lapses after :data:`REMOVAL_LAPSE` seconds."""
 
-    async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
-        """(study, series, sop) of up to ``limit`` instances cached from a PACS (origin
-        ``pacs:<name>``) stored before ``before`` (seconds since the epoch) and never reported
-        stored to an upload (not ``shared``), oldest first: what the cache expiry removes."""
-
     async def retention_candidates(
         self, match: RetentionMatch, stored_before: float, limit: int
     ) -> list[RetentionCandidate]:

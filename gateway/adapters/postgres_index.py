@@ -169,10 +169,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     5: sql_retention.migration(_UID, "double precision"),
 }
-EXPIRED_CACHED_SQL = (
-    "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%%' AND NOT shared"
-    " AND stored_at < %s ORDER BY stored_at LIMIT %s"
-)
+
+# The WHERE terms of the partial index instances_expiry (sql_retention.candidates_sql).
+CACHED_COPIES = "origin LIKE 'pacs:%%' AND NOT shared"
 
 
 class _RawJson(Loader):
@@ -308,14 +307,10 @@ class PostgresIndex:
         async with self._connection() as conn:
             await conn.execute("DELETE FROM removals WHERE sop_uid = %s AND token = %s", (sop, token))
 
-    async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
-        rows = await self._fetch(EXPIRED_CACHED_SQL, [before, limit])
-        return [(str(a), str(b), str(c)) for a, b, c in rows]
-
     async def retention_candidates(
         self, match: RetentionMatch, stored_before: float, limit: int
     ) -> list[RetentionCandidate]:
-        sql, params = sql_retention.candidates_sql("%s", match, stored_before, limit)
+        sql, params = sql_retention.candidates_sql("%s", match, stored_before, limit, cached_copies=CACHED_COPIES)
         rows = await self._fetch(sql, params)
         return [RetentionCandidate(str(a), str(b), str(c), str(o), float(t)) for a, b, c, o, t in rows]
 

@@ -22,15 +22,25 @@ def migration(uid: str, real: str) -> tuple[str, ...]:
     return (
         f"CREATE TABLE protected_studies (study_uid {uid} PRIMARY KEY, since {real} NOT NULL)",
         f"CREATE TABLE leases (name {uid} PRIMARY KEY, holder {uid}, expires {real} NOT NULL)",
+        # Every rule's sweep walks instances oldest first (the PACS cache's rule keeps walking
+        # its own partial index, instances_expiry: see candidates_sql).
+        "CREATE INDEX instances_by_stored_at ON instances (stored_at)",
     )
 
 
-def candidates_sql(p: str, match: RetentionMatch, stored_before: float, limit: int) -> tuple[str, list[object]]:
-    """The query of :meth:`gateway.ports.Index.retention_candidates`; ``p``: the placeholder."""
+def candidates_sql(
+    p: str, match: RetentionMatch, stored_before: float, limit: int, *, cached_copies: str
+) -> tuple[str, list[object]]:
+    """The query of :meth:`gateway.ports.Index.retention_candidates`; ``p``: the placeholder;
+    ``cached_copies``: the database's WHERE terms of its partial index ``instances_expiry``
+    (copies cached from a PACS that no upload was told are stored), repeated word for word for
+    the PACS cache's rule so that the planner walks that small index."""
     conditions = [f"i.stored_at < {p}"]
     params: list[object] = [stored_before]
     joins = ""
-    if match.origin.endswith(":"):
+    if match.origin == "pacs:":
+        conditions.append(cached_copies)
+    elif match.origin.endswith(":"):
         # A prefix compared as a prefix: LIKE would take '_' in a peer's name for a wildcard.
         conditions.append(f"substr(i.origin, 1, {len(match.origin)}) = {p}")
         params.append(match.origin)
@@ -50,7 +60,7 @@ def candidates_sql(p: str, match: RetentionMatch, stored_before: float, limit: i
     conditions.append("NOT EXISTS (SELECT 1 FROM protected_studies AS ps WHERE ps.study_uid = i.study_uid)")
     sql = (
         "SELECT i.study_uid, i.series_uid, i.sop_uid, i.origin, i.stored_at FROM instances AS i"
-        f"{joins} WHERE {' AND '.join(conditions)} ORDER BY i.stored_at, i.sop_uid LIMIT {p}"
+        f"{joins} WHERE {' AND '.join(conditions)} ORDER BY i.stored_at LIMIT {p}"
     )
     return sql, [*params, limit]
 

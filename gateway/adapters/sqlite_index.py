@@ -128,9 +128,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE instances ADD COLUMN shared INTEGER NOT NULL DEFAULT 0",
         "CREATE TABLE removals (sop_uid TEXT PRIMARY KEY NOT NULL, token TEXT NOT NULL, since REAL NOT NULL)",
     ),
-    # The cache expiry sweep (EXPIRED_CACHED_SQL) walks this small index, oldest first, instead of
-    # scanning every instance row; the planner uses a partial index when the query repeats its
-    # WHERE terms exactly.
+    # The cache expiry sweep walked this small index, oldest first, instead of scanning every
+    # instance row (version 5 drops it: the retention sweep, which the cache expiry is a rule
+    # of now, walks instances_by_stored_at).
     3: ("CREATE INDEX instances_expiry ON instances (stored_at) WHERE origin LIKE 'pacs:%' AND shared = 0",),
     # AUTOINCREMENT: a sequence is never reused, even once the newest entries were deleted.
     4: (
@@ -142,10 +142,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     5: sql_retention.migration("TEXT NOT NULL", "REAL"),
 }
-EXPIRED_CACHED_SQL = (
-    "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%' AND shared = 0"
-    " AND stored_at < ? ORDER BY stored_at LIMIT ?"
-)
+
+# The WHERE terms of the partial index instances_expiry (sql_retention.candidates_sql).
+CACHED_COPIES = "origin LIKE 'pacs:%' AND shared = 0"
 
 
 class SqliteIndex:
@@ -241,14 +240,10 @@ class SqliteIndex:
             )
         )
 
-    async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
-        rows = await self._read(lambda conn: conn.execute(EXPIRED_CACHED_SQL, (before, limit)).fetchall())
-        return [(str(a), str(b), str(c)) for a, b, c in rows]
-
     async def retention_candidates(
         self, match: RetentionMatch, stored_before: float, limit: int
     ) -> list[RetentionCandidate]:
-        sql, params = sql_retention.candidates_sql("?", match, stored_before, limit)
+        sql, params = sql_retention.candidates_sql("?", match, stored_before, limit, cached_copies=CACHED_COPIES)
         rows = await self._read_rows(sql, params)
         return [RetentionCandidate(str(a), str(b), str(c), str(o), float(t)) for a, b, c, o, t in rows]
 

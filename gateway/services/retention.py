@@ -11,7 +11,10 @@ study swept is one audit line (PS3.15 A.5.3 DICOM Instances Accessed, action D) 
 
 The PACS cache expiry (``pacs_cache_max_age``) is the rule ``pacs-cache`` among them: a cached
 copy that an upload was told is stored is not a copy any more and stays, and a study with a
-retrieve from the PACS in flight waits for the next sweep.
+retrieve from the PACS in flight waits for the next sweep. As before it was a rule, its feed
+entries say ``expiry`` and its objects go one interval after their rows. A protected study is
+never swept (checked again under the study's hold, so a PUT that lands between the index's
+answer and the removal is honoured).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from gateway.ports import Index, InstanceKey, RemovalCause, RetentionCandidate, 
 from gateway.security.audit import AccessRecord, AuditLog
 from gateway.security.principal import Principal
 from gateway.services.removal import RemovalService
-from gateway.settings_retention import RetentionRule
+from gateway.settings_retention import PACS_CACHE_RULE, RetentionRule
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +91,9 @@ class RetentionSweep:
         while True:
             await anyio.sleep(self.interval)
             try:
-                removed = await self.sweep(time.time())
+                await self.sweep(time.time())
             except GatewayError as exc:  # the index is away: next time
                 log.warning("retention: %s", exc.reason)
-                continue
-            if removed:
-                log.info("retention: removed %d instance(s) (objects after the delete grace)", removed)
 
     async def sweep(self, now: float) -> int:
         """Remove what is due by ``now``, unless another replica holds the lease; the count."""
@@ -108,6 +108,13 @@ class RetentionSweep:
                 due = await due_of(self._index, rule, now, BATCH)
                 count = await self._remove(rule, due, lease)
                 removed += count
+                if count:
+                    log.info(
+                        "retention: rule %s removed %d instance(s) stored over %g s ago (objects after a grace)",
+                        rule.name,
+                        count,
+                        rule.max_age_seconds,
+                    )
                 if len(due) < BATCH or count == 0:
                     break
         return removed
@@ -117,12 +124,17 @@ class RetentionSweep:
         for item in due:
             c = item.candidate
             by_study[c.study_uid].append(((c.study_uid, c.series_uid, c.sop_uid), c.origin))
-        cause = RemovalCause("retention", reason=rule.name)
+        if rule.name == PACS_CACHE_RULE:
+            # As the cache expiry always said and did: the feed's origin "expiry", and the
+            # objects one interval after their rows (reads in flight finish within it).
+            cause, grace = RemovalCause("expiry", reason=rule.name), self.interval
+        else:
+            cause, grace = RemovalCause("retention", reason=rule.name), None
         count = 0
         for study, instances in by_study.items():
             if not await self._index.take_lease(LEASE, self._holder, lease):
                 return count  # it ran out and another replica took over
-            removed = await self._removal.remove_swept(study, instances, cause=cause)
+            removed = await self._removal.remove_swept(study, instances, cause=cause, grace=grace)
             if removed is None or not removed.instances:
                 continue
             count += len(removed.instances)
