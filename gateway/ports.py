@@ -166,17 +166,26 @@ class RetentionMatch:
     origin: str = ""
     modality: str = ""
     sop_class: str = ""
+    # True: the time limit applies to the last use (the later of when the instance was stored
+    # and when its series was last read, Index.record_access), not to when it was stored.
+    idle: bool = False
 
 
 @dataclass(frozen=True)
 class RetentionCandidate:
-    """An instance a rule selects, with when it was stored (seconds since the epoch)."""
+    """An instance a rule selects, with when it was stored and when its series was last read
+    (seconds since the epoch; None: not since access times are recorded)."""
 
     study_uid: str
     series_uid: str
     sop_uid: str
     origin: str
     stored_at: float
+    accessed_at: float | None = None
+
+    @property
+    def last_used(self) -> float:
+        return max(self.stored_at, self.accessed_at or 0.0)
 
 
 class ChangeAction(enum.Enum):
@@ -281,8 +290,12 @@ class Index(Protocol):
     async def retention_candidates(
         self, match: RetentionMatch, stored_before: float, limit: int
     ) -> list[RetentionCandidate]:
-        """Up to ``limit`` instances ``match`` selects, stored before ``stored_before``, oldest
-        first, outside protected studies (:meth:`set_protected`)."""
+        """Up to ``limit`` instances ``match`` selects, stored (with ``match.idle``: last used)
+        before ``stored_before``, oldest first, outside protected studies (:meth:`set_protected`)."""
+
+    async def record_access(self, series: Collection[tuple[str, str]], now: float) -> None:
+        """Note that these (study, series) were read at ``now`` (for ``max_idle_seconds`` rules;
+        callers keep it cheap: :class:`gateway.services.access_clock.AccessClock`)."""
 
     async def set_protected(self, study: str, protected: bool) -> None:
         """Protect ``study`` from retention sweeps, or lift that (kept while the study is absent)."""

@@ -2,7 +2,8 @@
 
 Part of the settings floor (``gateway.settings`` imports the rule and calls the validation).
 A rule selects instances by where they came from (``origin``), the Modality of their series
-and their SOP Class, and says how long they stay: ``max_age_seconds`` after they were stored.
+and their SOP Class, and says how long they stay: ``max_age_seconds`` after they were stored,
+or ``max_idle_seconds`` after their series was last read (:mod:`gateway.services.access_clock`).
 The PACS cache expiry (``pacs_cache_max_age``) is one such rule, built here
 (:func:`effective_rules`), so one sweep (:mod:`gateway.services.retention`) does both.
 """
@@ -36,7 +37,16 @@ class RetentionRule:
     modality: str = ""  # the series' Modality (0008,0060), e.g. "CR"
     sop_class: str = ""  # SOP Class UID (0008,0016)
     max_age_seconds: float = 0.0  # since stored
-    max_idle_seconds: float = 0.0  # since last access: not tracked yet, refused at start-up
+    max_idle_seconds: float = 0.0  # since last read (or stored, if later); one of the two
+
+    @property
+    def limit(self) -> float:
+        """Seconds an instance stays: since stored, or since last used (:attr:`idle`)."""
+        return self.max_idle_seconds or self.max_age_seconds
+
+    @property
+    def idle(self) -> bool:
+        return self.max_idle_seconds > 0
 
     @property
     def origin_match(self) -> str:
@@ -66,12 +76,13 @@ def validate_retention(s: Settings) -> None:
             raise SettingsError(f"{where}: modality {rule.modality!r} is not a Modality code (e.g. CT, MR)")
         if rule.sop_class and not _UID.fullmatch(rule.sop_class):
             raise SettingsError(f"{where}: sop_class {rule.sop_class!r} is not a UID")
-        if rule.max_idle_seconds:
-            # The index records no access times yet: a rule that could not work refuses to start
-            # rather than delete by the wrong clock.
-            raise SettingsError(f"{where}: max_idle_seconds is not supported yet; use max_age_seconds")
-        if not rule.max_age_seconds > 0:
-            raise SettingsError(f"{where}: max_age_seconds must be positive seconds")
+        if rule.max_age_seconds < 0 or rule.max_idle_seconds < 0:
+            raise SettingsError(f"{where}: max_age_seconds and max_idle_seconds must be positive seconds")
+        if (rule.max_age_seconds > 0) == (rule.max_idle_seconds > 0):
+            raise SettingsError(
+                f"{where}: one of max_age_seconds (since stored) or max_idle_seconds (since last read)"
+                " must be set, and only one"
+            )
 
 
 def effective_rules(s: Settings) -> tuple[RetentionRule, ...]:

@@ -26,6 +26,7 @@ from gateway.commands.cli import main
 from gateway.dicom.parse import ParseLimits
 from gateway.errors import SettingsError
 from gateway.ports import ChangeAction, ChangeQuery, Index, InstanceRecord, RetentionMatch
+from gateway.services.access_clock import AccessClock
 from gateway.services.instance_writer import InstanceWriter
 from gateway.services.pacs_flights import PacsFlights
 from gateway.services.removal import RemovalService
@@ -118,6 +119,44 @@ async def test_a_lease_has_one_holder_until_it_runs_out(index: Index) -> None:
     assert await index.take_lease("short", "replica-a", 0.01)
     await anyio.sleep(0.05)
     assert await index.take_lease("short", "replica-b", 60)  # ran out: taken over
+
+
+@pytest.mark.anyio
+async def test_idle_rules_count_from_the_last_read(index: Index) -> None:
+    read = at(record(1, 1, 1, Modality="MR"), "stow", 1000.0)
+    unread = at(record(2, 1, 1, Modality="MR"), "stow", 1000.0)
+    fresh = at(record(3, 1, 1, Modality="MR"), "stow", 3000.0)
+    for rec in (read, unread, fresh):
+        await index.add(rec)
+    await index.record_access([(read.study_uid, read.series_uid)], 2500.0)
+    await index.record_access([(read.study_uid, read.series_uid)], 1500.0)  # a late note never moves it back
+    idle = RetentionMatch(modality="MR", idle=True)
+    assert [c.sop_uid for c in await index.retention_candidates(idle, 2000.0, 10)] == [unread.sop_uid]
+    later = {c.sop_uid: c for c in await index.retention_candidates(idle, 2600.0, 10)}
+    assert set(later) == {read.sop_uid, unread.sop_uid}
+    assert (later[read.sop_uid].accessed_at, later[read.sop_uid].last_used) == (2500.0, 2500.0)
+    assert (later[unread.sop_uid].accessed_at, later[unread.sop_uid].last_used) == (None, 1000.0)
+    # An age rule ignores reads.
+    aged = await index.retention_candidates(RetentionMatch(modality="MR"), 2000.0, 10)
+    assert {c.sop_uid for c in aged} == {read.sop_uid, unread.sop_uid}
+
+
+@pytest.mark.anyio
+async def test_the_access_clock_writes_a_series_at_most_once_per_resolution(index: Index) -> None:
+    rec = at(record(1, 1, 1, Modality="MR"), "stow", 100.0)
+    other = at(record(1, 2, 1, Modality="MR"), "stow", 100.0)
+    await index.add(rec)
+    await index.add(other)
+    clock = AccessClock(index, resolution=60.0)
+    assert await clock.note([rec], now=1000.0) == 1
+    assert await clock.note([rec, rec], now=1030.0) == 0  # within the resolution: not written
+    assert await clock.note([rec, other], now=1045.0) == 1  # only the series not noted yet
+    idle = RetentionMatch(modality="MR", idle=True)
+    noted = {c.series_uid: c.accessed_at for c in await index.retention_candidates(idle, 1e9, 10)}
+    assert noted == {rec.series_uid: 1000.0, other.series_uid: 1045.0}
+    assert await clock.note([rec], now=1061.0) == 1
+    noted = {c.series_uid: c.accessed_at for c in await index.retention_candidates(idle, 1e9, 10)}
+    assert noted[rec.series_uid] == 1061.0
 
 
 def _sweeper(index: Index, store: FileBlobStore, rules: list[RetentionRule]) -> RetentionSweep:
@@ -216,9 +255,10 @@ BAD_RULES = [
     ('name = "x"\norigin = "email"\nmax_age_seconds = 10', "origin 'email' must be"),
     ('name = "x"\norigin = "stow:a"\nmax_age_seconds = 10', "origin 'stow:a' must be"),
     ('name = "x"\norigin = "pacs:"\nmax_age_seconds = 10', "names no client or node"),
-    ('name = "x"\norigin = "stow"', "max_age_seconds must be positive"),
-    ('name = "x"\norigin = "stow"\nmax_age_seconds = -5', "max_age_seconds must be positive"),
-    ('name = "x"\norigin = "stow"\nmax_idle_seconds = 60', "max_idle_seconds is not supported"),
+    ('name = "x"\norigin = "stow"', "one of max_age_seconds (since stored) or max_idle_seconds"),
+    ('name = "x"\norigin = "stow"\nmax_age_seconds = -5', "must be positive"),
+    ('name = "x"\norigin = "stow"\nmax_idle_seconds = -60', "must be positive"),
+    ('name = "x"\norigin = "stow"\nmax_idle_seconds = 60\nmax_age_seconds = 60', "only one"),
     ('name = "x"\nsop_class = "1.2.abc"\nmax_age_seconds = 10', "is not a UID"),
     ('name = "x"\nmodality = "c t"\nmax_age_seconds = 10', "is not a Modality code"),
     ('origin = "stow"\nmax_age_seconds = 10', "name must be"),
@@ -256,12 +296,13 @@ def test_a_gateway_with_a_bad_rule_does_not_start(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode != 0
-    assert "max_age_seconds must be positive" in done.stderr
+    assert "one of max_age_seconds (since stored) or max_idle_seconds" in done.stderr
 
 
 # -- a real gateway: the sweep and the protected route -----------------------------------------
 
 MAX_AGE = 4.0  # seconds a CR instance stays
+MAX_IDLE = 6.0  # seconds an MR instance stays unread
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +311,7 @@ def sg(tmp_path_factory: pytest.TempPathFactory, jwks_server: JwksServer) -> Ite
     config = (
         "retention_interval_seconds = 0.5\ndelete_grace = 0.5\n"
         f'[[retention]]\nname = "short-cr"\nmodality = "CR"\nmax_age_seconds = {MAX_AGE}\n'
+        f'[[retention]]\nname = "idle-mr"\nmodality = "MR"\nmax_idle_seconds = {MAX_IDLE}\n'
         f'[audit]\ndestination = "{where / "audit.jsonl"}"\n' + oidc_config(jwks_server.url)
     )
     running = start_secured_gateway(where, config)
@@ -368,3 +410,26 @@ def test_the_protected_route_refusals(sg: SecuredGateway, issuer: Issuer) -> Non
     assert protect(sg, admin, "1.2.3.abc", b"1").status_code == 400
     # Absent study: 404.
     assert protect(sg, admin, factory.new_uid("retention-absent"), b"1").status_code == 404
+
+
+def test_an_idle_rule_spares_what_is_read_and_takes_what_is_not(sg: SecuredGateway, issuer: Issuer) -> None:
+    read = store(sg, issuer, [factory.mr_instance(seed=186)])
+    unread = store(sg, issuer, [factory.mr_instance(seed=187)])
+    reader = token(issuer, "read")
+    deadline = time.monotonic() + 60
+    # A viewer keeps reading one study: its series is noted as read (every MAX_IDLE / 4 s at
+    # most); the other one goes once unread for MAX_IDLE seconds.
+    while stored_sops(sg, issuer, unread):
+        assert time.monotonic() < deadline, "the unread study was never swept"
+        response = httpx.get(f"{sg.url}/studies/{read}/metadata", headers=reader, timeout=30)
+        assert response.status_code == 200
+        time.sleep(0.3)
+    assert len(stored_sops(sg, issuer, read)) == 1
+    # Left alone, it goes too.
+    deadline = time.monotonic() + 60
+    while stored_sops(sg, issuer, read):
+        assert time.monotonic() < deadline, "the study no longer read was never swept"
+        time.sleep(0.3)
+    feed = httpx.get(sg.url + "/changefeed", params={"limit": 200}, headers=reader, timeout=30).json()
+    gone = {e["StudyInstanceUid"] for e in feed if e["Action"] == "delete" and e["Origin"] == "retention"}
+    assert {read, unread} <= gone

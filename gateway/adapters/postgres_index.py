@@ -312,7 +312,15 @@ class PostgresIndex:
     ) -> list[RetentionCandidate]:
         sql, params = sql_retention.candidates_sql("%s", match, stored_before, limit, cached_copies=CACHED_COPIES)
         rows = await self._fetch(sql, params)
-        return [RetentionCandidate(str(a), str(b), str(c), str(o), float(t)) for a, b, c, o, t in rows]
+        return [
+            RetentionCandidate(str(a), str(b), str(c), str(o), float(t), None if u is None else float(u))
+            for a, b, c, o, t, u in rows
+        ]
+
+    async def record_access(self, series: Collection[tuple[str, str]], now: float) -> None:
+        async with self._connection() as conn, conn.cursor() as cur:
+            params = [(now, study, series_uid, now) for study, series_uid in series]
+            await cur.executemany(sql_retention.record_access_sql("%s"), params)
 
     async def set_protected(self, study: str, protected: bool) -> None:
         async with self._connection() as conn:

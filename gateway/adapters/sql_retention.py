@@ -25,6 +25,8 @@ def migration(uid: str, real: str) -> tuple[str, ...]:
         # Every rule's sweep walks instances oldest first (the PACS cache's rule keeps walking
         # its own partial index, instances_expiry: see candidates_sql).
         "CREATE INDEX instances_by_stored_at ON instances (stored_at)",
+        # When the series was last read (max_idle_seconds rules); NULL: not since version 5.
+        f"ALTER TABLE series ADD COLUMN accessed_at {real}",
     )
 
 
@@ -38,6 +40,11 @@ def candidates_sql(
     conditions = [f"i.stored_at < {p}"]
     params: list[object] = [stored_before]
     joins = ""
+    if match.modality or match.idle:
+        joins = " JOIN series AS se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid"
+    if match.idle:
+        conditions.append(f"(se.accessed_at IS NULL OR se.accessed_at < {p})")
+        params.append(stored_before)
     if match.origin == "pacs:":
         conditions.append(cached_copies)
     elif match.origin.endswith(":"):
@@ -51,7 +58,6 @@ def candidates_sql(
         # A cached copy an upload was also told is stored is the uploader's, not the cache's.
         conditions.append("NOT (i.shared AND substr(i.origin, 1, 5) = 'pacs:')")
     if match.modality:
-        joins = " JOIN series AS se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid"
         conditions.append(f"se.modality = {p}")
         params.append(match.modality)
     if match.sop_class:
@@ -59,7 +65,8 @@ def candidates_sql(
         params.append(match.sop_class)
     conditions.append("NOT EXISTS (SELECT 1 FROM protected_studies AS ps WHERE ps.study_uid = i.study_uid)")
     sql = (
-        "SELECT i.study_uid, i.series_uid, i.sop_uid, i.origin, i.stored_at FROM instances AS i"
+        "SELECT i.study_uid, i.series_uid, i.sop_uid, i.origin, i.stored_at,"
+        f" {'se.accessed_at' if match.idle else 'NULL'} FROM instances AS i"
         f"{joins} WHERE {' AND '.join(conditions)} ORDER BY i.stored_at LIMIT {p}"
     )
     return sql, [*params, limit]
@@ -84,4 +91,12 @@ def take_lease_sql(p: str) -> str:
         f"INSERT INTO leases (name, holder, expires) VALUES ({p}, {p}, {p})"
         " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires"
         f" WHERE leases.expires < {p} OR leases.holder = {p} RETURNING holder"
+    )
+
+
+def record_access_sql(p: str) -> str:
+    """Parameters (now, study, series, now): never moves the time back."""
+    return (
+        f"UPDATE series SET accessed_at = {p} WHERE study_uid = {p} AND series_uid = {p}"
+        f" AND (accessed_at IS NULL OR accessed_at < {p})"
     )

@@ -245,7 +245,15 @@ class SqliteIndex:
     ) -> list[RetentionCandidate]:
         sql, params = sql_retention.candidates_sql("?", match, stored_before, limit, cached_copies=CACHED_COPIES)
         rows = await self._read_rows(sql, params)
-        return [RetentionCandidate(str(a), str(b), str(c), str(o), float(t)) for a, b, c, o, t in rows]
+        return [
+            RetentionCandidate(str(a), str(b), str(c), str(o), float(t), None if u is None else float(u))
+            for a, b, c, o, t, u in rows
+        ]
+
+    async def record_access(self, series: Collection[tuple[str, str]], now: float) -> None:
+        params = [(now, study, series_uid, now) for study, series_uid in series]
+        sql = sql_retention.record_access_sql("?")
+        await self._write(lambda: self._transaction(lambda conn: conn.executemany(sql, params)))
 
     async def set_protected(self, study: str, protected: bool) -> None:
         sql, params = (

@@ -2,12 +2,13 @@
 (issue #18; rules in :mod:`gateway.settings_retention`).
 
 Every ``retention_interval_seconds`` one replica at a time (the index lease ``retention``,
-:meth:`gateway.ports.Index.take_lease`) asks the index, rule by rule, for instances stored
-before ``now - max_age_seconds`` outside protected studies, and removes them study by study
-through the path of DELETE (:meth:`gateway.services.removal.RemovalService.remove_swept`):
-one change-feed ``delete`` entry per instance with origin ``retention`` and the rule's name as
-its reason, objects after the delete grace, the PACS's "retrieved whole" marks forgotten. Each
-study swept is one audit line (PS3.15 A.5.3 DICOM Instances Accessed, action D) naming the rule.
+:meth:`gateway.ports.Index.take_lease`) asks the index, rule by rule, for instances stored (for
+``max_idle_seconds``: last used) longer ago than the rule allows, outside protected studies,
+and removes them study by study through the path of DELETE
+(:meth:`gateway.services.removal.RemovalService.remove_swept`): one change-feed ``delete``
+entry per instance with origin ``retention`` and the rule's name as its reason, objects after
+the delete grace, the PACS's "retrieved whole" marks forgotten. Each study swept is one audit
+line (PS3.15 A.5.3 DICOM Instances Accessed, action D) naming the rule.
 
 The PACS cache expiry (``pacs_cache_max_age``) is the rule ``pacs-cache`` among them: a cached
 copy that an upload was told is stored is not a copy any more and stays, and a study with a
@@ -48,7 +49,7 @@ class Due:
 
     rule: str
     candidate: RetentionCandidate
-    age: float  # seconds since stored
+    age: float  # seconds since stored (max_idle_seconds rules: since last used)
 
 
 async def find_due(index: Index, rules: Sequence[RetentionRule], now: float) -> list[Due]:
@@ -61,9 +62,9 @@ async def find_due(index: Index, rules: Sequence[RetentionRule], now: float) -> 
 
 async def due_of(index: Index, rule: RetentionRule, now: float, limit: int | None) -> list[Due]:
     """Up to ``limit`` instances (None: all) ``rule`` says must go by ``now``, oldest first."""
-    match = RetentionMatch(origin=rule.origin_match, modality=rule.modality, sop_class=rule.sop_class)
-    found = await index.retention_candidates(match, now - rule.max_age_seconds, limit or 1 << 30)
-    return [Due(rule.name, c, now - c.stored_at) for c in found]
+    match = RetentionMatch(origin=rule.origin_match, modality=rule.modality, sop_class=rule.sop_class, idle=rule.idle)
+    found = await index.retention_candidates(match, now - rule.limit, limit or 1 << 30)
+    return [Due(rule.name, c, now - c.last_used) for c in found]
 
 
 class RetentionSweep:
@@ -110,10 +111,11 @@ class RetentionSweep:
                 removed += count
                 if count:
                     log.info(
-                        "retention: rule %s removed %d instance(s) stored over %g s ago (objects after a grace)",
+                        "retention: rule %s removed %d instance(s) %s over %g s ago (objects after a grace)",
                         rule.name,
                         count,
-                        rule.max_age_seconds,
+                        "last used" if rule.idle else "stored",
+                        rule.limit,
                     )
                 if len(due) < BATCH or count == 0:
                     break
