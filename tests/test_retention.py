@@ -382,6 +382,15 @@ def test_the_sweep_removes_exactly_the_matching_unprotected_studies(sg: SecuredG
     assert sorted(o["ParticipantObjectID"] for o in deleted) == swept_sops
     assert {o["ParticipantObjectDetail"]["StudyInstanceUID"] for o in deleted} == {swept}
 
+    # Protecting is recorded as an update of the study (PS3.15 A.5.3: action U).
+    (protected_event,) = [
+        e
+        for e in events
+        if e.get("http", {}).get("method") == "PUT" and e["http"]["path"].endswith(f"{spared}/protected")
+    ]
+    assert protected_event["EventIdentification"]["EventActionCode"] == "U"
+    assert protected_event["ParticipantObjectIdentification"][0]["ParticipantObjectID"] == spared
+
     # Lifting the protection lets the next sweep take it.
     assert protect(sg, admin, spared, b"0").status_code == 204
     assert httpx.get(f"{sg.url}/studies/{spared}/protected", headers=admin, timeout=30).text == "0"
