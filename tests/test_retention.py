@@ -35,7 +35,7 @@ from gateway.services.visibility import Visibility
 from gateway.settings import load_settings
 from gateway.settings_retention import RetentionRule
 from tests import factory
-from tests.fixtures_gateway import stop_gateway
+from tests.fixtures_gateway import start_gateway, stop_gateway
 from tests.fixtures_index import Backend
 from tests.fixtures_security import (
     RESTRICTION_CLAIM,
@@ -46,7 +46,7 @@ from tests.fixtures_security import (
     oidc_config,
     start_secured_gateway,
 )
-from tests.http_helpers import stow_body, uids_of
+from tests.http_helpers import stow, stow_body, uids_of
 from tests.test_index_contract import record
 
 pytestmark = pytest.mark.timeout(300)
@@ -199,6 +199,49 @@ async def test_two_replicas_sweeping_at_once_remove_each_instance_once(
         assert await index.get(rec.study_uid, rec.series_uid, rec.sop_uid) is not None
     for rec in doomed:
         assert await index.get(rec.study_uid, rec.series_uid, rec.sop_uid) is None
+
+
+def _listed(url: str) -> list[str]:
+    response = httpx.get(f"{url}/instances", params={"limit": 1000}, timeout=30)
+    assert response.status_code in (200, 204), response.text
+    return [row["00080018"]["Value"][0] for row in response.json()] if response.status_code == 200 else []
+
+
+def test_two_gateways_on_postgresql_sweep_each_instance_once(tmp_path: Path, postgres_url: str) -> None:
+    """Two replicas (processes) on one PostgreSQL index and one store, both running the sweep:
+    every instance leaves once, with one change-feed entry, whichever replica took it."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "retention_interval_seconds = 0.3\ndelete_grace = 0.5\n"
+        '[[retention]]\nname = "short-ct"\nmodality = "CT"\nmax_age_seconds = 5\n'
+    )
+    args = (
+        "--config", str(config), "--storage-url", f"file://{tmp_path / 'objects'}", "--index-url", postgres_url,
+    )  # fmt: skip
+    replicas = []
+    try:
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
+            replicas.append(start_gateway(tmp_path / name, extra_args=args))
+        studies = [factory.ct_series(4, 32, 32, seed=190 + n) for n in range(4)]
+        for n, instances in enumerate(studies):
+            assert stow(replicas[n % 2].url, instances).status_code == 200
+        sops = sorted(uids_of(d)[2] for instances in studies for d in instances)
+        assert sorted(_listed(replicas[1].url)) == sops
+
+        deadline = time.monotonic() + 60
+        while _listed(replicas[0].url):
+            assert time.monotonic() < deadline, "the sweep never removed every instance"
+            time.sleep(0.3)
+        feed = httpx.get(f"{replicas[1].url}/changefeed", params={"limit": 200}, timeout=30).json()
+        deletes = [e for e in feed if e["Action"] == "delete"]
+        assert sorted(e["SopInstanceUid"] for e in deletes) == sops  # each once
+        assert {e["Origin"] for e in deletes} == {"retention"}
+        swept = sum(gw.log().count("retention: rule short-ct removed") for gw in replicas)
+        assert swept >= 1
+    finally:
+        for gw in replicas:
+            stop_gateway(gw)
 
 
 # -- the dry run and the settings --------------------------------------------------------------
