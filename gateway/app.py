@@ -24,10 +24,11 @@ from gateway.http.middleware.stack import build_security, middleware_stack
 from gateway.http.routes import all_routes
 from gateway.ports import BlobStore, BridgeState, Index, Upstream, WebhookCursors
 from gateway.services.bundle import build_gateway, pacs_spool_dir
-from gateway.services.cache_expiry import CacheExpiry
 from gateway.services.changefeed import ChangeFeed
+from gateway.services.retention import RetentionSweep
 from gateway.services.webhooks import Webhooks
 from gateway.settings import PacsNode, Settings
+from gateway.settings_retention import effective_interval, effective_rules
 from gateway.spool import process_spool_dir
 
 log = logging.getLogger(__name__)
@@ -209,15 +210,13 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
                 gateway = build_gateway(settings, own_store, own_index, upstreams=upstreams, bridge_state=bridge_state)
                 gateway.retrieval.start(tasks)
                 gateway.removal.start(tasks)
-                if settings.pacs_cache_max_age > 0 and upstreams:
-                    expiry = CacheExpiry(
-                        own_index,
-                        own_store,
-                        bridge_state,
-                        gateway.retrieval.flights,
-                        max_age=settings.pacs_cache_max_age,
-                    )
-                    expiry.start(tasks)
+                RetentionSweep(
+                    own_index,
+                    gateway.removal,
+                    effective_rules(settings),
+                    interval=effective_interval(settings),
+                    audit=security.audit,
+                ).start(tasks)
                 if gateway.forward is not None:
                     gateway.forward.start(tasks)
                 app.state.gateway = gateway

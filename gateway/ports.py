@@ -155,6 +155,39 @@ class RemovalCause:
 UNDONE = RemovalCause("undo")  # an upload refused as a whole, or objects nobody was told are stored
 
 
+@dataclass(frozen=True)
+class RetentionMatch:
+    """Which instances a retention rule selects (:meth:`Index.retention_candidates`). ``origin``:
+    an exact origin (``stow``, ``import``, ``dimse:<name>``, ``pacs:<name>``) or, ending in
+    ``:``, every origin with that prefix (``dimse:``, ``pacs:``); "" any. ``modality`` (of the
+    series) and ``sop_class``: "" any. Instances cached from a PACS that an upload was told are
+    stored (``shared``) are never matched by a ``pacs:`` origin: they are not mere copies."""
+
+    origin: str = ""
+    modality: str = ""
+    sop_class: str = ""
+    # True: the time limit applies to the last use (the later of when the instance was stored
+    # and when its series was last read, Index.record_access), not to when it was stored.
+    idle: bool = False
+
+
+@dataclass(frozen=True)
+class RetentionCandidate:
+    """An instance a rule selects, with when it was stored and when its series was last read
+    (seconds since the epoch; None: not since access times are recorded)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    origin: str
+    stored_at: float
+    accessed_at: float | None = None
+
+    @property
+    def last_used(self) -> float:
+        return max(self.stored_at, self.accessed_at or 0.0)
+
+
 class ChangeAction(enum.Enum):
     CREATE = "create"
     DELETE = "delete"
@@ -254,10 +287,26 @@ class Index(Protocol):
         """The objects are gone: uploads of ``sop`` may commit again. A removal never ended (its
         process died) lapses after :data:`REMOVAL_LAPSE` seconds."""
 
-    async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
-        """(study, series, sop) of up to ``limit`` instances cached from a PACS (origin
-        ``pacs:<name>``) stored before ``before`` (seconds since the epoch) and never reported
-        stored to an upload (not ``shared``), oldest first: what the cache expiry removes."""
+    async def retention_candidates(
+        self, match: RetentionMatch, stored_before: float, limit: int
+    ) -> list[RetentionCandidate]:
+        """Up to ``limit`` instances ``match`` selects, stored (with ``match.idle``: last used)
+        before ``stored_before``, oldest first, outside protected studies (:meth:`set_protected`)."""
+
+    async def record_access(self, series: Collection[tuple[str, str]], now: float) -> None:
+        """Note that these (study, series) were read at ``now`` (for ``max_idle_seconds`` rules;
+        callers keep it cheap: :class:`gateway.services.access_clock.AccessClock`)."""
+
+    async def set_protected(self, study: str, protected: bool) -> None:
+        """Protect ``study`` from retention sweeps, or lift that (kept while the study is absent)."""
+
+    async def is_protected(self, study: str) -> bool:
+        """Whether ``study`` is protected from retention sweeps."""
+
+    async def take_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Hold the lease ``name`` for ``seconds`` (renewing it when ``holder`` holds it already);
+        False while another holder's lease runs. What one replica at a time may do (the
+        retention sweep) runs under it."""
 
     async def clear(self) -> None:
         """Remove every row (reindex), each with its ``delete`` change-feed entry (origin

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from gateway.dicom.deidentify import PROFILES as DEIDENTIFY_PROFILES
 from gateway.dicom.restriction import Restriction, RestrictionError, parse_restriction
 from gateway.errors import SettingsError as SettingsError
+from gateway.settings_retention import RetentionRule, validate_retention
 
 ENV_PREFIX = "DICOMWEB_GATEWAY_"
 
@@ -301,6 +302,9 @@ class Settings:
     # Seconds an instance cached from a PACS is kept (then removed; fetched again when asked
     # for). 0: kept forever. Instances stored by STOW are never expired.
     pacs_cache_max_age: float = 0.0
+    # [[retention]] rules (gateway.settings_retention) and the seconds between their sweeps.
+    retention: tuple[RetentionRule, ...] = ()
+    retention_interval_seconds: float = 60.0
     # Seconds between a DELETE or rejection taking instances out of the index (they are gone for
     # every new request at once) and deleting their objects: retrieves already sending them finish.
     delete_grace: float = 30.0
@@ -539,6 +543,7 @@ def _validate(s: Settings) -> Settings:
     from gateway.settings_security import validate_security
 
     validate_security(s)
+    validate_retention(s)
     from gateway.settings_webhooks import validate_webhooks
 
     validate_webhooks(s)

@@ -153,19 +153,27 @@ async def test_the_migration_gives_instances_already_indexed_their_create_entrie
         await first.add(record(1, 1, 2, PatientID="P1"))
     finally:
         await first.aclose()
-    # The database a gateway of schema version 3 left: no change feed yet (nor webhook cursors).
+    # The database a gateway of schema version 3 left: no change feed yet (nor what versions 5 and 6 add).
+    undo = (
+        "ALTER TABLE series DROP COLUMN accessed_at",
+        "DROP INDEX instances_by_stored_at",
+        "DROP TABLE leases",
+        "DROP TABLE protected_studies",
+        "DROP TABLE webhook_cursors",
+        "DROP TABLE changefeed",
+    )
     if backend.name == "sqlite":
         assert backend.path is not None
         with sqlite3.connect(backend.path) as conn:
-            conn.execute("DROP TABLE changefeed")
-            conn.execute("DROP TABLE webhook_cursors")
+            for statement in undo:
+                conn.execute(statement)
         conn.close()
     else:
         assert backend.url is not None
         conninfo, schema = parse_url(backend.url)[:2]
         with psycopg.connect(conninfo, autocommit=True, options=f"-c search_path={schema}") as pg:
-            pg.execute("DROP TABLE changefeed")
-            pg.execute("DROP TABLE webhook_cursors")
+            for statement in undo:
+                pg.execute(statement)
     backend.set_schema_version(3)
     again = backend.open()
     try:

@@ -10,9 +10,10 @@ import psycopg
 import pytest
 
 from bench.scale import OHIF_LIST, patient_name, study_date, study_uid, synthetic_records
-from gateway.adapters import postgres_index, sqlite_index
+from gateway.adapters import postgres_index, sql_retention, sqlite_index
 from gateway.adapters.postgres_index import parse_url
 from gateway.dicom.query import parse_qido
+from gateway.ports import RetentionMatch
 from tests.fixtures_index import Backend
 
 STUDIES = 3000
@@ -51,7 +52,8 @@ async def test_qido_queries_use_indexes(backend: Backend) -> None:
             if wanted not in plan or scans_all:
                 wrong[name] = plan
         assert wrong == {}
-        # The cache expiry sweep (every minute at most) walks its partial index, not every row.
+        # The PACS cache's retention rule (swept every minute at most) walks its partial index,
+        # not every row.
         plan = _explain_expired(backend)
         assert "instances_expiry" in plan, plan
     finally:
@@ -59,14 +61,17 @@ async def test_qido_queries_use_indexes(backend: Backend) -> None:
 
 
 def _explain_expired(backend: Backend) -> str:
+    cached = RetentionMatch(origin="pacs:")  # the rule pacs_cache_max_age stands for
     if backend.name == "sqlite":
+        sql, params = sql_retention.candidates_sql("?", cached, 1e12, 500, cached_copies=sqlite_index.CACHED_COPIES)
         assert backend.path is not None
         with sqlite3.connect(backend.path) as conn:
-            rows = conn.execute("EXPLAIN QUERY PLAN " + sqlite_index.EXPIRED_CACHED_SQL, (1e12, 500)).fetchall()
+            rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
         conn.close()
         return "\n".join(str(row[-1]) for row in rows)
     assert backend.url is not None
     conninfo, schema = parse_url(backend.url)[:2]
+    sql, params = sql_retention.candidates_sql("%s", cached, 1e12, 500, cached_copies=postgres_index.CACHED_COPIES)
     with psycopg.connect(conninfo, autocommit=True, options=f"-c search_path={schema}") as conn:
-        rows = conn.execute("EXPLAIN " + postgres_index.EXPIRED_CACHED_SQL, (1e12, 500)).fetchall()
+        rows = conn.execute("EXPLAIN " + sql, params).fetchall()
     return "\n".join(str(row[0]) for row in rows)

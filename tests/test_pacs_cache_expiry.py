@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -16,11 +17,14 @@ from gateway.adapters.filestore import FileBlobStore
 from gateway.adapters.sqlite_index import SqliteIndex
 from gateway.dicom.parse import ParseLimits, parse_part10
 from gateway.errors import NotFound
-from gateway.ports import AddOutcome, Index
-from gateway.services.cache_expiry import CacheExpiry
+from gateway.ports import AddOutcome, Index, RetentionMatch
 from gateway.services.instance_reader import InstanceReader
 from gateway.services.instance_writer import InstanceWriter
 from gateway.services.pacs_flights import PacsFlights
+from gateway.services.removal import RemovalService
+from gateway.services.retention import RetentionSweep
+from gateway.services.visibility import Visibility
+from gateway.settings_retention import PACS_CACHE_RULE, RetentionRule
 from tests import factory
 from tests.fixtures_pacs import GATEWAY_AET, GatewayFactory, load_orthanc, node
 from tests.http_helpers import stow, uids_of
@@ -31,6 +35,7 @@ from tests.test_pacs_wado import by_sop, dataset_bytes, retrieve
 pytestmark = pytest.mark.timeout(120)
 
 MAX_AGE = 2.0
+GRACE = 5.0  # seconds the objects of an expired instance outlive its row here
 PACS_STUDY = factory.new_uid("expiry-pacs-study")
 PACS_SERIES = factory.new_uid("expiry-pacs-series")
 STOW_STUDY = factory.new_uid("expiry-stow-study")
@@ -86,7 +91,7 @@ def test_cached_series_expires_and_is_fetched_again(
     assert gw.log().count("retrieving series") == 1
     # Cached (written through once the retrieve ended), then gone after the age: the sweep runs
     # every second here, and the machine may be busy, so a generous bound on noticing it.
-    assert wait_until(lambda: "cache expiry: removed 3 instance(s)" in gw.log(), 30), gw.log()[-3000:]
+    assert wait_until(lambda: "retention: rule pacs-cache removed 3 instance(s)" in gw.log(), 30), gw.log()[-3000:]
     assert f"retrieved series {PACS_SERIES}" in gw.log()
     # The change feed says where the copies came from, and what took them away.
     feed = httpx.get(gw.url + "/changefeed", params={"includeMetadata": "false"}, timeout=30).json()
@@ -132,9 +137,10 @@ async def test_index_lists_only_old_unshared_pacs_copies(index: Index) -> None:
     # An upload of the same bytes is told "stored": that copy must stay.
     assert await index.add(dataclasses.replace(shared_pacs, origin="stow")) is AddOutcome.IDENTICAL  # type: ignore[type-var]
 
-    expired = await index.expired_cached(2000.0, 10)
+    cached = RetentionMatch(origin="pacs:")  # the rule pacs_cache_max_age stands for
+    expired = [(c.study_uid, c.series_uid, c.sop_uid) for c in await index.retention_candidates(cached, 2000.0, 10)]
     assert expired == [(r.study_uid, r.series_uid, r.sop_uid) for r in (older_pacs, old_pacs)]  # type: ignore[attr-defined]
-    assert await index.expired_cached(2000.0, 1) == expired[:1]
+    assert [c.sop_uid for c in await index.retention_candidates(cached, 2000.0, 1)] == [expired[0][2]]
 
 
 @pytest.mark.anyio
@@ -153,24 +159,32 @@ async def test_objects_outlive_their_rows_by_an_interval_for_reads_in_flight(tmp
             path.write_bytes(data)
             await writer.write(parse_part10(path, origin="pacs:orthanc"), path)
         flights = PacsFlights(writer, index, {}, None, parse_limits=ParseLimits())
-        expiry = CacheExpiry(index, store, None, flights, max_age=MAX_AGE)
-        keys = [InstanceReader.key(r) for r in await reader.select(PACS_STUDY, PACS_SERIES)]  # a request in flight
-        assert len(keys) == 3
+        async with anyio.create_task_group() as tasks:
+            removal = RemovalService(index, writer, Visibility(index), None, flights, grace=30.0)
+            removal.start(tasks)
+            rule = RetentionRule(name=PACS_CACHE_RULE, origin="pacs", max_age_seconds=MAX_AGE)
+            # The cache rule's objects go one interval after their rows.
+            sweep = RetentionSweep(index, removal, [rule], interval=GRACE)
+            keys = [InstanceReader.key(r) for r in await reader.select(PACS_STUDY, PACS_SERIES)]  # a request in flight
+            assert len(keys) == 3
 
-        assert await expiry.sweep(time.time() + 10 * MAX_AGE) == 3
-        with pytest.raises(NotFound):
-            await reader.select(PACS_STUDY, PACS_SERIES)  # new requests: gone (a PACS retrieve would follow)
-        assert [await store.read_all(key) for key in keys] == instances  # the request in flight: intact
-
-        # Indexed again before its objects were due (retrieved anew): that one keeps them.
-        again = tmp_path / "again.dcm"
-        again.write_bytes(instances[0])
-        await writer.write(parse_part10(again, origin="pacs:orthanc"), again)
-        assert await expiry.delete_unindexed() == 0  # not due yet
-        assert await expiry.delete_unindexed(time.monotonic() + expiry.interval) == 2
-        assert await store.read_all(keys[0]) == instances[0]
-        for key in keys[1:]:
+            assert await sweep.sweep(time.time() + 10 * MAX_AGE) == 3
             with pytest.raises(NotFound):
-                await store.read_all(key)
+                await reader.select(PACS_STUDY, PACS_SERIES)  # new requests: gone (a PACS retrieve would follow)
+            assert [await store.read_all(key) for key in keys] == instances  # the request in flight: intact
+
+            # Indexed again before its objects were due (retrieved anew): that one keeps them.
+            again = tmp_path / "again.dcm"
+            again.write_bytes(instances[0])
+            await writer.write(parse_part10(again, origin="pacs:orthanc"), again)
+            deadline = time.monotonic() + 30 + GRACE
+            while await store.stat(keys[1]) is not None or await store.stat(keys[2]) is not None:
+                assert time.monotonic() < deadline, "the objects of the expired instances are still there"
+                await anyio.sleep(0.1)
+            assert await store.read_all(keys[0]) == instances[0]
+            for key in keys[1:]:
+                with pytest.raises(NotFound):
+                    await store.read_all(key)
+            tasks.cancel_scope.cancel()
     finally:
         await index.aclose()

@@ -117,8 +117,12 @@ async def test_schema_version_1_is_migrated_keeping_its_rows(backend: Backend) -
 
 
 def _downgrade_to_version_1(backend: Backend) -> None:
-    """Undo migrations 5, 4, 3 and 2 by hand: the database a gateway of schema version 1 left."""
+    """Undo migrations 6, 5, 4, 3 and 2 by hand: the database a gateway of schema version 1 left."""
     statements = (
+        "ALTER TABLE series DROP COLUMN accessed_at",
+        "DROP INDEX instances_by_stored_at",
+        "DROP TABLE leases",
+        "DROP TABLE protected_studies",
         "DROP TABLE webhook_cursors",
         "DROP TABLE changefeed",
         "DROP INDEX instances_expiry",

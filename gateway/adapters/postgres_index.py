@@ -58,7 +58,7 @@ import psycopg.errors
 from psycopg.adapt import Buffer, Loader
 from psycopg.sql import SQL, Literal
 
-from gateway.adapters import sql_changes, sql_webhooks
+from gateway.adapters import sql_changes, sql_retention, sql_webhooks
 from gateway.adapters.postgres_pool import ConnectionLost, IndexConnections, one_line
 from gateway.adapters.postgres_search import norm_values, search_sql
 from gateway.adapters.sql_rows import (
@@ -89,12 +89,14 @@ from gateway.ports import (
     InstanceRecord,
     KeepIf,
     RemovalCause,
+    RetentionCandidate,
+    RetentionMatch,
     SearchResult,
     WebhookCursor,
 )
 from gateway.security.access import Restriction
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Advisory lock space of per-instance locks (the second key is a CRC of the SOP Instance UID:
 # a collision only makes two instances wait for each other).
 _INSTANCE_LOCKS = 0x44574749
@@ -167,11 +169,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         sql_changes.BACKFILL,
     ),
     5: (sql_webhooks.TABLE_DDL.format(text=_TEXT, integer="bigint", real="double precision"),),
+    6: sql_retention.migration(_UID, "double precision"),
 }
-EXPIRED_CACHED_SQL = (
-    "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%%' AND NOT shared"
-    " AND stored_at < %s ORDER BY stored_at LIMIT %s"
-)
+
+# The WHERE terms of the partial index instances_expiry (sql_retention.candidates_sql).
+CACHED_COPIES = "origin LIKE 'pacs:%%' AND NOT shared"
 
 
 class _RawJson(Loader):
@@ -307,9 +309,36 @@ class PostgresIndex:
         async with self._connection() as conn:
             await conn.execute("DELETE FROM removals WHERE sop_uid = %s AND token = %s", (sop, token))
 
-    async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
-        rows = await self._fetch(EXPIRED_CACHED_SQL, [before, limit])
-        return [(str(a), str(b), str(c)) for a, b, c in rows]
+    async def retention_candidates(
+        self, match: RetentionMatch, stored_before: float, limit: int
+    ) -> list[RetentionCandidate]:
+        sql, params = sql_retention.candidates_sql("%s", match, stored_before, limit, cached_copies=CACHED_COPIES)
+        rows = await self._fetch(sql, params)
+        return [
+            RetentionCandidate(str(a), str(b), str(c), str(o), float(t), None if u is None else float(u))
+            for a, b, c, o, t, u in rows
+        ]
+
+    async def record_access(self, series: Collection[tuple[str, str]], now: float) -> None:
+        async with self._connection() as conn, conn.cursor() as cur:
+            params = [(now, study, series_uid, now) for study, series_uid in series]
+            await cur.executemany(sql_retention.record_access_sql("%s"), params)
+
+    async def set_protected(self, study: str, protected: bool) -> None:
+        async with self._connection() as conn:
+            if protected:
+                await conn.execute(sql_retention.protect_sql("%s"), (study, time.time()))
+            else:
+                await conn.execute(sql_retention.unprotect_sql("%s"), (study,))
+
+    async def is_protected(self, study: str) -> bool:
+        return bool(await self._fetch(sql_retention.is_protected_sql("%s"), [study]))
+
+    async def take_lease(self, name: str, holder: str, seconds: float) -> bool:
+        now = time.time()
+        async with self._connection() as conn:
+            cur = await conn.execute(sql_retention.take_lease_sql("%s"), (name, holder, now + seconds, now, holder))
+            return bool(await cur.fetchall())
 
     async def clear(self) -> None:
         async with self._connection(bulk=True) as conn, conn.transaction():

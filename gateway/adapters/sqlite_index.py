@@ -41,7 +41,7 @@ import anyio.to_thread
 import orjson
 
 from gateway import observability
-from gateway.adapters import sql_changes, sql_webhooks
+from gateway.adapters import sql_changes, sql_retention, sql_webhooks
 from gateway.adapters.sql_rows import (
     IndexRow,
     decode_metadata,
@@ -71,6 +71,8 @@ from gateway.ports import (
     InstanceRecord,
     KeepIf,
     RemovalCause,
+    RetentionCandidate,
+    RetentionMatch,
     SearchResult,
     WebhookCursor,
 )
@@ -78,7 +80,7 @@ from gateway.security.access import Restriction
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_MAX_RESULTS = 1000
 
 
@@ -129,9 +131,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE instances ADD COLUMN shared INTEGER NOT NULL DEFAULT 0",
         "CREATE TABLE removals (sop_uid TEXT PRIMARY KEY NOT NULL, token TEXT NOT NULL, since REAL NOT NULL)",
     ),
-    # The cache expiry sweep (EXPIRED_CACHED_SQL) walks this small index, oldest first, instead of
-    # scanning every instance row; the planner uses a partial index when the query repeats its
-    # WHERE terms exactly.
+    # The cache expiry sweep walked this small index, oldest first, instead of scanning every
+    # instance row (version 6 drops it: the retention sweep, which the cache expiry is a rule
+    # of now, walks instances_by_stored_at).
     3: ("CREATE INDEX instances_expiry ON instances (stored_at) WHERE origin LIKE 'pacs:%' AND shared = 0",),
     # AUTOINCREMENT: a sequence is never reused, even once the newest entries were deleted.
     4: (
@@ -142,11 +144,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         sql_changes.BACKFILL,
     ),
     5: (sql_webhooks.TABLE_DDL.format(text="TEXT", integer="INTEGER", real="REAL"),),
+    6: sql_retention.migration("TEXT NOT NULL", "REAL"),
 }
-EXPIRED_CACHED_SQL = (
-    "SELECT study_uid, series_uid, sop_uid FROM instances WHERE origin LIKE 'pacs:%' AND shared = 0"
-    " AND stored_at < ? ORDER BY stored_at LIMIT ?"
-)
+
+# The WHERE terms of the partial index instances_expiry (sql_retention.candidates_sql).
+CACHED_COPIES = "origin LIKE 'pacs:%' AND shared = 0"
 
 
 class SqliteIndex:
@@ -242,9 +244,39 @@ class SqliteIndex:
             )
         )
 
-    async def expired_cached(self, before: float, limit: int) -> list[tuple[str, str, str]]:
-        rows = await self._read(lambda conn: conn.execute(EXPIRED_CACHED_SQL, (before, limit)).fetchall())
-        return [(str(a), str(b), str(c)) for a, b, c in rows]
+    async def retention_candidates(
+        self, match: RetentionMatch, stored_before: float, limit: int
+    ) -> list[RetentionCandidate]:
+        sql, params = sql_retention.candidates_sql("?", match, stored_before, limit, cached_copies=CACHED_COPIES)
+        rows = await self._read_rows(sql, params)
+        return [
+            RetentionCandidate(str(a), str(b), str(c), str(o), float(t), None if u is None else float(u))
+            for a, b, c, o, t, u in rows
+        ]
+
+    async def record_access(self, series: Collection[tuple[str, str]], now: float) -> None:
+        params = [(now, study, series_uid, now) for study, series_uid in series]
+        sql = sql_retention.record_access_sql("?")
+        await self._write(lambda: self._transaction(lambda conn: conn.executemany(sql, params)))
+
+    async def set_protected(self, study: str, protected: bool) -> None:
+        sql, params = (
+            (sql_retention.protect_sql("?"), (study, time.time()))
+            if protected
+            else (sql_retention.unprotect_sql("?"), (study,))
+        )
+        await self._write(lambda: self._transaction(lambda conn: conn.execute(sql, params)))
+
+    async def is_protected(self, study: str) -> bool:
+        return bool(await self._read_rows(sql_retention.is_protected_sql("?"), [study]))
+
+    async def take_lease(self, name: str, holder: str, seconds: float) -> bool:
+        now = time.time()
+        params = (name, holder, now + seconds, now, holder)
+        rows = await self._write(
+            lambda: self._transaction(lambda conn: conn.execute(sql_retention.take_lease_sql("?"), params).fetchall())
+        )
+        return bool(rows)
 
     async def clear(self) -> None:
         def clear(conn: sqlite3.Connection) -> None:

@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
+    retention = sub.add_parser("retention", help="list what the retention rules would remove now, and why")
+    _common_flags(retention)
+    retention.add_argument("--dry-run", action="store_true", help="only list (required: the sweep runs in serve)")
+
     add_apikey_parser(sub)
     return parser
 
@@ -186,6 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.quiet,
             progress_interval=args.progress_interval,
         )
+    if args.command == "retention":
+        from gateway.commands.retention import run_retention_dry_run
+
+        if not args.dry_run:
+            print("dicomweb-gateway: retention needs --dry-run (serve runs the sweep itself)", file=sys.stderr)
+            return 2
+        return run_retention_dry_run(settings)
     raise AssertionError(args.command)  # argparse guarantees a known command
 
 

@@ -42,7 +42,7 @@ from gateway.dicom.media import (
 )
 from gateway.dicom.ziparchive import APPLICATION_ZIP
 from gateway.errors import NotAcceptable, NotFound
-from gateway.http import changefeed, delete, qido, rendered, stow, wado, wado_uri
+from gateway.http import changefeed, delete, protection, qido, rendered, stow, wado, wado_uri
 from gateway.http.context import base_url, gateway_of
 
 WADL = "application/vnd.sun.wadl+xml"
@@ -70,6 +70,9 @@ class Method:
     request: tuple[str, ...] = ()
     response: tuple[str, ...] = ()
     status: int = 200
+
+
+TEXT_PLAIN = "text/plain"
 
 
 def _multipart(part: str, syntaxes: Sequence[str] = ()) -> list[str]:
@@ -142,6 +145,15 @@ DESCRIPTIONS: dict[Callable[..., Any], Callable[[str], Method]] = {
     delete.delete: lambda p: Method("Delete" + _level(p), "Delete (Microsoft's DICOM service, admin)", status=204),
     delete.reject: lambda p: Method(
         "Reject" + _level(p), "Reject with a PS3.16 CID 7011 code, which deletes (admin scope)", status=204
+    ),
+    protection.get_protected: lambda _: Method(
+        "ReadStudyProtection", "Whether retention sweeps spare the study (1 or 0)", response=(TEXT_PLAIN,)
+    ),
+    protection.put_protected: lambda _: Method(
+        "ProtectStudy",
+        "Protect the study from retention sweeps: body 1 or 0 (admin scope)",
+        request=(TEXT_PLAIN,),
+        status=204,
     ),
     changefeed.changefeed: lambda _: Method(
         "ReadChangeFeed",

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Mount, Route
 
-from gateway.http import capabilities, changefeed, delete, health, landing, qido, rendered, stow, wado, wado_uri
+from gateway.http import (
+    capabilities,
+    changefeed,
+    delete,
+    health,
+    landing,
+    protection,
+    qido,
+    rendered,
+    stow,
+    wado,
+    wado_uri,
+)
 from gateway.http.middleware import metrics
 
 S = "/studies/{study}"
@@ -48,6 +60,9 @@ def dicomweb_routes() -> list[BaseRoute]:
         Route("/changefeed/latest", changefeed.latest, methods=["GET"]),
         *(Route(level, delete.delete, methods=["DELETE"]) for level in (S, SE, I)),
         *(Route(level + "/reject/{code}", delete.reject, methods=["POST"]) for level in (S, SE, I)),
+        # Kept from retention sweeps (gateway.services.retention), Orthanc's 1/0 convention.
+        Route(S + "/protected", protection.get_protected, methods=["GET"]),
+        Route(S + "/protected", protection.put_protected, methods=["PUT"]),
     ]
     # The Capabilities transaction (PS3.18 8.9) on every resource: OPTIONS only, so other methods
     # on unknown paths stay 404 (gateway.http.capabilities).

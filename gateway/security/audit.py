@@ -40,6 +40,8 @@ _EVENTS: dict[str, tuple[dict[str, str], str]] = {
     "retrieve": ({"code": "110104", "codeSystemName": "DCM", "displayName": "DICOM Instances Transferred"}, "R"),
     "store": ({"code": "110104", "codeSystemName": "DCM", "displayName": "DICOM Instances Transferred"}, "C"),
     "delete": ({"code": "110103", "codeSystemName": "DCM", "displayName": "DICOM Instances Accessed"}, "D"),
+    # A study's state changed without its instances changing (PUT .../protected): Update.
+    "update": ({"code": "110103", "codeSystemName": "DCM", "displayName": "DICOM Instances Accessed"}, "U"),
     "authenticate": ({"code": "110114", "codeSystemName": "DCM", "displayName": "User Authentication"}, "E"),
 }
 _ID_TYPES = {

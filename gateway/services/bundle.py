@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gateway.dicom.parse import ParseLimits
 from gateway.ports import BlobStore, BridgeState, Index, Upstream
+from gateway.services.access_clock import AccessClock
 from gateway.services.budget import ByteBudget
 from gateway.services.changefeed import ChangeFeed
 from gateway.services.commitment import CommitmentCheck
@@ -22,6 +23,7 @@ from gateway.services.forward import ForwardService
 from gateway.services.instance_reader import InstanceReader
 from gateway.services.instance_writer import InstanceWriter
 from gateway.services.pacs_flights import PacsFlights
+from gateway.services.protection import StudyProtection
 from gateway.services.removal import RemovalService
 from gateway.services.rendered import RenderService
 from gateway.services.retrieval import RetrievalService
@@ -44,6 +46,7 @@ class Gateway:
     commitment: CommitmentCheck  # storage commitment (PS3.4 Annex J): durable, indexed, visible
     changes: ChangeFeed  # the change feed (what entered and left the index)
     removal: RemovalService  # DELETE and rejections
+    protection: StudyProtection  # studies kept from retention sweeps
     # What principals marked for de-identification receive (PS3.15 E.1); None: built without a key.
     deidentified: DeidentifiedViews | None = None
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # the PACS nodes, by name (readiness)
@@ -89,16 +92,32 @@ def build_gateway(
         index=index,
         stow=stow,
         qido=QidoFederation(index, nodes, max_results=limits.max_qido_results),
-        retrieval=RetrievalService(reader, flights, RenderService(reader, cache_bytes=settings.rendered_cache_bytes)),
+        retrieval=RetrievalService(
+            reader,
+            flights,
+            RenderService(reader, cache_bytes=settings.rendered_cache_bytes),
+            access_clock(settings, index),
+        ),
         forward=forward,
         commitment=CommitmentCheck(
             store, index, visibility, cached_copies_expire=settings.pacs_cache_max_age > 0 and bool(nodes)
         ),
         changes=ChangeFeed(index),
+        protection=StudyProtection(index, visibility),
         removal=RemovalService(index, writer, visibility, bridge_state, flights, grace=settings.delete_grace),
         deidentified=DeidentifiedViews(index, lambda: deidentify_key(settings), profile_options(settings.deidentify)),
         upstreams=nodes,
     )
+
+
+ACCESS_RESOLUTION = 60.0  # seconds: how often at most a read of one series is noted in the index
+
+
+def access_clock(settings: Settings, index: Index) -> AccessClock | None:
+    """With ``max_idle_seconds`` rules: the clock reads note their series on (a quarter of the
+    shortest idle time at most, so a series read within it is never idle)."""
+    idle = [rule.max_idle_seconds for rule in settings.retention if rule.max_idle_seconds > 0]
+    return AccessClock(index, resolution=min(ACCESS_RESOLUTION, min(idle) / 4)) if idle else None
 
 
 def parse_limits_of(settings: Settings) -> ParseLimits:

@@ -11,8 +11,8 @@ owns it rather than re-implemented here:
 * its study is visible to the peer (:class:`gateway.services.visibility.Visibility`): a
   restricted peer learns nothing about other patients' instances, so those are reported exactly
   like absent ones;
-* it is not a copy cached from a PACS that the cache expiry will drop
-  (:mod:`gateway.services.cache_expiry`): the gateway cannot take responsibility for what it
+* it is not a copy cached from a PACS that the cache expiry will drop (the ``pacs-cache``
+  retention rule, :mod:`gateway.services.retention`): the gateway cannot take responsibility for what it
   is going to delete. Once a peer sends such an instance itself, the index marks the copy
   shared, the expiry keeps it, and it is committed.
 

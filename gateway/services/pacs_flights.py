@@ -128,7 +128,7 @@ class PacsFlights:
 
     @contextlib.asynccontextmanager
     async def holding(self, study: str) -> AsyncIterator[bool]:
-        """For the cache expiry (:mod:`gateway.services.cache_expiry`): True, and new retrieves
+        """For removals (:mod:`gateway.services.removal`, retention sweeps): True, and new retrieves
         of ``study`` wait until the block ends; or False (nothing held) when one is in flight."""
         if study in self._held or any(key[0] == study for key in self._flights):
             yield False

@@ -1,7 +1,7 @@
 """Deleting stored instances on request: DELETE at study, series and instance level, and
 rejections (Microsoft's DICOM service paths; OHIF's ``supportsReject``), issue #16.
 
-Order, as the cache expiry's (:mod:`gateway.services.cache_expiry`): first every index row of
+Order (retention sweeps use it too, :mod:`gateway.services.retention`): first every index row of
 the selection goes (:meth:`gateway.ports.Index.begin_removal`, each with its change-feed
 ``delete`` entry naming the cause), so no new request finds any of them; then, ``grace``
 seconds later, their objects, each under a removal of its own that keeps them if the instance
@@ -92,26 +92,56 @@ class RemovalService:
             # Once begun, every row of the selection goes and its objects are scheduled, even if
             # the client hangs up meanwhile: no half-deleted study, no object left unscheduled.
             with anyio.CancelScope(shield=True):
-                removed = await self._remove(records, cause)
+                removed = await self._remove(
+                    [((r.study_uid, r.series_uid, r.sop_uid), r.origin) for r in records], cause
+                )
         return removed
 
-    async def _remove(self, records: list[InstanceRecord], cause: RemovalCause) -> Removed:
+    async def remove_swept(
+        self,
+        study: str,
+        instances: list[tuple[InstanceKey, str]],
+        *,
+        cause: RemovalCause,
+        grace: float | None = None,
+    ) -> Removed | None:
+        """For a retention sweep (:mod:`gateway.services.retention`): take ``instances`` of
+        ``study`` ((key, origin) pairs) out of the index as a DELETE does, except a cached copy
+        an upload was meanwhile told is stored (:attr:`KeepIf.SHARED`). None, and nothing
+        removed, while a retrieve of the study from a PACS is in flight or once the study is
+        protected (:meth:`gateway.ports.Index.set_protected`): the next sweep looks again.
+        ``grace``: seconds before the objects go, instead of the delete grace."""
+        removed: Removed | None = None
+        async with self._flights.holding(study) as held:
+            if held and not await self._index.is_protected(study):
+                with anyio.CancelScope(shield=True):
+                    removed = await self._remove(instances, cause, KeepIf.SHARED, grace)
+        return removed
+
+    async def _remove(
+        self,
+        instances: list[tuple[InstanceKey, str]],
+        cause: RemovalCause,
+        keep_if: KeepIf = KeepIf.NEVER,
+        grace: float | None = None,
+    ) -> Removed:
+        grace = self._grace if grace is None else grace
         removed = Removed()
         pacs: set[str] = set()
-        for record in records:
-            key = (record.study_uid, record.series_uid, record.sop_uid)
-            token = await self._index.begin_removal(*key, keep_if=KeepIf.NEVER, cause=cause)
-            if token is not None:
-                await self._index.end_removal(record.sop_uid, token)
+        for key, origin in instances:
+            token = await self._index.begin_removal(*key, keep_if=keep_if, cause=cause)
+            if token is None:  # KeepIf.SHARED: an upload was told it is stored; it stays
+                continue
+            await self._index.end_removal(key[2], token)
             removed.instances.append(key)
-            if record.origin.startswith("pacs:"):
-                pacs.add(record.origin.removeprefix("pacs:"))
+            if origin.startswith("pacs:"):
+                pacs.add(origin.removeprefix("pacs:"))
         if pacs and self._state is not None:
-            for series_key in sorted({(r.study_uid, r.series_uid) for r in records}):
+            for series_key in sorted({(study, series) for study, series, _ in removed.instances}):
                 await self._state.forget_retrieved(*series_key)
         removed.pacs.extend(sorted(pacs))
-        if self._tasks is not None and self._grace > 0:
-            self._tasks.start_soon(self._discard_later, list(removed.instances))
+        if self._tasks is not None and grace > 0:
+            self._tasks.start_soon(self._discard_later, list(removed.instances), grace)
         else:
             await self._discard(removed.instances)
         return removed
@@ -130,8 +160,8 @@ class RemovalService:
             raise NotFound(f"no such {level} is stored")
         return records
 
-    async def _discard_later(self, keys: list[InstanceKey]) -> None:
-        await anyio.sleep(self._grace)
+    async def _discard_later(self, keys: list[InstanceKey], grace: float) -> None:
+        await anyio.sleep(grace)
         await self._discard(keys)
 
     async def _discard(self, keys: list[InstanceKey]) -> None:

@@ -48,6 +48,7 @@ from gateway.dicom.render import RenderOptions
 from gateway.errors import NotFound, UpstreamError
 from gateway.ports import InstanceRecord
 from gateway.security.access import Restriction
+from gateway.services.access_clock import AccessClock
 from gateway.services.byte_slices import ByteSlices
 from gateway.services.flight import Arrival, read_file, reraised
 from gateway.services.instance_reader import InstanceReader
@@ -74,12 +75,19 @@ class Retrieval:
 class RetrievalService:
     """Answers selections from the store, or from a PACS through the cache (see the module)."""
 
-    def __init__(self, reader: InstanceReader, flights: PacsFlights, renderer: RenderService) -> None:
+    def __init__(
+        self,
+        reader: InstanceReader,
+        flights: PacsFlights,
+        renderer: RenderService,
+        access: AccessClock | None = None,
+    ) -> None:
         # Public for the composition root (the cache expiry holds studies through the flights)
         # and for tests that look at caches and budgets; callers use the methods below.
         self.reader = reader
         self.flights = flights
         self.renderer = renderer
+        self._access = access  # with max_idle_seconds rules: when each series was last read
 
     def start(self, tasks: TaskGroup) -> None:
         """Run PACS flights in ``tasks`` (the application's lifespan task group)."""
@@ -211,11 +219,14 @@ class RetrievalService:
     ) -> list[InstanceRecord] | None:
         """The records to answer from, or None when a PACS must be asked."""
         if pacs is None and not self.flights.configured:
-            return await self.reader.select(study, series, sop, restriction=restriction)
-        if pacs is not None and not self.flights.knows(pacs):
-            raise NotFound(f"no PACS named {pacs!r} is configured")
-        records = await self._complete_in_cache(study, series, sop, restriction)
-        observability.cache_lookup("pacs", hit=records is not None)
+            records: list[InstanceRecord] | None = await self.reader.select(study, series, sop, restriction=restriction)
+        else:
+            if pacs is not None and not self.flights.knows(pacs):
+                raise NotFound(f"no PACS named {pacs!r} is configured")
+            records = await self._complete_in_cache(study, series, sop, restriction)
+            observability.cache_lookup("pacs", hit=records is not None)
+        if records is not None and self._access is not None:
+            await self._access.note(records)
         return records
 
     async def _complete_in_cache(

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.http.middleware.security import OPEN_PATHS, is_rejection
+from gateway.http.middleware.security import OPEN_PATHS, is_protection, is_rejection
 from gateway.http.middleware.traffic import counted
 from gateway.security.audit import AccessRecord, AuditLog
 
@@ -37,6 +37,8 @@ def classify(
         return "authenticate", uids
     if method == "POST" and is_rejection(relative):
         return "delete", uids
+    if method == "PUT" and is_protection(relative):
+        return "update", uids
     if method in ("POST", "PUT"):
         return "store", uids
     if method == "DELETE":

@@ -45,7 +45,7 @@ def required_scope(method: str, path: str) -> str | None:
         return METRICS
     if method in ("GET", "HEAD", "OPTIONS"):
         return READ
-    if method in ("POST", "PUT") and not is_rejection(path):
+    if method in ("POST", "PUT") and not is_rejection(path) and not is_protection(path):
         return WRITE
     return ADMIN
 
@@ -54,6 +54,12 @@ def is_rejection(path: str) -> bool:
     """``.../reject/{code}``: a rejection (gateway.http.delete), which deletes."""
     segments = path.rstrip("/").split("/")
     return len(segments) >= 3 and segments[-2] == "reject"
+
+
+def is_protection(path: str) -> bool:
+    """``.../studies/{study}/protected``: what retention may delete (gateway.http.protection)."""
+    segments = path.rstrip("/").split("/")
+    return len(segments) >= 3 and segments[-1] == "protected" and segments[-3] == "studies"
 
 
 def principal_of(request: Request) -> Principal | None:
