@@ -27,10 +27,12 @@ scripts/test.sh    # install everything the tests need (apt + PyPI), then lint, 
 
 
 def _setting_names(cls: type, prefix: str = "") -> list[str]:
-    """Dotted names of every leaf setting, e.g. ``limits.max_head_bytes``; ``[[pacs]]`` apart."""
+    """Dotted names of every leaf setting, e.g. ``limits.max_head_bytes``; the lists of tables
+    (``[[pacs]]``, ``[[dimse_clients]]``, ``[[webhooks]]``, ``[[retention]]``) apart: their keys
+    are documented in their own sections."""
     names: list[str] = []
     for f in dataclasses.fields(cls):
-        if f.name in ("pacs", "dimse_clients", "webhooks"):
+        if f.name in ("pacs", "dimse_clients", "webhooks", "retention"):
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
