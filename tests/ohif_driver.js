@@ -8,11 +8,14 @@
 //   list: true | false,                       // check the study list and the patient filter
 //   filter: { text: "smith", expect: "SMITH, ANNA" },
 //   open: ["StudyInstanceUID", ...],          // studies opened in the viewer, one page load each
+//   waitFullResolution: false,                // also wait until an image is shown at full resolution
 //   timeoutMs: 60000,
 // }
-// report: { rows, filtered, opened: [{ study, firstImageMs, canvas: {mean, std, nonBlack} }],
+// report: { rows, filtered, opened: [{ study, firstImageMs, canvas: {mean, std, nonBlack},
+//                                     shown: [{ quality, rows, columns, frame }] }],
 //           bad: ["401 GET url", ...], failed: [...], consoleErrors: [...], error,
-//           ranged: ["206 bytes=0-65535 bytes 0-9999/10000 url", ...] (responses to Range requests) }
+//           ranged: ["206 bytes=0-65535 bytes 0-9999/10000 url", ...] (responses to Range requests),
+//           rangedTypes: [their Content-Type, in the same order] }
 'use strict';
 const { chromium } = require('playwright-core');
 
@@ -90,15 +93,21 @@ async function openStudy(page, payload, study, trace) {
     return rendered(s) ? s : null;
   }, payload.timeoutMs, `rendered pixels of study ${study}`);
   const firstImageMs = Date.now() - started;
+  if (payload.waitFullResolution) {
+    // Progressive loading: a sub-resolution image renders first; wait for the full one too.
+    await waitFor(() => page.evaluate(() => (window.__shownImages || []).some((s) => s.quality === 8)),
+                  payload.timeoutMs, `a full-resolution image of study ${study}`);
+  }
   await quiet(page, payload.timeoutMs);  // every remaining frame and thumbnail request done
-  return { study, firstImageMs, canvas: await canvasStats(page) || stats };
+  const shown = await page.evaluate(() => window.__shownImages || []);
+  return { study, firstImageMs, canvas: await canvasStats(page) || stats, shown };
 }
 
 async function main() {
   const payload = await readStdin();
   payload.timeoutMs = payload.timeoutMs || 60000;
   const report = {
-    rows: null, filtered: null, opened: [], bad: [], failed: [], consoleErrors: [], requests: 0, ranged: [],
+    rows: null, filtered: null, opened: [], bad: [], failed: [], consoleErrors: [], requests: 0, ranged: [], rangedTypes: [],
   };
   const browser = await chromium.launch({
     executablePath: payload.chromium || '/usr/bin/chromium',
@@ -107,12 +116,27 @@ async function main() {
   });
   try {
     const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+    // Every image a stack viewport shows (Cornerstone3D's STACK_NEW_IMAGE, dispatched on the
+    // viewport element and seen here in the capture phase), with its imageQualityStatus: 6 is
+    // SUBRESOLUTION (drawn from a prefix of the frame), 8 FULL_RESOLUTION.
+    await context.addInitScript(() => {
+      window.__shownImages = [];
+      window.addEventListener('CORNERSTONE_STACK_NEW_IMAGE', (e) => {
+        const image = e.detail && e.detail.image;
+        if (!image) return;
+        window.__shownImages.push({ quality: image.imageQualityStatus, rows: image.rows, columns: image.columns,
+                                    frame: String(image.imageId || '').split('/studies/').pop() });
+      }, true);
+    });
     const page = await context.newPage();
     page.on('request', (r) => { if (r.url().includes('/studies') || r.url().includes('/wado')) report.requests++; });
     page.on('response', (r) => {
       if (r.status() >= 400) report.bad.push(`${r.status()} ${r.request().method()} ${r.url()}`);
       const range = r.request().headers()['range'];
-      if (range) report.ranged.push(`${r.status()} ${range} ${r.headers()['content-range'] || '-'} ${r.url()}`);
+      if (range) {
+        report.ranged.push(`${r.status()} ${range} ${r.headers()['content-range'] || '-'} ${r.url()}`);
+        report.rangedTypes.push(r.headers()['content-type'] || '-');
+      }
     });
     page.on('requestfailed', (r) => {
       const why = r.failure() ? r.failure().errorText : '';
