@@ -9,10 +9,12 @@
 //   filter: { text: "smith", expect: "SMITH, ANNA" },
 //   open: ["StudyInstanceUID", ...],          // studies opened in the viewer, one page load each
 //   waitFullResolution: false,                // also wait until an image is shown at full resolution
+//   videos: ["StudyInstanceUID", ...],        // opened studies that are a video: wait for <video> to play
 //   timeoutMs: 60000,
 // }
 // report: { rows, filtered, opened: [{ study, firstImageMs, canvas: {mean, std, nonBlack},
-//                                     shown: [{ quality, rows, columns, frame }] }],
+//                                     shown: [{ quality, rows, columns, frame }] }
+//                                   or, for a video, { study, firstImageMs, video: {readyState, width, ...} }],
 //           bad: ["401 GET url", ...], failed: [...], consoleErrors: [...], error,
 //           ranged: ["206 bytes=0-65535 bytes 0-9999/10000 url", ...] (responses to Range requests),
 //           rangedTypes: [their Content-Type, in the same order] }
@@ -88,6 +90,19 @@ async function openStudy(page, payload, study, trace) {
   const started = Date.now();
   if (trace) trace.length = 0, trace.started = started;
   await page.goto(url, { waitUntil: 'domcontentloaded', timeout: payload.timeoutMs });
+  if ((payload.videos || []).includes(study)) {
+    // A video instance: OHIF's video viewport plays it in a <video> element (HAVE_CURRENT_DATA = 2).
+    // Cornerstone3D's video viewport draws a <video> element it keeps out of the document onto its
+    // canvas: the init script below remembers every video element made.
+    const video = await waitFor(() => page.evaluate(() => {
+      const v = [...(window.__videos || []), ...document.querySelectorAll('video')].find((e) => e.readyState >= 2);
+      return v ? { readyState: v.readyState, width: v.videoWidth, height: v.videoHeight,
+                   duration: v.duration, src: v.currentSrc } : null;
+    }), payload.timeoutMs, `a playing video of study ${study}`);
+    const firstImageMs = Date.now() - started;
+    await quiet(page, payload.timeoutMs);
+    return { study, firstImageMs, video };
+  }
   const stats = await waitFor(async () => {
     const s = await canvasStats(page);
     return rendered(s) ? s : null;
@@ -120,6 +135,13 @@ async function main() {
     // viewport element and seen here in the capture phase), with its imageQualityStatus: 6 is
     // SUBRESOLUTION (drawn from a prefix of the frame), 8 FULL_RESOLUTION.
     await context.addInitScript(() => {
+      window.__videos = [];
+      const createElement = Document.prototype.createElement;
+      Document.prototype.createElement = function (tag, ...rest) {
+        const element = createElement.call(this, tag, ...rest);
+        if (String(tag).toLowerCase() === 'video') window.__videos.push(element);
+        return element;
+      };
       window.__shownImages = [];
       window.addEventListener('CORNERSTONE_STACK_NEW_IMAGE', (e) => {
         const image = e.detail && e.detail.image;
