@@ -3,6 +3,7 @@
     .venv/bin/python bench/viewer.py            # ~3 minutes; writes bench/out/viewer.md
     .venv/bin/python bench/viewer.py --quick    # smoke test
     .venv/bin/python bench/viewer.py --codecs   # seconds: only the codec table (bench/codecs.py)
+    .venv/bin/python bench/viewer.py --link     # ~10 minutes: OHIF over a 50 Mbit/s link (bench/viewer_link.py)
 
 Both servers get the same CT series (512×512×16 bit, native Explicit VR Little Endian) by
 STOW-RS. Then, alternating between the servers:
@@ -41,7 +42,7 @@ if str(ROOT) not in sys.path:
 
 import pydicom  # noqa: E402
 
-from bench import codecs, report  # noqa: E402
+from bench import codecs, report, viewer_link  # noqa: E402
 from bench.servers import GATEWAY, ORTHANC, Server, gateway_server, load, orthanc_server  # noqa: E402
 from tests import factory  # noqa: E402
 from tests.peers import ohif  # noqa: E402
@@ -224,16 +225,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--codecs", action="store_true", help="only the codec table (no servers, seconds)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "viewer.md")
+    parser.add_argument("--link", action="store_true", help="only OHIF over a throttled link (bench/viewer_link.py)")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.codecs:
         print(codecs.codec_table())
         return 0
+    if args.link:
+        markdown = viewer_link.run(args.quick)
+        print(markdown)
+        out = args.out or ROOT / "bench" / "out" / "viewer-link.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(markdown)
+        return 0
     with tempfile.TemporaryDirectory(prefix="dicomweb-viewer-bench-") as tmp, ExitStack() as stack:
         markdown = benchmark(stack, Path(tmp), QUICK if args.quick else FULL)
     print(markdown)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown)
+    out = args.out or ROOT / "bench" / "out" / "viewer.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown)
     return 0
 
 

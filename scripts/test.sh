@@ -16,6 +16,8 @@ command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 # The OHIF viewer test (tests/test_ohif.py): Debian's Chromium, driven by playwright-core (npm).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# Video test instances (tests/video_factory.py): clips encoded by ffmpeg (MPEG-2, H.264, HEVC).
+command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

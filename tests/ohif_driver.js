@@ -8,11 +8,16 @@
 //   list: true | false,                       // check the study list and the patient filter
 //   filter: { text: "smith", expect: "SMITH, ANNA" },
 //   open: ["StudyInstanceUID", ...],          // studies opened in the viewer, one page load each
+//   waitFullResolution: false,                // also wait until an image is shown at full resolution
+//   videos: ["StudyInstanceUID", ...],        // opened studies that are a video: wait for <video> to play
 //   timeoutMs: 60000,
 // }
-// report: { rows, filtered, opened: [{ study, firstImageMs, canvas: {mean, std, nonBlack} }],
+// report: { rows, filtered, opened: [{ study, firstImageMs, canvas: {mean, std, nonBlack},
+//                                     shown: [{ quality, rows, columns, frame }] }
+//                                   or, for a video, { study, firstImageMs, video: {readyState, width, ...} }],
 //           bad: ["401 GET url", ...], failed: [...], consoleErrors: [...], error,
-//           ranged: ["206 bytes=0-65535 bytes 0-9999/10000 url", ...] (responses to Range requests) }
+//           ranged: ["206 bytes=0-65535 bytes 0-9999/10000 url", ...] (responses to Range requests),
+//           rangedTypes: [their Content-Type, in the same order] }
 'use strict';
 const { chromium } = require('playwright-core');
 
@@ -85,20 +90,39 @@ async function openStudy(page, payload, study, trace) {
   const started = Date.now();
   if (trace) trace.length = 0, trace.started = started;
   await page.goto(url, { waitUntil: 'domcontentloaded', timeout: payload.timeoutMs });
+  if ((payload.videos || []).includes(study)) {
+    // A video instance: OHIF's video viewport plays it in a <video> element (HAVE_CURRENT_DATA = 2).
+    // Cornerstone3D's video viewport draws a <video> element it keeps out of the document onto its
+    // canvas: the init script below remembers every video element made.
+    const video = await waitFor(() => page.evaluate(() => {
+      const v = [...(window.__videos || []), ...document.querySelectorAll('video')].find((e) => e.readyState >= 2);
+      return v ? { readyState: v.readyState, width: v.videoWidth, height: v.videoHeight,
+                   duration: v.duration, src: v.currentSrc } : null;
+    }), payload.timeoutMs, `a playing video of study ${study}`);
+    const firstImageMs = Date.now() - started;
+    await quiet(page, payload.timeoutMs);
+    return { study, firstImageMs, video };
+  }
   const stats = await waitFor(async () => {
     const s = await canvasStats(page);
     return rendered(s) ? s : null;
   }, payload.timeoutMs, `rendered pixels of study ${study}`);
   const firstImageMs = Date.now() - started;
+  if (payload.waitFullResolution) {
+    // Progressive loading: a sub-resolution image renders first; wait for the full one too.
+    await waitFor(() => page.evaluate(() => (window.__shownImages || []).some((s) => s.quality === 8)),
+                  payload.timeoutMs, `a full-resolution image of study ${study}`);
+  }
   await quiet(page, payload.timeoutMs);  // every remaining frame and thumbnail request done
-  return { study, firstImageMs, canvas: await canvasStats(page) || stats };
+  const shown = await page.evaluate(() => window.__shownImages || []);
+  return { study, firstImageMs, canvas: await canvasStats(page) || stats, shown };
 }
 
 async function main() {
   const payload = await readStdin();
   payload.timeoutMs = payload.timeoutMs || 60000;
   const report = {
-    rows: null, filtered: null, opened: [], bad: [], failed: [], consoleErrors: [], requests: 0, ranged: [],
+    rows: null, filtered: null, opened: [], bad: [], failed: [], consoleErrors: [], requests: 0, ranged: [], rangedTypes: [],
   };
   const browser = await chromium.launch({
     executablePath: payload.chromium || '/usr/bin/chromium',
@@ -107,12 +131,34 @@ async function main() {
   });
   try {
     const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+    // Every image a stack viewport shows (Cornerstone3D's STACK_NEW_IMAGE, dispatched on the
+    // viewport element and seen here in the capture phase), with its imageQualityStatus: 6 is
+    // SUBRESOLUTION (drawn from a prefix of the frame), 8 FULL_RESOLUTION.
+    await context.addInitScript(() => {
+      window.__videos = [];
+      const createElement = Document.prototype.createElement;
+      Document.prototype.createElement = function (tag, ...rest) {
+        const element = createElement.call(this, tag, ...rest);
+        if (String(tag).toLowerCase() === 'video') window.__videos.push(element);
+        return element;
+      };
+      window.__shownImages = [];
+      window.addEventListener('CORNERSTONE_STACK_NEW_IMAGE', (e) => {
+        const image = e.detail && e.detail.image;
+        if (!image) return;
+        window.__shownImages.push({ quality: image.imageQualityStatus, rows: image.rows, columns: image.columns,
+                                    frame: String(image.imageId || '').split('/studies/').pop() });
+      }, true);
+    });
     const page = await context.newPage();
     page.on('request', (r) => { if (r.url().includes('/studies') || r.url().includes('/wado')) report.requests++; });
     page.on('response', (r) => {
       if (r.status() >= 400) report.bad.push(`${r.status()} ${r.request().method()} ${r.url()}`);
       const range = r.request().headers()['range'];
-      if (range) report.ranged.push(`${r.status()} ${range} ${r.headers()['content-range'] || '-'} ${r.url()}`);
+      if (range) {
+        report.ranged.push(`${r.status()} ${range} ${r.headers()['content-range'] || '-'} ${r.url()}`);
+        report.rangedTypes.push(r.headers()['content-type'] || '-');
+      }
     });
     page.on('requestfailed', (r) => {
       const why = r.failure() ? r.failure().errorText : '';

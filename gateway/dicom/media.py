@@ -81,6 +81,7 @@ from gateway.dicom.media_table import (
     frame_media_type,
     is_encapsulated,
     is_lossy,
+    is_video,
     normalize_media_type,
     same_frames,
     transfer_syntax,
@@ -94,6 +95,8 @@ from gateway.dicom.negotiation import (
     negotiate_metadata,
     negotiate_qido,
     negotiate_rendered,
+    negotiate_video,
+    video_media_type,
 )
 
 __all__ = [
@@ -157,16 +160,19 @@ __all__ = [
     "frame_media_type",
     "is_encapsulated",
     "is_lossy",
+    "is_video",
     "negotiate_bulkdata",
     "negotiate_frames",
     "negotiate_instances",
     "negotiate_metadata",
     "negotiate_qido",
     "negotiate_rendered",
+    "negotiate_video",
     "normalize_media_type",
     "parse_accept",
     "parse_content_type",
     "part_content_type",
     "same_frames",
     "transfer_syntax",
+    "video_media_type",
 ]

@@ -208,6 +208,12 @@ def frame_media_type(uid: str) -> str:
     return APPLICATION_OCTET_STREAM if ts is None else ts.media_type
 
 
+def is_video(uid: str) -> bool:
+    """True for the MPEG-2, H.264 and HEVC syntaxes, whose Pixel Data is one video stream in
+    fragments, not divided into frames (PS3.5 8.2.5, 8.2.8, 8.2.12)."""
+    return frame_media_type(uid) in (VIDEO_MPEG, VIDEO_MP4, VIDEO_H265)
+
+
 def normalize_media_type(media_type: str) -> str:
     """Lower-case ``media_type`` and map legacy aliases (``image/x-jls``) to the current name."""
     lowered = media_type.strip().lower()

@@ -29,6 +29,8 @@ from gateway.dicom.media_table import (
     IMAGE_PNG,
     MULTIPART_RELATED,
     TRANSFER_SYNTAXES,
+    VIDEO_MP4,
+    VIDEO_MPEG,
     frame_media_type,
     is_lossy,
     normalize_media_type,
@@ -378,3 +380,40 @@ def negotiate_rendered(accept: str | None, *, multipart: bool = False) -> Negoti
     if multipart:
         offered += ", or multipart/related of either"
     return _negotiate(accept, interpret, ctx, what="a rendered image", offered=offered)
+
+
+def video_media_type(transfer_syntax: str) -> str:
+    """What a video bitstream in ``transfer_syntax`` is served as: ``video/mpeg`` for MPEG-2, else
+    ``video/mp4`` (H.264 and HEVC streams as modalities and ffmpeg write them: in an MP4 file,
+    which browsers play; PS3.18 Table 8.7.3-5 also names HEVC ``video/H265``, accepted too)."""
+    return VIDEO_MPEG if frame_media_type(transfer_syntax) == VIDEO_MPEG else VIDEO_MP4
+
+
+def negotiate_video(accept: str | None, transfer_syntax: str, *, bulkdata: bool = False) -> Negotiated:
+    """Negotiate the video of an instance in a video ``transfer_syntax`` (PS3.18 8.7.3.3.2,
+    Table 8.7.3-5): its encapsulated bitstream as stored, single part, never transcoded.
+
+    No Accept, ``*/*``, ``video/*`` or the stream's own media type (:func:`video_media_type`, or
+    the syntax's PS3.18 media type) → that media type, which is how a ``<video>`` element asks.
+    From a BulkDataURI (``bulkdata``), ``application/octet-stream`` is the same bytes labelled so,
+    and ``multipart/related`` of either type the stream in one part.
+    """
+    own = video_media_type(transfer_syntax)
+    names = {own.lower(), frame_media_type(transfer_syntax).lower()}
+    octet = APPLICATION_OCTET_STREAM
+
+    def interpret(r: MediaRange) -> list[_Offer]:
+        if r.type == "*" or (r.type == "video" and r.subtype == "*"):
+            return [_Offer(Negotiated(own, transfer_syntax, False))]
+        if r.media_type in names:
+            return [_Offer(Negotiated(_SPELLING.get(r.media_type, r.media_type), transfer_syntax, False))]
+        if bulkdata and r.media_type == octet:
+            return [_Offer(Negotiated(octet, transfer_syntax, False))]
+        part = r.param("type")
+        if bulkdata and r.media_type == MULTIPART_RELATED and (part is None or part in names or part == octet):
+            return [_Offer(Negotiated(_SPELLING.get(part or own, part or own), transfer_syntax, True))]
+        return []
+
+    ctx = _Context(frozenset({transfer_syntax}), frozenset({transfer_syntax}), str.__eq__)
+    offered = own + (", application/octet-stream or multipart/related of either" if bulkdata else "")
+    return _negotiate(accept, interpret, ctx, what=f"video in transfer syntax {transfer_syntax}", offered=offered)

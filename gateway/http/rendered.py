@@ -16,13 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.dicom import render
-from gateway.dicom.media import negotiate_rendered
+from gateway.dicom.media import is_video, negotiate_rendered
 from gateway.dicom.multipart import content_type_for_multipart, multipart_stream, new_boundary
 from gateway.dicom.render import RenderOptions
 from gateway.errors import NotAcceptable
 from gateway.http.context import accept_of, base_url, gateway_of
 from gateway.http.deidentified import selected
 from gateway.http.retrieve_warnings import add_retrieve_warnings
+from gateway.http.video import video_response
 from gateway.ports import InstanceRecord
 from gateway.services.instance_reader import parse_frame_list
 from gateway.services.rendered import representative
@@ -57,11 +58,16 @@ async def rendered(request: Request) -> Response:
     frames = request.path_params.get("frames")
     numbers = parse_frame_list(frames) if frames is not None else None
     instance_level = "instance" in request.path_params
+    notes: list[str] = []
+    if instance_level and numbers is None:
+        records = await _select(request, notes)
+        if is_video(records[0].transfer_syntax):  # played as stored, not rendered (gateway.http.video)
+            return add_retrieve_warnings(await video_response(request, records[0], bulkdata=False), notes)
     several = not instance_level or (numbers is not None and len(numbers) > 1)
     negotiated = negotiate_rendered(accept_of(request), multipart=several)
     options = render_options(request, negotiated.media_type)
-    notes: list[str] = []
-    records = await _select(request, notes)
+    if not (instance_level and numbers is None):
+        records = await _select(request, notes)
     targets: list[tuple[InstanceRecord, int]]
     if numbers is not None:
         targets = [(records[0], n) for n in numbers]

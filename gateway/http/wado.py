@@ -12,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway.dicom import uids
 from gateway.dicom.media import (
     APPLICATION_OCTET_STREAM,
+    is_video,
     negotiate_bulkdata,
     negotiate_frames,
     negotiate_instances,
@@ -25,9 +26,10 @@ from gateway.http.deidentified import deidentified_body, selected, views_of
 from gateway.http.middleware.security import restriction_of
 from gateway.http.retrieve_warnings import add_retrieve_warnings
 from gateway.http.started import started, started_parts
+from gateway.http.video import video_response
 from gateway.ports import InstanceRecord
 from gateway.services.deidentified import DeidentifiedViews
-from gateway.services.instance_reader import INSTANCE_SYNTAXES, parse_frame_list
+from gateway.services.instance_reader import INSTANCE_SYNTAXES, PIXEL_DATA_PATH, parse_frame_list
 
 # Pixel data must not be gzip-compressed by middleware or proxies on our behalf: it costs far
 # more CPU than it saves on already-compressed or noisy image data.
@@ -164,6 +166,9 @@ async def bulkdata(request: Request) -> Response:
     if views is not None and not views.sends_bulkdata(path):
         raise NotFound(f"bulk data {path} is not part of the de-identified instance")
     record = await _one_instance(request)
+    if path.upper() == PIXEL_DATA_PATH and is_video(record.transfer_syntax):
+        # The video stream, as a <video> element pointed at this BulkDataURI plays it.
+        return await video_response(request, record, bulkdata=True)
     negotiated = negotiate_bulkdata(accept_of(request))
     # A path the metadata never handed out is refused before anything is read; the value is
     # streamed in ranged reads, its first chunk read before the status is sent (503 if the store fails).

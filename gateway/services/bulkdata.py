@@ -93,3 +93,17 @@ def locate(store: BlobStore, key: str, record: InstanceRecord, tagpath: str) -> 
     fragments = located.fragments or ()
     end = fragments[-1][0] + fragments[-1][1] if fragments else located.value_pos
     return located.value_pos, end - located.value_pos
+
+
+def stream_fragments(store: BlobStore, key: str, record: InstanceRecord) -> tuple[Span, ...] | None:
+    """The fragments of encapsulated Pixel Data (Basic Offset Table item left out), whose values
+    in order are a video's bitstream (PS3.5 A.4, 8.2.5); None when there is no encapsulated Pixel
+    Data. Blocking, like :func:`locate`: the item headers are read by ranged reads, values skipped."""
+    reader = RangedReader(store, key, record.size)
+    f = cast(IO[bytes], reader)
+    ts = UID(record.transfer_syntax)
+    walker = Walker(f, record.size, _DEPTH)
+    located = walker.locate(dataset_start(f, record.size), ts.is_implicit_VR, ts.is_little_endian, "7FE00010")
+    if located is None or not located.fragments:
+        return None
+    return located.fragments[1:]

@@ -24,6 +24,7 @@ from gateway.dicom.media import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     JPEG_BASELINE_8BIT,
     Negotiated,
+    is_video,
 )
 from gateway.errors import BadRequest, NotAcceptable, NotFound
 from gateway.ports import BlobStore, Index, InstanceRecord, PixelDescription, Span
@@ -332,6 +333,18 @@ class InstanceReader:
         if span is None:
             return InMemory(b"".join([chunk async for chunk in self._bulk_from_object(record, tagpath)]))
         return StoredSpans(self._store, self.key(record), [span])
+
+    async def video_slices(self, record: InstanceRecord) -> ByteSlices:
+        """The video bitstream of an instance in a video transfer syntax, as stored: its Pixel Data
+        fragments' values in order (PS3.5 8.2.5, 8.2.8, 8.2.12), read by byte ranges of just those
+        values (a browser seeking asks for ranges). Never transcoded."""
+        if not is_video(record.transfer_syntax):
+            raise NotAcceptable(f"instance {record.sop_uid} is not a video (transfer syntax {record.transfer_syntax})")
+        key = self.key(record)
+        fragments = await anyio.to_thread.run_sync(bulkdata.stream_fragments, self._store, key, record)
+        if not fragments:
+            raise NotFound(f"instance {record.sop_uid} has no encapsulated video stream")
+        return StoredSpans(self._store, key, fragments)
 
     async def bulkdata_bytes(self, record: InstanceRecord, path: str) -> bytes:
         """:meth:`bulkdata` in one piece (small values: the LUTs a rendering needs)."""

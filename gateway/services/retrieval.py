@@ -197,6 +197,10 @@ class RetrievalService:
         """The value a BulkDataURI ``path`` names, as a value read by byte ranges."""
         return await self.reader.bulkdata_slices(record, path)
 
+    async def video_slices(self, record: InstanceRecord) -> ByteSlices:
+        """The video bitstream of ``record`` (a video transfer syntax), as a value read by byte ranges."""
+        return await self.reader.video_slices(record)
+
     def frame_content_type(self, record: InstanceRecord, negotiated: Negotiated) -> str:
         return self.reader.frame_content_type(record, negotiated)
 
