@@ -10,14 +10,12 @@ order (see :mod:`gateway.adapters.sql_changes`), so following by sequence misses
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
 
 import anyio
 import orjson
 
-from gateway.app import build_index
-from gateway.errors import GatewayError
+from gateway.commands.index_command import with_index
 from gateway.ports import ChangeEntry, ChangeQuery, Index
 from gateway.services.changefeed import feed_entry_json
 from gateway.settings import Settings
@@ -27,19 +25,10 @@ PAGE = 500
 
 def run_changes(settings: Settings, *, after: int, follow: bool, interval: float, as_json: bool) -> int:
     async def main() -> int:
-        try:
-            index = build_index(settings)
-        except ValueError as exc:
-            print(f"dicomweb-gateway: cannot open the index {settings.effective_index_url}: {exc}", file=sys.stderr)
-            return 2
-        try:
+        async def follow_changes(index: Index) -> None:
             await _print_changes(index, after=after, follow=follow, interval=interval, as_json=as_json)
-        except GatewayError as exc:
-            print(f"dicomweb-gateway: changes failed: {exc.reason}", file=sys.stderr)
-            return 1
-        finally:
-            await index.aclose()
-        return 0
+
+        return await with_index(settings, "changes", follow_changes)
 
     try:
         return anyio.run(main)
