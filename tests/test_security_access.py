@@ -122,6 +122,8 @@ ROUTES = [
     ),
     ("GET", "/changefeed"),
     ("GET", "/changefeed/latest"),
+    ("GET", "/studies/{study}/protected"),
+    ("PUT", "/studies/{study}/protected"),
     *(
         route
         for level in (
@@ -198,6 +200,8 @@ def request(sg: SecuredGateway, method: str, template: str, study: Study, header
     )
     if method == "DELETE" or template.endswith("/reject/{code}"):
         return httpx.request(method, url, headers=headers, timeout=30)
+    if method == "PUT":  # protect the study from retention sweeps
+        return httpx.put(url, content=b"1", headers=headers, timeout=30)
     if method == "POST":
         body, content_type = stow_body([study.data])
         return httpx.post(url, content=body, headers={**headers, "Content-Type": content_type}, timeout=30)
@@ -248,8 +252,9 @@ def test_access_matrix(access_gateway: SecuredGateway, issuer: Issuer, principal
 def _expected(principal: str, method: str, template: str, study: str) -> int:
     if principal == "anonymous":
         return 401
-    # No principal here has admin: deleting and rejecting are refused before anything is looked up.
-    destructive = method == "DELETE" or template.endswith("/reject/{code}")
+    # No principal here has admin: deleting, rejecting and protecting are refused before anything
+    # is looked up.
+    destructive = method in ("DELETE", "PUT") or template.endswith("/reject/{code}")
     needed = "admin" if destructive else "write" if method == "POST" else "read"
     scopes = str((PRINCIPALS[principal] or {}).get("scope", "")).split()
     if needed not in scopes:
