@@ -10,6 +10,8 @@
 //   open: ["StudyInstanceUID", ...],          // studies opened in the viewer, one page load each
 //   waitFullResolution: false,                // also wait until an image is shown at full resolution
 //   videos: ["StudyInstanceUID", ...],        // opened studies that are a video: wait for <video> to play
+//   reject: { study, series },                // after the openings: reject the series through OHIF's
+//                                             // data source (rejectSeries below), then open the study again
 //   timeoutMs: 60000,
 // }
 // report: { rows, filtered, opened: [{ study, firstImageMs, canvas: {mean, std, nonBlack},
@@ -17,7 +19,9 @@
 //                                   or, for a video, { study, firstImageMs, video: {readyState, width, ...} }],
 //           bad: ["401 GET url", ...], failed: [...], consoleErrors: [...], error,
 //           ranged: ["206 bytes=0-65535 bytes 0-9999/10000 url", ...] (responses to Range requests),
-//           rangedTypes: [their Content-Type, in the same order] }
+//           rangedTypes: [their Content-Type, in the same order],
+//           posts: [{ status, url, authorization }] (every POST the page sent, with its answer),
+//           reject: { shipped, completed, postsBefore, reopened } (with payload.reject) }
 'use strict';
 const { chromium } = require('playwright-core');
 
@@ -77,6 +81,60 @@ async function rowTexts(page) {
     rows.map((row) => Array.from(row.querySelectorAll('td')).map((td) => td.innerText.trim())));
 }
 
+// The series descriptions on the study browser's thumbnails, in their order.
+async function thumbnails(page) {
+  return page.$$eval('[data-cy="study-browser-thumbnail"], [data-cy="study-browser-thumbnail-no-image"]',
+    (items) => items.map((item) => {
+      const label = item.querySelector('[data-cy="series-description-label"]');
+      return label ? label.innerText.trim() : '';
+    }));
+}
+
+// Rejects a series through OHIF's DICOMweb data source (supportsReject: true), which is all
+// OHIF 3.13.2 has for it (no menu item calls it). First as shipped: its createDicomWebApi hands
+// dcm4cheeReject the authorization helper before initialize() has defined it, so the call throws
+// "getAuthrorizationHeader is not a function" before any request. Then OHIF's own reject.series
+// (its source text: URL, method, rejection code, status handling) is bound again with the helper
+// initialize() defines (the Authorization of OHIF's userAuthenticationService), as the one-line
+// upstream fix would bind it, and called through the data source.
+async function rejectSeries(page, payload, report) {
+  const { study, series } = payload.reject;
+  const shipped = await page.evaluate(async ([study, series]) => {
+    const [dataSource] = window.extensionManager.getActiveDataSource();
+    try {
+      await dataSource.reject.series(study, series);
+      return 'resolved';
+    } catch (e) {
+      return String((e && e.message) || e);
+    }
+  }, [study, series]);
+  const postsBefore = report.posts.length;
+  const completed = await page.evaluate(async ([study, series]) => {
+    const [dataSource] = window.extensionManager.getActiveDataSource();
+    const source = dataSource.reject.series.toString();
+    if (!source.includes('getAuthrorizationHeader') || !source.includes('/reject/')) {
+      return 'unexpected reject.series: ' + source.slice(0, 300);
+    }
+    const getAuthorizationHeader = () => {
+      const auth = window.services.userAuthenticationService.getAuthorizationHeader();
+      return auth && auth.Authorization ? { Authorization: auth.Authorization } : {};
+    };
+    // eslint-disable-next-line no-new-func
+    const bind = new Function('wadoRoot', 'getAuthrorizationHeader', `return { series: ${source} };`);
+    dataSource.reject = bind(dataSource.getConfig().wadoRoot, getAuthorizationHeader);
+    try {
+      await dataSource.reject.series(study, series);
+      return 'resolved';
+    } catch (e) {
+      return String((e && e.message) || e);
+    }
+  }, [study, series]);
+  // The response event may trail the XHR's completion in the page by a moment.
+  await waitFor(async () => report.posts.length > postsBefore || completed !== 'resolved', 5000, 'the reject POST')
+    .catch(() => null);
+  return { shipped, completed, postsBefore };
+}
+
 async function quiet(page, timeoutMs) {
   try {
     await page.waitForLoadState('networkidle', { timeout: timeoutMs });
@@ -115,7 +173,12 @@ async function openStudy(page, payload, study, trace) {
   }
   await quiet(page, payload.timeoutMs);  // every remaining frame and thumbnail request done
   const shown = await page.evaluate(() => window.__shownImages || []);
-  return { study, firstImageMs, canvas: await canvasStats(page) || stats, shown };
+  if (payload.reject) {
+    // The study browser fills in after the first image: wait for its thumbnails to be counted.
+    await waitFor(async () => (await thumbnails(page)).length > 0, payload.timeoutMs, `thumbnails of study ${study}`);
+    await quiet(page, payload.timeoutMs);
+  }
+  return { study, firstImageMs, canvas: await canvasStats(page) || stats, shown, thumbnails: await thumbnails(page) };
 }
 
 async function main() {
@@ -123,6 +186,7 @@ async function main() {
   payload.timeoutMs = payload.timeoutMs || 60000;
   const report = {
     rows: null, filtered: null, opened: [], bad: [], failed: [], consoleErrors: [], requests: 0, ranged: [], rangedTypes: [],
+    posts: [],
   };
   const browser = await chromium.launch({
     executablePath: payload.chromium || '/usr/bin/chromium',
@@ -154,6 +218,9 @@ async function main() {
     page.on('request', (r) => { if (r.url().includes('/studies') || r.url().includes('/wado')) report.requests++; });
     page.on('response', (r) => {
       if (r.status() >= 400) report.bad.push(`${r.status()} ${r.request().method()} ${r.url()}`);
+      if (r.request().method() === 'POST') {
+        report.posts.push({ status: r.status(), url: r.url(), authorization: r.request().headers()['authorization'] || null });
+      }
       const range = r.request().headers()['range'];
       if (range) {
         report.ranged.push(`${r.status()} ${range} ${r.headers()['content-range'] || '-'} ${r.url()}`);
@@ -177,6 +244,10 @@ async function main() {
     }
     for (const study of payload.open || []) {
       report.opened.push(await openStudy(page, payload, study, trace));
+    }
+    if (payload.reject) {
+      report.reject = await rejectSeries(page, payload, report);
+      report.reject.reopened = await openStudy(page, payload, payload.reject.study, null);
     }
     if (trace) report.trace = trace.sort((a, b) => a[0] - b[0]);
     if (payload.list) {

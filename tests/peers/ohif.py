@@ -107,6 +107,7 @@ def app_config(
     token: str | None = None,
     thumbnails: str = "thumbnail",
     stack_retrieve_options: dict[str, Any] | None = None,
+    supports_reject: bool = False,
 ) -> str:
     """``app-config.js`` with one DICOMweb data source pointing at ``dicomweb_url``.
 
@@ -114,6 +115,8 @@ def app_config(
     (OHIF's ``requestOptions.auth``: a function returning the header value).
     ``stack_retrieve_options``: the data source's ``stackRetrieveOptions`` (Cornerstone3D's
     progressive loading stages and retrieve options for stack viewports; docs/dicomweb.md).
+    ``supports_reject``: the data source's ``supportsReject``, which gives it ``reject.series``
+    (``POST .../series/{series}/reject/113001%5EDCM``; docs/dicomweb.md, "Deleting and rejecting").
     """
     source: dict[str, Any] = {
         "friendlyName": "dicomweb-gateway",
@@ -122,7 +125,7 @@ def app_config(
         "qidoRoot": dicomweb_url,
         "wadoRoot": dicomweb_url,
         "qidoSupportsIncludeField": True,
-        "supportsReject": False,
+        "supportsReject": supports_reject,
         "imageRendering": "wadors",
         "thumbnailRendering": thumbnails,
         "enableStudyLazyLoad": True,
