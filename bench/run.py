@@ -5,6 +5,7 @@ Run from the repository root with the test extras installed (``make bench`` does
     .venv/bin/python bench/run.py                 # full run, ~10 minutes, writes bench/out/results.md
     .venv/bin/python bench/run.py --quick         # smoke test: 30 slices, ~200 MB memory test
     .venv/bin/python bench/run.py --out FILE.md
+    .venv/bin/python bench/run.py --webhook       # the gateway with one webhook on (issue #16's bound)
 
 One run generates the data set in a temporary directory (a 512×512×16-bit CT series of 300
 slices, the factory's small study catalog, a 30-frame XA and JPEG/RLE instances), starts the
@@ -14,6 +15,12 @@ samples the gateway's resident memory while it stores and then streams back a ~2
 as one streamed STOW request. The markdown report (stdout and ``--out``) ends with the project's
 performance targets, each marked met or not met. Both servers are stopped and the temporary data
 removed on exit, Ctrl-C or error.
+
+With ``--webhook`` the gateway delivers its change feed to one webhook, a receiver on loopback in
+a process of its own (``bench/webhooks.py``) that acknowledges every entry; the report then ends
+with the delivery latency (commit to receipt) of the entries of the run. STOW with the webhook on
+against off is the ratio of the STOW rows' ratios to Orthanc of two runs, one each way (Orthanc,
+run interleaved in each, absorbs what the machine's load does to both).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from bench.dataset import BenchData, generate, stow_batch  # noqa: E402
 from bench.measure import Case, Result, get_json, get_stream, post_stow, run_case  # noqa: E402
 from bench.memory import WADO_AS_STORED, MemoryResult, measure_memory, tree_rss  # noqa: E402
 from bench.servers import Server, gateway_server, load, orthanc_server  # noqa: E402
+from bench.webhooks import Receiver, percentile, webhook_args  # noqa: E402
 
 FRAME_AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 STOW_COUNT = 100
@@ -68,6 +76,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="30 slices and a ~200 MB memory test (smoke test)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "results.md", help="markdown report")
+    parser.add_argument("--webhook", action="store_true", help="the gateway delivers its change feed to one webhook")
     return parser.parse_args(argv)
 
 
@@ -129,12 +138,18 @@ def describe(data: BenchData) -> str:
     )
 
 
-def benchmark(stack: ExitStack, tmp: Path, plan: Plan, quick: bool) -> str:
+def benchmark(stack: ExitStack, tmp: Path, plan: Plan, quick: bool, webhook: bool = False) -> str:
     load_before = report.load_average()
     log(f"generating the data set in {tmp}")
     data = generate(tmp / "data", plan.slices)
+    receiver: Receiver | None = None
+    gateway_args: tuple[str, ...] = ()
+    if webhook:
+        receiver = Receiver(tmp)
+        stack.callback(receiver.stop)
+        gateway_args = webhook_args(tmp, receiver)
     servers: list[Server] = [
-        stack.enter_context(gateway_server(tmp / "gateway")),
+        stack.enter_context(gateway_server(tmp / "gateway", gateway_args)),
         stack.enter_context(orthanc_server(tmp / "orthanc")),
     ]
     idle = {s.name: tree_rss(s.pid) for s in servers}
@@ -147,7 +162,7 @@ def benchmark(stack: ExitStack, tmp: Path, plan: Plan, quick: bool) -> str:
         rows += to_rows(run_case(case, servers))
     log(f"memory: {plan.memory_slices} slices")
     memory: list[MemoryResult] = [measure_memory(s, plan.memory_slices, idle[s.name]) for s in servers]
-    return report.render(
+    markdown = report.render(
         rows,
         memory,
         orthanc_version=servers[1].version,
@@ -156,6 +171,20 @@ def benchmark(stack: ExitStack, tmp: Path, plan: Plan, quick: bool) -> str:
         f"{plan.stow} of STOW, after warm-up",
         dataset=describe(data),
         load_before=load_before,
+    )
+    return markdown if receiver is None else markdown + webhook_section(receiver)
+
+
+def webhook_section(receiver: Receiver) -> str:
+    """The delivery latency of every entry the webhook received during the run."""
+    delays = [d * 1000 for d in receiver.delays]
+    if not delays:
+        return "\n## Webhook\n\nNo entry was delivered.\n"
+    return (
+        "\n## Webhook\n\n"
+        f"The gateway delivered its change feed to one webhook (a receiver on loopback): {len(delays)} entries, "
+        f"commit to receipt p50 {percentile(delays, 50):.0f} ms, p95 {percentile(delays, 95):.0f} ms, "
+        f"max {max(delays):.0f} ms.\n"
     )
 
 
@@ -182,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with ExitStack() as stack:
-            markdown = benchmark(stack, tmp, QUICK if args.quick else FULL, args.quick)
+            markdown = benchmark(stack, tmp, QUICK if args.quick else FULL, args.quick, args.webhook)
     except KeyboardInterrupt:
         log("interrupted")
         return 130

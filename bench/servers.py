@@ -36,10 +36,11 @@ def new_client() -> httpx.Client:
 
 
 @contextmanager
-def gateway_server(tmp: Path) -> Iterator[Server]:
-    """The gateway on its embedded defaults (file store + SQLite) under ``tmp``."""
+def gateway_server(tmp: Path, extra_args: tuple[str, ...] = ()) -> Iterator[Server]:
+    """The gateway on its embedded defaults (file store + SQLite) under ``tmp``, with
+    ``extra_args`` for ``serve``."""
     tmp.mkdir(parents=True, exist_ok=True)
-    gw = start_gateway(tmp)
+    gw = start_gateway(tmp, extra_args=extra_args)
     try:
         with new_client() as client:
             yield Server(GATEWAY, gw.url, gw.process.pid, client)

@@ -97,16 +97,17 @@ def _receive(path: Path, ready: multiprocessing.Queue[int]) -> None:
     server.serve_forever()
 
 
+def webhook_args(tmp: Path, receiver: Receiver) -> tuple[str, ...]:
+    """The ``serve`` arguments of a gateway with one webhook, to ``receiver`` (a config file in ``tmp``)."""
+    config = tmp / "gateway.toml"
+    config.write_text(f'[[webhooks]]\nname = "bench"\nurl = "{receiver.url}"\nallow_http = true\nsecret = "{SECRET}"\n')
+    return ("--config", str(config))
+
+
 @contextmanager
 def gateway(tmp: Path, receiver: Receiver | None) -> Iterator[RunningGateway]:
     tmp.mkdir(parents=True)
-    args: tuple[str, ...] = ()
-    if receiver is not None:
-        config = tmp / "gateway.toml"
-        config.write_text(
-            f'[[webhooks]]\nname = "bench"\nurl = "{receiver.url}"\nallow_http = true\nsecret = "{SECRET}"\n'
-        )
-        args = ("--config", str(config))
+    args = webhook_args(tmp, receiver) if receiver is not None else ()
     gw = start_gateway(tmp, extra_args=args)
     try:
         yield gw
