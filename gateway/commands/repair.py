@@ -181,7 +181,8 @@ async def _drop_dangling(store: BlobStore, index: Index, key: InstanceKey, dry_r
     unless a dry run, the row and metadata are removed)."""
     study, series, sop = key
     record = await index.get(study, series, sop)
-    if record is None or await store.stat(uids.instance_key(study, series, sop)) is not None:
+    # A corrected instance (gateway.services.bulk_update) lives at its version's key.
+    if record is None or await store.stat(record.object_key) is not None:
         return False  # removed, or written after the listing passed its place
     if dry_run:
         return True
