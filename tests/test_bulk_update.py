@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import time
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,8 +19,9 @@ import pydicom
 import pytest
 
 from tests import factory
-from tests.fixtures_security import Issuer, JwksServer, SecuredGateway
-from tests.http_helpers import split_multipart, uids_of
+from tests.fixtures_gateway import start_gateway, stop_gateway
+from tests.fixtures_security import Issuer, JwksServer, SecuredGateway, oidc_config, start_secured_gateway
+from tests.http_helpers import split_multipart, stow, uids_of
 from tests.test_delete import audited_gateway, store, token
 
 pytestmark = pytest.mark.timeout(300)
@@ -63,7 +66,22 @@ def pixel_data(data: bytes) -> bytes:
 
 
 def test_a_corrected_study_reads_back_everywhere_and_its_original_is_kept(sg: SecuredGateway, issuer: Issuer) -> None:
-    instances = factory.ct_series(3, 64, 64, seed=701, patient_name="WRONG^NAME", AccessionNumber="ACC-WRONG")
+    corrects_a_study(sg, issuer, seed=701)
+
+
+def test_the_same_on_postgresql(tmp_path: Path, jwks_server: JwksServer, issuer: Issuer, postgres_url: str) -> None:
+    config = f'[audit]\ndestination = "{tmp_path / "audit.jsonl"}"\n' + oidc_config(jwks_server.url)
+    running = start_secured_gateway(tmp_path, config, extra_args=("--index-url", postgres_url))
+    running.extra["audit"] = tmp_path / "audit.jsonl"
+    try:
+        corrects_a_study(running, issuer, seed=704)
+    finally:
+        stop_gateway(running.gw)
+
+
+def corrects_a_study(sg: SecuredGateway, issuer: Issuer, *, seed: int) -> None:
+    """STOW a CT series, correct its PatientName and AccessionNumber, and check every way back."""
+    instances = factory.ct_series(3, 64, 64, seed=seed, patient_name="WRONG^NAME", AccessionNumber="ACC-WRONG")
     store(sg, issuer, instances)
     study, series, _ = uids_of(instances[0])
     reader = token(issuer, "read")
@@ -212,3 +230,99 @@ def test_refusals(sg: SecuredGateway, issuer: Issuer) -> None:
     other = f"{sg.url}/operations/{operation['operationId']}"
     assert httpx.get(other, headers=restricted, timeout=30).status_code == 404
     assert httpx.get(f"{sg.url}/operations/{'0' * 32}", headers=admin, timeout=30).status_code == 404
+
+
+def anonymous_update(url: str, studies: list[str], change: Any) -> str:
+    response = httpx.post(
+        f"{url}/studies/$bulkUpdate", json={"studyInstanceUids": studies, "changeDataset": change}, timeout=30
+    )
+    assert response.status_code == 202, response.text
+    href: str = response.json()["href"]
+    return href
+
+
+def status_of(href: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        operation: dict[str, Any] = httpx.get(href, timeout=30).json()
+        if operation["status"] not in ("notStarted", "running"):
+            return operation
+        assert time.monotonic() < deadline, operation
+        time.sleep(0.1)
+
+
+def accessions(url: str, study: str) -> list[str]:
+    rows = httpx.get(f"{url}/studies/{study}/instances", params={"includefield": "00080050"}, timeout=30).json()
+    return sorted(row["00080050"]["Value"][0] for row in rows)
+
+
+def version_objects(data_dir: Path, study: str) -> list[Path]:
+    return sorted((data_dir / "objects" / "studies" / study).glob("series/*/instances/*/versions/*"))
+
+
+def test_a_crash_leaves_each_study_corrected_whole_or_not_at_all(tmp_path: Path) -> None:
+    # Two studies; the gateway is killed (SIGKILL) as soon as the second one's first corrected
+    # object is written: the first study was committed, the second was not.
+    studies = [
+        factory.ct_series(40, 128, 128, seed=seed, study_uid=factory.new_uid("crash", seed), AccessionNumber="OLD")
+        for seed in (711, 712)
+    ]
+    first, second = (uids_of(series[0])[0] for series in studies)
+    gw = start_gateway(tmp_path)
+    try:
+        for series in studies:
+            assert stow(gw.url, series).status_code == 200
+        href = anonymous_update(gw.url, [first, second], {"00080050": {"vr": "SH", "Value": ["NEW"]}})
+        deadline = time.monotonic() + 60
+        while not version_objects(gw.data_dir, second):
+            assert time.monotonic() < deadline, "the second study was never started"
+            time.sleep(0.002)
+        gw.process.kill()
+        gw.process.wait()
+    finally:
+        stop_gateway(gw)
+    assert version_objects(gw.data_dir, second)  # what the kill left behind
+    again = start_gateway(tmp_path)
+    try:
+        assert accessions(again.url, first) == ["NEW"] * 40
+        assert accessions(again.url, second) == ["OLD"] * 40
+        operation = status_of(again.url + href[href.index("/operations/") :])
+        assert operation["status"] == "failed"
+        assert (operation["results"]["studyUpdated"], operation["results"]["instanceUpdated"]) == (1, 40)
+        assert "stopped" in operation["results"]["errors"][-1]
+        # The uncommitted objects are gone; the committed ones serve the first study.
+        assert version_objects(again.data_dir, second) == []
+        assert len(version_objects(again.data_dir, first)) == 80  # Part 10 and metadata JSON
+        feed = httpx.get(f"{again.url}/changefeed", params={"limit": 200}, timeout=30).json()
+        assert Counter((e["StudyInstanceUid"], e["Action"]) for e in feed if e["Action"] == "update") == {
+            (first, "update"): 40
+        }
+    finally:
+        stop_gateway(again)
+
+
+def test_originals_are_deleted_once_their_time_is_over(tmp_path: Path) -> None:
+    instances = factory.ct_series(2, 64, 64, seed=721)
+    study, series, sop = uids_of(instances[0])
+    gw = start_gateway(tmp_path, env={"DICOMWEB_GATEWAY_BULK_UPDATE_KEEP_ORIGINAL_SECONDS": "1"})
+    try:
+        assert stow(gw.url, instances).status_code == 200
+        href = anonymous_update(gw.url, [study], {"00080050": {"vr": "SH", "Value": ["NEW"]}})
+        assert status_of(href)["status"] == "succeeded"
+        original = f"{gw.url}/studies/{study}/series/{series}/instances/{sop}/original"
+        stored = gw.data_dir / "objects" / "studies" / study / "series" / series / "instances" / f"{sop}.dcm"
+        deadline = time.monotonic() + 30
+        while httpx.get(original, timeout=30).status_code != 404 or stored.exists():
+            assert time.monotonic() < deadline, "the original was never deleted"
+            time.sleep(0.2)
+        # The corrected version still serves.
+        assert accessions(gw.url, study) == ["NEW", "NEW"]
+        wado = httpx.get(
+            f"{gw.url}/studies/{study}/series/{series}/instances/{sop}",
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+            timeout=30,
+        )
+        ((_, part),) = split_multipart(wado)
+        assert pixel_data(part) == pixel_data(instances[0])
+    finally:
+        stop_gateway(gw)
