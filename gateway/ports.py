@@ -207,11 +207,11 @@ class ChangeState(enum.Enum):
 
 @dataclass(frozen=True)
 class ChangeEntry:
-    """One change-feed entry: an instance entered (``create``) or left (``delete``) the index,
-    written in the same transaction as that row. ``sequence`` strictly increases with commit
+    """One change-feed entry: an instance entered (``create``), left (``delete``) or was corrected
+    in (``update``) the index, written in the same transaction as that row. ``sequence`` strictly increases with commit
     order on one database (across replicas on PostgreSQL); ``timestamp`` is seconds since the
     epoch. ``origin``: the record's origin for a create (``stow``, ``dimse:<name>``,
-    ``pacs:<name>``), the :class:`RemovalCause` origin for a delete. ``metadata``: the
+    ``pacs:<name>``), the :class:`RemovalCause` origin for a delete or an update. ``metadata``: the
     instance's DICOM JSON (relative BulkDataURIs) when asked for and it is still indexed."""
 
     sequence: int

@@ -238,7 +238,7 @@ class Webhook:
     allow_http: bool = False  # e.g. a receiver on the same host or a private network
     secret: str | None = None  # the HMAC-SHA256 key of X-Gateway-Signature
     secret_env: str | None = None  # or: the environment variable that holds it
-    actions: tuple[str, ...] = ()  # "create", "delete", "series-stable"; none: all of them
+    actions: tuple[str, ...] = ()  # "create", "delete", "update", "series-stable"; none: all of them
     origins: tuple[str, ...] = ()  # e.g. "stow", "dimse", "pacs:main", "delete"; none: all
     include_metadata: bool = False  # each entry's Metadata (the instance's DICOM JSON)
     # Seconds without a new entry of a series after which a "series-stable" event is sent; 0: none.
