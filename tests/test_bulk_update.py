@@ -326,3 +326,30 @@ def test_originals_are_deleted_once_their_time_is_over(tmp_path: Path) -> None:
         assert pixel_data(part) == pixel_data(instances[0])
     finally:
         stop_gateway(gw)
+
+
+def test_reindex_keeps_the_corrections(tmp_path: Path) -> None:
+    # The store is the source of truth: a rebuild takes each instance's newest version.
+    instances = factory.ct_series(2, 64, 64, seed=731, AccessionNumber="OLD")
+    study, series, sop = uids_of(instances[0])
+    gw = start_gateway(tmp_path)
+    try:
+        assert stow(gw.url, instances).status_code == 200
+        for accession in ("FIRST", "SECOND"):
+            href = anonymous_update(gw.url, [study], {"00080050": {"vr": "SH", "Value": [accession]}})
+            assert status_of(href)["status"] == "succeeded"
+    finally:
+        stop_gateway(gw)
+    result = gw.cli("reindex", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "indexed 2 instance(s); 0 object(s) rejected" in result.stdout
+    again = start_gateway(tmp_path)
+    try:
+        assert accessions(again.url, study) == ["SECOND", "SECOND"]
+        metadata = httpx.get(f"{again.url}/studies/{study}/series/{series}/metadata", timeout=30).json()
+        assert {m["00080050"]["Value"][0] for m in metadata} == {"SECOND"}
+        # The index kept what the versions replaced: the original is still retrievable.
+        original = httpx.get(f"{again.url}/studies/{study}/series/{series}/instances/{sop}/original", timeout=30)
+        assert original.content == instances[0]
+    finally:
+        stop_gateway(again)

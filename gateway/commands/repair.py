@@ -191,10 +191,10 @@ async def _drop_dangling(store: BlobStore, index: Index, key: InstanceKey, dry_r
     try:
         # An upload of the same bytes may have written the object again in the meantime (its
         # row was there, so it was told "stored"): then the row comes back, as it was.
-        info = await store.stat(uids.instance_key(study, series, sop))
+        info = await store.stat(record.object_key)
         restore = info is not None and info.sha256 == record.sha256
         if not restore:
-            await store.delete(uids.metadata_key(study, series, sop))
+            await store.delete(uids.metadata_key(study, series, sop, record.version))
     finally:
         if token is not None:
             await index.end_removal(sop, token)

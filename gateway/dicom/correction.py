@@ -77,6 +77,10 @@ MAX_STUDIES = 50
 MAX_BODY_BYTES = 1 << 20
 
 
+# Values larger than this are read from the source file when written, not when parsed.
+_DEFER_BYTES = 1 << 16
+
+
 class Correction:
     """A checked change: the attributes as a pydicom Dataset, and their keywords."""
 
@@ -154,8 +158,9 @@ def _name(tag: str) -> str:
 
 def apply_correction(source: Path, target: Path, correction: Correction) -> None:
     """Write ``source`` with the correction's attributes into ``target``, in the same transfer
-    syntax. Pixel data is not decoded: pydicom writes the element it read back byte for byte."""
-    ds = pydicom.dcmread(source)
+    syntax. Pixel data is not decoded: pydicom writes the element it read back byte for byte,
+    and reads large values from ``source`` one at a time as it writes them."""
+    ds = pydicom.dcmread(source, defer_size=_DEFER_BYTES)
     for element in correction.change:
         ds[element.tag] = element
     ds.save_as(target, enforce_file_format=True)
