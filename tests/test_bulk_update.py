@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -20,9 +20,13 @@ import pytest
 
 from tests import factory
 from tests.fixtures_gateway import start_gateway, stop_gateway
+from tests.fixtures_s3 import S3Bucket
 from tests.fixtures_security import Issuer, JwksServer, SecuredGateway, oidc_config, start_secured_gateway
 from tests.http_helpers import split_multipart, stow, uids_of
 from tests.test_delete import audited_gateway, store, token
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -353,3 +357,29 @@ def test_reindex_keeps_the_corrections(tmp_path: Path) -> None:
         assert original.content == instances[0]
     finally:
         stop_gateway(again)
+
+
+def test_on_s3_a_delete_leaves_no_version_behind(tmp_path: Path, s3_bucket: S3Bucket, s3_admin: S3Client) -> None:
+    instances = factory.ct_series(2, 64, 64, seed=741)
+    study, series, sop = uids_of(instances[0])
+    gw = start_gateway(tmp_path, store_kind="s3", s3=s3_bucket, env={"DICOMWEB_GATEWAY_DELETE_GRACE": "0"})
+
+    def keys() -> list[str]:
+        pages = s3_admin.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket.bucket)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []) if f"/{study}/" in o["Key"])
+
+    try:
+        assert stow(gw.url, instances).status_code == 200
+        href = anonymous_update(gw.url, [study], {"00080050": {"vr": "SH", "Value": ["NEW"]}})
+        assert status_of(href)["status"] == "succeeded"
+        assert len(keys()) == 8  # each instance: original and corrected, Part 10 and metadata JSON
+        assert accessions(gw.url, study) == ["NEW", "NEW"]
+        original = httpx.get(f"{gw.url}/studies/{study}/series/{series}/instances/{sop}/original", timeout=30)
+        assert original.content == instances[0]
+        assert httpx.delete(f"{gw.url}/studies/{study}", timeout=30).status_code == 204
+        deadline = time.monotonic() + 30
+        while keys():
+            assert time.monotonic() < deadline, keys()
+            time.sleep(0.2)
+    finally:
+        stop_gateway(gw)
