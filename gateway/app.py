@@ -210,6 +210,7 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
                 gateway = build_gateway(settings, own_store, own_index, upstreams=upstreams, bridge_state=bridge_state)
                 gateway.retrieval.start(tasks)
                 gateway.removal.start(tasks)
+                await gateway.bulk_update.start(tasks, holder=replica_id(settings.data_dir), audit=security.audit.write)
                 RetentionSweep(
                     own_index,
                     gateway.removal,

@@ -20,6 +20,7 @@ from gateway.dicom.records import PixelDescription as PixelDescription
 from gateway.dicom.records import ReceivedInstance as ReceivedInstance
 from gateway.dicom.records import Span as Span
 from gateway.dicom.restriction import Restriction
+from gateway.dicom.uids import instance_key
 
 # A DICOM JSON object (PS3.18 F.2): {"0020000D": {"vr": "UI", "Value": [...]}, ...}
 DicomJson = dict[str, Any]
@@ -191,12 +192,13 @@ class RetentionCandidate:
 class ChangeAction(enum.Enum):
     CREATE = "create"
     DELETE = "delete"
+    UPDATE = "update"  # a metadata correction switched the instance to a new version (bulk update)
 
 
 class ChangeState(enum.Enum):
     """The state of the instance an entry names, decided when the feed is read (Microsoft's
-    model): the entry is its latest and a create (CURRENT); a later create replaced it
-    (REPLACED); its latest entry is a delete (DELETED)."""
+    model): the entry is its latest and a create or update (CURRENT); a later create or update
+    replaced it (REPLACED); its latest entry is a delete (DELETED)."""
 
     CURRENT = "current"
     REPLACED = "replaced"
@@ -205,11 +207,11 @@ class ChangeState(enum.Enum):
 
 @dataclass(frozen=True)
 class ChangeEntry:
-    """One change-feed entry: an instance entered (``create``) or left (``delete``) the index,
-    written in the same transaction as that row. ``sequence`` strictly increases with commit
+    """One change-feed entry: an instance entered (``create``), left (``delete``) or was corrected
+    in (``update``) the index, written in the same transaction as that row. ``sequence`` strictly increases with commit
     order on one database (across replicas on PostgreSQL); ``timestamp`` is seconds since the
     epoch. ``origin``: the record's origin for a create (``stow``, ``dimse:<name>``,
-    ``pacs:<name>``), the :class:`RemovalCause` origin for a delete. ``metadata``: the
+    ``pacs:<name>``), the :class:`RemovalCause` origin for a delete or an update. ``metadata``: the
     instance's DICOM JSON (relative BulkDataURIs) when asked for and it is still indexed."""
 
     sequence: int
@@ -333,6 +335,85 @@ class Index(Protocol):
 
     async def indexed(self, keys: Collection[InstanceKey]) -> set[InstanceKey]:
         """Those of ``keys`` that have an index row under exactly that study and series."""
+
+
+@dataclass(frozen=True)
+class KeptVersion:
+    """A version of an instance that a correction replaced, kept retrievable until its time is
+    over (``bulk_update_keep_original_seconds``): where its object is and what it was."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    version: str  # "" the object stored under its UIDs (gateway.dicom.uids.instance_key)
+    sha256: str
+    size: int
+    transfer_syntax: str
+    replaced_at: float  # seconds since the epoch
+
+    @property
+    def object_key(self) -> str:
+        return instance_key(self.study_uid, self.series_uid, self.sop_uid, self.version)
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One instance of a correction: ``record`` describes its new version (already durable in
+    the store); it replaces the row only if that still describes ``old_version`` / ``old_sha256``."""
+
+    record: InstanceRecord
+    old_version: str
+    old_sha256: str
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A long-running request (Microsoft's DICOM service operations), kept in the index so that
+    ``GET {base}/operations/{id}`` answers from any replica and after a restart. ``request`` and
+    ``results`` are JSON objects; ``holder`` is the replica running it."""
+
+    id: str
+    kind: str  # "update"
+    status: str  # notStarted, running, succeeded, failed
+    created: float
+    updated: float
+    percent_complete: int
+    request: dict[str, Any]
+    results: dict[str, Any]
+    holder: str
+    principal: str | None = None
+
+
+@runtime_checkable
+class Corrections(Protocol):
+    """Metadata corrections in the index (gateway.services.bulk_update): the switch of a
+    study's instances to corrected versions, the versions they replaced, and the operations
+    that run them."""
+
+    async def replace_instances(self, study: str, replacements: list[Replacement], cause: RemovalCause) -> list[str]:
+        """In one transaction: each instance whose row still describes the replacement's old
+        version takes its new record (the old version kept, :class:`KeptVersion`), with an
+        ``update`` change-feed entry saying ``cause``; the study row takes the study attributes of
+        the new records. Returns the SOP Instance UIDs switched; the others changed meanwhile
+        (deleted, stored anew, corrected by another request) and are left as they are."""
+
+    async def kept_versions(self, sop: str) -> list[KeptVersion]:
+        """The replaced versions of ``sop`` still kept, oldest first (the first is the original)."""
+
+    async def expired_versions(self, replaced_before: float, limit: int) -> list[KeptVersion]:
+        """Up to ``limit`` kept versions replaced before ``replaced_before``, oldest first."""
+
+    async def forget_version(self, sop: str, version: str) -> None:
+        """The kept version's object is gone: forget it."""
+
+    async def save_operation(self, operation: Operation) -> None:
+        """Insert or replace ``operation``."""
+
+    async def operation(self, operation_id: str) -> Operation | None:
+        """The operation, None when unknown."""
+
+    async def running_operations(self, holder: str) -> list[Operation]:
+        """Operations of ``holder`` not finished (notStarted or running)."""
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,7 @@ class Webhook:
     allow_http: bool = False  # e.g. a receiver on the same host or a private network
     secret: str | None = None  # the HMAC-SHA256 key of X-Gateway-Signature
     secret_env: str | None = None  # or: the environment variable that holds it
-    actions: tuple[str, ...] = ()  # "create", "delete", "series-stable"; none: all of them
+    actions: tuple[str, ...] = ()  # "create", "delete", "update", "series-stable"; none: all of them
     origins: tuple[str, ...] = ()  # e.g. "stow", "dimse", "pacs:main", "delete"; none: all
     include_metadata: bool = False  # each entry's Metadata (the instance's DICOM JSON)
     # Seconds without a new entry of a series after which a "series-stable" event is sent; 0: none.
@@ -308,6 +308,9 @@ class Settings:
     # Seconds between a DELETE or rejection taking instances out of the index (they are gone for
     # every new request at once) and deleting their objects: retrieves already sending them finish.
     delete_grace: float = 30.0
+    # Seconds the version an instance had before a metadata correction ($bulkUpdate) stays
+    # retrievable (GET .../instances/{sop}/original); then it is deleted.
+    bulk_update_keep_original_seconds: float = 7 * 86400.0
     # Store uncompressed uploads losslessly compressed: "" (as received), "jpeg-ls", "jpeg2000" or
     # "htj2k". With storage_compression_small_below > 0, instances whose frames are smaller than
     # that many bytes (uncompressed) are stored as storage_compression_small says instead (e.g.
@@ -576,6 +579,8 @@ def _validate_pacs(s: Settings) -> None:
         raise SettingsError("pacs_cache_max_age must be 0 (keep cached instances forever) or positive seconds")
     if not 0 <= s.delete_grace <= 3600:
         raise SettingsError("delete_grace must be between 0 and 3600 seconds")
+    if not 0 <= s.bulk_update_keep_original_seconds < float("inf"):
+        raise SettingsError("bulk_update_keep_original_seconds must be zero or positive seconds")
     if not _valid_ae_title(s.ae_title):
         raise SettingsError(f"ae_title {s.ae_title!r} must be 1-16 printable ASCII characters without backslash")
     if s.scp_port is not None and not 0 < s.scp_port < 65536:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     # For the annotation only: gateway.settings calls these while it loads.
     from gateway.settings import Settings
 
-WEBHOOK_ACTIONS = frozenset({"create", "delete", "series-stable"})
+WEBHOOK_ACTIONS = frozenset({"create", "delete", "update", "series-stable"})
 # The shortest secret accepted: HMAC keys shorter than the hash's output weaken it (RFC 2104 3);
 # 16 characters already refuse the obvious mistakes ("secret", "changeme").
 MIN_SECRET_LENGTH = 16

@@ -124,6 +124,10 @@ ROUTES = [
     ("GET", "/changefeed/latest"),
     ("GET", "/studies/{study}/protected"),
     ("PUT", "/studies/{study}/protected"),
+    # Metadata corrections: admin, for reading what they did and replaced too.
+    ("POST", "/studies/$bulkUpdate"),
+    ("GET", "/operations/{operation}"),
+    ("GET", "/studies/{study}/series/{series}/instances/{instance}/original"),
     *(
         route
         for level in (
@@ -134,7 +138,9 @@ ROUTES = [
         for route in (("DELETE", level), ("POST", level + "/reject/{code}"))
     ),
 ]
-PACS_ROUTES = [(m, t) for m, t in ROUTES if m == "GET"]
+# Reading what corrections did needs admin, which is checked before routing: left out here.
+ADMIN_READS = ("/operations/{operation}", "/original")
+PACS_ROUTES = [(m, t) for m, t in ROUTES if m == "GET" and not t.endswith(ADMIN_READS)]
 ACCEPT = {
     "frames": "multipart/related; type=application/octet-stream; transfer-syntax=*",
     "bulkdata": "application/octet-stream",
@@ -184,6 +190,7 @@ def url_for(template: str, study: Study) -> str:
         .replace("{frames}", "1")
         .replace("{path:path}", "7FE00010")
         .replace("{code}", "113039^DCM")
+        .replace("{operation}", "0" * 32)
     )
 
 
@@ -202,6 +209,9 @@ def request(sg: SecuredGateway, method: str, template: str, study: Study, header
         return httpx.request(method, url, headers=headers, timeout=30)
     if method == "PUT":  # protect the study from retention sweeps
         return httpx.put(url, content=b"1", headers=headers, timeout=30)
+    if template.endswith("$bulkUpdate"):
+        change = {"studyInstanceUids": [study.uids[0]], "changeDataset": {"00100010": {"vr": "PN"}}}
+        return httpx.post(url, json=change, headers=headers, timeout=30)
     if method == "POST":
         body, content_type = stow_body([study.data])
         return httpx.post(url, content=body, headers={**headers, "Content-Type": content_type}, timeout=30)
@@ -254,7 +264,7 @@ def _expected(principal: str, method: str, template: str, study: str) -> int:
         return 401
     # No principal here has admin: deleting, rejecting and protecting are refused before anything
     # is looked up.
-    destructive = method in ("DELETE", "PUT") or template.endswith("/reject/{code}")
+    destructive = method in ("DELETE", "PUT") or template.endswith(("/reject/{code}", "$bulkUpdate", *ADMIN_READS))
     needed = "admin" if destructive else "write" if method == "POST" else "read"
     scopes = str((PRINCIPALS[principal] or {}).get("scope", "")).split()
     if needed not in scopes:

@@ -58,7 +58,7 @@ import psycopg.errors
 from psycopg.adapt import Buffer, Loader
 from psycopg.sql import SQL, Literal
 
-from gateway.adapters import sql_changes, sql_retention, sql_webhooks
+from gateway.adapters import sql_changes, sql_corrections, sql_retention, sql_webhooks
 from gateway.adapters.postgres_pool import ConnectionLost, IndexConnections, one_line
 from gateway.adapters.postgres_search import norm_values, search_sql
 from gateway.adapters.sql_rows import (
@@ -88,7 +88,10 @@ from gateway.ports import (
     InstanceKey,
     InstanceRecord,
     KeepIf,
+    KeptVersion,
+    Operation,
     RemovalCause,
+    Replacement,
     RetentionCandidate,
     RetentionMatch,
     SearchResult,
@@ -96,7 +99,7 @@ from gateway.ports import (
 )
 from gateway.security.access import Restriction
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Advisory lock space of per-instance locks (the second key is a CRC of the SOP Instance UID:
 # a collision only makes two instances wait for each other).
 _INSTANCE_LOCKS = 0x44574749
@@ -170,6 +173,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     5: (sql_webhooks.TABLE_DDL.format(text=_TEXT, integer="bigint", real="double precision"),),
     6: sql_retention.migration(_UID, "double precision"),
+    7: sql_corrections.migration(_TEXT, _TEXT, "bigint", "double precision"),
 }
 
 # The WHERE terms of the partial index instances_expiry (sql_retention.candidates_sql).
@@ -473,6 +477,46 @@ class PostgresIndex:
         rows = await self._fetch("EXPLAIN " + sql, params)
         return "\n".join(str(r[0]) for r in rows)
 
+    # -- Corrections ---------------------------------------------------------------------------
+
+    async def replace_instances(self, study: str, replacements: list[Replacement], cause: RemovalCause) -> list[str]:
+        rows = await anyio.to_thread.run_sync(lambda: [(r, _PgRow.from_record(r.record)) for r in replacements])
+        # Row locks in one order (by SOP Instance UID), then the feed lock: the order every writer keeps.
+        rows.sort(key=lambda pair: pair[1].record.sop_uid)
+        for attempt in range(_RETRIES):
+            async with self._connection() as conn:
+                try:
+                    async with conn.transaction():
+                        return await _replace(conn, study, rows, cause)
+                except _RETRYABLE:
+                    if attempt == _RETRIES - 1:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def kept_versions(self, sop: str) -> list[KeptVersion]:
+        rows = await self._fetch(sql_corrections.kept_sql("%s"), [sop])
+        return [sql_corrections.kept_from_row(row) for row in rows]
+
+    async def expired_versions(self, replaced_before: float, limit: int) -> list[KeptVersion]:
+        rows = await self._fetch(sql_corrections.expired_sql("%s"), [replaced_before, limit])
+        return [sql_corrections.kept_from_row(row) for row in rows]
+
+    async def forget_version(self, sop: str, version: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql_corrections.forget_sql("%s"), (sop, version))
+
+    async def save_operation(self, operation: Operation) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql_corrections.save_operation_sql("%s"), sql_corrections.operation_params(operation))
+
+    async def operation(self, operation_id: str) -> Operation | None:
+        rows = await self._fetch(sql_corrections.operation_sql("%s"), [operation_id])
+        return sql_corrections.operation_from_row(rows[0]) if rows else None
+
+    async def running_operations(self, holder: str) -> list[Operation]:
+        rows = await self._fetch(sql_corrections.running_sql("%s"), [holder])
+        return [sql_corrections.operation_from_row(row) for row in rows]
+
     # -- connections ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -641,6 +685,7 @@ class _PgRow(IndexRow):
             "frames",
             "pixel",
             "metadata",
+            "version",
             "norm",
         ]
 
@@ -709,6 +754,38 @@ class _PgRow(IndexRow):
         return AddOutcome.INSERTED
 
 
+async def _replace(
+    conn: psycopg.AsyncConnection[Any], study: str, rows: list[tuple[Replacement, _PgRow]], cause: RemovalCause
+) -> list[str]:
+    """The transaction of :meth:`PostgresIndex.replace_instances`."""
+    now = time.time()
+    switched: list[_PgRow] = []
+    for replacement, row in rows:
+        rec = row.record
+        await _lock_instance(conn, rec.sop_uid)
+        cur = await conn.execute(sql_corrections.current_sql("%s"), (rec.sop_uid, study, rec.series_uid))
+        current = await cur.fetchone()
+        if current is None or (current[0], current[1]) != (replacement.old_version, replacement.old_sha256):
+            continue  # deleted, stored anew or corrected meanwhile: not the version this correction read
+        cur = await conn.execute("SELECT 1 FROM removals WHERE sop_uid = %s", (rec.sop_uid,))
+        if await cur.fetchone() is not None:
+            continue
+        version, sha256, size, syntax = current
+        kept = KeptVersion(study, rec.series_uid, rec.sop_uid, version, sha256, int(size), syntax, now)
+        await conn.execute(sql_corrections.keep_sql("%s"), sql_corrections.keep_params(kept))
+        await conn.execute(*sql_corrections.update_sql("%s", "instances", row.pg_instance, ("sop_uid",)))
+        switched.append(row)
+    if not switched:
+        return []
+    await conn.execute(*sql_corrections.update_sql("%s", "studies", switched[0].pg_study, ("study_uid",)))
+    cur = await conn.execute(sql_changes.STUDY_PATIENT_SQL.format(p="%s"), (study,))
+    study_row = await cur.fetchone()
+    for row in switched:
+        key = (study, row.record.series_uid, row.record.sop_uid)
+        await _write_change(conn, ChangeAction.UPDATE, key, cause.origin, study_row, cause)
+    return [row.record.sop_uid for row in switched]
+
+
 async def _lock_instance(conn: psycopg.AsyncConnection[Any], sop: str) -> None:
     """Until the transaction ends, no other add or removal of ``sop`` runs (on any replica)."""
     key = zlib.crc32(sop.encode()) - (1 << 31)  # int4 range
@@ -765,6 +842,7 @@ async def _delete(conn: psycopg.AsyncConnection[Any], study: str, series: str, s
     )
     if cur.rowcount == 0:
         return
+    await conn.execute(sql_corrections.FORGET_ALL_SQL.format(p="%s"), (sop,))
     cur = await conn.execute(
         "UPDATE series SET num_instances = num_instances - 1 WHERE study_uid = %s AND series_uid = %s"
         " RETURNING num_instances",

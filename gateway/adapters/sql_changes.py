@@ -1,7 +1,8 @@
 """The change feed in SQL, shared by the SQLite and PostgreSQL indexes.
 
-Table ``changefeed``: one row per instance that entered (``create``) or left (``delete``) the
-``instances`` table, inserted by the same transaction as that row, so the feed never misses a
+Table ``changefeed``: one row per instance that entered (``create``), left (``delete``) or was
+corrected in (``update``, gateway.services.bulk_update) the ``instances`` table, inserted by the
+same transaction as that row, so the feed never misses a
 committed change nor names one that was rolled back. ``sequence`` is the database's own counter
 (SQLite ``AUTOINCREMENT``, never reused even after deletes; a PostgreSQL identity column). Each
 row also keeps ``patient_id``, the PatientID its study was stored under, read from the
@@ -85,6 +86,7 @@ BULK_COLUMNS = ("timestamp", "action", "study_uid", "series_uid", "sop_uid", "or
 def changes_sql(p: str, query: ChangeQuery) -> tuple[str, list[object]]:
     """The SELECT of :meth:`gateway.ports.Index.changes`; rows for :func:`entry_from_row`."""
     params: list[object] = []
+    joined = _metadata_join(p, query.include_metadata, query.restriction, params)
     where: list[str] = []
     if query.start is not None:
         where.append(f"c.timestamp >= {p}")
@@ -96,15 +98,16 @@ def changes_sql(p: str, query: ChangeQuery) -> tuple[str, list[object]]:
         where.append(f"c.sequence > {p}")
         params.append(query.after)
     _restrict(p, query.restriction, where, params)
-    sql = _select(query.include_metadata, where) + f" ORDER BY c.sequence LIMIT {p} OFFSET {p}"
+    sql = _select(query.include_metadata, joined, where) + f" ORDER BY c.sequence LIMIT {p} OFFSET {p}"
     return sql, [*params, query.limit, query.offset]
 
 
 def latest_sql(p: str, restriction: Restriction | None, include_metadata: bool) -> tuple[str, list[object]]:
     params: list[object] = []
+    joined = _metadata_join(p, include_metadata, restriction, params)
     where: list[str] = []
     _restrict(p, restriction, where, params)
-    return _select(include_metadata, where) + " ORDER BY c.sequence DESC LIMIT 1", params
+    return _select(include_metadata, joined, where) + " ORDER BY c.sequence DESC LIMIT 1", params
 
 
 def _restrict(p: str, restriction: Restriction | None, where: list[str], params: list[object]) -> None:
@@ -112,15 +115,26 @@ def _restrict(p: str, restriction: Restriction | None, where: list[str], params:
         where.append(restriction_condition(p, restriction, params, study="c.study_uid", patient="c.patient_id"))
 
 
-def _select(include_metadata: bool, where: list[str]) -> str:
+def _metadata_join(p: str, include_metadata: bool, restriction: Restriction | None, params: list[object]) -> str:
+    """The join that gives entries their instance's current metadata (``params`` extended first:
+    the join comes before the WHERE clause)."""
+    if not include_metadata:
+        return ""
     # The instance's current metadata exists only while its row does (same study and series).
-    metadata = "i.metadata" if include_metadata else "NULL"
     joined = (
         " LEFT JOIN instances AS i ON i.sop_uid = c.sop_uid AND i.study_uid = c.study_uid"
         " AND i.series_uid = c.series_uid"
-        if include_metadata
-        else ""
     )
+    if restriction is not None:
+        # An entry is visible by the patient its study had then; its metadata only while the study
+        # still belongs to a patient the principal may see (a correction may have moved it).
+        now = restriction_condition(p, restriction, params, study="now.study_uid", patient="now.patient_id")
+        joined += f" AND i.study_uid IN (SELECT now.study_uid FROM studies AS now WHERE {now})"
+    return joined
+
+
+def _select(include_metadata: bool, joined: str, where: list[str]) -> str:
+    metadata = "i.metadata" if include_metadata else "NULL"
     return (
         "SELECT c.sequence, c.timestamp, c.action, c.study_uid, c.series_uid, c.sop_uid, c.origin, c.principal,"
         f" c.reason, last.sequence, last.action, {metadata} FROM changefeed AS c"

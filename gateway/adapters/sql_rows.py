@@ -21,7 +21,7 @@ from gateway.ports import InstanceKey, InstanceRecord, PixelDescription
 # The columns :func:`record_from_row` takes, in order (``i`` is the instances table).
 RECORD_COLUMNS = (
     "i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.size, i.sha256,"
-    " i.origin, i.metadata, i.frames, i.pixel, i.stored_at, i.shared"
+    " i.origin, i.metadata, i.frames, i.pixel, i.stored_at, i.shared, i.version"
 )
 
 
@@ -117,12 +117,15 @@ def instance_values(record: InstanceRecord, meta: dict[str, Any]) -> dict[str, o
         "frames": orjson.dumps(record.frames).decode(),
         "pixel": pixel,
         "metadata": record.metadata,
+        "version": record.version,
     }
 
 
 def record_from_row(row: tuple[Any, ...]) -> InstanceRecord:
     """The InstanceRecord of one row of :data:`RECORD_COLUMNS`."""
-    study, series, sop, sop_class, syntax, size, sha256, origin, metadata, frames, pixel, stored_at, shared = row
+    study, series, sop, sop_class, syntax, size, sha256, origin, metadata, frames, pixel, stored_at, shared, version = (
+        row
+    )
     return InstanceRecord(
         study_uid=study,
         series_uid=series,
@@ -137,6 +140,7 @@ def record_from_row(row: tuple[Any, ...]) -> InstanceRecord:
         pixel=None if pixel is None else PixelDescription(**orjson.loads(pixel)),
         stored_at=stored_at,
         shared=bool(shared),
+        version=version,
     )
 
 

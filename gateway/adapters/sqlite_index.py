@@ -17,6 +17,8 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, created or migrated on
   (:mod:`gateway.adapters.sql_changes`); one writer at a time, so sequence order is commit order.
 * ``webhook_cursors`` — each webhook's position in the feed and its delivery lease
   (:mod:`gateway.adapters.sql_webhooks`).
+* ``kept_versions``, ``operations`` and ``instances.version`` — metadata corrections
+  (:mod:`gateway.adapters.sql_corrections`).
 
 Concurrency: one writer connection, its transactions serialized (a capacity limiter of one in
 the event loop, a lock in the threads) and started with ``BEGIN IMMEDIATE`` so that writers in
@@ -41,7 +43,7 @@ import anyio.to_thread
 import orjson
 
 from gateway import observability
-from gateway.adapters import sql_changes, sql_retention, sql_webhooks
+from gateway.adapters import sql_changes, sql_corrections, sql_retention, sql_webhooks
 from gateway.adapters.sql_rows import (
     IndexRow,
     decode_metadata,
@@ -70,7 +72,10 @@ from gateway.ports import (
     InstanceKey,
     InstanceRecord,
     KeepIf,
+    KeptVersion,
+    Operation,
     RemovalCause,
+    Replacement,
     RetentionCandidate,
     RetentionMatch,
     SearchResult,
@@ -80,7 +85,7 @@ from gateway.security.access import Restriction
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 DEFAULT_MAX_RESULTS = 1000
 
 
@@ -145,6 +150,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     5: (sql_webhooks.TABLE_DDL.format(text="TEXT", integer="INTEGER", real="REAL"),),
     6: sql_retention.migration("TEXT NOT NULL", "REAL"),
+    7: sql_corrections.migration("TEXT", "TEXT", "INTEGER", "REAL"),
 }
 
 # The WHERE terms of the partial index instances_expiry (sql_retention.candidates_sql).
@@ -345,6 +351,39 @@ class SqliteIndex:
     async def webhook_cursors(self) -> list[WebhookCursor]:
         rows = await self._read(lambda conn: conn.execute(sql_webhooks.CURSORS_SQL).fetchall())
         return [sql_webhooks.cursor_from_row(row) for row in rows]
+
+    # -- Corrections ---------------------------------------------------------------------------
+
+    async def replace_instances(self, study: str, replacements: list[Replacement], cause: RemovalCause) -> list[str]:
+        def work() -> list[str]:
+            rows = [(r, _Row.from_record(r.record)) for r in replacements]  # derived outside the write lock
+            return self._transaction(lambda conn: _replace(conn, study, rows, cause))
+
+        return await self._write(work)
+
+    async def kept_versions(self, sop: str) -> list[KeptVersion]:
+        rows = await self._read_rows(sql_corrections.kept_sql("?"), [sop])
+        return [sql_corrections.kept_from_row(row) for row in rows]
+
+    async def expired_versions(self, replaced_before: float, limit: int) -> list[KeptVersion]:
+        rows = await self._read_rows(sql_corrections.expired_sql("?"), [replaced_before, limit])
+        return [sql_corrections.kept_from_row(row) for row in rows]
+
+    async def forget_version(self, sop: str, version: str) -> None:
+        sql = sql_corrections.forget_sql("?")
+        await self._write(lambda: self._transaction(lambda conn: conn.execute(sql, (sop, version))))
+
+    async def save_operation(self, operation: Operation) -> None:
+        sql, params = sql_corrections.save_operation_sql("?"), sql_corrections.operation_params(operation)
+        await self._write(lambda: self._transaction(lambda conn: conn.execute(sql, params)))
+
+    async def operation(self, operation_id: str) -> Operation | None:
+        rows = await self._read_rows(sql_corrections.operation_sql("?"), [operation_id])
+        return sql_corrections.operation_from_row(rows[0]) if rows else None
+
+    async def running_operations(self, holder: str) -> list[Operation]:
+        rows = await self._read_rows(sql_corrections.running_sql("?"), [holder])
+        return [sql_corrections.operation_from_row(row) for row in rows]
 
     # -- beyond the protocol -------------------------------------------------------------------
 
@@ -600,6 +639,35 @@ class _Row(IndexRow):
         return AddOutcome.INSERTED
 
 
+def _replace(
+    conn: sqlite3.Connection, study: str, rows: list[tuple[Replacement, _Row]], cause: RemovalCause
+) -> list[str]:
+    """The transaction of :meth:`SqliteIndex.replace_instances`."""
+    now = time.time()
+    switched: list[_Row] = []
+    for replacement, row in rows:
+        rec = row.record
+        current = conn.execute(sql_corrections.current_sql("?"), (rec.sop_uid, study, rec.series_uid)).fetchone()
+        if current is None or (current[0], current[1]) != (replacement.old_version, replacement.old_sha256):
+            continue  # deleted, stored anew or corrected meanwhile: not the version this correction read
+        if conn.execute("SELECT 1 FROM removals WHERE sop_uid = ?", (rec.sop_uid,)).fetchone() is not None:
+            continue
+        version, sha256, size, syntax = current
+        kept = KeptVersion(study, rec.series_uid, rec.sop_uid, version, sha256, size, syntax, now)
+        conn.execute(sql_corrections.keep_sql("?"), sql_corrections.keep_params(kept))
+        conn.execute(*sql_corrections.update_sql("?", "instances", row.instance, ("sop_uid",)))
+        switched.append(row)
+    if not switched:
+        return []
+    conn.execute(*sql_corrections.update_sql("?", "studies", switched[0].study, ("study_uid",)))
+    (patient_id,) = conn.execute(sql_changes.STUDY_PATIENT_SQL.format(p="?"), (study,)).fetchone()
+    for row in switched:
+        key = (study, row.record.series_uid, row.record.sop_uid)
+        params = sql_changes.insert_params(now, ChangeAction.UPDATE, key, cause.origin, patient_id, cause)
+        conn.execute(sql_changes.insert_sql("?"), params)
+    return [row.record.sop_uid for row in switched]
+
+
 def _insert_sql(table: str, values: dict[str, object], conflict: str | None) -> str:
     # Column names come from our own tables (COLUMNS), never from the request.
     sql = f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
@@ -612,6 +680,7 @@ def _delete(conn: sqlite3.Connection, study: str, series: str, sop: str) -> None
     )
     if cur.rowcount == 0:
         return
+    conn.execute(sql_corrections.FORGET_ALL_SQL.format(p="?"), (sop,))
     (left,) = conn.execute(
         "UPDATE series SET num_instances = num_instances - 1 WHERE study_uid = ? AND series_uid = ?"
         " RETURNING num_instances",

@@ -11,6 +11,7 @@ and is safe beside live gateways: see :mod:`gateway.commands.repair`.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -36,14 +37,14 @@ async def reindex(
     those the uploads were parsed with (the configured ``limits.*``), so that what was accepted
     is indexed again."""
     limits = limits or ParseLimits()
-    keys = [k async for k in store.list_keys("studies/")]
-    instance_keys = [k for k in keys if k.endswith(".dcm")]
+    instance_keys = _newest_versions([k async for k in store.list_keys("studies/") if k.endswith(".dcm")])
     await index.clear()
     indexed = rejected = 0
     with tempfile.TemporaryDirectory(prefix="reindex-") as tmp:
         local = Path(tmp) / "instance.dcm"
         for key in tqdm(instance_keys, unit="inst", disable=not progress, file=sys.stderr):
-            where = uids.parse_instance_key(key)
+            versioned = uids.parse_version_key(key)
+            where, version = versioned if versioned is not None else (uids.parse_instance_key(key), "")
             await store.download(key, local)
             try:
                 record = await anyio.to_thread.run_sync(lambda: parse_part10(local, origin="stow", limits=limits))
@@ -51,14 +52,32 @@ async def reindex(
                 rejected += 1
                 print(f"rejected {key}: {exc.reason}", file=sys.stderr)
                 continue
-            if where != (record.study_uid, record.series_uid, record.sop_uid):
+            if where is None or where != (record.study_uid, record.series_uid, record.sop_uid):
                 rejected += 1
                 print(f"rejected {key}: its UIDs do not match its key", file=sys.stderr)
                 continue
-            await store.put_bytes(uids.metadata_key(*where), record.metadata, content_type="application/dicom+json")
+            record = dataclasses.replace(record, version=version)
+            metadata_key = uids.metadata_key(*where, version)
+            await store.put_bytes(metadata_key, record.metadata, content_type="application/dicom+json")
             await index.add(record)
             indexed += 1
     return indexed, rejected
+
+
+def _newest_versions(keys: list[str]) -> list[str]:
+    """Of each instance's objects, the newest: its latest corrected version (version names sort
+    by time, gateway.services.bulk_update) or, never corrected, the object under its UIDs.
+    Keys that name no instance are kept, to be reported."""
+    chosen: dict[tuple[str, str, str], tuple[str, str]] = {}
+    others: list[str] = []
+    for key in keys:
+        versioned = uids.parse_version_key(key)
+        where, version = versioned if versioned is not None else (uids.parse_instance_key(key), "")
+        if where is None:
+            others.append(key)
+        elif where not in chosen or version > chosen[where][0]:
+            chosen[where] = (version, key)
+    return [key for _, key in chosen.values()] + others
 
 
 def run_reindex(

@@ -181,7 +181,8 @@ async def _drop_dangling(store: BlobStore, index: Index, key: InstanceKey, dry_r
     unless a dry run, the row and metadata are removed)."""
     study, series, sop = key
     record = await index.get(study, series, sop)
-    if record is None or await store.stat(uids.instance_key(study, series, sop)) is not None:
+    # A corrected instance (gateway.services.bulk_update) lives at its version's key.
+    if record is None or await store.stat(record.object_key) is not None:
         return False  # removed, or written after the listing passed its place
     if dry_run:
         return True
@@ -190,10 +191,10 @@ async def _drop_dangling(store: BlobStore, index: Index, key: InstanceKey, dry_r
     try:
         # An upload of the same bytes may have written the object again in the meantime (its
         # row was there, so it was told "stored"): then the row comes back, as it was.
-        info = await store.stat(uids.instance_key(study, series, sop))
+        info = await store.stat(record.object_key)
         restore = info is not None and info.sha256 == record.sha256
         if not restore:
-            await store.delete(uids.metadata_key(study, series, sop))
+            await store.delete(uids.metadata_key(study, series, sop, record.version))
     finally:
         if token is not None:
             await index.end_removal(sop, token)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.dicom.uids import instance_key
+
 # Byte range (offset, length) of one fragment value inside a stored Part 10 object.
 Span = tuple[int, int]
 
@@ -51,9 +53,17 @@ class InstanceRecord:
     frames: tuple[tuple[Span, ...], ...] = ()
     pixel: PixelDescription | None = None
     stored_at: float = 0.0  # seconds since the epoch
+    # Which object holds it: "" the one stored under its UIDs, else a corrected version of it
+    # (gateway.services.bulk_update; gateway.dicom.uids.instance_key).
+    version: str = ""
     # A copy cached from a PACS that an upload was also told is stored: the cache expiry keeps
     # it. Set by the index as it reads the row; not part of what the instance *is*.
     shared: bool = field(default=False, compare=False)
+
+    @property
+    def object_key(self) -> str:
+        """The object key of the Part 10 file this record describes."""
+        return instance_key(self.study_uid, self.series_uid, self.sop_uid, self.version)
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,32 @@ def require_uid(value: str, what: str = "UID") -> str:
     return value
 
 
-def instance_key(study: str, series: str, sop: str) -> str:
-    """Object key of an instance's Part 10 file. Only validated UIDs can steer the key."""
+# A corrected version of an instance (gateway.services.bulk_update) is a new object beside the
+# original, never the original overwritten: ``version`` names it, "" being the object as stored.
+_VERSION_RE = re.compile(r"[0-9a-z]{1,64}")
+
+
+def instance_key(study: str, series: str, sop: str, version: str = "") -> str:
+    """Object key of an instance's Part 10 file (of its corrected ``version``, when given).
+    Only validated UIDs and version names can steer the key."""
     for uid, what in ((study, "StudyInstanceUID"), (series, "SeriesInstanceUID"), (sop, "SOPInstanceUID")):
         require_uid(uid, what)
-    return f"studies/{study}/series/{series}/instances/{sop}.dcm"
+    if not version:
+        return f"studies/{study}/series/{series}/instances/{sop}.dcm"
+    if _VERSION_RE.fullmatch(version) is None:
+        raise ValueError(f"not a version name: {version[:80]!r}")
+    return f"{versions_prefix(study, series, sop)}{version}.dcm"
 
 
-def metadata_key(study: str, series: str, sop: str) -> str:
-    """Object key of the DICOM JSON metadata stored beside the instance."""
-    return instance_key(study, series, sop)[: -len(".dcm")] + ".json"
+def metadata_key(study: str, series: str, sop: str, version: str = "") -> str:
+    """Object key of the DICOM JSON metadata stored beside the instance (or its ``version``)."""
+    return instance_key(study, series, sop, version)[: -len(".dcm")] + ".json"
+
+
+def versions_prefix(study: str, series: str, sop: str) -> str:
+    """Where the corrected versions of an instance are kept (not an instance key itself:
+    :func:`parse_instance_key` answers None for every key below it)."""
+    return f"studies/{study}/series/{series}/instances/{sop}/versions/"
 
 
 def parse_instance_key(key: str) -> tuple[str, str, str] | None:
@@ -49,3 +65,13 @@ def parse_instance_key(key: str) -> tuple[str, str, str] | None:
     if not all(is_valid_uid(u) for u in (study, series, sop)):
         return None
     return study, series, sop
+
+
+def parse_version_key(key: str) -> tuple[tuple[str, str, str], str] | None:
+    """Inverse of :func:`instance_key` with a version: ((study, series, sop), version); None
+    for keys that are not a corrected version's Part 10 object."""
+    head, sep, name = key.rpartition("/versions/")
+    if not sep or not name.endswith(".dcm") or _VERSION_RE.fullmatch(name[: -len(".dcm")]) is None:
+        return None
+    instance = parse_instance_key(head + ".dcm")
+    return None if instance is None else (instance, name[: -len(".dcm")])

@@ -42,7 +42,7 @@ from gateway.dicom.media import (
 )
 from gateway.dicom.ziparchive import APPLICATION_ZIP
 from gateway.errors import NotAcceptable, NotFound
-from gateway.http import changefeed, delete, protection, qido, rendered, stow, wado, wado_uri
+from gateway.http import bulk_update, changefeed, delete, protection, qido, rendered, stow, wado, wado_uri
 from gateway.http.context import base_url, gateway_of
 
 WADL = "application/vnd.sun.wadl+xml"
@@ -154,6 +154,21 @@ DESCRIPTIONS: dict[Callable[..., Any], Callable[[str], Method]] = {
         "Protect the study from retention sweeps: body 1 or 0 (admin scope)",
         request=(TEXT_PLAIN,),
         status=204,
+    ),
+    bulk_update.bulk_update: lambda _: Method(
+        "BulkUpdateStudies",
+        "Correct Patient and Study attributes of whole studies (Microsoft's $bulkUpdate, admin scope)",
+        request=(APPLICATION_JSON,),
+        response=(APPLICATION_JSON,),
+        status=202,
+    ),
+    bulk_update.operation_status: lambda _: Method(
+        "ReadOperation", "Status of a bulk update (Microsoft's operations, admin scope)", response=(APPLICATION_JSON,)
+    ),
+    bulk_update.original: lambda _: Method(
+        "RetrieveOriginalVersion",
+        "The instance as stored before its first correction (admin scope)",
+        response=(APPLICATION_DICOM,),
     ),
     changefeed.changefeed: lambda _: Method(
         "ReadChangeFeed",

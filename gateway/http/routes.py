@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.http import (
+    bulk_update,
     capabilities,
     changefeed,
     delete,
@@ -28,6 +29,8 @@ def dicomweb_routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = [
         Route("/studies", qido.search_studies, methods=["GET"]),
         Route("/studies", stow.store_instances, methods=["POST"]),
+        # Before {study}: "$bulkUpdate" would otherwise be taken for a Study Instance UID.
+        Route("/studies/$bulkUpdate", bulk_update.bulk_update, methods=["POST"]),
         Route("/series", qido.search_series, methods=["GET"]),
         Route("/instances", qido.search_instances, methods=["GET"]),
         Route("/wado", wado_uri.retrieve, methods=["GET"]),  # WADO-URI (PS3.18 9)
@@ -63,6 +66,9 @@ def dicomweb_routes() -> list[BaseRoute]:
         # Kept from retention sweeps (gateway.services.retention), Orthanc's 1/0 convention.
         Route(S + "/protected", protection.get_protected, methods=["GET"]),
         Route(S + "/protected", protection.put_protected, methods=["PUT"]),
+        # Metadata corrections (Microsoft's $bulkUpdate) and what they replaced.
+        Route("/operations/{operation}", bulk_update.operation_status, methods=["GET"]),
+        Route(I + "/original", bulk_update.original, methods=["GET"]),
     ]
     # The Capabilities transaction (PS3.18 8.9) on every resource: OPTIONS only, so other methods
     # on unknown paths stay 404 (gateway.http.capabilities).

@@ -16,7 +16,9 @@ plus what a gateway operator needs next to them (HTTP method, path, status, byte
   ``unknown_key``, ``revoked_key``, ...); a STOW names the instances it stored and those it did
   not (``ParticipantObjectDescription`` "not stored", with their FailureReason); a DELETE or a
   rejection (event 110103, action D) names each instance it took out of the index
-  (``ParticipantObjectDescription`` "deleted", or "rejected" with the rejection code).
+  (``ParticipantObjectDescription`` "deleted", or "rejected" with the rejection code); a
+  metadata correction (action U, one line per study) names each instance it corrected
+  ("corrected", with the keywords of the attributes changed).
 
 Lines go to stdout or are appended to a file; nothing in them is a stack trace.
 """
@@ -73,6 +75,9 @@ class AccessRecord:
     # DELETE or rejection: the instances removed (study, series, sop), and a rejection's code.
     removed: list[tuple[str, str, str]] = field(default_factory=list)
     rejection: str | None = None
+    # A metadata correction ($bulkUpdate): the instances corrected and the attributes changed.
+    corrected: list[tuple[str, str, str]] = field(default_factory=list)
+    correction: list[str] = field(default_factory=list)
     outcome_reason: str | None = None  # why credentials were refused (401), machine-readable
     # A DIMSE operation (gateway.dimse.observe): its fields replace the "http" ones, and
     # ``outcome`` (0, 4, 8) the one derived from an HTTP status.
@@ -153,6 +158,20 @@ def _objects(record: AccessRecord, include_values: bool) -> list[dict[str, Any]]
                 "ParticipantObjectID": sop,
                 "ParticipantObjectDescription": "deleted" if record.rejection is None else "rejected",
                 "ParticipantObjectDetail": detail,
+            }
+        )
+    for study, series, sop in record.corrected:
+        objects.append(
+            {
+                "ParticipantObjectTypeCode": 2,
+                "ParticipantObjectIDTypeCode": _ID_TYPES["instance"],
+                "ParticipantObjectID": sop,
+                "ParticipantObjectDescription": "corrected",
+                "ParticipantObjectDetail": {
+                    "StudyInstanceUID": study,
+                    "SeriesInstanceUID": series,
+                    "ChangedAttributes": record.correction,
+                },
             }
         )
     for failed_study, failed_sop, reason in record.failed:

@@ -15,6 +15,7 @@ from gateway.dicom.parse import ParseLimits
 from gateway.ports import BlobStore, BridgeState, Index, Upstream
 from gateway.services.access_clock import AccessClock
 from gateway.services.budget import ByteBudget
+from gateway.services.bulk_update import BulkUpdateService
 from gateway.services.changefeed import ChangeFeed
 from gateway.services.commitment import CommitmentCheck
 from gateway.services.deidentified import DeidentifiedViews, deidentify_key, profile_options
@@ -47,6 +48,7 @@ class Gateway:
     changes: ChangeFeed  # the change feed (what entered and left the index)
     removal: RemovalService  # DELETE and rejections
     protection: StudyProtection  # studies kept from retention sweeps
+    bulk_update: BulkUpdateService  # metadata corrections ($bulkUpdate) and their operations
     # What principals marked for de-identification receive (PS3.15 E.1); None: built without a key.
     deidentified: DeidentifiedViews | None = None
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # the PACS nodes, by name (readiness)
@@ -104,6 +106,14 @@ def build_gateway(
         ),
         changes=ChangeFeed(index),
         protection=StudyProtection(index, visibility),
+        bulk_update=BulkUpdateService(
+            store,
+            index,
+            visibility,
+            parse_limits,
+            process_spool_dir(settings.effective_spool_dir) / "corrections",
+            keep_seconds=settings.bulk_update_keep_original_seconds,
+        ),
         removal=RemovalService(index, writer, visibility, bridge_state, flights, grace=settings.delete_grace),
         deidentified=DeidentifiedViews(index, lambda: deidentify_key(settings), profile_options(settings.deidentify)),
         upstreams=nodes,

@@ -130,7 +130,7 @@ class CommitmentCheck:
             return dataclasses.replace(found, failure=CLASS_INSTANCE_CONFLICT)
         if self._cached_copies_expire and record.origin.startswith("pacs:") and not record.shared:
             return dataclasses.replace(found, failure=PROCESSING_FAILURE)  # to be expired: not ours to keep
-        stored = await self._store.stat(uids.instance_key(record.study_uid, record.series_uid, record.sop_uid))
+        stored = await self._store.stat(record.object_key)
         if stored is None or stored.size != record.size:
             return dataclasses.replace(found, failure=PROCESSING_FAILURE)
         if stored.sha256 is not None and stored.sha256 != record.sha256:

@@ -19,7 +19,6 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from gateway.dicom import uids
 from gateway.errors import GatewayError
 from gateway.ports import BlobStore, BridgeState, ForwardJob, Index, Upstream
 
@@ -96,7 +95,7 @@ class ForwardService:
         self._spool_dir.mkdir(parents=True, exist_ok=True)
         path = self._spool_dir / f"forward-{uuid.uuid4().hex}.dcm"
         try:
-            await self._store.download(uids.instance_key(job.study_uid, job.series_uid, job.sop_uid), path)
+            await self._store.download(record.object_key, path)  # its current version, corrected or not
             await self._upstream.store(
                 path,
                 sop_class_uid=record.sop_class_uid,

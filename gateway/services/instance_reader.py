@@ -373,7 +373,7 @@ class InstanceReader:
 
     @staticmethod
     def key(record: InstanceRecord) -> str:
-        return uids.instance_key(record.study_uid, record.series_uid, record.sop_uid)
+        return record.object_key
 
 
 def _extract_frames(data: bytes, numbers: list[int]) -> list[bytes]:

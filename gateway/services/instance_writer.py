@@ -188,7 +188,13 @@ class InstanceWriter:
                 log.warning("could not end the removal of %s: %s", sop, exc.reason)
 
     async def _delete_objects(self, study: str, series: str, sop: str) -> None:
-        for key in (uids.instance_key(study, series, sop), uids.metadata_key(study, series, sop)):
+        keys = [uids.instance_key(study, series, sop), uids.metadata_key(study, series, sop)]
+        try:
+            # Its corrected versions (gateway.services.bulk_update) go with it.
+            keys += [key async for key in self._store.list_keys(uids.versions_prefix(study, series, sop))]
+        except GatewayError as exc:
+            log.warning("could not list the versions of %s: %s", sop, exc.reason)
+        for key in keys:
             try:
                 await self._store.delete(key)
             except GatewayError as exc:  # the reindex sweeps what cannot be deleted now

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.http.middleware.security import OPEN_PATHS, is_protection, is_rejection
+from gateway.http.middleware.security import OPEN_PATHS, is_bulk_update, is_protection, is_rejection
 from gateway.http.middleware.traffic import counted
 from gateway.security.audit import AccessRecord, AuditLog
 
@@ -27,7 +27,7 @@ def classify(
     segments = [s for s in relative.split("/") if s]
     uids: dict[str, str] = {}
     for name, value in zip(segments[::2], segments[1::2], strict=False):
-        if name in _LEVELS:
+        if name in _LEVELS and not value.startswith("$"):  # not studies/$bulkUpdate
             uids[_LEVELS[name]] = value[:64]
     if segments and segments[-1] == "wado":
         for name, value in query:
@@ -37,7 +37,7 @@ def classify(
         return "authenticate", uids
     if method == "POST" and is_rejection(relative):
         return "delete", uids
-    if method == "PUT" and is_protection(relative):
+    if (method == "PUT" and is_protection(relative)) or (method == "POST" and is_bulk_update(relative)):
         return "update", uids
     if method in ("POST", "PUT"):
         return "store", uids

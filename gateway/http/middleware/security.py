@@ -5,8 +5,9 @@ Runs before routing, so no endpoint can forget it. What each request needs (issu
 * ``/healthz``, ``/readyz``: nothing (probes);
 * GET / HEAD / OPTIONS (QIDO, WADO, capabilities): ``read``;
 * POST / PUT (STOW): ``write``;
-* DELETE, a rejection (``POST .../reject/{code}``: it deletes) and anything else that changes
-  state: ``admin``;
+* DELETE, a rejection (``POST .../reject/{code}``: it deletes), a metadata correction
+  (``POST .../studies/$bulkUpdate``), and anything else that changes state: ``admin``; so do
+  reading what corrections did (``GET .../operations/{id}``, ``GET .../instances/{sop}/original``);
 * ``GET /metrics``: ``metrics``, and an unrestricted principal (the counters cover every
   study; a study-restricted principal gets 403 even with the scope).
 
@@ -43,9 +44,11 @@ def required_scope(method: str, path: str) -> str | None:
         return None
     if path == METRICS_PATH:
         return METRICS
+    if method in ("GET", "HEAD") and is_correction_record(path):
+        return ADMIN
     if method in ("GET", "HEAD", "OPTIONS"):
         return READ
-    if method in ("POST", "PUT") and not is_rejection(path) and not is_protection(path):
+    if method in ("POST", "PUT") and not is_rejection(path) and not is_protection(path) and not is_bulk_update(path):
         return WRITE
     return ADMIN
 
@@ -60,6 +63,20 @@ def is_protection(path: str) -> bool:
     """``.../studies/{study}/protected``: what retention may delete (gateway.http.protection)."""
     segments = path.rstrip("/").split("/")
     return len(segments) >= 3 and segments[-1] == "protected" and segments[-3] == "studies"
+
+
+def is_bulk_update(path: str) -> bool:
+    """``.../studies/$bulkUpdate``: a metadata correction (gateway.http.bulk_update)."""
+    segments = path.rstrip("/").split("/")
+    return len(segments) >= 2 and segments[-1] == "$bulkUpdate" and segments[-2] == "studies"
+
+
+def is_correction_record(path: str) -> bool:
+    """``.../operations/{id}`` or ``.../instances/{sop}/original``: what a correction did and replaced."""
+    segments = path.rstrip("/").split("/")
+    return len(segments) >= 3 and (
+        segments[-2] == "operations" or (segments[-1] == "original" and segments[-3] == "instances")
+    )
 
 
 def principal_of(request: Request) -> Principal | None:
