@@ -92,16 +92,15 @@ class Profile:
     rate: int
     busy: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     waiting: int = 0
-    event_loop_samples: int = 0  # busy or not: py-spy samples every thread at each tick
 
-    @property
-    def achieved_rate(self) -> float:
-        """Samples per second py-spy achieved (on 2 busy cores, below ``rate``): the event-loop
-        thread is sampled at every tick, over about ``wall``."""
-        return self.event_loop_samples / self.wall if self.event_loop_samples else float(self.rate)
+    def share(self, samples: int) -> float:
+        """``samples`` as a fraction of every busy sample of the path."""
+        total = sum(self.busy.values())
+        return samples / total if total else 0.0
 
     def ms_per_instance(self, samples: int) -> float:
-        return samples / self.achieved_rate * 1000 / self.instances
+        """The wall time per instance that ``samples`` stand for (their share of the busy samples)."""
+        return self.share(samples) * self.wall * 1000 / self.instances
 
 
 def frame_parts(frame: str) -> tuple[str, str]:
@@ -133,8 +132,6 @@ def aggregate(raw: Path, profile: Profile) -> None:
         if not stack or not count.isdigit():
             continue
         thread = "event loop" if "runpy" in stack[0] or "__main__" in stack[0] else "other threads"
-        if thread == "event loop":
-            profile.event_loop_samples += int(count)
         stage = classify(stack)
         if stage is None:
             profile.waiting += int(count)
@@ -230,20 +227,30 @@ def render(profiles: Sequence[Profile], load: tuple[str, str]) -> str:
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average (1 min) at start / end: "
         f"{load[0]} / {load[1]}",
-        "- busy ms per instance by stage (the innermost recognised frame of each sample)",
+        "- each stage's share of the gateway's busy samples (the innermost recognised frame of each sample), by",
+        "  thread, and the wall time per instance it stands for (share x wall time: the requests run one at a",
+        "  time, so the stages follow one another; a thread waiting for the GIL after waking another counts",
+        "  as hand-off)",
         "",
     ]
     for p in profiles:
         threads = sorted({thread for thread, _ in p.busy})
-        lines += [f"## {p.name}", "", f"Wall time: {p.wall * 1000 / p.instances:.2f} ms per instance "
-                  f"({p.wall:.2f} s for {p.instances}); {p.achieved_rate:.0f} samples/s.", ""]  # fmt: skip
-        lines += ["| stage | " + " | ".join(threads) + " |", "|---|" + "---:|" * len(threads)]
+        busy = sum(p.busy.values())
+        lines += [
+            f"## {p.name}",
+            "",
+            f"Wall time: {p.wall * 1000 / p.instances:.2f} ms per instance ({p.wall:.2f} s for {p.instances}); "
+            f"{busy} busy samples, {p.waiting} of threads waiting.",
+            "",
+            "| stage | " + " | ".join(f"{t} (share)" for t in threads) + " | ms per instance |",
+            "|---|" + "---:|" * (len(threads) + 1),
+        ]
         stages = sorted({stage for _, stage in p.busy}, key=lambda s: -sum(p.busy[(t, s)] for t in threads))
         for stage in stages:
-            cells = [f"{p.ms_per_instance(p.busy[(t, stage)]):.2f}" for t in threads]
-            lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-        totals = [f"**{p.ms_per_instance(sum(n for (t, _), n in p.busy.items() if t == thread)):.2f}**" for thread in threads]
-        lines += ["| **busy** | " + " | ".join(totals) + " |", ""]
+            cells = [f"{100 * p.share(p.busy[(t, stage)]):.0f} %" for t in threads]
+            total = sum(p.busy[(t, stage)] for t in threads)
+            lines.append(f"| {stage} | " + " | ".join(cells) + f" | {p.ms_per_instance(total):.2f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
