@@ -45,9 +45,8 @@ import httpx  # noqa: E402
 import pydicom  # noqa: E402
 
 from bench.dataset import generate, multipart_body, stow_batch  # noqa: E402
-from bench.pacs import GATEWAY_AET, gateway  # noqa: E402
+from bench.pacs import GATEWAY_AET, HEADERS, gateway  # noqa: E402
 from bench.report import load_average  # noqa: E402
-from bench.pacs import HEADERS
 from bench.servers import TIMEOUT, gateway_server, load  # noqa: E402
 from tests import factory  # noqa: E402
 from tests.fixtures_pacs import load_orthanc, node  # noqa: E402

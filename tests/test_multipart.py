@@ -24,6 +24,7 @@ from gateway.dicom.multipart import (
     Part,
     content_type_for_multipart,
     iter_parts,
+    multipart_length,
     multipart_stream,
     new_boundary,
 )
@@ -89,6 +90,19 @@ async def write_all(parts: Iterable[OutPart], boundary: str = B) -> bytes:
 
 
 # --- writer -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@settings(max_examples=40, deadline=None)
+@given(
+    bodies=st.lists(st.binary(max_size=300), max_size=5),
+    content_type=st.sampled_from(["application/dicom", 'application/dicom; transfer-syntax="1.2.840.10008.1.2.1"']),
+)
+async def test_multipart_length_is_the_length_written(bodies: list[bytes], content_type: str) -> None:
+    """What a response announces as its Content-Length is exactly what the writer writes,
+    small bodies (sent with their headers) and large ones, and no parts at all."""
+    written = await write_all([(content_type, body) for body in bodies])
+    assert multipart_length([(content_type, len(body)) for body in bodies], B) == len(written)
 
 
 @pytest.mark.anyio

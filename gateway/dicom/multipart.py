@@ -16,7 +16,7 @@ import re
 import secrets
 import tempfile
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -423,6 +423,18 @@ async def multipart_stream(
                     if chunk:
                         yield chunk
     yield (b"" if first else b"\r\n") + dash + b"--\r\n"
+
+
+def multipart_length(parts: Sequence[tuple[str, int]], boundary: str) -> int:
+    """The length of what :func:`multipart_stream` writes for parts of these (Content-Type, body
+    length), without extra part headers: a response can then say its Content-Length."""
+    _check_write_boundary(boundary)
+    delimiter = 2 + len(boundary)  # "--" boundary
+    total = sum(
+        (0 if i == 0 else 2) + delimiter + 2 + len(_header_block(content_type, {})) + 2 + size
+        for i, (content_type, size) in enumerate(parts)
+    )
+    return total + (2 if parts else 0) + delimiter + 4  # [CRLF] "--" boundary "--" CRLF
 
 
 def content_type_for_multipart(part_type: str, transfer_syntax: str | None, boundary: str) -> str:

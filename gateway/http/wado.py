@@ -62,16 +62,22 @@ async def retrieve(request: Request) -> Response:
     )
     await gw.retrieval.check_transcodable(*_uids(request), negotiated)
     boundary = new_boundary()
+    # Stored instances sent as stored: the length is known, and a body with a Content-Length is
+    # written as it is (uvicorn copies every chunk of a chunked one to frame it) and lets a
+    # client show progress.
+    length = gw.retrieval.content_length(retrieval, negotiated, boundary)
+    part = gw.retrieval.part if length is None else gw.retrieval.sized_part
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         async with aclosing(retrieval.items) as items:  # a client gone stops following the PACS retrieve
             async for item in items:
-                yield gw.retrieval.part(item, negotiated)
+                yield part(item, negotiated)
 
     media_type = content_type_for_multipart(negotiated.media_type, negotiated.transfer_syntax, boundary)
     # The first bytes are read before the status is sent: a store that is down answers 503.
     body = multipart_stream(await started_parts(parts()), boundary)
-    return StreamingResponse(body, media_type=media_type, headers=_NO_TRANSFORM)
+    headers = _NO_TRANSFORM if length is None else {**_NO_TRANSFORM, "Content-Length": str(length)}
+    return StreamingResponse(body, media_type=media_type, headers=headers)
 
 
 async def _retrieve_deidentified(request: Request, views: DeidentifiedViews) -> Response:

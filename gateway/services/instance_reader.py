@@ -146,6 +146,14 @@ class InstanceReader:
             return content_type, self._store.stream(self.key(record))
         return content_type, self._transcoded(record, target)
 
+    @staticmethod
+    def stored_part(record: InstanceRecord, negotiated: Negotiated) -> tuple[str, int] | None:
+        """Content-Type and length of the part :meth:`instance_part` makes of ``record`` when
+        that part is the stored object as it is (None when it is transcoded)."""
+        stored = record.transfer_syntax
+        target = stored if negotiated.as_stored else negotiated.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
+        return (negotiated.part_content_type(target), record.size) if target == stored else None
+
     async def _transcoded(self, record: InstanceRecord, target: str) -> AsyncIterator[bytes]:
         async with self.budget.reserve(whole_object_cost(record), f"transcoding instance {record.sop_uid}"):
             data = await self._store.read_all(self.key(record))

@@ -44,8 +44,9 @@ from anyio.abc import TaskGroup
 
 from gateway import observability
 from gateway.dicom.media import APPLICATION_DICOM, AS_STORED, EXPLICIT_VR_LITTLE_ENDIAN, Negotiated
+from gateway.dicom.multipart import multipart_length
 from gateway.dicom.render import RenderOptions
-from gateway.errors import NotFound, UpstreamError
+from gateway.errors import NotFound, StorageError, UpstreamError
 from gateway.ports import InstanceRecord
 from gateway.security.access import Restriction
 from gateway.services.access_clock import AccessClock
@@ -153,6 +154,25 @@ class RetrievalService:
         target = negotiated.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
         return negotiated.part_content_type(target), self._cached_body(item, negotiated)
 
+    def content_length(self, retrieval: Retrieval, negotiated: Negotiated, boundary: str) -> int | None:
+        """The length of the multipart body of ``retrieval`` when it is known before it is read:
+        every instance from the store, sent as stored (None otherwise: a PACS flight, or a part
+        transcoded). Its parts then come from :meth:`sized_part`."""
+        if retrieval.cached is None:
+            return None
+        parts = [self.reader.stored_part(record, negotiated) for record in retrieval.cached]
+        known = [part for part in parts if part is not None]
+        return multipart_length(known, boundary) if len(known) == len(parts) else None
+
+    def sized_part(self, item: InstanceRecord | Arrival, negotiated: Negotiated) -> tuple[str, AsyncIterator[bytes]]:
+        """:meth:`part` for a body whose length :meth:`content_length` announced: an object whose
+        bytes differ in length from its index row ends the body with an error rather than break
+        the announced framing silently (the connection is then aborted)."""
+        content_type, body = self.part(item, negotiated)
+        if not isinstance(item, InstanceRecord):
+            raise TypeError("a sized body holds only stored instances")
+        return content_type, _exactly(body, item.size, item.sop_uid)
+
     async def _cached_body(self, item: Arrival, negotiated: Negotiated) -> AsyncIterator[bytes]:
         await item.settled.wait()
         if item.record is None:
@@ -245,6 +265,24 @@ class RetrievalService:
         if await self.flights.retrieved(study, series):
             return records
         return None
+
+
+async def _exactly(body: AsyncIterator[bytes], size: int, sop: str) -> AsyncGenerator[bytes, None]:
+    """``body``, checked to be ``size`` bytes long."""
+    seen = 0
+    try:
+        async for chunk in body:
+            seen += len(chunk)
+            if seen > size:
+                break
+            yield chunk
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if seen != size:
+        more = "more than " if seen > size else ""
+        raise StorageError(f"the object of instance {sop} holds {more}{seen} bytes, its index row says {size}")
 
 
 async def _iterate(records: list[InstanceRecord]) -> AsyncGenerator[InstanceRecord | Arrival, None]:
