@@ -30,6 +30,7 @@ from gateway.http.video import video_response
 from gateway.ports import InstanceRecord
 from gateway.services.deidentified import DeidentifiedViews
 from gateway.services.instance_reader import INSTANCE_SYNTAXES, PIXEL_DATA_PATH, parse_frame_list
+from gateway.services.part_read_ahead import read_ahead
 
 # Pixel data must not be gzip-compressed by middleware or proxies on our behalf: it costs far
 # more CPU than it saves on already-compressed or noisy image data.
@@ -75,7 +76,10 @@ async def retrieve(request: Request) -> Response:
 
     media_type = content_type_for_multipart(negotiated.media_type, negotiated.transfer_syntax, boundary)
     # The first bytes are read before the status is sent: a store that is down answers 503.
-    body = multipart_stream(await started_parts(parts()), boundary)
+    # Instances from the store are read one ahead of the one being sent (not a PACS retrieve's:
+    # waiting for the next arrival would hold back the one that is here).
+    source = parts() if retrieval.cached is None else read_ahead(parts())
+    body = multipart_stream(await started_parts(source), boundary)
     headers = _NO_TRANSFORM if length is None else {**_NO_TRANSFORM, "Content-Length": str(length)}
     return StreamingResponse(body, media_type=media_type, headers=headers)
 
