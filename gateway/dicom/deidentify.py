@@ -31,10 +31,11 @@ import datetime
 import functools
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -141,6 +142,8 @@ class Deidentifier:
         self._on_pseudonym = on_pseudonym
         self._actions: dict[str, str | None] = {}
         self._tag_actions: dict[int, str | None] = {}
+        self._json_marks: dict[str, dict[str, Any]] | None = None  # the same for every instance
+        self._plain: dict[str, bool] = {}  # tag: kept as it is (see _kept_as_is)
         digest = hmac.new(key, b"date-shift", hashlib.sha256).digest()
         self._shift = datetime.timedelta(days=1 + int.from_bytes(digest[:4], "big") % _SHIFT_DAYS)
 
@@ -195,17 +198,68 @@ class Deidentifier:
         """``dataset`` (DICOM JSON) de-identified, a new object. ``mark``: add the attributes
         saying so (a whole instance; a QIDO row keeps to the attributes asked for)."""
         out: dict[str, Any] = {}
+        plain = self._plain
         for tag, element in dataset.items():
-            if tag == RETRIEVE_URL:
-                out[tag] = {**element, "Value": [self.url(str(v)) for v in element.get("Value") or []]}
+            try:
+                kept = plain[tag]
+            except KeyError:
+                kept = plain[tag] = self._kept_as_is(tag)
+            if kept and "BulkDataURI" not in element:
+                out[tag] = element
                 continue
-            done = self._json_element(tag, element)
+            done = self._json_top_level(tag, element)
             if done is not None:
                 out[tag] = done
         if mark:
-            for tag, element in self._marks().items():
-                out[tag] = element
+            out.update(self._marks_json())
         return dict(sorted(out.items()))
+
+    def json_instances(self, instances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Whole instances (DICOM JSON, a metadata answer) de-identified and marked, as by
+        :meth:`json_dataset`. An attribute equal to the same attribute of an instance before
+        it is given the same de-identified value without working it out again: instances of a
+        series repeat most of their attributes (the profile is deterministic for one key)."""
+        done: dict[str, tuple[Any, dict[str, Any] | None]] = {}  # tag: (element, de-identified)
+        plain = self._plain
+        out = []
+        for instance in instances:
+            answer: dict[str, Any] = {}
+            for tag, element in instance.items():
+                try:
+                    kept = plain[tag]
+                except KeyError:
+                    kept = plain[tag] = self._kept_as_is(tag)
+                if kept and "BulkDataURI" not in element:
+                    answer[tag] = element
+                    continue
+                seen = done.get(tag)
+                if seen is None or seen[0] != element:
+                    seen = done[tag] = (element, self._json_top_level(tag, element))
+                if seen[1] is not None:
+                    answer[tag] = seen[1]
+            answer.update(self._marks_json())
+            out.append(dict(sorted(answer.items())))
+        return out
+
+    def _kept_as_is(self, tag: str) -> bool:
+        """Whether an attribute of ``tag`` is kept as it is, unless it is bulk data (whose URI
+        names the instance): no action, not a sequence (whose items the profile enters)."""
+        if tag == RETRIEVE_URL or self.action(tag) is not None:
+            return False
+        try:
+            return str(dictionary_VR(tag)) != "SQ"
+        except KeyError:
+            return False  # not in the dictionary: looked at element by element
+
+    def _json_top_level(self, tag: str, element: dict[str, Any]) -> dict[str, Any] | None:
+        if tag == RETRIEVE_URL:
+            return {**element, "Value": [self.url(str(v)) for v in element.get("Value") or []]}
+        return self._json_element(tag, element)
+
+    def _marks_json(self) -> dict[str, dict[str, Any]]:
+        if self._json_marks is None:
+            self._json_marks = self._marks()
+        return self._json_marks
 
     def url(self, url: str) -> str:
         """A RetrieveURL or BulkDataURI with the UIDs of its path replaced."""
