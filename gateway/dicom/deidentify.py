@@ -52,6 +52,7 @@ RETRIEVE_URL = "00081190"
 PROFILES = frozenset({"basic"})  # the Basic Application Level Confidentiality Profile (PS3.15 E.1)
 
 _DUMMY_DATE = "19000101"
+_AFTER_EVERY_TAG = "G"  # sorts after every tag of 8 hex digits
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UT", "PN", "UR", "AS"})
 _NUMBER_VRS = frozenset({"IS", "DS", "US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT"})
 _SHIFT_DAYS = 3650
@@ -216,15 +217,28 @@ class Deidentifier:
 
     def json_instances(self, instances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Whole instances (DICOM JSON, a metadata answer) de-identified and marked, as by
-        :meth:`json_dataset`. An attribute equal to the same attribute of an instance before
-        it is given the same de-identified value without working it out again: instances of a
-        series repeat most of their attributes (the profile is deterministic for one key)."""
+        :meth:`json_dataset`, their attributes in the order given. An attribute equal to the
+        same attribute of an instance before it is given the same de-identified value without
+        working it out again: instances of a series repeat most of their attributes (the
+        profile is deterministic for one key)."""
         done: dict[str, tuple[Any, dict[str, Any] | None]] = {}  # tag: (element, de-identified)
         plain = self._plain
+        every_mark = self._marks_json()
+        marks = sorted(every_mark.items())
         out = []
         for instance in instances:
             answer: dict[str, Any] = {}
+            # The marks go in among the attributes, in tag order when the attributes are (as the
+            # index keeps them): no sorting of every instance.
+            pending, next_mark = 0, marks[0][0]
             for tag, element in instance.items():
+                if tag >= next_mark:
+                    while pending < len(marks) and marks[pending][0] <= tag:
+                        answer[marks[pending][0]] = marks[pending][1]
+                        pending += 1
+                    next_mark = marks[pending][0] if pending < len(marks) else _AFTER_EVERY_TAG
+                    if tag in answer:
+                        continue  # replaced by a mark
                 try:
                     kept = plain[tag]
                 except KeyError:
@@ -237,8 +251,8 @@ class Deidentifier:
                     seen = done[tag] = (element, self._json_top_level(tag, element))
                 if seen[1] is not None:
                     answer[tag] = seen[1]
-            answer.update(self._marks_json())
-            out.append(dict(sorted(answer.items())))
+            answer.update(every_mark)  # those after the last attribute; any an unordered one overwrote
+            out.append(answer)
         return out
 
     def _kept_as_is(self, tag: str) -> bool:
