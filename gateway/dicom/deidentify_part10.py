@@ -97,8 +97,9 @@ class _Rewrite:
 
     def __init__(self, data: bytes, deidentifier: Deidentifier) -> None:
         self.data = data
+        self.view = memoryview(data)  # kept elements are sliced from it: no copy until the join
         self.profile = deidentifier
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
         self.sop_instance_uid: str | None = None
 
     def part10(self) -> bytes:
@@ -189,7 +190,7 @@ class _Rewrite:
                     raise _Unusual  # an undefined-length UN: a sequence pydicom may read as such
                 defined_end = _after_fragments(data, value_pos)
             if action is None or action == "K":
-                out.append(data[pos:defined_end])
+                out.append(self.view[pos:defined_end])
             elif action == "Z":
                 out.append(_header(tag, vr or "UN", 0, implicit))
             elif action != "X":

@@ -90,7 +90,7 @@ async def _retrieve_deidentified(request: Request, views: DeidentifiedViews) -> 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         for record in records:
             content_type, body = gw.retrieval.part(record, negotiated)
-            yield content_type, deidentified_body(views, body)
+            yield content_type, deidentified_body(views, body, record)
 
     media_type = content_type_for_multipart(negotiated.media_type, negotiated.transfer_syntax, boundary)
     body = multipart_stream(await started_parts(parts()), boundary)
