@@ -31,7 +31,7 @@ import datetime
 import functools
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,17 +215,17 @@ class Deidentifier:
             out.update(self._marks_json())
         return dict(sorted(out.items()))
 
-    def json_instances(self, instances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    def json_instances(self, instances: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Whole instances (DICOM JSON, a metadata answer) de-identified and marked, as by
         :meth:`json_dataset`, their attributes in the order given. An attribute equal to the
         same attribute of an instance before it is given the same de-identified value without
         working it out again: instances of a series repeat most of their attributes (the
-        profile is deterministic for one key)."""
+        profile is deterministic for one key). One instance at a time: what was done with one
+        is let go before the next is read."""
         done: dict[str, tuple[Any, dict[str, Any] | None]] = {}  # tag: (element, de-identified)
         plain = self._plain
         every_mark = self._marks_json()
         marks = sorted(every_mark.items())
-        out = []
         for instance in instances:
             answer: dict[str, Any] = {}
             # The marks go in among the attributes, in tag order when the attributes are (as the
@@ -252,8 +252,7 @@ class Deidentifier:
                 if seen[1] is not None:
                     answer[tag] = seen[1]
             answer.update(every_mark)  # those after the last attribute; any an unordered one overwrote
-            out.append(answer)
-        return out
+            yield answer
 
     def _kept_as_is(self, tag: str) -> bool:
         """Whether an attribute of ``tag`` is kept as it is, unless it is bulk data (whose URI

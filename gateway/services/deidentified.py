@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,10 +215,13 @@ class DeidentifiedViews:
         tags = [part.upper() for part in path.split("/") if len(part) == 8]
         return all(self.profile.action(tag) in (None, "K") for tag in tags)
 
-    def metadata_body(self, body: bytes) -> bytes:
-        """A metadata answer (a DICOM JSON array) de-identified, each instance marked so."""
-        instances: list[dict[str, Any]] = orjson.loads(body)
-        return orjson.dumps(self.profile.json_instances(instances))
+    def metadata_body(self, instances: Iterable[bytes]) -> bytes:
+        """A metadata answer (a DICOM JSON array) of ``instances`` (the DICOM JSON of each),
+        de-identified, each instance marked so. Read, de-identified and written one instance at
+        a time: the objects of one are gone before the next is read (no garbage collector pass
+        over a whole series)."""
+        parsed = (orjson.loads(instance) for instance in instances)
+        return b"[" + b",".join([orjson.dumps(answer) for answer in self.profile.json_instances(parsed)]) + b"]"
 
     def part10(self, data: bytes) -> bytes:
         """A Part 10 instance de-identified (pixel data bytes unchanged)."""
