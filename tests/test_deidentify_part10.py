@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import cast
 
+import anyio.to_thread
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -17,7 +20,12 @@ from gateway.dicom.deidentify import Deidentifier, ProfileOptions
 from gateway.dicom.deidentify_part10 import deidentified_part10, parsed_part10, walked_part10
 from gateway.dicom.dicomjson import dataset_to_json
 from gateway.dicom.layout import PIXEL_DATA, Walker
+from gateway.dicom.parse import parse_part10
 from gateway.dicom.part10 import read_meta
+from gateway.dicom.records import InstanceRecord
+from gateway.http.deidentified import deidentified_body
+from gateway.ports import Index
+from gateway.services.deidentified import DeidentifiedViews
 from tests import factory
 from tests.test_deidentify import KEY, rich_dataset
 
@@ -157,3 +165,44 @@ def test_the_file_meta_follows_the_new_sop_instance_uid() -> None:
     assert "SourceApplicationEntityTitle" not in meta
     group_length = struct.unpack("<L", deidentified_part10(data, Deidentifier(KEY))[140:144])[0]
     assert meta.FileMetaInformationGroupLength == group_length
+
+
+def stored(tmp_path: Path, data: bytes) -> InstanceRecord:
+    path = tmp_path / "instance.dcm"
+    path.write_bytes(data)
+    return parse_part10(path, origin="stow")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("in_a_thread", [False, True], ids=["small-header", "large-header"])
+async def test_instances_with_a_small_header_are_rewritten_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_a_thread: bool
+) -> None:
+    """The answer is the same either way; only an instance with a large header (here long
+    comments, removed by the profile) is handed to a worker thread."""
+    ds = rich_dataset()
+    if in_a_thread:  # 20 KB outside the pixel data
+        ds.ImageComments = "x" * 10_000
+        ds.AdditionalPatientHistory = "y" * 10_000
+    data = factory.to_part10_bytes(ds)
+    record = stored(tmp_path, data)
+    views = DeidentifiedViews(cast(Index, None), lambda: KEY, ProfileOptions())
+    handed: list[object] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def recording_run_sync(fn: Callable[..., bytes], *args: object) -> bytes:
+        handed.append(fn)
+        return await real_run_sync(fn, *args)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", recording_run_sync)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data[:1000]
+        yield data[1000:]
+
+    answer = b"".join([chunk async for chunk in deidentified_body(views, body(), record)])
+    assert answer == deidentified_part10(data, Deidentifier(KEY))
+    assert bool(handed) is in_a_thread
+    result = pydicom.dcmread(io.BytesIO(answer))
+    assert "ImageComments" not in result
+    assert "AdditionalPatientHistory" not in result
