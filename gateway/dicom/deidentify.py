@@ -28,12 +28,14 @@ pixels, which this profile does not clean: :meth:`Deidentifier.withholds` says t
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -50,9 +52,13 @@ RETRIEVE_URL = "00081190"
 PROFILES = frozenset({"basic"})  # the Basic Application Level Confidentiality Profile (PS3.15 E.1)
 
 _DUMMY_DATE = "19000101"
+_AFTER_EVERY_TAG = "G"  # sorts after every tag of 8 hex digits
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UT", "PN", "UR", "AS"})
 _NUMBER_VRS = frozenset({"IS", "DS", "US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT"})
 _SHIFT_DAYS = 3650
+# Keyed hashes remembered, original to replacement (~250 bytes each): a series' study, series
+# and frame of reference UIDs and its patient's pseudonyms are hashed once, not per instance.
+_HASHES_REMEMBERED = 16_384
 
 # CID 7050 De-identification Method (DCM scheme), PS3.16.
 _BASIC_CODE = ("113100", "Basic Application Confidentiality Profile")
@@ -136,6 +142,9 @@ class Deidentifier:
         self._on_uid = on_uid
         self._on_pseudonym = on_pseudonym
         self._actions: dict[str, str | None] = {}
+        self._tag_actions: dict[int, str | None] = {}
+        self._json_marks: dict[str, dict[str, Any]] | None = None  # the same for every instance
+        self._plain: dict[str, bool] = {}  # tag: kept as it is (see _kept_as_is)
         digest = hmac.new(key, b"date-shift", hashlib.sha256).digest()
         self._shift = datetime.timedelta(days=1 + int.from_bytes(digest[:4], "big") % _SHIFT_DAYS)
 
@@ -143,15 +152,13 @@ class Deidentifier:
 
     def uid(self, uid: str) -> str:
         """The replacement of ``uid``: the same for the same key, never the original."""
-        digest = hmac.new(self._key, uid.encode("ascii", "replace"), hashlib.sha256).digest()
-        mapped = f"2.25.{int.from_bytes(digest[:16], 'big')}"
+        mapped = _keyed_uid(self._key, uid)
         if self._on_uid is not None:
             self._on_uid(uid, mapped)
         return mapped
 
     def pseudonym(self, text: str) -> str:
-        digest = hmac.new(self._key, b"dummy:" + text.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
-        pseudonym = f"ANON{digest[:8].upper()}"
+        pseudonym = _keyed_pseudonym(self._key, text)
         if self._on_pseudonym is not None:
             self._on_pseudonym(text, pseudonym)
         return pseudonym
@@ -165,9 +172,19 @@ class Deidentifier:
         return (day - self._shift).strftime("%Y%m%d") + value[8:]
 
     def action(self, tag: str) -> str | None:
-        if tag not in self._actions:
-            self._actions[tag] = action_for(tag, self.options)
-        return self._actions[tag]
+        try:
+            return self._actions[tag]
+        except KeyError:
+            action = self._actions[tag] = action_for(tag, self.options)
+            return action
+
+    def tag_action(self, tag: int) -> str | None:
+        """:meth:`action` of a tag as an integer (``0x00100010``), as a Part 10 walk reads it."""
+        try:
+            return self._tag_actions[tag]
+        except KeyError:
+            action = self._tag_actions[tag] = self.action(f"{tag:08X}")
+            return action
 
     # -- DICOM JSON ---------------------------------------------------------------------------
 
@@ -182,17 +199,80 @@ class Deidentifier:
         """``dataset`` (DICOM JSON) de-identified, a new object. ``mark``: add the attributes
         saying so (a whole instance; a QIDO row keeps to the attributes asked for)."""
         out: dict[str, Any] = {}
+        plain = self._plain
         for tag, element in dataset.items():
-            if tag == RETRIEVE_URL:
-                out[tag] = {**element, "Value": [self.url(str(v)) for v in element.get("Value") or []]}
+            try:
+                kept = plain[tag]
+            except KeyError:
+                kept = plain[tag] = self._kept_as_is(tag)
+            if kept and "BulkDataURI" not in element:
+                out[tag] = element
                 continue
-            done = self._json_element(tag, element)
+            done = self._json_top_level(tag, element)
             if done is not None:
                 out[tag] = done
         if mark:
-            for tag, element in self._marks().items():
-                out[tag] = element
+            out.update(self._marks_json())
         return dict(sorted(out.items()))
+
+    def json_instances(self, instances: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Whole instances (DICOM JSON, a metadata answer) de-identified and marked, as by
+        :meth:`json_dataset`, their attributes in the order given. An attribute equal to the
+        same attribute of an instance before it is given the same de-identified value without
+        working it out again: instances of a series repeat most of their attributes (the
+        profile is deterministic for one key). One instance at a time: what was done with one
+        is let go before the next is read."""
+        done: dict[str, tuple[Any, dict[str, Any] | None]] = {}  # tag: (element, de-identified)
+        plain = self._plain
+        every_mark = self._marks_json()
+        marks = sorted(every_mark.items())
+        for instance in instances:
+            answer: dict[str, Any] = {}
+            # The marks go in among the attributes, in tag order when the attributes are (as the
+            # index keeps them): no sorting of every instance.
+            pending, next_mark = 0, marks[0][0]
+            for tag, element in instance.items():
+                if tag >= next_mark:
+                    while pending < len(marks) and marks[pending][0] <= tag:
+                        answer[marks[pending][0]] = marks[pending][1]
+                        pending += 1
+                    next_mark = marks[pending][0] if pending < len(marks) else _AFTER_EVERY_TAG
+                    if tag in answer:
+                        continue  # replaced by a mark
+                try:
+                    kept = plain[tag]
+                except KeyError:
+                    kept = plain[tag] = self._kept_as_is(tag)
+                if kept and "BulkDataURI" not in element:
+                    answer[tag] = element
+                    continue
+                seen = done.get(tag)
+                if seen is None or seen[0] != element:
+                    seen = done[tag] = (element, self._json_top_level(tag, element))
+                if seen[1] is not None:
+                    answer[tag] = seen[1]
+            answer.update(every_mark)  # those after the last attribute; any an unordered one overwrote
+            yield answer
+
+    def _kept_as_is(self, tag: str) -> bool:
+        """Whether an attribute of ``tag`` is kept as it is, unless it is bulk data (whose URI
+        names the instance): no action, not a sequence (whose items the profile enters)."""
+        if tag == RETRIEVE_URL or self.action(tag) is not None:
+            return False
+        try:
+            return str(dictionary_VR(tag)) != "SQ"
+        except KeyError:
+            return False  # not in the dictionary: looked at element by element
+
+    def _json_top_level(self, tag: str, element: dict[str, Any]) -> dict[str, Any] | None:
+        if tag == RETRIEVE_URL:
+            return {**element, "Value": [self.url(str(v)) for v in element.get("Value") or []]}
+        return self._json_element(tag, element)
+
+    def _marks_json(self) -> dict[str, dict[str, Any]]:
+        if self._json_marks is None:
+            self._json_marks = self._marks()
+        return self._json_marks
 
     def url(self, url: str) -> str:
         """A RetrieveURL or BulkDataURI with the UIDs of its path replaced."""
@@ -284,12 +364,21 @@ class Deidentifier:
                 continue
             if action is None and (ds.get_item(key).VR or ds[key].VR) != "SQ":
                 continue  # kept undecoded (Pixel Data among them)
-            self._dataset_element(ds[key], action)
+            self.data_element(ds[key], action)
         if mark:
             for tag, element in self._marks().items():
                 _set_from_json(ds, tag, element)
 
-    def _dataset_element(self, elem: DataElement, action: str | None) -> None:
+    def marks(self) -> Dataset:
+        """The attributes saying that an instance is de-identified, as a data set of their own."""
+        ds = Dataset()
+        for tag, element in self._marks().items():
+            _set_from_json(ds, tag, element)
+        return ds
+
+    def data_element(self, elem: DataElement, action: str | None) -> None:
+        """``elem`` de-identified in place by ``action`` (:meth:`action` of its tag); the items
+        of a sequence by the whole profile."""
         if action == "Z":
             elem.value = Sequence() if elem.VR == "SQ" else None
             return
@@ -302,13 +391,31 @@ class Deidentifier:
         values = list(elem.value) if elem.VM > 1 else [elem.value]
         if action == "D" and (elem.VM == 0 or elem.value in (None, "", b"")):
             values = [None]
-        if action == "U":
-            values = [self.uid(str(v)) if v else v for v in values]
-        elif action == "C":
-            values = [self._cleaned(elem.VR, str(v)) for v in values]
-        elif action == "D":
-            values = [self._dummy(elem.VR, v) for v in values]
+        values = self.changed_values(elem.VR, action, values)
         elem.value = values if len(values) > 1 else values[0]
+
+    def changed_values(self, vr: str, action: str, values: list[Any]) -> list[Any]:
+        """The values of an element of ``vr`` after ``action`` (``U``, ``C`` or ``D``);
+        ``values`` as pydicom decodes them, ``[None]`` for an empty one under ``D``."""
+        if action == "U":
+            return [self.uid(str(v)) if v else v for v in values]
+        if action == "C":
+            return [self._cleaned(vr, str(v)) for v in values]
+        if action == "D":
+            return [self._dummy(vr, v) for v in values]
+        return values
+
+
+@functools.lru_cache(maxsize=_HASHES_REMEMBERED)
+def _keyed_uid(key: bytes, uid: str) -> str:
+    digest = hmac.new(key, uid.encode("ascii", "replace"), hashlib.sha256).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
+
+
+@functools.lru_cache(maxsize=_HASHES_REMEMBERED)
+def _keyed_pseudonym(key: bytes, text: str) -> str:
+    digest = hmac.new(key, b"dummy:" + text.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+    return f"ANON{digest[:8].upper()}"
 
 
 def _set_from_json(ds: Dataset, tag: str, element: dict[str, Any]) -> None:

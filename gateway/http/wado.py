@@ -100,7 +100,7 @@ async def _retrieve_deidentified(request: Request, views: DeidentifiedViews) -> 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         for record in records:
             content_type, body = gw.retrieval.part(record, negotiated)
-            yield content_type, deidentified_body(views, body)
+            yield content_type, deidentified_body(views, body, record)
 
     media_type = content_type_for_multipart(negotiated.media_type, negotiated.transfer_syntax, boundary)
     body = multipart_stream(await started_parts(parts()), boundary)
@@ -113,10 +113,12 @@ async def metadata(request: Request) -> Response:
     negotiated = negotiate_metadata(accept_of(request))
     notes: list[str] = []  # a PACS retrieve that sent only part of the entity says so
     records = await selected(request, *_uids(request), warnings=notes)
-    body = gw.retrieval.metadata_body(records, base_url(request))
     views = views_of(request)
-    if views is not None:
-        body = await anyio.to_thread.run_sync(views.metadata_body, body)
+    if views is None:
+        body = gw.retrieval.metadata_body(records, base_url(request))
+    else:
+        instances = gw.retrieval.instance_metadata(records, base_url(request))
+        body = await anyio.to_thread.run_sync(views.metadata_body, instances)
     response = Response(body, media_type=negotiated.media_type)
     return add_retrieve_warnings(response, notes)
 

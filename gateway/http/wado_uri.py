@@ -146,7 +146,7 @@ async def _dicom(request: Request, record: InstanceRecord) -> Response:
     content_type, body = gw.retrieval.part(record, Negotiated(APPLICATION_DICOM, syntax, False))
     views = views_of(request)
     if views is not None:
-        body = deidentified_body(views, body)
+        body = deidentified_body(views, body, record)
     # The first bytes are read before the status is sent: a store that is down answers 503.
     headers = {"Cache-Control": "private, no-store, no-transform"}
     return StreamingResponse(await started(body), media_type=content_type, headers=headers)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ MAX_REMEMBERED = 500_000
 RELEARN_SECONDS = 10.0
 _UNKNOWN = "0.0"  # a valid UID no instance has: an unknown replacement matches nothing
 _NO_VALUE = "\x7f"  # a value no stored text has (DEL is in no DICOM character repertoire)
+_BURNED_IN_KEY = f'"{BURNED_IN_ANNOTATION}"'.encode("ascii")
+_YES = re.compile(rb"[Yy][Ee][Ss]")
 _UID_TAGS = frozenset({STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID})
 
 
@@ -201,10 +204,10 @@ class DeidentifiedViews:
     def visible(self, records: Sequence[InstanceRecord]) -> list[InstanceRecord]:
         """The instances the principal may receive: burned in annotation withheld (PS3.15 E.1.1
         leaves pixel data to the Clean Pixel Data option, which this gateway does not offer)."""
-        return [r for r in records if not self.profile.withholds(_metadata(r))]
+        return [r for r in records if not self.withholds(r)]
 
     def withholds(self, record: InstanceRecord) -> bool:
-        return self.profile.withholds(_metadata(record))
+        return _may_say_burned_in(record.metadata) and self.profile.withholds(_metadata(record))
 
     def sends_bulkdata(self, path: str) -> bool:
         """Whether the value a BulkDataURI path names (``7FE00010``, ``00540016/0/00181072``) is
@@ -212,10 +215,13 @@ class DeidentifiedViews:
         tags = [part.upper() for part in path.split("/") if len(part) == 8]
         return all(self.profile.action(tag) in (None, "K") for tag in tags)
 
-    def metadata_body(self, body: bytes) -> bytes:
-        """A metadata answer (a DICOM JSON array) de-identified, each instance marked so."""
-        instances: list[dict[str, Any]] = orjson.loads(body)
-        return orjson.dumps([self.profile.json_dataset(instance) for instance in instances])
+    def metadata_body(self, instances: Iterable[bytes]) -> bytes:
+        """A metadata answer (a DICOM JSON array) of ``instances`` (the DICOM JSON of each),
+        de-identified, each instance marked so. Read, de-identified and written one instance at
+        a time: the objects of one are gone before the next is read (no garbage collector pass
+        over a whole series)."""
+        parsed = (orjson.loads(instance) for instance in instances)
+        return b"[" + b",".join([orjson.dumps(answer) for answer in self.profile.json_instances(parsed)]) + b"]"
 
     def part10(self, data: bytes) -> bytes:
         """A Part 10 instance de-identified (pixel data bytes unchanged)."""
@@ -223,11 +229,23 @@ class DeidentifiedViews:
 
 
 def _remember_in(pairs: OrderedDict[str, str], lock: threading.Lock, replacement: str, original: str) -> None:
+    try:
+        if pairs[replacement] == original:  # remembered already (a series' UIDs, instance after instance)
+            pairs.move_to_end(replacement)
+            return
+    except KeyError:  # not yet, or forgotten meanwhile by another thread
+        pass
     with lock:
         pairs[replacement] = original
         pairs.move_to_end(replacement)
         if len(pairs) > MAX_REMEMBERED:
             pairs.popitem(last=False)
+
+
+def _may_say_burned_in(metadata: bytes) -> bool:
+    """Whether stored metadata may hold Burned In Annotation ``YES``: without the attribute's
+    tag and those letters (orjson escapes no ASCII letter) it cannot, and is not parsed."""
+    return _BURNED_IN_KEY in metadata and _YES.search(metadata) is not None
 
 
 def _metadata(record: InstanceRecord) -> dict[str, Any]:

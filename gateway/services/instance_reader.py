@@ -10,7 +10,7 @@ read of the stored object using the frame spans recorded at ingest.
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 
 import anyio
 import pydicom
@@ -190,6 +190,11 @@ class InstanceReader:
     def metadata_body(records: Sequence[InstanceRecord], base_url: str) -> bytes:
         """The DICOM JSON array of the instances' metadata, from the index alone."""
         return b"[" + b",".join(absolute_bulk_uris(r.metadata, base_url) for r in records) + b"]"
+
+    @staticmethod
+    def instance_metadata(records: Sequence[InstanceRecord], base_url: str) -> Iterator[bytes]:
+        """The DICOM JSON of each instance of :meth:`metadata_body`, one at a time."""
+        return (absolute_bulk_uris(r.metadata, base_url) for r in records)
 
     # -- frames ------------------------------------------------------------------------------
 

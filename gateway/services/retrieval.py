@@ -37,7 +37,7 @@ missing instances (the log and the ``warning`` outcome of the DIMSE metric say w
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from anyio.abc import TaskGroup
@@ -198,6 +198,10 @@ class RetrievalService:
     def metadata_body(self, records: Sequence[InstanceRecord], base_url: str) -> bytes:
         """The DICOM JSON array of the instances' metadata (BulkDataURIs under ``base_url``)."""
         return self.reader.metadata_body(records, base_url)
+
+    def instance_metadata(self, records: Sequence[InstanceRecord], base_url: str) -> Iterator[bytes]:
+        """The DICOM JSON of each instance, as :meth:`metadata_body` holds them."""
+        return self.reader.instance_metadata(records, base_url)
 
     def frame_syntaxes(self, record: InstanceRecord) -> frozenset[str]:
         """What frames of ``record`` can be sent in (for negotiation)."""

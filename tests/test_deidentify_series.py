@@ -1,0 +1,72 @@
+"""De-identified metadata answers (issue #18 part 4): a series de-identified at once is what
+each of its instances gives alone, and only instances saying Burned In Annotation YES are held
+back."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from gateway.dicom.deidentify import Deidentifier, ProfileOptions
+from gateway.dicom.dicomjson import dataset_to_json
+from gateway.services.deidentified import DeidentifiedViews
+from tests import factory
+from tests.test_deidentify import KEY, rich_dataset
+from tests.test_index_contract import record
+
+
+def series_json() -> list[dict[str, object]]:
+    """Instances of one series as the index answers them: shared attributes, and some that
+    differ from one instance to the next (UIDs, positions, a reference, a name, bulk data)."""
+    instances = []
+    for index in range(4):
+        ds = rich_dataset()
+        ds.SOPInstanceUID = factory.new_uid("sop", index)
+        ds.InstanceNumber = index + 1
+        ds.ImagePositionPatient = [0, 0, 2.5 * index]
+        if index % 2:
+            ds.OperatorsName = f"OTHER^OPERATOR{index}"
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = ds.SOPClassUID
+            ref.ReferencedSOPInstanceUID = factory.new_uid("ref", index)
+            ds.ReferencedImageSequence = Sequence([ref])
+        js = dataset_to_json(ds, f"studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/x/bulkdata/")
+        js["00081190"] = {"vr": "UR", "Value": [f"https://gw/dicomweb/studies/{ds.StudyInstanceUID}"]}
+        js["7FE00010"] = {"vr": "OW", "BulkDataURI": f"https://gw/studies/{ds.StudyInstanceUID}/bulkdata/7FE00010"}
+        instances.append(dict(sorted(js.items())))  # in tag order, as the index keeps them
+    return instances
+
+
+@pytest.mark.parametrize("options", [ProfileOptions(), ProfileOptions(modified_dates=True, device=True)])
+def test_a_series_at_once_is_each_instance_alone(options: ProfileOptions) -> None:
+    instances = series_json()
+    alone = [Deidentifier(KEY, options).json_dataset(instance) for instance in instances]
+    at_once = list(Deidentifier(KEY, options).json_instances(instances))
+    assert at_once == alone
+    assert at_once[0]["00080018"] != at_once[1]["00080018"]
+    assert at_once[0]["00081140"] != at_once[1]["00081140"]  # the reference of each instance
+    assert at_once[1]["00081070"] != at_once[3]["00081070"]  # two operators, two pseudonyms
+    assert "00091001" not in at_once[2]  # private: removed in every instance
+    assert [list(answer) for answer in at_once] == [sorted(answer) for answer in at_once]  # in tag order
+    # Attributes out of order (and a mark already present) are de-identified all the same.
+    shuffled = [dict(reversed(list(instance.items()))) for instance in instances]
+    shuffled[0]["00120062"] = {"vr": "CS", "Value": ["NO"]}
+    assert list(Deidentifier(KEY, options).json_instances(shuffled)) == alone
+
+
+@pytest.mark.parametrize(
+    ("burned_in", "withheld"),
+    [("YES", True), ("yes", True), ("NO", False), (None, False)],
+)
+def test_only_instances_saying_burned_in_annotation_yes_are_withheld(burned_in: str | None, withheld: bool) -> None:
+    views = DeidentifiedViews(None, lambda: KEY, ProfileOptions())  # type: ignore[arg-type]
+    attrs = {"StudyDescription": "YES"} if burned_in is None else {"BurnedInAnnotation": burned_in.upper()}
+    stored = record(1, 1, 1, SeriesDescription="Yes, contrast", **attrs)
+    if burned_in == "yes":  # as a lenient sender wrote it (CS is upper case, PS3.5 6.2)
+        stored = dataclasses.replace(stored, metadata=stored.metadata.replace(b'["YES"]', b'["yes"]'))
+        assert b'["yes"]' in stored.metadata
+    assert views.withholds(stored) is withheld
+    assert views.visible([stored]) == ([] if withheld else [stored])
