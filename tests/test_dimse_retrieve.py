@@ -625,11 +625,14 @@ def test_a_viewer_without_a_host_moves_to_itself_and_the_move_is_audited(tmp_pat
     moves = [e for e in lines if e.get("dimse", {}).get("operation") == "C-MOVE"]
     [viewer] = [e for e in moves if e["ActiveParticipant"][0]["UserID"] == "dimse:viewer"]
     assert viewer["dimse"]["status"] == "0xB000"
-    assert [
-        o["ParticipantObjectID"]
-        for o in viewer["ParticipantObjectIdentification"]
-        if o.get("ParticipantObjectDescription")
-    ] == [lost]
+    assert viewer["dimse"]["suboperations"] == {"completed": 4, "failed": 1, "warning": 0}
+    objects = viewer["ParticipantObjectIdentification"]
+    assert [o["ParticipantObjectID"] for o in objects if o.get("ParticipantObjectDescription") == "not sent"] == [lost]
+    sent = [o for o in objects if o.get("ParticipantObjectDescription") == "sent"]
+    assert sorted(o["ParticipantObjectID"] for o in sent) == sorted(
+        uids_of(d)[2] for d in series if uids_of(d)[2] != lost
+    )
+    assert {o["ParticipantObjectDetail"]["StudyInstanceUID"] for o in sent} == {study}
     [refused] = [e for e in moves if e["ActiveParticipant"][0]["UserID"] == "dimse:movescu"]
     assert refused["dimse"]["status"] == "0xA801"
     assert [line for line in metrics.splitlines() if 'operation="C-MOVE"' in line and 'peer="viewer"' in line]

@@ -194,6 +194,7 @@ def _retrieve_outcome(observer: Observer) -> Callable[[RetrieveOutcome], None]:
                 instances=outcome.instances,
                 failed=outcome.failures,
                 query=query,
+                suboperations=(outcome.completed, outcome.failed, outcome.warning),
             )
         )
 

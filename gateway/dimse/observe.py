@@ -51,6 +51,8 @@ class Operation:
     failed: Sequence[tuple[str | None, str | None, int]] = field(default_factory=tuple)
     query: Sequence[str] = ()  # C-FIND: the key names (never their values: patient data)
     level: str = ""  # C-FIND: the Query/Retrieve Level
+    # C-MOVE, C-GET: the sub-operations completed, failed and with a warning (PS3.4 C.4.2.1.4)
+    suboperations: tuple[int, int, int] | None = None
 
 
 def notify(hook: Callable[[Outcome], None] | None, outcome: Outcome, what: str) -> None:
@@ -89,6 +91,7 @@ class Observer:
             status=op.status,
             duration=op.duration,
             stored=list(op.instances) if op.operation in ("C-STORE", "N-ACTION") else [],
+            sent=list(op.instances) if action == "retrieve" else [],
             failed=list(op.failed),
             query=[(name, "") for name in op.query],
             dimse={
@@ -98,6 +101,11 @@ class Observer:
                 "comment": op.comment,
                 "duration_ms": round(op.duration * 1000, 1),
                 **({"level": op.level} if op.level else {}),
+                **(
+                    {"suboperations": dict(zip(("completed", "failed", "warning"), op.suboperations, strict=True))}
+                    if op.suboperations is not None
+                    else {}
+                ),
             },
             outcome=_indicator(op.status),
         )

@@ -69,6 +69,8 @@ class AccessRecord:
     uids: dict[str, str] = field(default_factory=dict)  # "study"/"series"/"instance" -> UID
     query: list[tuple[str, str]] = field(default_factory=list)
     stored: list[tuple[str, str, str]] = field(default_factory=list)  # STOW: (study, series, sop)
+    # A DIMSE retrieve (C-MOVE, C-GET): the instances sent, (study, series, sop).
+    sent: list[tuple[str, str, str]] = field(default_factory=list)
     # STOW: instances not stored, (study or None, sop, FailureReason); parts with no readable
     # SOP Instance UID are counted only.
     failed: list[tuple[str | None, str | None, int]] = field(default_factory=list)
@@ -147,6 +149,16 @@ def _objects(record: AccessRecord, include_values: bool) -> list[dict[str, Any]]
                 "ParticipantObjectDetail": {"StudyInstanceUID": study, "SeriesInstanceUID": series},
             }
         )
+    for study, series, sop in record.sent:
+        objects.append(
+            {
+                "ParticipantObjectTypeCode": 2,
+                "ParticipantObjectIDTypeCode": _ID_TYPES["instance"],
+                "ParticipantObjectID": sop,
+                "ParticipantObjectDescription": "sent",
+                "ParticipantObjectDetail": {"StudyInstanceUID": study, "SeriesInstanceUID": series},
+            }
+        )
     for study, series, sop in record.removed:
         detail = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
         if record.rejection is not None:
@@ -183,8 +195,9 @@ def _objects(record: AccessRecord, include_values: bool) -> list[dict[str, Any]]
                 "ParticipantObjectTypeCode": 2,
                 "ParticipantObjectIDTypeCode": _ID_TYPES["instance"],
                 "ParticipantObjectID": failed_sop,
-                # Not stored: the STOW FailureReason (PS3.18 10.5.3, PS3.4 B.2.3) says why.
-                "ParticipantObjectDescription": "not stored",
+                # Not stored: the STOW FailureReason (PS3.18 10.5.3, PS3.4 B.2.3) says why; not
+                # sent: the C-STORE sub-operation's status (PS3.4 C.4.2.1.4.2).
+                "ParticipantObjectDescription": "not sent" if record.action == "retrieve" else "not stored",
                 "ParticipantObjectDetail": {**detail, "FailureReason": f"{reason:04X}"},
             }
         )
