@@ -135,8 +135,9 @@ class AuditSettings:
 
 @dataclass(frozen=True)
 class PacsTls:
-    """DICOM TLS (PS3.15 B.1) to one PACS: enabled when ``ca_file`` is set; ``cert_file`` and
-    ``key_file`` add a client certificate; ``server_name`` is the name to verify (default: host)."""
+    """DICOM TLS (PS3.15 B.1) on the associations the gateway opens to one PACS or to one DIMSE
+    client's SCP: enabled when ``ca_file`` is set; ``cert_file`` and ``key_file`` add a client
+    certificate; ``server_name`` is the name to verify (default: host)."""
 
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -183,6 +184,8 @@ class DimseClient:
     # {PatientID = [...], StudyInstanceUID = [...]}; none: every study.
     restriction: Restriction | None = None
     deidentify: str | None = None  # "basic": every answer de-identified (gateway.dicom.deidentify)
+    # DICOM TLS when the gateway calls its port (C-MOVE sub-associations, commitment reports).
+    tls: PacsTls = field(default_factory=PacsTls)
 
 
 @dataclass(frozen=True)
@@ -608,16 +611,19 @@ def _validate_pacs(s: Settings) -> None:
         for timeout in ("connect_timeout", "acse_timeout", "dimse_timeout", "operation_timeout"):
             if getattr(node, timeout) <= 0:
                 raise SettingsError(f"{where}: {timeout} must be positive")
-        tls = node.tls
-        if (tls.cert_file is None) != (tls.key_file is None):
-            raise SettingsError(f"{where}: tls.cert_file and tls.key_file go together")
-        if tls.cert_file is not None and tls.ca_file is None:
-            raise SettingsError(f"{where}: tls.ca_file is required to verify the PACS when TLS is used")
-        for label, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
-            if path is not None and not path.is_file():
-                raise SettingsError(f"{where}: tls.{label} {path} does not exist")
+        _validate_call_tls(node.tls, where, "the PACS")
     if s.forward_to is not None and s.forward_to.lower() not in seen:
         raise SettingsError(f"forward_to {s.forward_to!r} names no [[pacs]] entry")
+
+
+def _validate_call_tls(tls: PacsTls, where: str, peer: str) -> None:
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise SettingsError(f"{where}: tls.cert_file and tls.key_file go together")
+    if tls.cert_file is not None and tls.ca_file is None:
+        raise SettingsError(f"{where}: tls.ca_file is required to verify {peer} when TLS is used")
+    for label, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+        if path is not None and not path.is_file():
+            raise SettingsError(f"{where}: tls.{label} {path} does not exist")
 
 
 def _valid_name(name: str) -> bool:
@@ -665,6 +671,9 @@ def _validate_dimse(s: Settings) -> None:
         unknown = sorted(set(client.scopes) - DIMSE_SCOPES)
         if unknown:
             raise SettingsError(f'{where}: scope {unknown[0]!r} is not one of "read", "write"')
+        _validate_call_tls(client.tls, where, "its SCP")
+        if client.tls.enabled and client.port is None:
+            raise SettingsError(f"{where}: tls is for calling its port, and no port is set")
         if client.deidentify is not None and client.deidentify not in DEIDENTIFY_PROFILES:
             raise SettingsError(f'{where}: deidentify {client.deidentify!r} is not "basic"')
     limits = s.dimse

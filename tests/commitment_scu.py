@@ -5,6 +5,7 @@ port, where the gateway calls it back in the SCP role."""
 from __future__ import annotations
 
 import queue
+import ssl
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -150,14 +151,17 @@ class Modality:
                 assoc.release()
 
     @contextmanager
-    def listening(self) -> Iterator[None]:
+    def listening(self, ssl_context: ssl.SSLContext | None = None) -> Iterator[None]:
         """Its storage commitment SCU port: accepts the gateway's report association, where the
-        gateway takes the SCP role (PS3.7 D.3.3.4)."""
+        gateway takes the SCP role (PS3.7 D.3.3.4); over TLS with ``ssl_context``."""
         ae = AE(ae_title=self.ae_title)
         syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, syntaxes, scu_role=True, scp_role=True)
         server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)]
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)],
+            ssl_context=ssl_context,
         )
         try:
             yield

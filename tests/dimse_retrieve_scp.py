@@ -53,12 +53,14 @@ def retrieve_scp(
     peers: Mapping[str, Peer],
     destinations: Mapping[str, tuple[str | None, int]],
     pacs: Sequence[Mapping[str, Any]] = (),
+    options: Mapping[str, Mapping[str, Any]] | None = None,
     **settings: Any,
 ) -> Iterator[RetrieveScp]:
     """The gateway's front door, accepting the calling AE titles of ``peers`` and moving to
     ``destinations`` (AE title → host, port; a peer's own AE title gives it that port, and
-    host None leaves its ``host`` out); ``pacs``: ``[[pacs]]`` tables; ``settings``: more
-    overrides (``audit``...)."""
+    host None leaves its ``host`` out); ``options``: more keys of a destination's table (``tls``);
+    ``pacs``: ``[[pacs]]`` tables; ``settings``: more overrides (``audit``...)."""
+    options = options or {}
     clients = []
     for ae_title, peer in peers.items():
         table = peer.table(ae_title)
@@ -67,7 +69,11 @@ def retrieve_scp(
             if host is not None:
                 table["host"] = host
         clients.append(table)
-    clients += [client(ae, host=host, port=port) for ae, (host, port) in destinations.items() if ae not in peers]
+    clients += [
+        client(ae, host=host, port=port, **options.get(ae, {}))
+        for ae, (host, port) in destinations.items()
+        if ae not in peers
+    ]
     outcomes: list[RetrieveOutcome] = []
     reporting = front_door._retrieve_outcome
 

@@ -40,6 +40,7 @@ from pynetdicom.association import Association
 from gateway.adapters.dimse_watchdog import Watchdog, abort_now, activity_of
 from gateway.dicom.received import discard_unfinished
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.netdicom.client_tls import client_tls_args
 from gateway.netdicom.tune import TunedAE
 from gateway.settings import PacsNode
 
@@ -314,15 +315,7 @@ class AssociationPool:
             return self._aes.setdefault(kind, (ae, ext_neg))
 
     def _tls_args(self) -> tuple[ssl.SSLContext, str] | None:
-        tls = self.node.tls
-        if not tls.enabled:
-            return None
-        # DICOM TLS (PS3.15 B.1 / BCP 195): verify the PACS against the configured CA.
-        context = ssl.create_default_context(cafile=str(tls.ca_file))
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if tls.cert_file is not None and tls.key_file is not None:
-            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        return context, tls.server_name or self.node.host
+        return client_tls_args(self.node.tls, self.node.host)
 
 
 def _usable(assoc: Association) -> bool:

@@ -58,6 +58,7 @@ from gateway.dimse.status import failure
 from gateway.errors import ServiceUnavailable
 from gateway.security.access import Restriction
 from gateway.services.commitment import DUPLICATE_TRANSACTION_UID, PROCESSING_FAILURE, Reference, Verdict
+from gateway.settings import PacsTls
 
 __all__ = ["Checker", "CommitmentHandler", "CommitmentOutcome", "CommitmentPeer"]
 
@@ -98,6 +99,9 @@ class CommitmentPeer(Protocol):
 
     @property
     def port(self) -> int | None: ...
+
+    @property
+    def tls(self) -> PacsTls: ...
 
 
 class Checker(Protocol):
@@ -216,7 +220,7 @@ class CommitmentHandler:
             failed = CommitmentOutcome(peer.name, ae_title, address, transaction, PROCESSING_FAILURE)
             self._report(dataclasses.replace(failed, comment="internal error"))
             return failure(PROCESSING_FAILURE, "internal error"), None
-        target = ReportTarget(peer.name, ae_title, peer.host or address, peer.port)
+        target = ReportTarget(peer.name, ae_title, peer.host or address, peer.port, peer.tls)
         job = _Job(peer, request, event.assoc, target, address, started, duplicate)
         try:
             self._workers.submit(self._run, job)

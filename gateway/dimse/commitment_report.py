@@ -10,7 +10,7 @@ SCU ... using the SCP/SCU Role Selection Negotiation").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -19,7 +19,9 @@ from pynetdicom import AE, build_role
 from pynetdicom.pdu_primitives import A_RELEASE
 
 from gateway.dimse.commitment_request import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
+from gateway.netdicom.client_tls import client_tls_args
 from gateway.services.commitment import Verdict
+from gateway.settings import PacsTls
 
 __all__ = [
     "ALL_COMMITTED",
@@ -49,6 +51,7 @@ class ReportTarget:
     ae_title: str
     host: str
     port: int | None
+    tls: PacsTls = field(default_factory=PacsTls)  # DICOM TLS on the new association
 
 
 def event_information(transaction_uid: str, verdicts: Sequence[Verdict], *, ae_title: str) -> tuple[int, Dataset]:
@@ -145,7 +148,13 @@ class NewAssociationReporter:
         ae.network_timeout = self._dimse_timeout
         ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         role = build_role(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=False, scp_role=True)
-        assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, ext_neg=[role])
+        assoc = ae.associate(
+            target.host,
+            target.port,
+            ae_title=target.ae_title,
+            ext_neg=[role],
+            tls_args=client_tls_args(target.tls, target.host),
+        )
         if not assoc.is_established:
             raise ReportNotDelivered(
                 f"association to {target.ae_title} at {target.host}:{target.port} "

@@ -33,7 +33,7 @@ from gateway.dimse.echo import EchoHandler
 from gateway.dimse.find import FindHandler, FindOutcome
 from gateway.dimse.get import GetHandler
 from gateway.dimse.listener import DimseListener, Service
-from gateway.dimse.move import MoveHandler
+from gateway.dimse.move import Destination, MoveHandler
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.observe import Observer, Operation
 from gateway.dimse.peers import DimsePeers
@@ -164,15 +164,15 @@ def front_door_services(
     return services
 
 
-def _destinations(peers: DimsePeers) -> Callable[[str], tuple[str | None, int] | None]:
-    """A Move Destination AE title → the (host, port) of a ``[[dimse_clients]]`` entry with a
-    ``port`` (host None: it has none configured, see :class:`gateway.dimse.move.MoveHandler`)."""
+def _destinations(peers: DimsePeers) -> Callable[[str], Destination | None]:
+    """A Move Destination AE title → the (host, port, TLS) of a ``[[dimse_clients]]`` entry with
+    a ``port`` (host None: it has none configured, see :class:`gateway.dimse.move.MoveHandler`)."""
 
-    def destination_of(ae_title: str) -> tuple[str | None, int] | None:
+    def destination_of(ae_title: str) -> Destination | None:
         peer = peers.by_calling_ae(ae_title)
         if peer is None or peer.kind != "client" or peer.port is None:
             return None
-        return peer.host, peer.port
+        return peer.host, peer.port, peer.tls
 
     return destination_of
 

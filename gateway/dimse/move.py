@@ -47,8 +47,10 @@ from gateway.dimse.retrieve_outcome import RetrieveOutcome
 from gateway.dimse.retrieve_query import MOVE_SOP_CLASSES
 from gateway.dimse.retrieve_run import SUCCESS, RetrieveRun
 from gateway.netdicom import encoded_store
+from gateway.netdicom.client_tls import client_tls_args
 from gateway.services.deidentified import DeidentifiedViews
 from gateway.services.retrieval import RetrievalService
+from gateway.settings import PacsTls
 
 __all__ = ["MoveHandler"]
 
@@ -56,7 +58,7 @@ log = logging.getLogger(__name__)
 
 MOVE_DESTINATION_UNKNOWN = 0xA801
 
-Destination = tuple[str | None, int]
+Destination = tuple[str | None, int, PacsTls]  # host (None: where the request came from), port, TLS
 # What the sub-association that only carries a refusal proposes: anything a storage SCP accepts.
 REFUSAL_CONTEXTS = [build_context(Verification), *generic_contexts()[: MAX_CONTEXTS - 1]]
 
@@ -68,8 +70,8 @@ class MoveHandler:
     of a PACS flight, finds a patient's studies); ``ae_title``: the gateway's AE title, the
     calling AE of the sub-association (pynetdicom calls from the listener's AE); ``portal``: runs a
     coroutine on the gateway's event loop; ``peer_of``: the calling peer of an event;
-    ``destination_of``: a Move Destination AE title → the (host, port) of its storage SCP, or
-    None (host None: the client has no configured address; it is then a destination only for
+    ``destination_of``: a Move Destination AE title → the (host, port, TLS settings) of its
+    storage SCP, or None (host None: the client has no configured address; it is then a destination only for
     its own requests, at the address they come from); ``on_outcome``: called once per request
     (the listener's audit and metrics hook).
     """
@@ -102,7 +104,7 @@ class MoveHandler:
                 run.status, run.comment = MOVE_DESTINATION_UNKNOWN, f"move destination {target[:16]!r} unknown"
                 yield None, None  # pynetdicom answers 0xA801
                 return
-            host, port = destination
+            host, port, tls = destination
             if host is None:
                 # A client configured without a host: reachable where it calls from, so it is
                 # only a destination for its own requests (a viewer moving to itself).
@@ -111,9 +113,12 @@ class MoveHandler:
                     yield None, None
                     return
                 host = str(event.assoc.requestor.address)
+            # DICOM TLS to the destination when its [[dimse_clients]] entry asks for it.
+            tls_args = client_tls_args(tls, host)
+            secured: dict[str, Any] = {} if tls_args is None else {"tls_args": tls_args}
             plan = run.planned(event, MOVE_SOP_CLASSES)
             if isinstance(plan, Dataset):
-                yield host, port, {"contexts": REFUSAL_CONTEXTS}
+                yield host, port, {"contexts": REFUSAL_CONTEXTS, **secured}
                 yield 1
                 yield plan, None
                 return
@@ -128,7 +133,7 @@ class MoveHandler:
             ]
             log.debug("C-MOVE from %s: %s sends %d instance(s) to %s at %s:%d", run.peer.name, self._ae_title,
                       plan.count, target, host, port)  # fmt: skip
-            yield host, port, {"contexts": plan.contexts(), "evt_handlers": handlers}
+            yield host, port, {"contexts": plan.contexts(), "evt_handlers": handlers, **secured}
             if plan.count == 0:
                 run.status, run.comment = SUCCESS, ""
                 yield 0  # pynetdicom answers 0x0000 without a sub-association

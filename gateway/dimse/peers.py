@@ -20,11 +20,11 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.dicom.restriction import Restriction
-from gateway.settings import Settings
+from gateway.settings import PacsTls, Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class DimsePeer:
     scopes: frozenset[str] = frozenset()
     restriction: Restriction | None = None
     deidentify: str | None = None  # "basic": its C-FIND answers and retrieved instances are de-identified
+    tls: PacsTls = field(default_factory=PacsTls)  # DICOM TLS when the gateway calls its port
 
     @property
     def origin(self) -> str:
@@ -73,6 +74,7 @@ class DimsePeers:
                 scopes=frozenset(c.scopes),
                 restriction=c.restriction,
                 deidentify=c.deidentify,
+                tls=c.tls,
             )
             for c in settings.dimse_clients
         ]
