@@ -415,6 +415,18 @@ class Corrections(Protocol):
     async def running_operations(self, holder: str) -> list[Operation]:
         """Operations of ``holder`` not finished (notStarted or running)."""
 
+    async def unfinished_operations(self) -> list[Operation]:
+        """Operations of any holder not finished (notStarted or running)."""
+
+    async def heartbeat_operation(self, operation_id: str, holder: str, now: float) -> bool:
+        """Set the operation's ``updated`` to ``now`` if ``holder`` still holds it unfinished;
+        False when it does not (another replica took it over, or it finished)."""
+
+    async def take_over_stale_operations(self, holder: str, updated_before: float, now: float) -> list[Operation]:
+        """Make ``holder`` the holder of every unfinished operation of another replica not
+        updated since ``updated_before`` (its replica stopped), atomically: of several replicas
+        asking at once, each operation goes to one. Returns them as taken over."""
+
 
 @dataclass(frozen=True)
 class WebhookCursor:

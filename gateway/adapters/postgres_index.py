@@ -517,6 +517,22 @@ class PostgresIndex:
         rows = await self._fetch(sql_corrections.running_sql("%s"), [holder])
         return [sql_corrections.operation_from_row(row) for row in rows]
 
+    async def unfinished_operations(self) -> list[Operation]:
+        rows = await self._fetch(sql_corrections.unfinished_sql(), [])
+        return [sql_corrections.operation_from_row(row) for row in rows]
+
+    async def heartbeat_operation(self, operation_id: str, holder: str, now: float) -> bool:
+        async with self._connection() as conn:
+            cur = await conn.execute(sql_corrections.heartbeat_sql("%s"), (now, operation_id, holder))
+            return cur.rowcount == 1
+
+    async def take_over_stale_operations(self, holder: str, updated_before: float, now: float) -> list[Operation]:
+        params = (holder, now, updated_before, holder)
+        async with self._connection() as conn:
+            cur = await conn.execute(sql_corrections.take_over_sql("%s"), params)
+            rows = await cur.fetchall()
+        return [sql_corrections.operation_from_row(row) for row in rows]
+
     # -- connections ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -385,6 +385,19 @@ class SqliteIndex:
         rows = await self._read_rows(sql_corrections.running_sql("?"), [holder])
         return [sql_corrections.operation_from_row(row) for row in rows]
 
+    async def unfinished_operations(self) -> list[Operation]:
+        rows = await self._read_rows(sql_corrections.unfinished_sql(), [])
+        return [sql_corrections.operation_from_row(row) for row in rows]
+
+    async def heartbeat_operation(self, operation_id: str, holder: str, now: float) -> bool:
+        sql, params = sql_corrections.heartbeat_sql("?"), (now, operation_id, holder)
+        return bool(await self._write(lambda: self._transaction(lambda conn: conn.execute(sql, params).rowcount == 1)))
+
+    async def take_over_stale_operations(self, holder: str, updated_before: float, now: float) -> list[Operation]:
+        sql, params = sql_corrections.take_over_sql("?"), (holder, now, updated_before, holder)
+        rows = await self._write(lambda: self._transaction(lambda conn: conn.execute(sql, params).fetchall()))
+        return [sql_corrections.operation_from_row(row) for row in rows]
+
     # -- beyond the protocol -------------------------------------------------------------------
 
     async def migrate(self) -> int:
