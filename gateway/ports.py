@@ -390,12 +390,17 @@ class Corrections(Protocol):
     study's instances to corrected versions, the versions they replaced, and the operations
     that run them."""
 
-    async def replace_instances(self, study: str, replacements: list[Replacement], cause: RemovalCause) -> list[str]:
-        """In one transaction: each instance whose row still describes the replacement's old
-        version takes its new record (the old version kept, :class:`KeptVersion`), with an
-        ``update`` change-feed entry saying ``cause``; the study row takes the study attributes of
-        the new records. Returns the SOP Instance UIDs switched; the others changed meanwhile
-        (deleted, stored anew, corrected by another request) and are left as they are."""
+    async def replace_instances(
+        self, study: str, replacements: list[Replacement], cause: RemovalCause, *, holder: str | None = None
+    ) -> list[str]:
+        """In one transaction: with ``holder``, first that the operation named by the new
+        records' version is still held by ``holder`` unfinished (else
+        :class:`gateway.errors.OperationTakenOver`, nothing changed); then each instance whose
+        row still describes the replacement's old version takes its new record (the old version
+        kept, :class:`KeptVersion`), with an ``update`` change-feed entry saying ``cause``; the
+        study row takes the study attributes of the new records. Returns the SOP Instance UIDs
+        switched; the others changed meanwhile (deleted, stored anew, corrected by another
+        request) and are left as they are."""
 
     async def kept_versions(self, sop: str) -> list[KeptVersion]:
         """The replaced versions of ``sop`` still kept, oldest first (the first is the original)."""

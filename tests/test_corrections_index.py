@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 
 from gateway.dicom.query import parse_qido
+from gateway.errors import OperationTakenOver
 from gateway.ports import (
     AddOutcome,
     ChangeAction,
@@ -159,3 +160,21 @@ async def test_a_stale_operation_goes_to_one_other_replica_and_only_its_holder_s
     assert got is not None
     assert (got.status, got.holder, got.percent_complete) == ("failed", "replica-a", 0)
     assert [op.id for op in await store.unfinished_operations()] == ["a" * 32]
+
+
+async def test_only_the_holder_of_an_operation_commits_its_studies(index: Index) -> None:
+    old = record(4, 1, 1, AccessionNumber="A1")
+    await index.add(old)
+    operation = Operation("c" * 32, "update", "running", 1.0, 1.0, 0, {}, {"errors": []}, "replica-a")
+    await corrections(index).save_operation(operation)
+    new = dataclasses.replace(record(4, 1, 1, AccessionNumber="A2"), version="c" * 32)
+    replacement = Replacement(new, "", old.sha256)
+    # Replica B took the operation over: replica A, paused meanwhile, may not commit any more.
+    await corrections(index).take_over_stale_operations("replica-b", 2.0, 3.0)
+    with pytest.raises(OperationTakenOver):
+        await corrections(index).replace_instances(f"{ROOT}.4", [replacement], CAUSE, holder="replica-a")
+    got = await index.get(f"{ROOT}.4", f"{ROOT}.4.1", f"{ROOT}.4.1.1")
+    assert got is not None
+    assert got.version == ""
+    switched = await corrections(index).replace_instances(f"{ROOT}.4", [replacement], CAUSE, holder="replica-b")
+    assert switched == [f"{ROOT}.4.1.1"]

@@ -148,6 +148,12 @@ def running_sql(p: str) -> str:
     return f"SELECT {_OPERATION} FROM operations WHERE holder = {p} AND status IN ({_UNFINISHED})"
 
 
+def held_sql(p: str, *, lock: str = "") -> str:
+    """Parameters: operation id, holder; a row while the holder holds it unfinished. ``lock``:
+    PostgreSQL's ``FOR UPDATE``, so that a take-over waits for the commit holding it."""
+    return f"SELECT 1 FROM operations WHERE id = {p} AND holder = {p} AND status IN ({_UNFINISHED}) {lock}"
+
+
 def heartbeat_sql(p: str) -> str:
     """Parameters: now, operation id, holder; one row changed while the holder still runs it."""
     return f"UPDATE operations SET updated = {p} WHERE id = {p} AND holder = {p} AND status IN ({_UNFINISHED})"

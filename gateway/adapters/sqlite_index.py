@@ -61,7 +61,7 @@ from gateway.adapters.sqlite_memory import sqlite_memory_used
 from gateway.adapters.sqlite_search import COLUMNS, register_functions, row_to_json, search_sql
 from gateway.dicom.attributes import Level
 from gateway.dicom.query import QidoQuery
-from gateway.errors import IndexError_
+from gateway.errors import IndexError_, OperationTakenOver
 from gateway.ports import (
     REMOVAL_LAPSE,
     UNDONE,
@@ -354,10 +354,12 @@ class SqliteIndex:
 
     # -- Corrections ---------------------------------------------------------------------------
 
-    async def replace_instances(self, study: str, replacements: list[Replacement], cause: RemovalCause) -> list[str]:
+    async def replace_instances(
+        self, study: str, replacements: list[Replacement], cause: RemovalCause, *, holder: str | None = None
+    ) -> list[str]:
         def work() -> list[str]:
             rows = [(r, _Row.from_record(r.record)) for r in replacements]  # derived outside the write lock
-            return self._transaction(lambda conn: _replace(conn, study, rows, cause))
+            return self._transaction(lambda conn: _replace(conn, study, rows, cause, holder))
 
         return await self._write(work)
 
@@ -653,9 +655,13 @@ class _Row(IndexRow):
 
 
 def _replace(
-    conn: sqlite3.Connection, study: str, rows: list[tuple[Replacement, _Row]], cause: RemovalCause
+    conn: sqlite3.Connection, study: str, rows: list[tuple[Replacement, _Row]], cause: RemovalCause, holder: str | None
 ) -> list[str]:
     """The transaction of :meth:`SqliteIndex.replace_instances`."""
+    if holder is not None and rows:  # one writer at a time: no take-over can come in between
+        operation = rows[0][1].record.version
+        if conn.execute(sql_corrections.held_sql("?"), (operation, holder)).fetchone() is None:
+            raise OperationTakenOver(f"operation {operation} is no longer held by this replica")
     now = time.time()
     switched: list[_Row] = []
     for replacement, row in rows:

@@ -29,9 +29,10 @@ another replica not updated for ``bulk_update_stale_seconds``, takes them over (
 statement: of several replicas asking at once, one gets each) and abandons them as above. Only
 the holder may save an operation, and a replica that finds at its next heartbeat that its
 operation was taken over cancels it, removing the new objects of the study it was in: a replica
-that was only paused longer than the stale time cannot report it running again. What remains
-is a window of one heartbeat in which such a paused replica could still commit a study whose
-objects the other replica just removed; hence the stale time must be far above any pause.
+that was only paused longer than the stale time cannot report it running again. Nor can it
+commit a study after the take-over: step 2 first checks, in its transaction, that this replica
+still holds the operation (on PostgreSQL locking the operation's row, so that a take-over
+waits for a commit under way and then finds the study committed).
 
 The replaced versions stay retrievable (``GET .../instances/{sop}/original``) for
 ``bulk_update_keep_original_seconds``, then a sweep deletes their objects and forgets them.
@@ -58,7 +59,7 @@ from gateway.dicom import uids
 from gateway.dicom.correction import Correction, apply_correction
 from gateway.dicom.parse import ParseLimits, parse_part10
 from gateway.dicom.rejection import InstanceRejected
-from gateway.errors import AlreadyExists, Conflict, GatewayError, NotFound, ServiceUnavailable
+from gateway.errors import AlreadyExists, Conflict, GatewayError, NotFound, OperationTakenOver, ServiceUnavailable
 from gateway.ports import (
     BlobStore,
     Corrections,
@@ -202,9 +203,11 @@ class BulkUpdateService:
             self._running[operation.id] = scope
             try:
                 await self._run_studies(operation, studies, correction, principal, restriction)
+            except OperationTakenOver:
+                scope.cancel()
             finally:
                 del self._running[operation.id]
-        if scope.cancelled_caught:
+        if scope.cancel_called:
             log.warning("operation %s was taken over by another replica (its heartbeat had stopped)", operation.id)
 
     async def _run_studies(
@@ -221,6 +224,8 @@ class BulkUpdateService:
         for done, study in enumerate(studies, start=1):
             try:
                 updated = await self._update_study(operation.id, study, correction, restriction, cause)
+            except OperationTakenOver:
+                raise  # the other replica reports the operation now
             except GatewayError as exc:
                 results["studyFailed"] += 1
                 results["errors"].append(f"study {study}: {exc.reason}")
@@ -250,7 +255,7 @@ class BulkUpdateService:
             replacements = [
                 Replacement(new, old.version, old.sha256) for new, old in zip(written, records, strict=True)
             ]
-            switched = set(await self._require().replace_instances(study, replacements, cause))
+            switched = set(await self._require().replace_instances(study, replacements, cause, holder=self._holder))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._discard(written)
