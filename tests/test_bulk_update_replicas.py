@@ -4,6 +4,7 @@ other, which marks it failed once its heartbeat is stale and removes what it had
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,9 +41,12 @@ def _version_keys(s3_admin: S3Client, bucket: str, study: str) -> list[str]:
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []) if "/versions/" in o["Key"])
 
 
-def test_an_operation_of_a_killed_replica_is_failed_by_the_other(
-    tmp_path: Path, s3_bucket: S3Bucket, s3_admin: S3Client, postgres_url: str
+@pytest.mark.parametrize("fault", ["killed", "paused"])
+def test_an_operation_of_a_stopped_replica_is_failed_by_the_other(
+    tmp_path: Path, s3_bucket: S3Bucket, s3_admin: S3Client, postgres_url: str, fault: str
 ) -> None:
+    # "killed": SIGKILL, and replica A is never started again. "paused": SIGSTOP until B failed
+    # the operation, then SIGCONT: A must neither commit the second study nor revive the operation.
     studies = [
         factory.ct_series(30, 128, 128, seed=seed, study_uid=factory.new_uid("stale-op", seed), AccessionNumber="OLD")
         for seed in (751, 752)
@@ -59,8 +63,11 @@ def test_an_operation_of_a_killed_replica_is_failed_by_the_other(
         while not _version_keys(s3_admin, s3_bucket.bucket, second):
             assert time.monotonic() < deadline, "the second study was never started"
             time.sleep(0.005)
-        a.process.kill()  # SIGKILL, and replica A is never started again
-        a.process.wait()
+        if fault == "killed":
+            a.process.kill()
+            a.process.wait()
+        else:
+            a.process.send_signal(signal.SIGSTOP)
         killed = time.monotonic()
         assert _version_keys(s3_admin, s3_bucket.bucket, second)  # what the kill left behind
 
@@ -76,7 +83,19 @@ def test_an_operation_of_a_killed_replica_is_failed_by_the_other(
         assert len(_version_keys(s3_admin, s3_bucket.bucket, first)) == 60  # Part 10 and metadata JSON
         assert accessions(b.url, first) == ["NEW"] * 30
         assert accessions(b.url, second) == ["OLD"] * 30
+        if fault == "paused":
+            a.process.send_signal(signal.SIGCONT)
+            time.sleep(3 * HEARTBEAT)  # A finds the operation taken over, or its commit refused
+            assert httpx.get(on_b, timeout=30).json()["status"] == "failed"
+            assert accessions(a.url, second) == ["OLD"] * 30
+            deadline = time.monotonic() + 30
+            while _version_keys(s3_admin, s3_bucket.bucket, second):
+                assert time.monotonic() < deadline, "replica A left the objects of the study it was cut off in"
+                time.sleep(0.2)
+            assert "was taken over by another replica" in (a.log_path.read_text())
     finally:
+        if fault == "paused":
+            a.process.send_signal(signal.SIGCONT)
         stop_gateway(a)
         if b is not None:
             stop_gateway(b)
