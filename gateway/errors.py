@@ -57,6 +57,11 @@ class Conflict(GatewayError):
     status = 409
 
 
+class OperationTakenOver(Conflict):
+    """A replica's long-running operation was taken over by another replica (its heartbeat had
+    stopped, gateway.services.bulk_update): it may not commit any more of it."""
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
 

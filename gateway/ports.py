@@ -390,12 +390,17 @@ class Corrections(Protocol):
     study's instances to corrected versions, the versions they replaced, and the operations
     that run them."""
 
-    async def replace_instances(self, study: str, replacements: list[Replacement], cause: RemovalCause) -> list[str]:
-        """In one transaction: each instance whose row still describes the replacement's old
-        version takes its new record (the old version kept, :class:`KeptVersion`), with an
-        ``update`` change-feed entry saying ``cause``; the study row takes the study attributes of
-        the new records. Returns the SOP Instance UIDs switched; the others changed meanwhile
-        (deleted, stored anew, corrected by another request) and are left as they are."""
+    async def replace_instances(
+        self, study: str, replacements: list[Replacement], cause: RemovalCause, *, holder: str | None = None
+    ) -> list[str]:
+        """In one transaction: with ``holder``, first that the operation named by the new
+        records' version is still held by ``holder`` unfinished (else
+        :class:`gateway.errors.OperationTakenOver`, nothing changed); then each instance whose
+        row still describes the replacement's old version takes its new record (the old version
+        kept, :class:`KeptVersion`), with an ``update`` change-feed entry saying ``cause``; the
+        study row takes the study attributes of the new records. Returns the SOP Instance UIDs
+        switched; the others changed meanwhile (deleted, stored anew, corrected by another
+        request) and are left as they are."""
 
     async def kept_versions(self, sop: str) -> list[KeptVersion]:
         """The replaced versions of ``sop`` still kept, oldest first (the first is the original)."""
@@ -414,6 +419,18 @@ class Corrections(Protocol):
 
     async def running_operations(self, holder: str) -> list[Operation]:
         """Operations of ``holder`` not finished (notStarted or running)."""
+
+    async def unfinished_operations(self) -> list[Operation]:
+        """Operations of any holder not finished (notStarted or running)."""
+
+    async def heartbeat_operation(self, operation_id: str, holder: str, now: float) -> bool:
+        """Set the operation's ``updated`` to ``now`` if ``holder`` still holds it unfinished;
+        False when it does not (another replica took it over, or it finished)."""
+
+    async def take_over_stale_operations(self, holder: str, updated_before: float, now: float) -> list[Operation]:
+        """Make ``holder`` the holder of every unfinished operation of another replica not
+        updated since ``updated_before`` (its replica stopped), atomically: of several replicas
+        asking at once, each operation goes to one. Returns them as taken over."""
 
 
 @dataclass(frozen=True)

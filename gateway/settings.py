@@ -314,6 +314,11 @@ class Settings:
     # Seconds the version an instance had before a metadata correction ($bulkUpdate) stays
     # retrievable (GET .../instances/{sop}/original); then it is deleted.
     bulk_update_keep_original_seconds: float = 7 * 86400.0
+    # Seconds between the heartbeats of a replica running a $bulkUpdate operation, and since its
+    # last heartbeat after which another replica marks the operation failed and removes the
+    # objects it had not committed (its replica stopped and did not start again).
+    bulk_update_heartbeat_seconds: float = 10.0
+    bulk_update_stale_seconds: float = 60.0
     # Store uncompressed uploads losslessly compressed: "" (as received), "jpeg-ls", "jpeg2000" or
     # "htj2k". With storage_compression_small_below > 0, instances whose frames are smaller than
     # that many bytes (uncompressed) are stored as storage_compression_small says instead (e.g.
@@ -584,6 +589,10 @@ def _validate_pacs(s: Settings) -> None:
         raise SettingsError("delete_grace must be between 0 and 3600 seconds")
     if not 0 <= s.bulk_update_keep_original_seconds < float("inf"):
         raise SettingsError("bulk_update_keep_original_seconds must be zero or positive seconds")
+    if not 0 < s.bulk_update_heartbeat_seconds < float("inf"):
+        raise SettingsError("bulk_update_heartbeat_seconds must be positive seconds")
+    if not 2 * s.bulk_update_heartbeat_seconds <= s.bulk_update_stale_seconds < float("inf"):
+        raise SettingsError("bulk_update_stale_seconds must be at least twice bulk_update_heartbeat_seconds")
     if not _valid_ae_title(s.ae_title):
         raise SettingsError(f"ae_title {s.ae_title!r} must be 1-16 printable ASCII characters without backslash")
     if s.scp_port is not None and not 0 < s.scp_port < 65536:

@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 
 from gateway.dicom.query import parse_qido
+from gateway.errors import OperationTakenOver
 from gateway.ports import (
     AddOutcome,
     ChangeAction,
@@ -135,3 +136,45 @@ async def test_kept_versions_expire_and_operations_persist(index: Index, backend
         assert await corrections(other).operation("1" * 32) is None
     finally:
         await other.aclose()
+
+
+async def test_a_stale_operation_goes_to_one_other_replica_and_only_its_holder_saves_it(index: Index) -> None:
+    def running(op_id: str, holder: str, updated: float) -> Operation:
+        return Operation(op_id, "update", "running", 1.0, updated, 0, {}, {"errors": []}, holder)
+
+    store = corrections(index)
+    await store.save_operation(running("a" * 32, "replica-a", 10.0))
+    await store.save_operation(running("b" * 32, "replica-b", 10.0))
+    # The holder's heartbeat refreshes its own operation, not another replica's.
+    assert await store.heartbeat_operation("a" * 32, "replica-a", 100.0)
+    assert not await store.heartbeat_operation("b" * 32, "replica-a", 100.0)
+    # Replica A takes over what was not updated since 50 (B's), never its own.
+    (taken,) = await store.take_over_stale_operations("replica-a", 50.0, 101.0)
+    assert (taken.id, taken.holder, taken.updated) == ("b" * 32, "replica-a", 101.0)
+    assert await store.take_over_stale_operations("replica-c", 50.0, 102.0) == []  # taken once only
+    # B, paused meanwhile, can neither refresh nor save it any more; A can.
+    assert not await store.heartbeat_operation("b" * 32, "replica-b", 103.0)
+    await store.save_operation(dataclasses.replace(running("b" * 32, "replica-b", 104.0), percent_complete=50))
+    await store.save_operation(dataclasses.replace(taken, status="failed", updated=105.0))
+    got = await store.operation("b" * 32)
+    assert got is not None
+    assert (got.status, got.holder, got.percent_complete) == ("failed", "replica-a", 0)
+    assert [op.id for op in await store.unfinished_operations()] == ["a" * 32]
+
+
+async def test_only_the_holder_of_an_operation_commits_its_studies(index: Index) -> None:
+    old = record(4, 1, 1, AccessionNumber="A1")
+    await index.add(old)
+    operation = Operation("c" * 32, "update", "running", 1.0, 1.0, 0, {}, {"errors": []}, "replica-a")
+    await corrections(index).save_operation(operation)
+    new = dataclasses.replace(record(4, 1, 1, AccessionNumber="A2"), version="c" * 32)
+    replacement = Replacement(new, "", old.sha256)
+    # Replica B took the operation over: replica A, paused meanwhile, may not commit any more.
+    await corrections(index).take_over_stale_operations("replica-b", 2.0, 3.0)
+    with pytest.raises(OperationTakenOver):
+        await corrections(index).replace_instances(f"{ROOT}.4", [replacement], CAUSE, holder="replica-a")
+    got = await index.get(f"{ROOT}.4", f"{ROOT}.4.1", f"{ROOT}.4.1.1")
+    assert got is not None
+    assert got.version == ""
+    switched = await corrections(index).replace_instances(f"{ROOT}.4", [replacement], CAUSE, holder="replica-b")
+    assert switched == [f"{ROOT}.4.1.1"]

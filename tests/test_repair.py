@@ -7,6 +7,7 @@ The end-to-end proof (SIGKILL during 1,000 STOWs) is tests/test_fault_crash.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -20,10 +21,21 @@ import pytest
 from gateway.adapters.filestore import FileBlobStore
 from gateway.adapters.s3 import S3BlobStore
 from gateway.adapters.sqlite_index import SqliteIndex
+from gateway.commands.reindex import reindex
 from gateway.commands.repair import IndexLooksLost, RepairReport, repair
 from gateway.dicom import uids
 from gateway.dicom.parse import parse_part10
-from gateway.ports import BlobStore, Index, InstanceKey, InstanceRecord, ObjectInfo
+from gateway.ports import (
+    BlobStore,
+    Corrections,
+    Index,
+    InstanceKey,
+    InstanceRecord,
+    ObjectInfo,
+    Operation,
+    RemovalCause,
+    Replacement,
+)
 from gateway.spool import process_spool_dir, sweep_dead_spools
 from tests import factory
 from tests.fixtures_s3 import S3Bucket
@@ -162,6 +174,78 @@ async def test_repair_refuses_an_index_that_looks_lost(store: BlobStore, index: 
     with pytest.raises(IndexLooksLost, match="rebuild it with `reindex`"):
         await repair(store, index, grace=0, now=time.time() + LATER)
     assert len(await keys(store)) == 2
+
+
+async def test_repair_removes_the_versions_no_row_names(store: BlobStore, index: Index, tmp_path: Path) -> None:
+    # An instance corrected twice (its original and first correction kept, its second current),
+    # then corrections whose replicas were killed: one whose operation failed (its objects are
+    # orphans), one still running (a correction in flight: its objects stay).
+    assert isinstance(index, Corrections)
+    record = await Writer(store, index, tmp_path).write()
+    where = key_of(record)
+    for old, new in (("", "v1"), ("v1", "v2")):
+        await version_objects(store, where, new)
+        replacement = Replacement(dataclasses.replace(record, version=new), old, record.sha256)
+        assert await index.replace_instances(record.study_uid, [replacement], RemovalCause("update")) == [where[2]]
+    for version, status in (("v3", "failed"), ("v4", "running")):
+        await version_objects(store, where, version)
+        await index.save_operation(Operation(version, "update", status, 1.0, 1.0, 0, {}, {}, "replica-a"))
+    everything = await keys(store)
+    orphans = {uids.instance_key(*where, "v3"), uids.metadata_key(*where, "v3")}
+
+    assert await repair(store, index) == RepairReport(young_kept=8)  # within the grace period
+    dry = await repair(store, index, grace=0, dry_run=True, now=time.time() + LATER)
+    assert dry == RepairReport(orphan_versions=2)
+    assert await keys(store) == everything
+    assert await repair(store, index, grace=0, now=time.time() + LATER) == RepairReport(orphan_versions=2)
+    assert await keys(store) == everything - orphans
+    assert await repair(store, index, grace=0, now=time.time() + LATER) == RepairReport()
+
+
+async def test_repair_refuses_an_index_that_lost_corrected_instances(
+    store: BlobStore, index: Index, tmp_path: Path
+) -> None:
+    # Only a corrected version left in the store (its original's time was over): still the
+    # index looks lost, not the version orphaned.
+    record = await Writer(store, index, tmp_path).write(dcm=False, json=False, row=False)
+    await version_objects(store, key_of(record), "v1")
+    with pytest.raises(IndexLooksLost):
+        await repair(store, index, grace=0, now=time.time() + LATER)
+    assert len(await keys(store)) == 2
+
+
+async def test_reindex_skips_the_versions_of_a_correction_cut_short(
+    store: BlobStore, index: Index, tmp_path: Path
+) -> None:
+    # A correction of two studies whose replica was killed after committing the first: both
+    # have a version in the store, the index records the operation running. A rebuild before
+    # that operation is failed takes the first study's version and the second's original.
+    assert isinstance(index, Corrections)
+    writer = Writer(store, index, tmp_path)
+    committed, cut_short = await writer.write(), await writer.write()
+    operation = "0" * 13 + "a" * 19
+    for record in (committed, cut_short):
+        local = tmp_path / "stored.dcm"
+        await store.download(uids.instance_key(*key_of(record)), local)
+        await store.put_bytes(
+            uids.instance_key(*key_of(record), operation), local.read_bytes(), content_type="application/dicom"
+        )
+    replacement = Replacement(dataclasses.replace(committed, version=operation), "", committed.sha256)
+    await index.replace_instances(committed.study_uid, [replacement], RemovalCause("update"))
+    request = {"studyInstanceUids": [committed.study_uid, cut_short.study_uid]}
+    await index.save_operation(Operation(operation, "update", "running", 1.0, 1.0, 50, request, {}, "replica-a"))
+
+    assert await reindex(store, index, progress=False) == (2, 0)
+    versions = {key: (await index.get(*key)) for key in (key_of(committed), key_of(cut_short))}
+    assert {key: None if record is None else record.version for key, record in versions.items()} == {
+        key_of(committed): operation,
+        key_of(cut_short): "",
+    }
+
+
+async def version_objects(store: BlobStore, where: InstanceKey, version: str) -> None:
+    await store.put_bytes(uids.instance_key(*where, version), b"part 10", content_type="application/dicom")
+    await store.put_bytes(uids.metadata_key(*where, version), b"{}", content_type="application/dicom+json")
 
 
 class _CommittedDuringRepair:

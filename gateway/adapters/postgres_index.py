@@ -77,7 +77,7 @@ from gateway.adapters.sql_rows import (
 from gateway.adapters.sql_search import row_to_json, sql_columns
 from gateway.dicom.attributes import Level
 from gateway.dicom.query import QidoQuery
-from gateway.errors import IndexError_, IndexOutcomeUnknown
+from gateway.errors import IndexError_, IndexOutcomeUnknown, OperationTakenOver
 from gateway.ports import (
     REMOVAL_LAPSE,
     UNDONE,
@@ -479,7 +479,9 @@ class PostgresIndex:
 
     # -- Corrections ---------------------------------------------------------------------------
 
-    async def replace_instances(self, study: str, replacements: list[Replacement], cause: RemovalCause) -> list[str]:
+    async def replace_instances(
+        self, study: str, replacements: list[Replacement], cause: RemovalCause, *, holder: str | None = None
+    ) -> list[str]:
         rows = await anyio.to_thread.run_sync(lambda: [(r, _PgRow.from_record(r.record)) for r in replacements])
         # Row locks in one order (by SOP Instance UID), then the feed lock: the order every writer keeps.
         rows.sort(key=lambda pair: pair[1].record.sop_uid)
@@ -487,7 +489,7 @@ class PostgresIndex:
             async with self._connection() as conn:
                 try:
                     async with conn.transaction():
-                        return await _replace(conn, study, rows, cause)
+                        return await _replace(conn, study, rows, cause, holder)
                 except _RETRYABLE:
                     if attempt == _RETRIES - 1:
                         raise
@@ -515,6 +517,22 @@ class PostgresIndex:
 
     async def running_operations(self, holder: str) -> list[Operation]:
         rows = await self._fetch(sql_corrections.running_sql("%s"), [holder])
+        return [sql_corrections.operation_from_row(row) for row in rows]
+
+    async def unfinished_operations(self) -> list[Operation]:
+        rows = await self._fetch(sql_corrections.unfinished_sql(), [])
+        return [sql_corrections.operation_from_row(row) for row in rows]
+
+    async def heartbeat_operation(self, operation_id: str, holder: str, now: float) -> bool:
+        async with self._connection() as conn:
+            cur = await conn.execute(sql_corrections.heartbeat_sql("%s"), (now, operation_id, holder))
+            return cur.rowcount == 1
+
+    async def take_over_stale_operations(self, holder: str, updated_before: float, now: float) -> list[Operation]:
+        params = (holder, now, updated_before, holder)
+        async with self._connection() as conn:
+            cur = await conn.execute(sql_corrections.take_over_sql("%s"), params)
+            rows = await cur.fetchall()
         return [sql_corrections.operation_from_row(row) for row in rows]
 
     # -- connections ---------------------------------------------------------------------------
@@ -755,9 +773,19 @@ class _PgRow(IndexRow):
 
 
 async def _replace(
-    conn: psycopg.AsyncConnection[Any], study: str, rows: list[tuple[Replacement, _PgRow]], cause: RemovalCause
+    conn: psycopg.AsyncConnection[Any],
+    study: str,
+    rows: list[tuple[Replacement, _PgRow]],
+    cause: RemovalCause,
+    holder: str | None,
 ) -> list[str]:
     """The transaction of :meth:`PostgresIndex.replace_instances`."""
+    if holder is not None and rows:
+        # The operation's row stays locked until the commit: a take-over waits for it, then
+        # finds the study committed (and leaves its objects alone).
+        cur = await conn.execute(sql_corrections.held_sql("%s", lock="FOR UPDATE"), (rows[0][1].record.version, holder))
+        if await cur.fetchone() is None:
+            raise OperationTakenOver(f"operation {rows[0][1].record.version} is no longer held by this replica")
     now = time.time()
     switched: list[_PgRow] = []
     for replacement, row in rows:

@@ -112,12 +112,13 @@ _OPERATION = "id, kind, status, created, updated, percent_complete, request, res
 
 
 def save_operation_sql(p: str) -> str:
-    """Insert or replace an operation; parameters: :func:`operation_params`."""
-    updated = ", ".join(
-        f"{name} = excluded.{name}" for name in ("status", "updated", "percent_complete", "results", "holder")
-    )
+    """Insert or replace an operation; parameters: :func:`operation_params`. Only its holder
+    replaces it: a replica whose operation another one took over (its heartbeat had stopped)
+    cannot report it running again."""
+    updated = ", ".join(f"{name} = excluded.{name}" for name in ("status", "updated", "percent_complete", "results"))
     return (
         f"INSERT INTO operations ({_OPERATION}) VALUES ({', '.join([p] * 10)}) ON CONFLICT (id) DO UPDATE SET {updated}"
+        " WHERE operations.holder = excluded.holder"
     )
 
 
@@ -140,8 +141,35 @@ def operation_sql(p: str) -> str:
     return f"SELECT {_OPERATION} FROM operations WHERE id = {p}"
 
 
+_UNFINISHED = "'notStarted', 'running'"
+
+
 def running_sql(p: str) -> str:
-    return f"SELECT {_OPERATION} FROM operations WHERE holder = {p} AND status IN ('notStarted', 'running')"
+    return f"SELECT {_OPERATION} FROM operations WHERE holder = {p} AND status IN ({_UNFINISHED})"
+
+
+def held_sql(p: str, *, lock: str = "") -> str:
+    """Parameters: operation id, holder; a row while the holder holds it unfinished. ``lock``:
+    PostgreSQL's ``FOR UPDATE``, so that a take-over waits for the commit holding it."""
+    return f"SELECT 1 FROM operations WHERE id = {p} AND holder = {p} AND status IN ({_UNFINISHED}) {lock}"
+
+
+def heartbeat_sql(p: str) -> str:
+    """Parameters: now, operation id, holder; one row changed while the holder still runs it."""
+    return f"UPDATE operations SET updated = {p} WHERE id = {p} AND holder = {p} AND status IN ({_UNFINISHED})"
+
+
+def take_over_sql(p: str) -> str:
+    """Parameters: new holder, now, updated before, new holder; the operations taken over."""
+    return (
+        f"UPDATE operations SET holder = {p}, updated = {p}"
+        f" WHERE status IN ({_UNFINISHED}) AND updated < {p} AND holder <> {p} RETURNING {_OPERATION}"
+    )
+
+
+def unfinished_sql() -> str:
+    """Every operation not finished, of any holder."""
+    return f"SELECT {_OPERATION} FROM operations WHERE status IN ({_UNFINISHED})"
 
 
 def operation_from_row(row: tuple[Any, ...]) -> Operation:

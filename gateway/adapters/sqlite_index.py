@@ -61,7 +61,7 @@ from gateway.adapters.sqlite_memory import sqlite_memory_used
 from gateway.adapters.sqlite_search import COLUMNS, register_functions, row_to_json, search_sql
 from gateway.dicom.attributes import Level
 from gateway.dicom.query import QidoQuery
-from gateway.errors import IndexError_
+from gateway.errors import IndexError_, OperationTakenOver
 from gateway.ports import (
     REMOVAL_LAPSE,
     UNDONE,
@@ -354,10 +354,12 @@ class SqliteIndex:
 
     # -- Corrections ---------------------------------------------------------------------------
 
-    async def replace_instances(self, study: str, replacements: list[Replacement], cause: RemovalCause) -> list[str]:
+    async def replace_instances(
+        self, study: str, replacements: list[Replacement], cause: RemovalCause, *, holder: str | None = None
+    ) -> list[str]:
         def work() -> list[str]:
             rows = [(r, _Row.from_record(r.record)) for r in replacements]  # derived outside the write lock
-            return self._transaction(lambda conn: _replace(conn, study, rows, cause))
+            return self._transaction(lambda conn: _replace(conn, study, rows, cause, holder))
 
         return await self._write(work)
 
@@ -383,6 +385,19 @@ class SqliteIndex:
 
     async def running_operations(self, holder: str) -> list[Operation]:
         rows = await self._read_rows(sql_corrections.running_sql("?"), [holder])
+        return [sql_corrections.operation_from_row(row) for row in rows]
+
+    async def unfinished_operations(self) -> list[Operation]:
+        rows = await self._read_rows(sql_corrections.unfinished_sql(), [])
+        return [sql_corrections.operation_from_row(row) for row in rows]
+
+    async def heartbeat_operation(self, operation_id: str, holder: str, now: float) -> bool:
+        sql, params = sql_corrections.heartbeat_sql("?"), (now, operation_id, holder)
+        return bool(await self._write(lambda: self._transaction(lambda conn: conn.execute(sql, params).rowcount == 1)))
+
+    async def take_over_stale_operations(self, holder: str, updated_before: float, now: float) -> list[Operation]:
+        sql, params = sql_corrections.take_over_sql("?"), (holder, now, updated_before, holder)
+        rows = await self._write(lambda: self._transaction(lambda conn: conn.execute(sql, params).fetchall()))
         return [sql_corrections.operation_from_row(row) for row in rows]
 
     # -- beyond the protocol -------------------------------------------------------------------
@@ -640,9 +655,13 @@ class _Row(IndexRow):
 
 
 def _replace(
-    conn: sqlite3.Connection, study: str, rows: list[tuple[Replacement, _Row]], cause: RemovalCause
+    conn: sqlite3.Connection, study: str, rows: list[tuple[Replacement, _Row]], cause: RemovalCause, holder: str | None
 ) -> list[str]:
     """The transaction of :meth:`SqliteIndex.replace_instances`."""
+    if holder is not None and rows:  # one writer at a time: no take-over can come in between
+        operation = rows[0][1].record.version
+        if conn.execute(sql_corrections.held_sql("?"), (operation, holder)).fetchone() is None:
+            raise OperationTakenOver(f"operation {operation} is no longer held by this replica")
     now = time.time()
     switched: list[_Row] = []
     for replacement, row in rows:

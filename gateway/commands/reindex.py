@@ -24,7 +24,7 @@ from gateway.commands.repair import DEFAULT_GRACE, IndexLooksLost, repair
 from gateway.dicom import uids
 from gateway.dicom.parse import InstanceRejected, ParseLimits, parse_part10
 from gateway.errors import GatewayError
-from gateway.ports import BlobStore, Index
+from gateway.ports import BlobStore, Corrections, Index
 from gateway.services.bundle import build_gateway, parse_limits_of
 from gateway.settings import Settings
 from gateway.spool import sweep_dead_spools
@@ -37,7 +37,9 @@ async def reindex(
     those the uploads were parsed with (the configured ``limits.*``), so that what was accepted
     is indexed again."""
     limits = limits or ParseLimits()
-    instance_keys = _newest_versions([k async for k in store.list_keys("studies/") if k.endswith(".dcm")])
+    uncommitted = await _uncommitted_versions(index)
+    listed = [k async for k in store.list_keys("studies/") if k.endswith(".dcm")]
+    instance_keys = _newest_versions([k for k in listed if k not in uncommitted])
     await index.clear()
     indexed = rejected = 0
     with tempfile.TemporaryDirectory(prefix="reindex-") as tmp:
@@ -62,6 +64,23 @@ async def reindex(
             await index.add(record)
             indexed += 1
     return indexed, rejected
+
+
+async def _uncommitted_versions(index: Index) -> set[str]:
+    """Keys of corrected versions the index knows were not committed: those of an operation
+    still recorded unfinished (its replica was killed and has not been restarted, nor has
+    another replica failed it yet) that the instance's row does not name. The rows are read
+    before the index is cleared; an index lost entirely knows nothing of them (the limit is in
+    docs/dicomweb.md)."""
+    if not isinstance(index, Corrections):
+        return set()
+    keys: set[str] = set()
+    for operation in await index.unfinished_operations():
+        for study in operation.request.get("studyInstanceUids", []):
+            for record in await index.instances(study):
+                if record.version != operation.id:
+                    keys.add(uids.instance_key(record.study_uid, record.series_uid, record.sop_uid, operation.id))
+    return keys
 
 
 def _newest_versions(keys: list[str]) -> list[str]:

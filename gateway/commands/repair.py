@@ -12,6 +12,12 @@ index, so it may run beside live gateways:
    They are deleted under an index removal (:meth:`gateway.ports.Index.begin_removal` with
    ``KeepIf.INDEXED``), so an upload of the same instance that commits meanwhile keeps them, and
    one that commits during the removal is told to write them again.
+   Corrected versions (:mod:`gateway.services.bulk_update`, ``.../instances/{sop}/versions/``)
+   follow the same rule, their commit point being the correction's index transaction: a
+   version's objects are deleted when they are older than the grace period, their operation is
+   not recorded unfinished (a correction in flight), and no index row names them, neither the
+   instance's row (its current version) nor a kept version (a replaced one still retrievable).
+   A replica killed during a correction leaves exactly those.
 2. Index rows whose ``.dcm`` is missing: an instance the store lost, not a crash (the row is
    written last). Each is reported, and its row and metadata removed, so the index stops
    promising what cannot be served.
@@ -33,7 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.dicom import uids
-from gateway.ports import BlobStore, Index, InstanceKey, KeepIf, ListedObject, RemovalCause
+from gateway.ports import BlobStore, Corrections, Index, InstanceKey, KeepIf, ListedObject, RemovalCause
+from gateway.services.bulk_update import NOT_STARTED, RUNNING
 
 DEFAULT_GRACE = 15 * 60.0  # seconds
 _BATCH = 500
@@ -45,6 +52,7 @@ class RepairReport:
 
     orphan_instances: int = 0  # .dcm objects without an index row, deleted
     orphan_metadata: int = 0  # .json objects without an indexed instance, deleted
+    orphan_versions: int = 0  # objects of corrected versions no index row names, deleted
     dangling_rows: int = 0  # index rows whose .dcm was missing, removed
     unfinished_writes: int = 0  # S3 multipart uploads aborted / temp files removed
     spool_files: int = 0  # files in the spool directories of stopped processes, removed
@@ -57,6 +65,7 @@ class RepairReport:
             *head,
             f"instance objects without an index row deleted: {self.orphan_instances}",
             f"metadata objects without an indexed instance deleted: {self.orphan_metadata}",
+            f"objects of corrected versions no index row names deleted: {self.orphan_versions}",
             f"index rows without their instance object removed: {self.dangling_rows}",
             f"unfinished uploads and temp files discarded: {self.unfinished_writes}",
             f"spool files of stopped gateway processes removed: {self.spool_files}",
@@ -87,7 +96,7 @@ async def repair(
     report = RepairReport()
     if await _index_is_empty(index):
         async for listed in store.list_objects("studies/"):
-            if uids.parse_instance_key(listed.key) is not None:
+            if uids.parse_instance_key(listed.key) is not None or uids.parse_version_key(listed.key) is not None:
                 raise IndexLooksLost(
                     "the index is empty but the store holds instances: rebuild it with `reindex` (without --repair)"
                 )
@@ -128,7 +137,17 @@ class _OrphanSweep:
 
     async def add(self, listed: ListedObject) -> None:
         key = listed.key
-        instance = uids.parse_instance_key(key[: -len(".json")] + ".dcm" if key.endswith(".json") else key)
+        as_dcm = key[: -len(".json")] + ".dcm" if key.endswith(".json") else key
+        versioned = uids.parse_version_key(as_dcm)
+        if versioned is not None and isinstance(self._index, Corrections):
+            if listed.modified >= self._cutoff:
+                self._report.young_kept += 1
+            elif not await self._version_is_named(*versioned):
+                if not self._dry_run:
+                    await self._store.delete(key)
+                self._report.orphan_versions += 1
+            return
+        instance = uids.parse_instance_key(as_dcm)
         if instance is None:
             self._report.foreign_keys += 1
             return
@@ -157,6 +176,19 @@ class _OrphanSweep:
                 self._report.orphan_instances += 1
             else:
                 self._report.orphan_metadata += 1
+
+    async def _version_is_named(self, instance: InstanceKey, version: str) -> bool:
+        """Whether the version is (or may become) committed: its operation still runs, or the
+        instance's row or one of its kept versions names it. The operation is asked first: once
+        it is finished, no commit of that version can follow."""
+        assert isinstance(self._index, Corrections)
+        operation = await self._index.operation(version)
+        if operation is not None and operation.status in (NOT_STARTED, RUNNING):
+            return True
+        record = await self._index.get(*instance)
+        if record is not None and record.version == version:
+            return True
+        return any(kept.version == version for kept in await self._index.kept_versions(instance[2]))
 
     async def _remove(self, instance: InstanceKey) -> bool:
         """Delete an unindexed instance's objects unless it gets indexed meanwhile."""

@@ -16,9 +16,23 @@ Per study, in order (each study is all or nothing):
 Step 2 is the commit point, as the index row is for a STOW: before it every reader sees the old
 version, after it the new one, nothing in between. A process killed before it leaves new
 objects that no row names; they are removed when the process starts again and finds its
-operation unfinished (the operation is then reported ``failed``; studies it committed before
-stay corrected). A row that changed since step 1 read it (deleted, stored anew, corrected by
-another request) is left alone, and its new object removed.
+operation unfinished, or, when it does not start again, by another replica once the operation's
+heartbeat stopped (below). The operation is then reported ``failed``; studies it committed
+before stay corrected.
+
+A row that changed since step 1 read it (deleted, stored anew, corrected by another request) is
+left alone, and its new object removed.
+
+Several replicas: the replica running an operation sets its ``updated`` time every
+``bulk_update_heartbeat_seconds``. Every replica looks as often for unfinished operations of
+another replica not updated for ``bulk_update_stale_seconds``, takes them over (one index
+statement: of several replicas asking at once, one gets each) and abandons them as above. Only
+the holder may save an operation, and a replica that finds at its next heartbeat that its
+operation was taken over cancels it, removing the new objects of the study it was in: a replica
+that was only paused longer than the stale time cannot report it running again. Nor can it
+commit a study after the take-over: step 2 first checks, in its transaction, that this replica
+still holds the operation (on PostgreSQL locking the operation's row, so that a take-over
+waits for a commit under way and then finds the study committed).
 
 The replaced versions stay retrievable (``GET .../instances/{sop}/original``) for
 ``bulk_update_keep_original_seconds``, then a sweep deletes their objects and forgets them.
@@ -45,7 +59,7 @@ from gateway.dicom import uids
 from gateway.dicom.correction import Correction, apply_correction
 from gateway.dicom.parse import ParseLimits, parse_part10
 from gateway.dicom.rejection import InstanceRejected
-from gateway.errors import AlreadyExists, Conflict, GatewayError, NotFound, ServiceUnavailable
+from gateway.errors import AlreadyExists, Conflict, GatewayError, NotFound, OperationTakenOver, ServiceUnavailable
 from gateway.ports import (
     BlobStore,
     Corrections,
@@ -83,6 +97,8 @@ class BulkUpdateService:
         spool_dir: Path,
         *,
         keep_seconds: float,
+        heartbeat_seconds: float = 10.0,
+        stale_seconds: float = 60.0,
     ) -> None:
         self._store = store
         self._index = index
@@ -91,6 +107,10 @@ class BulkUpdateService:
         self._limits = parse_limits
         self._spool_dir = spool_dir
         self._keep_seconds = keep_seconds
+        self._heartbeat_seconds = heartbeat_seconds
+        self._stale_seconds = stale_seconds
+        self._running: dict[str, anyio.CancelScope] = {}  # operations this replica runs
+        self._to_abandon: dict[str, Operation] = {}  # taken over, not yet abandoned (the store was away)
         self._tasks: TaskGroup | None = None
         self._holder = "local"
         self._audit: AuditWriter | None = None
@@ -110,6 +130,7 @@ class BulkUpdateService:
         except GatewayError as exc:  # the index is away: the next start looks again
             log.warning("could not look for unfinished operations: %s", exc.reason)
         tasks.start_soon(self._sweep_forever)
+        tasks.start_soon(self._heartbeat_forever)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -178,12 +199,33 @@ class BulkUpdateService:
         principal: Principal | None,
         restriction: Restriction | None,
     ) -> None:
+        with anyio.CancelScope() as scope:
+            self._running[operation.id] = scope
+            try:
+                await self._run_studies(operation, studies, correction, principal, restriction)
+            except OperationTakenOver:
+                scope.cancel()
+            finally:
+                del self._running[operation.id]
+        if scope.cancel_called:
+            log.warning("operation %s was taken over by another replica (its heartbeat had stopped)", operation.id)
+
+    async def _run_studies(
+        self,
+        operation: Operation,
+        studies: list[str],
+        correction: Correction,
+        principal: Principal | None,
+        restriction: Restriction | None,
+    ) -> None:
         results = _results()
         operation = await self._save(operation, RUNNING, 0, results)
         cause = RemovalCause("update", principal=operation.principal, reason=None)
         for done, study in enumerate(studies, start=1):
             try:
                 updated = await self._update_study(operation.id, study, correction, restriction, cause)
+            except OperationTakenOver:
+                raise  # the other replica reports the operation now
             except GatewayError as exc:
                 results["studyFailed"] += 1
                 results["errors"].append(f"study {study}: {exc.reason}")
@@ -213,7 +255,7 @@ class BulkUpdateService:
             replacements = [
                 Replacement(new, old.version, old.sha256) for new, old in zip(written, records, strict=True)
             ]
-            switched = set(await self._require().replace_instances(study, replacements, cause))
+            switched = set(await self._require().replace_instances(study, replacements, cause, holder=self._holder))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._discard(written)
@@ -283,9 +325,10 @@ class BulkUpdateService:
         await self._require().save_operation(saved)
         return saved
 
-    async def _abandon(self, operation: Operation) -> None:
-        """An operation this replica was running when it stopped: its committed studies stay
-        corrected; the new objects of the study it was in the middle of go."""
+    async def _abandon(self, operation: Operation, why: str = "the gateway stopped while this operation ran") -> None:
+        """An operation whose replica stopped while running it (this one before its restart, or
+        another one whose heartbeat stopped): its committed studies stay corrected; the new
+        objects of the study it was in the middle of go."""
         for study in operation.request.get("studyInstanceUids", []):
             try:
                 records = await self._index.instances(study)
@@ -297,7 +340,7 @@ class BulkUpdateService:
         results = dict(operation.results)
         results["errors"] = [
             *results.get("errors", []),
-            "the gateway stopped while this operation ran; studies counted as updated were updated, the others not",
+            f"{why}; studies counted as updated were updated, the others not",
         ]
         await self._save(operation, FAILED, operation.percent_complete, results)
 
@@ -324,6 +367,34 @@ class BulkUpdateService:
                 correction=correction.keywords,
             )
         )
+
+    # -- heartbeats, and operations of replicas that stopped ----------------------------------------
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            try:
+                await self.heartbeat(time.time())
+            except GatewayError as exc:
+                log.warning("the heartbeat of bulk update operations failed: %s", exc.reason)
+            await anyio.sleep(self._heartbeat_seconds)
+
+    async def heartbeat(self, now: float) -> None:
+        """Refresh the operations this replica runs (stopping those taken over), then take over
+        and abandon those of replicas whose heartbeat stopped ``bulk_update_stale_seconds`` ago."""
+        corrections = self._require()
+        for operation_id, scope in list(self._running.items()):
+            if await corrections.heartbeat_operation(operation_id, self._holder, now):
+                continue
+            found = await corrections.operation(operation_id)  # finished meanwhile, or taken over?
+            if found is not None and found.holder != self._holder and self._running.get(operation_id) is scope:
+                scope.cancel()
+        for operation in await corrections.take_over_stale_operations(self._holder, now - self._stale_seconds, now):
+            log.warning("operation %s: the replica running it stopped; abandoning it", operation.id)
+            self._to_abandon[operation.id] = operation
+        for operation in list(self._to_abandon.values()):
+            why = f"the replica running this operation stopped (no heartbeat for {self._stale_seconds:g} s)"
+            await self._abandon(operation, why)
+            del self._to_abandon[operation.id]
 
     # -- the sweep of kept versions ------------------------------------------------------------------
 

@@ -113,6 +113,8 @@ def build_gateway(
             parse_limits,
             process_spool_dir(settings.effective_spool_dir) / "corrections",
             keep_seconds=settings.bulk_update_keep_original_seconds,
+            heartbeat_seconds=settings.bulk_update_heartbeat_seconds,
+            stale_seconds=settings.bulk_update_stale_seconds,
         ),
         removal=RemovalService(index, writer, visibility, bridge_state, flights, grace=settings.delete_grace),
         deidentified=DeidentifiedViews(index, lambda: deidentify_key(settings), profile_options(settings.deidentify)),
