@@ -6,8 +6,9 @@
 One gateway in process (its ASGI app, SQLite index and file store in a temporary directory),
 two API keys: one answered as stored, one made with ``--deidentify basic``. Each request is
 timed ``--runs`` times after one warm-up, plain and de-identified in turn; the table gives
-medians and the ratio (the issue's target: within 1.5x). Times include the ASGI stack and the
-whole body, not the network.
+medians and the ratio (the issue's target: within 1.5x). De-identified metadata answers are
+kept once worked out: "first request" times them with the kept ones let go before each. Times
+include the ASGI stack and the whole body, not the network.
 """
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ async def measure(slices: int, runs: int = RUNS) -> list[tuple[str, float, float
             assert stored.status_code == 200, stored.text
             replaced = await _replacements(client, deid)
             rows = []
-            for name, path, accept in (
-                ("series metadata", "/metadata", "application/dicom+json"),
-                ("series instances", "", 'multipart/related; type="application/dicom"'),
+            views = app.state.gateway.deidentified
+            for name, path, accept, first in (
+                ("series metadata", "/metadata", "application/dicom+json", False),
+                ("series metadata, first request", "/metadata", "application/dicom+json", True),
+                ("series instances", "", 'multipart/related; type="application/dicom"', False),
             ):
                 requests = {
                     who: (
@@ -81,6 +84,8 @@ async def measure(slices: int, runs: int = RUNS) -> list[tuple[str, float, float
                 # load (other work shares its cores) weighs on both alike.
                 for _ in range(runs + 1):
                     for who, (url, headers) in requests.items():
+                        if first:  # the de-identified answer worked out, not taken from those kept
+                            views.forget_metadata_answers()
                         started = time.perf_counter()
                         response = await client.get(url, headers=headers)
                         assert response.status_code == 200, response.text

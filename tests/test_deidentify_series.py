@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -70,3 +71,22 @@ def test_only_instances_saying_burned_in_annotation_yes_are_withheld(burned_in: 
         assert b'["yes"]' in stored.metadata
     assert views.withholds(stored) is withheld
     assert views.visible([stored]) == ([] if withheld else [stored])
+
+
+@pytest.mark.anyio
+async def test_a_metadata_answer_is_kept_for_the_same_stored_metadata_only() -> None:
+    views = DeidentifiedViews(None, lambda: KEY, ProfileOptions())  # type: ignore[arg-type]
+    stored = [orjson.dumps(instance) for instance in series_json()]
+    first = await views.metadata_answer(iter(stored))
+    assert orjson.loads(first) == list(Deidentifier(KEY, ProfileOptions()).json_instances(series_json()))
+    assert await views.metadata_answer(iter([bytes(s) for s in stored])) == first  # equal bytes, kept answer
+    assert views._metadata_answers.computed == 1
+    # One instance stored again with another value: a new answer, never the kept one.
+    changed = [*stored[:-1], stored[-1].replace(b"OTHER^OPERATOR3", b"THIRD^OPERATOR")]
+    again = await views.metadata_answer(iter(changed))
+    assert views._metadata_answers.computed == 2
+    assert orjson.loads(again)[:-1] == orjson.loads(first)[:-1]
+    assert orjson.loads(again)[-1]["00081070"] != orjson.loads(first)[-1]["00081070"]
+    views.forget_metadata_answers()
+    assert await views.metadata_answer(iter(stored)) == first
+    assert views._metadata_answers.computed == 3

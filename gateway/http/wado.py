@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -118,7 +117,7 @@ async def metadata(request: Request) -> Response:
         body = gw.retrieval.metadata_body(records, base_url(request))
     else:
         instances = gw.retrieval.instance_metadata(records, base_url(request))
-        body = await anyio.to_thread.run_sync(views.metadata_body, instances)
+        body = await views.metadata_answer(instances)
     response = Response(body, media_type=negotiated.media_type)
     return add_retrieve_warnings(response, notes)
 

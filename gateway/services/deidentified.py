@@ -40,10 +40,14 @@ from gateway.dicom.deidentify_part10 import deidentified_part10
 from gateway.dicom.query import Match, QidoQuery
 from gateway.errors import BadRequest
 from gateway.ports import DicomJson, Index, InstanceRecord
+from gateway.services.singleflight import SingleFlightCache
 from gateway.settings import DeidentifySettings, Settings
 
 # Pairs remembered (each ~150 bytes): beyond this the oldest are looked for again when asked.
 MAX_REMEMBERED = 500_000
+# De-identified metadata answers kept (see DeidentifiedViews.metadata_answer); each counts twice,
+# for the stored metadata its key holds as well.
+METADATA_ANSWERS_BYTES = 64 << 20
 RELEARN_SECONDS = 10.0
 _UNKNOWN = "0.0"  # a valid UID no instance has: an unknown replacement matches nothing
 _NO_VALUE = "\x7f"  # a value no stored text has (DEL is in no DICOM character repertoire)
@@ -103,6 +107,9 @@ class DeidentifiedViews:
         self._remembering = threading.Lock()
         self._learning = anyio.Lock()
         self._learned_at: float | None = None
+        self._metadata_answers: SingleFlightCache[tuple[bytes, ...], bytes] = SingleFlightCache(
+            "deidentified_metadata", max_bytes=METADATA_ANSWERS_BYTES, size=lambda answer: 2 * len(answer)
+        )
 
     @property
     def profile(self) -> Deidentifier:
@@ -214,6 +221,21 @@ class DeidentifiedViews:
         kept by the profile: a removed or replaced one is not served."""
         tags = [part.upper() for part in path.split("/") if len(part) == 8]
         return all(self.profile.action(tag) in (None, "K") for tag in tags)
+
+    async def metadata_answer(self, instances: Iterable[bytes]) -> bytes:
+        """:meth:`metadata_body` of ``instances``, worked out (in a worker thread) the first time
+        these instances are asked for and kept (bounded, least recently used first), so that
+        the next request for them (a viewer opening the study again, another reader of the
+        series) costs about what a plain answer does: parsing and writing again every
+        instance's DICOM JSON is most of the cost, and the profile is deterministic for one key
+        and options. The key is the stored metadata itself: an instance stored again with
+        other metadata is a new key, never an old answer."""
+        stored = tuple(instances)
+        return await self._metadata_answers.get(stored, lambda: anyio.to_thread.run_sync(self.metadata_body, stored))
+
+    def forget_metadata_answers(self) -> None:
+        """Let go of every kept :meth:`metadata_answer` (a benchmark timing first requests)."""
+        self._metadata_answers.clear()
 
     def metadata_body(self, instances: Iterable[bytes]) -> bytes:
         """A metadata answer (a DICOM JSON array) of ``instances`` (the DICOM JSON of each),
