@@ -78,6 +78,9 @@ def _receive(path: Path, ready: multiprocessing.Queue[int]) -> None:
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
+        # Keep-alive, as receivers answer: HTTP/1.0 (the default here) would close each connection.
+        protocol_version = "HTTP/1.1"
+
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers["Content-Length"]))
             now = time.time()
