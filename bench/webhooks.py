@@ -215,6 +215,7 @@ def cpu_per_instance(tmp: Path, receiver: Receiver | None, count: int, batch: in
 def delivery_cpu(tmp: Path, count: int, batch: int, seed: int) -> float:
     """The gateway's CPU time per entry (ms) to deliver ``count`` entries already stored, with
     no STOW running: the receiver refuses them while they are stored, then acknowledges."""
+    tmp.mkdir(parents=True)
     receiver = Receiver(tmp, refusing=True)
     try:
         with gateway(tmp / "gateway", receiver) as gw, httpx.Client(timeout=60) as client:
