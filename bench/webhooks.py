@@ -12,7 +12,10 @@ every entry of STOWs of ``--batch`` instances sent at ``--rate`` instances per s
 Throughput: ``--clients`` clients STOW batches as fast as the gateway takes them for
 ``--throughput-seconds``, without and with the webhook, alternating for ``--rounds``. CPU: the
 gateway process's CPU time per instance to store ``--cpu-instances`` and deliver their entries,
-without and with the webhook (Linux ``/proc``): on a shared machine, the steadiest of the three.
+without and with the webhook (Linux ``/proc``): on a shared machine, steadier than the
+throughput. Delivery CPU: the gateway's CPU time per entry to deliver ``2 x --cpu-instances``
+entries already stored (the receiver refuses them, 503, until all are stored), no STOW running:
+the delivery's own cost, the steadiest figure of all.
 """
 
 from __future__ import annotations
@@ -53,17 +56,25 @@ class Receiver:
     file, one per line. In a process of its own: in this one it would compete for the GIL with
     the STOW clients, and slow them down when the webhook is on for reasons of the benchmark's."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, refusing: bool = False) -> None:
         self.path = tmp / f"delays-{time.monotonic_ns()}.txt"
         self.path.write_text("")
+        # While this file exists every POST is answered 503 (see :meth:`accept`).
+        self.refusal = tmp / f"refusing-{time.monotonic_ns()}"
+        if refusing:
+            self.refusal.write_text("")
         ready: multiprocessing.Queue[int] = multiprocessing.Queue()
-        self.process = multiprocessing.Process(target=_receive, args=(self.path, ready), daemon=True)
+        self.process = multiprocessing.Process(target=_receive, args=(self.path, self.refusal, ready), daemon=True)
         self.process.start()
         self.url = f"http://127.0.0.1:{ready.get(timeout=30)}/hook"
 
     @property
     def delays(self) -> list[float]:
         return [float(line) for line in self.path.read_text().split()]
+
+    def accept(self) -> None:
+        """Acknowledge POSTs from now on."""
+        self.refusal.unlink(missing_ok=True)
 
     def received(self) -> int:
         return self.path.read_text().count("\n")
@@ -73,13 +84,23 @@ class Receiver:
         self.process.join(10)
 
 
-def _receive(path: Path, ready: multiprocessing.Queue[int]) -> None:
+def _receive(path: Path, refusal: Path, ready: multiprocessing.Queue[int]) -> None:
     out = path.open("a")
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
+        # Keep-alive, as receivers answer: HTTP/1.0 (the default here) would close each connection.
+        protocol_version = "HTTP/1.1"
+
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers["Content-Length"]))
+            if not raw:  # the gateway stopped while sending: not an entry
+                return
+            if refusal.exists():
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             now = time.time()
             committed = datetime.fromisoformat(orjson.loads(raw)["Timestamp"].replace("Z", "+00:00")).timestamp()
             with lock:
@@ -191,6 +212,25 @@ def cpu_per_instance(tmp: Path, receiver: Receiver | None, count: int, batch: in
         return (cpu_seconds(gw.process.pid) - before) / count * 1000
 
 
+def delivery_cpu(tmp: Path, count: int, batch: int, seed: int) -> float:
+    """The gateway's CPU time per entry (ms) to deliver ``count`` entries already stored, with
+    no STOW running: the receiver refuses them while they are stored, then acknowledges."""
+    tmp.mkdir(parents=True)
+    receiver = Receiver(tmp, refusing=True)
+    try:
+        with gateway(tmp / "gateway", receiver) as gw, httpx.Client(timeout=60) as client:
+            for instances in batches(count, batch, seed):
+                stow(client, gw, instances)
+            before = cpu_seconds(gw.process.pid)
+            receiver.accept()
+            deadline = time.monotonic() + 120
+            while receiver.received() < count and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return (cpu_seconds(gw.process.pid) - before) / count * 1000
+    finally:
+        receiver.stop()
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -238,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"gateway CPU per instance ({args.cpu_instances} instances): webhook off {off_cpu:.2f} ms,"
             f" on {on_cpu:.2f} ms (+{on_cpu - off_cpu:.2f} ms per delivered entry)"
+        )
+        delivering = delivery_cpu(tmp / "delivery", args.cpu_instances * 2, args.batch, seed=90000)
+        print(
+            f"gateway CPU per entry delivered with no STOW running ({args.cpu_instances * 2} entries):"
+            f" {delivering:.2f} ms"
         )
         print(f"load average: {load_average()}")
     return 0

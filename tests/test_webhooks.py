@@ -2,7 +2,7 @@
 (an HTTP server on loopback) that checks every signature and the order, and fails when told to.
 On SQLite and PostgreSQL; two replicas on one PostgreSQL deliver each entry once; a gateway
 killed with SIGKILL while entries are pending delivers them after its restart, nothing that was
-acknowledged twice; filters; settings refused at start-up."""
+acknowledged twice; one stopped amid a batch does not send its acknowledged entries again; filters; settings refused at start-up."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ class Receiver:
 
     fail_first: int = 0
     failing: bool = False
+    delay: float = 0.0  # seconds before a POST is answered (and recorded)
     attempts: list[Delivery] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # bad signatures, headers that disagree
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -83,6 +84,7 @@ def serving(state: Receiver, tls: ssl.SSLContext | None = None) -> Iterator[Rece
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(state.delay)
             self.send_response(state.handle(self.headers, raw))
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -320,6 +322,36 @@ def test_a_gateway_killed_with_pending_entries_delivers_them_after_restart(
         time.sleep(0.5)
         sequences = feed_sequences(again)
         assert [d.sequence for d in receiver.acknowledged()] == sequences  # each once, in order
+        assert receiver.problems == []
+    finally:
+        stop_gateway(again)
+
+
+def test_a_gateway_stopped_amid_a_batch_does_not_send_its_acknowledged_entries_again(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    # The cursor is stored once per batch of entries (or second of deliveries): a gateway that
+    # stops before the batch's end stores what was acknowledged so far as it stops.
+    receiver.delay = 0.2
+    gw = start_with(tmp_path, hook_config(receiver.url))
+    try:
+        before = hook_state(gw)["acknowledged_sequence"]
+        assert stow(gw.url, factory.ct_series(6, 32, 32, seed=1661)).status_code == 200
+        wait_for(lambda: len(receiver.acknowledged()) >= 2, 30, "two entries acknowledged")
+        assert hook_state(gw)["acknowledged_sequence"] == before  # not stored yet: mid-batch
+    finally:
+        stop_gateway(gw)
+    # The last one the receiver saw may have been answered after the gateway stopped listening.
+    done = [d.sequence for d in receiver.acknowledged()][:-1]
+    assert len(done) >= 1
+    receiver.delay = 0.0
+    again = start_gateway(tmp_path, extra_args=("--config", str(tmp_path / "gateway.toml")))
+    try:
+        sequences = feed_sequences(again)
+        wait_for(lambda: {d.sequence for d in receiver.acknowledged()} == set(sequences), 30, "every entry")
+        acknowledged = [d.sequence for d in receiver.acknowledged()]
+        assert all(acknowledged.count(sequence) == 1 for sequence in done)
+        assert sorted(set(acknowledged)) == sequences
         assert receiver.problems == []
     finally:
         stop_gateway(again)

@@ -5,8 +5,10 @@ the index database): every entry after it, in Sequence order, is POSTed as JSON 
 Microsoft spelling, :func:`gateway.services.changefeed.feed_entry_json`, without ``Metadata`` unless
 ``include_metadata``) with ``X-Gateway-Signature: sha256=<hex HMAC-SHA256 of the body keyed by
 the secret>`` and ``X-Gateway-Sequence``. A 2xx acknowledges it: only then does the cursor move
-past it, so delivery is at least once; an entry is sent again only when the process died
-between the receiver's answer and the cursor's update. Entries the webhook's filters leave out
+past it, so delivery is at least once. The cursor is stored once per batch of entries passed
+(up to 100, or 1 s of deliveries; and before a retry's wait, and when the gateway stops): an
+acknowledged entry is sent again only when the process died between the receiver's answer and
+that record, at most the batch's entries. Entries the webhook's filters leave out
 move the cursor without a POST. Until the receiver acknowledges, the same entry is retried after
 1 s, 2 s, 4 s ... up to 60 s, and nothing after it is sent (order is kept).
 
@@ -24,6 +26,7 @@ never lost).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -47,7 +50,10 @@ LEASE_SECONDS = 30.0
 RENEW_MARGIN = 20.0
 CLAIM_SECONDS = 2.0  # how often a replica not holding a webhook asks whether it is free
 POLL_SECONDS = 0.1  # how often a caught-up webhook looks for new entries
-BATCH = 100  # entries read at once
+BATCH = 100  # entries read at once, and passed before their cursor is recorded
+# The cursor is also recorded once this long passed since its last record, and before a retry's
+# wait: a slow receiver does not leave a whole batch acknowledged but unrecorded for long.
+RECORD_SECONDS = 1.0
 FIRST_RETRY = 1.0
 MAX_RETRY = 60.0
 STATUS_SECONDS = 5.0  # how often the pending counts of /metrics are refreshed
@@ -87,6 +93,9 @@ class WebhookDelivery:
         self.holder = holder
         self._base_url = base_url
         self._lease_until = 0.0
+        self._passed = 0  # the last entry acknowledged or left out by the filters
+        self._recorded = 0  # the cursor as stored: _passed once the batch is recorded
+        self._recorded_at = 0.0  # monotonic time of its last record
         self._series: dict[str, _Series] = {}
         self.delivered = 0
         self.failed_attempts = 0
@@ -130,28 +139,39 @@ class WebhookDelivery:
         self._lease_until = until
 
     async def _follow(self, cursor: int) -> None:
+        self._passed = self._recorded = cursor
+        self._recorded_at = time.monotonic()
         while True:
             await self._renew()
-            query = ChangeQuery(limit=BATCH, after=cursor, include_metadata=self.hook.include_metadata)
+            query = ChangeQuery(limit=BATCH, after=self._passed, include_metadata=self.hook.include_metadata)
             entries = await self._feed.read(query, base_url=self._base_url)
-            skipped: int | None = None
             for entry in entries:
-                wanted = self._track(entry)
-                if wanted:
-                    if skipped is not None:
-                        await self._advance(skipped)
-                        skipped = None
+                if self._track(entry):
                     await self._deliver(self._entry_body(entry), entry.sequence)
-                    await self._advance(entry.sequence)
-                else:
-                    skipped = entry.sequence
-                cursor = entry.sequence
+                self._passed = entry.sequence  # acknowledged, or left out by the filters
+                if time.monotonic() - self._recorded_at >= RECORD_SECONDS:
+                    await self._record()
                 await self._announce_stable_series()
-            if skipped is not None:
-                await self._advance(skipped)
-            if not entries:
+            if entries:
+                await self._record()
+            else:
                 await self._announce_stable_series()
                 await anyio.sleep(POLL_SECONDS)
+
+    async def _record(self) -> None:
+        """Store the cursor: every entry up to ``_passed`` was acknowledged or left out. Once per
+        batch rather than per entry, for a write transaction on the index per entry would
+        compete with the STOWs' own; a crash sends again at most the entries passed since the
+        last record (one batch, or :data:`RECORD_SECONDS` of deliveries)."""
+        if self._passed != self._recorded:
+            await self._advance(self._passed)
+            self._recorded = self._passed
+        self._recorded_at = time.monotonic()
+
+    async def record_passed(self) -> None:
+        """Once stopped: store what the last batch passed, not to send it again after a restart."""
+        with contextlib.suppress(_LeaseLost):
+            await self._record()
 
     def _origin_matches(self, origin: str) -> bool:
         # "pacs" names every PACS ("pacs:<name>"), "pacs:main" one of them.
@@ -223,6 +243,7 @@ class WebhookDelivery:
                 delay,
                 problem,
             )
+            await self._record()  # what was acknowledged before this entry stays so
             await self._wait(delay)
             delay = min(MAX_RETRY, delay * 2)
 
@@ -303,6 +324,7 @@ class Webhooks:
         try:
             for delivery in self.deliveries:
                 if delivery.holding:
+                    await delivery.record_passed()
                     await self._cursors.release_webhook(delivery.hook.name, delivery.holder)
         except GatewayError as exc:
             log.warning("webhook leases not given up (they lapse in %.0f s): %s", LEASE_SECONDS, exc.reason)
