@@ -2,7 +2,8 @@
 (an HTTP server on loopback) that checks every signature and the order, and fails when told to.
 On SQLite and PostgreSQL; two replicas on one PostgreSQL deliver each entry once; a gateway
 killed with SIGKILL while entries are pending delivers them after its restart, nothing that was
-acknowledged twice; one stopped amid a batch does not send its acknowledged entries again; filters; settings refused at start-up."""
+acknowledged twice; one stopped amid a batch does not send its acknowledged entries again;
+filters; settings refused at start-up."""
 
 from __future__ import annotations
 
