@@ -34,7 +34,7 @@ from gateway.dimse.commitment import Checker, CommitmentHandler, CommitmentOutco
 from gateway.dimse.commitment_report import NewAssociationReporter, ReportNotDelivered, ReportTarget
 from gateway.dimse.commitment_request import STORAGE_COMMITMENT_PUSH_MODEL
 from gateway.security.access import Restriction
-from gateway.settings import load_settings
+from gateway.settings import PacsTls, load_settings
 from tests.http_helpers import stow_body
 from tests.peers.ports import free_port
 
@@ -50,6 +50,7 @@ class Peer:
     scopes: Collection[str] = ("read", "write")
     host: str | None = None
     port: int | None = None
+    tls: PacsTls = field(default_factory=PacsTls)
 
 
 @dataclass
