@@ -18,9 +18,10 @@ removed on exit, Ctrl-C or error.
 
 With ``--webhook`` the gateway delivers its change feed to one webhook, a receiver on loopback in
 a process of its own (``bench/webhooks.py``) that acknowledges every entry; the report then ends
-with the delivery latency (commit to receipt) of the entries of the run. STOW with the webhook on
-against off is the ratio of the STOW rows' ratios to Orthanc of two runs, one each way (Orthanc,
-run interleaved in each, absorbs what the machine's load does to both).
+with the delivery latency (commit to receipt) of the entries of the run, and a second gateway
+without the webhook ("gateway, no webhook", on its own data directory, loaded with the same data)
+takes its turn in every repetition beside the two: the STOW rows of the two gateways, measured
+interleaved in one run, give the webhook's cost with the machine's drifting load shared by both.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -48,11 +49,13 @@ from bench import report  # noqa: E402
 from bench.dataset import BenchData, generate, stow_batch  # noqa: E402
 from bench.measure import Case, Result, get_json, get_stream, post_stow, run_case  # noqa: E402
 from bench.memory import WADO_AS_STORED, MemoryResult, measure_memory, tree_rss  # noqa: E402
-from bench.servers import Server, gateway_server, load, orthanc_server  # noqa: E402
+from bench.servers import GATEWAY, Server, gateway_server, load, orthanc_server  # noqa: E402
 from bench.webhooks import Receiver, percentile, webhook_args  # noqa: E402
 
 FRAME_AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 STOW_COUNT = 100
+NO_WEBHOOK = "gateway, no webhook"
+WEBHOOK_STOW_REPEATS = 15
 
 
 @dataclass(frozen=True)
@@ -153,13 +156,22 @@ def benchmark(stack: ExitStack, tmp: Path, plan: Plan, quick: bool, webhook: boo
         stack.enter_context(orthanc_server(tmp / "orthanc")),
     ]
     idle = {s.name: tree_rss(s.pid) for s in servers}
-    for server in servers:
+    timed = list(servers)
+    if webhook:
+        no_webhook = stack.enter_context(gateway_server(tmp / "gateway-no-webhook"))
+        no_webhook.name = NO_WEBHOOK
+        timed.append(no_webhook)
+    for server in timed:
         start = time.perf_counter()
         load(server, data.files)
         log(f"loaded {len(data.files)} instances into {server.name} in {time.perf_counter() - start:.1f} s")
     rows: list[report.Row] = []
+    stows: list[Result] = []
     for case, to_rows in cases(data, plan):
-        rows += to_rows(run_case(case, servers))
+        result = run_case(case, timed)
+        rows += to_rows(result)
+        if case.label.startswith("STOW"):
+            stows.append(result)
     log(f"memory: {plan.memory_slices} slices")
     memory: list[MemoryResult] = [measure_memory(s, plan.memory_slices, idle[s.name]) for s in servers]
     markdown = report.render(
@@ -172,20 +184,37 @@ def benchmark(stack: ExitStack, tmp: Path, plan: Plan, quick: bool, webhook: boo
         dataset=describe(data),
         load_before=load_before,
     )
-    return markdown if receiver is None else markdown + webhook_section(receiver)
+    return markdown if receiver is None else markdown + webhook_section(receiver, stows)
 
 
-def webhook_section(receiver: Receiver) -> str:
-    """The delivery latency of every entry the webhook received during the run."""
+def webhook_section(receiver: Receiver, stows: Sequence[Result]) -> str:
+    """STOW with the webhook on against off, and the delivery latency of every entry the webhook
+    received during the run."""
+    lines = [
+        "",
+        "## Webhook",
+        "",
+        "| operation | webhook on | no webhook | on against off |",
+        "|---|---:|---:|---:|",
+    ]
+    for result in stows:
+        on, off = result.median(GATEWAY), result.median(NO_WEBHOOK)
+        n = result.last(GATEWAY).items
+        lines.append(
+            f"| {result.case.label} | {on * 1e3:.0f} ms ({n / on:.0f} inst/s) "
+            f"| {off * 1e3:.0f} ms ({n / off:.0f} inst/s) | {(on - off) / off * 100:+.1f} % |"
+        )
+    lines.append("")
     delays = [d * 1000 for d in receiver.delays]
     if not delays:
-        return "\n## Webhook\n\nNo entry was delivered.\n"
-    return (
-        "\n## Webhook\n\n"
-        f"The gateway delivered its change feed to one webhook (a receiver on loopback): {len(delays)} entries, "
-        f"commit to receipt p50 {percentile(delays, 50):.0f} ms, p95 {percentile(delays, 95):.0f} ms, "
-        f"max {max(delays):.0f} ms.\n"
-    )
+        lines.append("No entry was delivered.")
+    else:
+        lines.append(
+            f"The gateway delivered its change feed to one webhook (a receiver on loopback): {len(delays)} entries, "
+            f"commit to receipt p50 {percentile(delays, 50):.0f} ms, p95 {percentile(delays, 95):.0f} ms, "
+            f"max {max(delays):.0f} ms."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -211,7 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with ExitStack() as stack:
-            markdown = benchmark(stack, tmp, QUICK if args.quick else FULL, args.quick, args.webhook)
+            plan = QUICK if args.quick else FULL
+            if args.webhook:  # the on/off difference sought is small against run-to-run noise
+                plan = replace(plan, stow=max(plan.stow, WEBHOOK_STOW_REPEATS))
+            markdown = benchmark(stack, tmp, plan, args.quick, args.webhook)
     except KeyboardInterrupt:
         log("interrupted")
         return 130

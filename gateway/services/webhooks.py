@@ -152,10 +152,13 @@ class WebhookDelivery:
                 if time.monotonic() - self._recorded_at >= RECORD_SECONDS:
                     await self._record()
                 await self._announce_stable_series()
-            if entries:
+            if len(entries) == BATCH:
                 await self._record()
-            else:
-                await self._announce_stable_series()
+            else:  # caught up: what the last polls passed is recorded once RECORD_SECONDS have gone by
+                if time.monotonic() - self._recorded_at >= RECORD_SECONDS:
+                    await self._record()
+                if not entries:
+                    await self._announce_stable_series()
                 await anyio.sleep(POLL_SECONDS)
 
     async def _record(self) -> None:
