@@ -6,6 +6,7 @@ Run from the repository root with the test extras installed (``make bench`` does
     .venv/bin/python bench/run.py --quick         # smoke test: 30 slices, ~200 MB memory test
     .venv/bin/python bench/run.py --out FILE.md
     .venv/bin/python bench/run.py --webhook       # the gateway with one webhook on (issue #16's bound)
+    .venv/bin/python bench/run.py --webhook --stow-only   # only its STOW cases, ~1 minute
 
 One run generates the data set in a temporary directory (a 512×512×16-bit CT series of 300
 slices, the factory's small study catalog, a 30-frame XA and JPEG/RLE instances), starts the
@@ -56,6 +57,8 @@ FRAME_AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-
 STOW_COUNT = 100
 NO_WEBHOOK = "gateway, no webhook"
 WEBHOOK_STOW_REPEATS = 15
+RECEIVER = "receiver"
+DELIVERY_SETTLE = 1.0  # seconds: well past the delivery latency's p95 on a caught-up webhook
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="30 slices and a ~200 MB memory test (smoke test)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "results.md", help="markdown report")
     parser.add_argument("--webhook", action="store_true", help="the gateway delivers its change feed to one webhook")
+    parser.add_argument("--stow-only", action="store_true", help="with --webhook: only the STOW cases, no memory test")
     return parser.parse_args(argv)
 
 
@@ -141,7 +145,9 @@ def describe(data: BenchData) -> str:
     )
 
 
-def benchmark(stack: ExitStack, tmp: Path, plan: Plan, quick: bool, webhook: bool = False) -> str:
+def benchmark(
+    stack: ExitStack, tmp: Path, plan: Plan, quick: bool, webhook: bool = False, stow_only: bool = False
+) -> str:
     load_before = report.load_average()
     log(f"generating the data set in {tmp}")
     data = generate(tmp / "data", plan.slices)
@@ -166,12 +172,23 @@ def benchmark(stack: ExitStack, tmp: Path, plan: Plan, quick: bool, webhook: boo
         load(server, data.files)
         log(f"loaded {len(data.files)} instances into {server.name} in {time.perf_counter() - start:.1f} s")
     rows: list[report.Row] = []
-    stows: list[Result] = []
+    stows: list[StowCost] = []
     for case, to_rows in cases(data, plan):
+        stow_case = case.label.startswith("STOW")
+        if stow_only and not stow_case:
+            continue
+        if receiver is not None and stow_case:
+            before = cpu_now(timed, receiver)
         result = run_case(case, timed)
         rows += to_rows(result)
-        if case.label.startswith("STOW"):
-            stows.append(result)
+        if receiver is not None and stow_case:
+            time.sleep(DELIVERY_SETTLE)  # the run's last entries reach the receiver
+            stored = (case.warmup + case.repeat) * STOW_COUNT
+            after = cpu_now(timed, receiver)
+            stows.append(StowCost(result, {k: (after[k] - before[k]) / stored * 1e3 for k in after}))
+    if stow_only and receiver is not None:
+        lines = report.machine_lines(servers[1].version, quick, load_before)
+        return "# STOW with one webhook on and off\n\n" + "\n".join(lines) + "\n" + webhook_section(receiver, stows)
     log(f"memory: {plan.memory_slices} slices")
     memory: list[MemoryResult] = [measure_memory(s, plan.memory_slices, idle[s.name]) for s in servers]
     markdown = report.render(
@@ -187,22 +204,50 @@ def benchmark(stack: ExitStack, tmp: Path, plan: Plan, quick: bool, webhook: boo
     return markdown if receiver is None else markdown + webhook_section(receiver, stows)
 
 
-def webhook_section(receiver: Receiver, stows: Sequence[Result]) -> str:
-    """STOW with the webhook on against off, and the delivery latency of every entry the webhook
-    received during the run."""
+@dataclass(frozen=True)
+class StowCost:
+    """A STOW case timed with the webhook on and off, and the CPU time per instance stored (ms)
+    of each process over the whole case (warm-up included): the gateways' process trees and the
+    receiver's."""
+
+    result: Result
+    cpu_ms: dict[str, float]
+
+
+def cpu_now(servers: Sequence[Server], receiver: Receiver) -> dict[str, float]:
+    """User + system CPU seconds so far of each server's process tree and of the receiver."""
+    seconds = {s.name: tree_cpu(s.pid) for s in servers}
+    seconds[RECEIVER] = tree_cpu(receiver.process.pid or 0)
+    return seconds
+
+
+def tree_cpu(pid: int) -> float:
+    try:
+        process = psutil.Process(pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+    except psutil.Error:
+        return 0.0
+
+
+def webhook_section(receiver: Receiver, stows: Sequence[StowCost]) -> str:
+    """STOW with the webhook on against off (wall time, and CPU time per instance: steadier on a
+    shared machine), and the delivery latency of every entry the webhook received during the run."""
     lines = [
         "",
         "## Webhook",
         "",
-        "| operation | webhook on | no webhook | on against off |",
-        "|---|---:|---:|---:|",
+        "| operation | webhook on | no webhook | on against off | CPU per instance: on (+ receiver) / off |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for result in stows:
+    for stow in stows:
+        result, cpu = stow.result, stow.cpu_ms
         on, off = result.median(GATEWAY), result.median(NO_WEBHOOK)
         n = result.last(GATEWAY).items
+        extra = (cpu[GATEWAY] + cpu[RECEIVER] - cpu[NO_WEBHOOK]) / cpu[NO_WEBHOOK] * 100
         lines.append(
             f"| {result.case.label} | {on * 1e3:.0f} ms ({n / on:.0f} inst/s) "
-            f"| {off * 1e3:.0f} ms ({n / off:.0f} inst/s) | {(on - off) / off * 100:+.1f} % |"
+            f"| {off * 1e3:.0f} ms ({n / off:.0f} inst/s) | {(on - off) / off * 100:+.1f} % "
+            f"| {cpu[GATEWAY]:.2f} (+ {cpu[RECEIVER]:.2f}) / {cpu[NO_WEBHOOK]:.2f} ms ({extra:+.1f} %) |"
         )
     lines.append("")
     delays = [d * 1000 for d in receiver.delays]
@@ -243,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan = QUICK if args.quick else FULL
             if args.webhook:  # the on/off difference sought is small against run-to-run noise
                 plan = replace(plan, stow=max(plan.stow, WEBHOOK_STOW_REPEATS))
-            markdown = benchmark(stack, tmp, plan, args.quick, args.webhook)
+            markdown = benchmark(stack, tmp, plan, args.quick, args.webhook, args.stow_only and args.webhook)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
