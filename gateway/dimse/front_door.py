@@ -110,6 +110,7 @@ def front_door_services(
             STORAGE_CLASSES,
             STORE_SYNTAXES,
             roles=True,
+            unknown_classes=True,  # private and newer storage SOP classes too (dimse/unknown_storage.py)
         ),
         Service(
             evt.EVT_C_FIND,
