@@ -26,6 +26,7 @@ from pynetdicom import AE, evt
 from gateway.dicom.received import discard_unfinished
 from gateway.dimse.acceptor_contexts import share_contexts
 from gateway.dimse.gate import Gate
+from gateway.dimse.get_syntaxes import follow_requester
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.peers import DimsePeers
 from gateway.dimse.unknown_storage import UnknownStorage
@@ -113,13 +114,21 @@ class DimseListener:
                 if service.read:
                     read_only.add(abstract)
         unknown = [UnknownStorage(added, s.transfer_syntaxes) for s in self._services if s.unknown_classes][:1]
+        # Per association, once the peer's contexts are set: the unknown storage classes it
+        # proposes, then the requester's syntax order where it receives C-GET sub-operations.
+        offers: list[Callable[[Any], None]] = [*(u.offer for u in unknown), follow_requester]
+
+        def also_offer(assoc: Any) -> None:
+            for offer in offers:
+                offer(assoc)
+
         gate = Gate(
             self._peers,
             ae_title=self.ae_title,
             read_only=read_only,
             max_associations=limits.max_associations,
             on_reject=self._on_reject,
-            also_offer=unknown[0].offer if unknown else None,
+            also_offer=also_offer,
         )
         handlers: list[tuple[Any, Callable[[Any], Any]]] = [
             # First: the tuned recv is what _tune_connection's PDU length cap then wraps.
