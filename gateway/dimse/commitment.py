@@ -37,13 +37,13 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pydicom.dataset import Dataset
 
+from gateway.dimse.commitment_job import Checker, CommitmentOutcome, CommitmentPeer, Job, Stopped
 from gateway.dimse.commitment_journal import CommitmentJournal, references_of
 from gateway.dimse.commitment_report import (
     ReportNotDelivered,
@@ -62,9 +62,7 @@ from gateway.dimse.observe import notify
 from gateway.dimse.status import failure
 from gateway.errors import ServiceUnavailable
 from gateway.ports import PendingCommitment
-from gateway.security.access import Restriction
-from gateway.services.commitment import DUPLICATE_TRANSACTION_UID, PROCESSING_FAILURE, Reference, Verdict
-from gateway.settings import PacsTls
+from gateway.services.commitment import DUPLICATE_TRANSACTION_UID, PROCESSING_FAILURE, Verdict
 
 __all__ = ["Checker", "CommitmentHandler", "CommitmentOutcome", "CommitmentPeer"]
 
@@ -88,78 +86,6 @@ SAME_ASSOCIATION_REPLY_WAIT = 5.0
 REPORT_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 # How often the journal is asked for the requests of replicas that stopped.
 RESUME_INTERVAL = 30.0
-
-
-class CommitmentPeer(Protocol):
-    """What the handler needs to know about the calling peer."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def restriction(self) -> Restriction | None: ...
-
-    @property
-    def scopes(self) -> Collection[str]: ...
-
-    @property
-    def host(self) -> str | None: ...
-
-    @property
-    def port(self) -> int | None: ...
-
-    @property
-    def tls(self) -> PacsTls: ...
-
-
-class Checker(Protocol):
-    """The commitment check (CommitmentCheck has this shape)."""
-
-    async def verdicts(self, references: Sequence[Reference], restriction: Restriction | None) -> list[Verdict]: ...
-
-
-@dataclass(frozen=True)
-class CommitmentOutcome:
-    """One storage commitment as audited: who, which transaction, which instances were
-    committed and which failed (with their Failure Reasons), and how the report went.
-
-    ``status``: a refused request's N-ACTION status; for an accepted one 0x0000 once its report
-    was delivered, 0x0110 (processing failure) when the report was given up."""
-
-    peer: str
-    ae_title: str
-    address: str | None
-    transaction_uid: str
-    status: int
-    # (study, series, SOP Instance UID) of each committed instance
-    instances: tuple[tuple[str, str, str], ...] = ()
-    # (study or None, SOP Instance UID, Failure Reason) of each failed one (study None: unknown to the peer)
-    failed: tuple[tuple[str | None, str, int], ...] = ()
-    delivered: str = ""  # "same association", "new association", or "" (refused or given up)
-    attempts: int = 0
-    duration: float = 0.0
-    comment: str = ""
-
-    @property
-    def committed(self) -> int:
-        return len(self.instances)
-
-
-@dataclass
-class _Job:
-    peer: CommitmentPeer
-    request: CommitmentRequest
-    assoc: Any  # the requesting association (pynetdicom.association.Association); None once resumed
-    target: ReportTarget
-    address: str  # where the request came from
-    started: float
-    duplicate: bool  # its Transaction UID is already in use by a request not yet reported
-    key: str | None = None  # in the journal
-
-
-class _Stopped(Exception):
-    """The job ends unreported and stays in the journal (the gateway stopping, or another
-    replica took it over)."""
 
 
 class CommitmentHandler:
@@ -248,7 +174,7 @@ class CommitmentHandler:
             self._report(dataclasses.replace(failed, comment="internal error"))
             return failure(PROCESSING_FAILURE, "internal error"), None
         target = ReportTarget(peer.name, ae_title, peer.host or address, peer.port, peer.tls)
-        job = _Job(peer, request, event.assoc, target, address, started, duplicate, key)
+        job = Job(peer, request, event.assoc, target, address, started, duplicate, key)
         if not self._submit(job):  # closed: the listener is stopping (the journal keeps it)
             return failure(RESOURCE_LIMITATION, "the gateway is stopping"), None
         log.info(
@@ -337,7 +263,7 @@ class CommitmentHandler:
             self._active.add(pending.key)
         request = CommitmentRequest(pending.transaction_uid, references_of(pending))
         target = ReportTarget(peer.name, pending.ae_title, peer.host or pending.address, peer.port, peer.tls)
-        job = _Job(peer, request, None, target, pending.address, time.monotonic(), pending.duplicate, pending.key)
+        job = Job(peer, request, None, target, pending.address, time.monotonic(), pending.duplicate, pending.key)
         log.info(
             "storage commitment %s from %s: resumed (%d instances)",
             pending.transaction_uid,
@@ -346,7 +272,7 @@ class CommitmentHandler:
         )
         self._submit(job)
 
-    def _submit(self, job: _Job) -> bool:
+    def _submit(self, job: Job) -> bool:
         try:
             self._workers.submit(self._run, job)
         except RuntimeError:  # closed
@@ -356,7 +282,7 @@ class CommitmentHandler:
 
     # -- background ------------------------------------------------------------------------
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: Job) -> None:
         verdicts: list[Verdict] = []
         delivered, attempts, comment = "", 0, ""
         finished = True  # reported or given up: out of the journal
@@ -369,7 +295,7 @@ class CommitmentHandler:
                 verdicts = self._verdicts(job)
             event_type, info = event_information(job.request.transaction_uid, verdicts, ae_title=self._ae_title)
             delivered, attempts, comment = self._deliver(job, event_type, info)
-        except _Stopped as exc:
+        except Stopped as exc:
             finished, comment = False, str(exc)
         except Exception:
             log.exception("storage commitment %s from %s failed", job.request.transaction_uid, job.peer.name)
@@ -381,35 +307,9 @@ class CommitmentHandler:
         if not finished:  # its outcome comes once it is reported, here or by another replica
             log.info("storage commitment %s from %s: %s", job.request.transaction_uid, job.peer.name, comment)
             return
-        self._report(self._outcome(job, verdicts, delivered, attempts, comment))
+        self._report(job.outcome(verdicts, delivered, attempts, comment))
 
-    def _outcome(
-        self, job: _Job, verdicts: Sequence[Verdict], delivered: str, attempts: int, comment: str
-    ) -> CommitmentOutcome:
-        decided = {v.reference.sop_instance_uid: v for v in verdicts}
-        instances, failed = [], []
-        for reference in job.request.references:
-            verdict = decided.get(reference.sop_instance_uid, Verdict(reference, PROCESSING_FAILURE))
-            if verdict.failure is None and verdict.study_uid and verdict.series_uid:
-                instances.append((verdict.study_uid, verdict.series_uid, reference.sop_instance_uid))
-            else:
-                reason = verdict.failure or PROCESSING_FAILURE
-                failed.append((verdict.study_uid, reference.sop_instance_uid, reason))
-        return CommitmentOutcome(
-            job.peer.name,
-            job.target.ae_title,
-            job.address,
-            job.request.transaction_uid,
-            SUCCESS if delivered else PROCESSING_FAILURE,
-            instances=tuple(instances),
-            failed=tuple(failed),
-            delivered=delivered,
-            attempts=attempts,
-            duration=time.monotonic() - job.started,
-            comment=comment,
-        )
-
-    def _verdicts(self, job: _Job) -> list[Verdict]:
+    def _verdicts(self, job: Job) -> list[Verdict]:
         for delay in (*self._check_retry_delays, None):
             try:
                 verdicts: list[Verdict] = self._portal(
@@ -419,7 +319,7 @@ class CommitmentHandler:
             except ServiceUnavailable as exc:
                 if delay is None or self._closing.wait(delay):
                     if self._journal is not None and self._closing.is_set():
-                        raise _Stopped("gateway stopping: checked again after the next start") from exc
+                        raise Stopped("gateway stopping: checked again after the next start") from exc
                     log.warning(
                         "storage commitment %s from %s: cannot check (%s); reported as processing failures",
                         job.request.transaction_uid,
@@ -433,7 +333,7 @@ class CommitmentHandler:
                 break
         return [Verdict(reference, PROCESSING_FAILURE) for reference in job.request.references]
 
-    def _deliver(self, job: _Job, event_type: int, info: Dataset) -> tuple[str, int, str]:
+    def _deliver(self, job: Job, event_type: int, info: Dataset) -> tuple[str, int, str]:
         """Deliver the report; (how, attempts, why not) -- how is "" when given up."""
         attempts = 0
         why = ""
@@ -452,11 +352,11 @@ class CommitmentHandler:
             for delay in (0.0, *self._report_retry_delays):
                 if self._closing.wait(delay):
                     if job.key is not None:
-                        raise _Stopped("gateway stopping: reported after the next start")
+                        raise Stopped("gateway stopping: reported after the next start")
                     why = "gateway stopping"
                     break
                 if not self._still_mine(job):
-                    raise _Stopped("taken over by another replica")
+                    raise Stopped("taken over by another replica")
                 attempts += 1
                 try:
                     self._send_report(job.target, event_type, info)
@@ -473,7 +373,7 @@ class CommitmentHandler:
         )
         return "", attempts, why[:200]
 
-    def _still_mine(self, job: _Job) -> bool:
+    def _still_mine(self, job: Job) -> bool:
         """Renew the job's lease before an attempt; False when another replica holds it."""
         if job.key is None or self._journal is None:
             return True
@@ -483,7 +383,7 @@ class CommitmentHandler:
             log.info("storage commitment %s: lease not renewed: %s", job.request.transaction_uid, exc)
             return True
 
-    def _forget(self, job: _Job) -> None:
+    def _forget(self, job: Job) -> None:
         if job.key is None or self._journal is None:
             return
         try:
@@ -512,7 +412,7 @@ class CommitmentHandler:
                 self._transactions.add(transaction_uid)
             return duplicate
 
-    def _release(self, job: _Job) -> None:
+    def _release(self, job: Job) -> None:
         self._unreserve(job.request.transaction_uid, job.duplicate)
         with self._lock:
             self._active.discard(job.key or "")
