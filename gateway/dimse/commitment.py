@@ -175,7 +175,8 @@ class CommitmentHandler:
             return failure(PROCESSING_FAILURE, "internal error"), None
         target = ReportTarget(peer.name, ae_title, peer.host or address, peer.port, peer.tls)
         job = Job(peer, request, event.assoc, target, address, started, duplicate, key)
-        if not self._submit(job):  # closed: the listener is stopping (the journal keeps it)
+        if not self._submit(job):  # closed: the listener is stopping
+            self._forget(job)  # refused, so never to be reported
             return failure(RESOURCE_LIMITATION, "the gateway is stopping"), None
         log.info(
             "storage commitment %s from %s: %d instances accepted", transaction, peer.name, len(request.references)
