@@ -245,7 +245,7 @@ class CommitmentHandler:
 
     def _resume_one(self, pending: PendingCommitment) -> None:
         with self._lock:
-            if pending.key in self._active:  # already reported from here (its lease had lapsed)
+            if pending.key in self._active:  # being reported here already (its lease had lapsed)
                 return
         peer = self._peer_by_ae(pending.ae_title)
         if peer is None:
