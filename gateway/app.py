@@ -232,6 +232,7 @@ def create_app(settings: Settings, *, store: BlobStore | None = None, index: Ind
                     audit=security.audit,
                     # C-STORE pushes wait here while stored; swept once this process is gone.
                     spool_dir=process_spool_dir(settings.effective_spool_dir) / "dimse",
+                    holder=replica_id(settings.data_dir),
                 ) as listener:
                     app.state.dimse_listener = listener
                     yield

@@ -471,6 +471,50 @@ class WebhookCursors(Protocol):
         """Every webhook's cursor, with the number of entries after it."""
 
 
+@dataclass(frozen=True)
+class PendingCommitment:
+    """A storage commitment request (PS3.4 J.3.2) answered and not yet reported, as the index
+    keeps it: ``key`` names it (a Transaction UID may be reused while pending, J.3.3.1.2);
+    ``references``, (SOP Class UID, SOP Instance UID) of each Referenced SOP Sequence item;
+    ``duplicate``, its Transaction UID was in use when it came (it is reported failed)."""
+
+    key: str
+    transaction_uid: str
+    ae_title: str  # the calling AE title: the peer it is reported to
+    address: str  # where the request came from
+    references: tuple[tuple[str, str], ...]
+    duplicate: bool
+    accepted_at: float  # epoch seconds
+
+
+@runtime_checkable
+class PendingCommitments(Protocol):
+    """Storage commitment requests answered but not yet reported, kept in the index database so
+    that a report still reaches its peer after a restart (PS3.4 J.3.3 gives the SCP no way out
+    once it answered the N-ACTION), and so that with several replicas one reports each: the
+    holder of its lease, taken over by another once it lapses (its replica stopped)."""
+
+    async def add_commitment(self, pending: PendingCommitment, holder: str, until: float) -> None:
+        """Record a request, durably, held by ``holder`` until ``until`` (epoch seconds)."""
+
+    async def claim_commitments(self, holder: str, until: float, *, mine: bool, limit: int) -> list[PendingCommitment]:
+        """Take the lease of up to ``limit`` requests, oldest first: those held by nobody or
+        whose lease lapsed, and with ``mine`` those ``holder`` holds already (this replica
+        restarting). Atomic: of replicas claiming at once, each request goes to one."""
+
+    async def renew_commitment(self, key: str, holder: str, until: float) -> bool:
+        """Extend ``holder``'s lease; False when another replica holds it now (or it is gone)."""
+
+    async def remove_commitment(self, key: str) -> None:
+        """Forget a request once reported (or given up)."""
+
+    async def release_commitments(self, holder: str) -> None:
+        """Give up every lease of ``holder`` (a replica stopping): another takes them at once."""
+
+    async def pending_commitments(self) -> list[PendingCommitment]:
+        """Every pending request, oldest first."""
+
+
 class WebhookSender(Protocol):
     """POSTs one webhook delivery over HTTP(S)."""
 

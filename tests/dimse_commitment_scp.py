@@ -31,8 +31,10 @@ from pynetdicom import AE, evt
 
 from gateway.app import create_app
 from gateway.dimse.commitment import Checker, CommitmentHandler, CommitmentOutcome
+from gateway.dimse.commitment_journal import CommitmentJournal
 from gateway.dimse.commitment_report import NewAssociationReporter, ReportNotDelivered, ReportTarget
 from gateway.dimse.commitment_request import STORAGE_COMMITMENT_PUSH_MODEL
+from gateway.ports import PendingCommitments
 from gateway.security.access import Restriction
 from gateway.settings import PacsTls, load_settings
 from tests.http_helpers import stow_body
@@ -64,6 +66,7 @@ class CommitmentScp:
     gate: threading.Event = field(default_factory=threading.Event)
     changed: threading.Condition = field(default_factory=threading.Condition)
     failed_reports: queue.Queue[str] = field(default_factory=queue.Queue)
+    index: Any = None  # the app's Index
 
     def wait_outcomes(self, n: int, timeout: float = 60.0) -> list[CommitmentOutcome]:
         """The first ``n`` outcomes, once there are (``timeout`` only bounds a broken run)."""
@@ -101,10 +104,15 @@ def commitment_scp(
     max_pending: int = 64,
     report_retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0),
     wrap_check: Callable[[Checker], Checker] | None = None,
+    holder: str | None = None,
+    wrap_journal: Callable[[PendingCommitments], PendingCommitments] | None = None,
 ) -> Iterator[CommitmentScp]:
     """The SCP, accepting the calling AE titles of ``peers`` (looked up per request, so a peer's
     entry may be completed once it runs); ``wrap_check`` stands between the handler and the
-    commitment check (a fault to inject)."""
+    commitment check (a fault to inject). ``holder``: requests are kept in the index under this
+    replica name (as the listener does), resumed every 0.2 s; ``wrap_journal`` stands between the
+    journal and the index. Two SCPs on the same ``tmp_path`` share the store and the index, as
+    two replicas do."""
     settings = load_settings(environ={}, overrides={"data_dir": tmp_path / "data", "ae_title": GATEWAY_AET})
     app = create_app(settings)
     gate = threading.Event()
@@ -141,6 +149,17 @@ def commitment_scp(
                 raise
 
         check: Checker = app.state.gateway.commitment
+        journal = None
+        if holder is not None:
+
+            def call(coroutine: Coroutine[Any, Any, Any]) -> Any:
+                async def awaited() -> Any:
+                    return await coroutine
+
+                return portal.call(awaited)
+
+            store: PendingCommitments = app.state.gateway.index
+            journal = CommitmentJournal(wrap_journal(store) if wrap_journal else store, holder=holder, portal=call)
         handler = CommitmentHandler(
             wrap_check(check) if wrap_check else check,
             ae_title=GATEWAY_AET,
@@ -151,7 +170,11 @@ def commitment_scp(
             max_pending=max_pending,
             report_retry_delays=report_retry_delays,
             check_retry_delays=(0.1, 0.2, 0.4, 0.8),  # the handler's are seconds apart
+            journal=journal,
+            peer_by_ae=lambda ae_title: peers.get(ae_title.strip()),
+            resume_interval=0.2,
         )
+        handler.start()
         ae = AE(ae_title=GATEWAY_AET)
         ae.dimse_timeout = 10
         ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -160,7 +183,18 @@ def commitment_scp(
         server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_ACTION, handler)])
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
         try:
-            yield CommitmentScp(port, GATEWAY_AET, portal, http, handler, outcomes, gate, changed, failed_reports)
+            yield CommitmentScp(
+                port,
+                GATEWAY_AET,
+                portal,
+                http,
+                handler,
+                outcomes,
+                gate,
+                changed,
+                failed_reports,
+                app.state.gateway.index,
+            )
         finally:
             gate.set()
             server.shutdown()

@@ -153,8 +153,9 @@ async def test_the_migration_gives_instances_already_indexed_their_create_entrie
         await first.add(record(1, 1, 2, PatientID="P1"))
     finally:
         await first.aclose()
-    # The database a gateway of schema version 3 left: no change feed yet (nor what versions 5 to 7 add).
+    # The database a gateway of schema version 3 left: no change feed yet (nor what versions 5 to 8 add).
     undo = (
+        "DROP TABLE pending_commitments",
         "DROP TABLE operations",
         "DROP TABLE kept_versions",
         "ALTER TABLE instances DROP COLUMN version",

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ from tests.commitment_scu import (
     study,
 )
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
-from tests.fixtures_gateway import start_gateway, stop_gateway
 from tests.fixtures_pacs import load_orthanc, node
 from tests.http_helpers import read
 from tests.peers.orthanc import ORTHANC_AET, OrthancPeer, orthanc_available, run_orthanc
@@ -312,43 +311,6 @@ def test_a_request_for_more_instances_than_the_limit_is_refused_with_resource_li
     references = [(CT_IMAGE_STORAGE, factory.new_uid("many", i)) for i in range(MAX_REFERENCES + 1)]
     with Modality().associated(gw) as assoc:
         assert request(assoc, factory.new_uid("transaction", "many"), references) == 0x0213
-
-
-def test_stopping_serve_gives_up_a_report_waiting_for_its_modality(tmp_path: Path) -> None:
-    """``dicomweb-gateway serve``: a report that cannot be delivered yet (the modality refuses it
-    on its association and does not listen on its port) waits between attempts; a stop does not
-    wait for the next one: the report is given up and logged, and the process ends cleanly."""
-    port, closed_port = free_port(), free_port()
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f'ae_title = "GATEWAY"\nscp_port = {port}\n'
-        f'[[dimse_clients]]\nname = "modality"\nae_title = "{MODALITY}"\nscopes = ["write"]\nport = {closed_port}\n'
-    )
-    gw = start_gateway(tmp_path, extra_args=("--config", str(config)))
-    transaction = factory.new_uid("transaction", "serve")
-    try:
-        called = type("Called", (), {"port": port, "ae_title": "GATEWAY"})()
-        with Modality().associated(called, reports_here=False) as assoc:
-            references = [(CT_IMAGE_STORAGE, factory.new_uid("absent", "serve"))]
-            assert request(assoc, transaction, references) == 0x0000
-            # Released only once the gateway had the refusal (see Modality.associated).
-            wait_for_log(gw.log, f"storage commitment {transaction}: not on its association", "0x0110")
-        # A first call to the modality's port failed: the report now waits for the next one.
-        wait_for_log(gw.log, f"storage commitment {transaction}: attempt ", "not established")
-    finally:
-        stop_gateway(gw)
-    log = gw.log()
-    assert f"storage commitment {transaction} from modality: report given up after" in log
-    assert "gateway stopping" in log
-    assert "Finished server process" in log
-
-
-def wait_for_log(log: Callable[[], str], text: str, also: str) -> None:
-    """Until a line of the log holds ``text`` and then ``also``."""
-    deadline = time.monotonic() + REPORT_WAIT  # only bounds a broken run
-    while not any(text in line and also in line.split(text, 1)[1] for line in log().splitlines()):
-        assert time.monotonic() < deadline, f"{text!r} never logged:\n{log()[-3000:]}"
-        time.sleep(0.05)
 
 
 class StoreWithOutage(FileBlobStore):

@@ -117,8 +117,9 @@ async def test_schema_version_1_is_migrated_keeping_its_rows(backend: Backend) -
 
 
 def _downgrade_to_version_1(backend: Backend) -> None:
-    """Undo migrations 7 to 2 by hand: the database a gateway of schema version 1 left."""
+    """Undo migrations 8 to 2 by hand: the database a gateway of schema version 1 left."""
     statements = (
+        "DROP TABLE pending_commitments",
         "DROP TABLE operations",
         "DROP TABLE kept_versions",
         "ALTER TABLE instances DROP COLUMN version",

@@ -58,7 +58,7 @@ import psycopg.errors
 from psycopg.adapt import Buffer, Loader
 from psycopg.sql import SQL, Literal
 
-from gateway.adapters import sql_changes, sql_corrections, sql_retention, sql_webhooks
+from gateway.adapters import sql_changes, sql_commitments, sql_corrections, sql_retention, sql_webhooks
 from gateway.adapters.postgres_pool import ConnectionLost, IndexConnections, one_line
 from gateway.adapters.postgres_search import norm_values, search_sql
 from gateway.adapters.sql_rows import (
@@ -90,6 +90,7 @@ from gateway.ports import (
     KeepIf,
     KeptVersion,
     Operation,
+    PendingCommitment,
     RemovalCause,
     Replacement,
     RetentionCandidate,
@@ -99,7 +100,7 @@ from gateway.ports import (
 )
 from gateway.security.access import Restriction
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Advisory lock space of per-instance locks (the second key is a CRC of the SOP Instance UID:
 # a collision only makes two instances wait for each other).
 _INSTANCE_LOCKS = 0x44574749
@@ -174,6 +175,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (sql_webhooks.TABLE_DDL.format(text=_TEXT, integer="bigint", real="double precision"),),
     6: sql_retention.migration(_UID, "double precision"),
     7: sql_corrections.migration(_TEXT, _TEXT, "bigint", "double precision"),
+    8: sql_commitments.migration(_TEXT, "integer", "double precision"),
 }
 
 # The WHERE terms of the partial index instances_expiry (sql_retention.candidates_sql).
@@ -404,6 +406,35 @@ class PostgresIndex:
     async def webhook_cursors(self) -> list[WebhookCursor]:
         rows = await self._fetch(sql_webhooks.CURSORS_SQL, [])
         return [sql_webhooks.cursor_from_row(row) for row in rows]
+
+    # -- PendingCommitments --------------------------------------------------------------------
+
+    async def add_commitment(self, pending: PendingCommitment, holder: str, until: float) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql_commitments.add_sql("%s"), sql_commitments.add_params(pending, holder, until))
+
+    async def claim_commitments(self, holder: str, until: float, *, mine: bool, limit: int) -> list[PendingCommitment]:
+        params = sql_commitments.claim_params(holder, until, time.time(), mine=mine, limit=limit)
+        async with self._connection() as conn:
+            cur = await conn.execute(sql_commitments.claim_sql("%s"), params)
+            rows = await cur.fetchall()
+        return sql_commitments.oldest_first(rows)
+
+    async def renew_commitment(self, key: str, holder: str, until: float) -> bool:
+        async with self._connection() as conn:
+            cur = await conn.execute(sql_commitments.renew_sql("%s"), (until, key, holder))
+            return cur.rowcount == 1
+
+    async def remove_commitment(self, key: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql_commitments.remove_sql("%s"), (key,))
+
+    async def release_commitments(self, holder: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql_commitments.release_sql("%s"), (holder,))
+
+    async def pending_commitments(self) -> list[PendingCommitment]:
+        return [sql_commitments.from_row(row) for row in await self._fetch(sql_commitments.LIST_SQL, [])]
 
     # -- beyond the protocol -------------------------------------------------------------------
 

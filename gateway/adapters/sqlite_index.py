@@ -19,6 +19,8 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, created or migrated on
   (:mod:`gateway.adapters.sql_webhooks`).
 * ``kept_versions``, ``operations`` and ``instances.version`` — metadata corrections
   (:mod:`gateway.adapters.sql_corrections`).
+* ``pending_commitments`` — storage commitment requests not yet reported, with their lease
+  (:mod:`gateway.adapters.sql_commitments`).
 
 Concurrency: one writer connection, its transactions serialized (a capacity limiter of one in
 the event loop, a lock in the threads) and started with ``BEGIN IMMEDIATE`` so that writers in
@@ -43,7 +45,7 @@ import anyio.to_thread
 import orjson
 
 from gateway import observability
-from gateway.adapters import sql_changes, sql_corrections, sql_retention, sql_webhooks
+from gateway.adapters import sql_changes, sql_commitments, sql_corrections, sql_retention, sql_webhooks
 from gateway.adapters.sql_rows import (
     IndexRow,
     decode_metadata,
@@ -74,6 +76,7 @@ from gateway.ports import (
     KeepIf,
     KeptVersion,
     Operation,
+    PendingCommitment,
     RemovalCause,
     Replacement,
     RetentionCandidate,
@@ -85,7 +88,7 @@ from gateway.security.access import Restriction
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 DEFAULT_MAX_RESULTS = 1000
 
 
@@ -151,6 +154,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (sql_webhooks.TABLE_DDL.format(text="TEXT", integer="INTEGER", real="REAL"),),
     6: sql_retention.migration("TEXT NOT NULL", "REAL"),
     7: sql_corrections.migration("TEXT", "TEXT", "INTEGER", "REAL"),
+    8: sql_commitments.migration("TEXT", "INTEGER", "REAL"),
 }
 
 # The WHERE terms of the partial index instances_expiry (sql_retention.candidates_sql).
@@ -351,6 +355,40 @@ class SqliteIndex:
     async def webhook_cursors(self) -> list[WebhookCursor]:
         rows = await self._read(lambda conn: conn.execute(sql_webhooks.CURSORS_SQL).fetchall())
         return [sql_webhooks.cursor_from_row(row) for row in rows]
+
+    # -- PendingCommitments --------------------------------------------------------------------
+
+    async def add_commitment(self, pending: PendingCommitment, holder: str, until: float) -> None:
+        # Synced: the N-ACTION is answered once this returns, and its report must survive anything.
+        params = sql_commitments.add_params(pending, holder, until)
+        await self._write(lambda: self._transaction(lambda c: c.execute(sql_commitments.add_sql("?"), params)))
+
+    async def claim_commitments(self, holder: str, until: float, *, mine: bool, limit: int) -> list[PendingCommitment]:
+        params = sql_commitments.claim_params(holder, until, time.time(), mine=mine, limit=limit)
+
+        def claim(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(sql_commitments.claim_sql("?"), params).fetchall()
+
+        return sql_commitments.oldest_first(await self._write(lambda: self._transaction(claim, synced=False)))
+
+    async def renew_commitment(self, key: str, holder: str, until: float) -> bool:
+        def renew(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute(sql_commitments.renew_sql("?"), (until, key, holder)).rowcount == 1)
+
+        return await self._write(lambda: self._transaction(renew, synced=False))
+
+    async def remove_commitment(self, key: str) -> None:
+        # Not synced: a power cut undoing it only makes the report go twice, which a peer must take
+        # anyway (PS3.4 J.3.3: the SCP may send the same result again).
+        sql = sql_commitments.remove_sql("?")
+        await self._write(lambda: self._transaction(lambda c: c.execute(sql, (key,)), synced=False))
+
+    async def release_commitments(self, holder: str) -> None:
+        sql = sql_commitments.release_sql("?")
+        await self._write(lambda: self._transaction(lambda c: c.execute(sql, (holder,)), synced=False))
+
+    async def pending_commitments(self) -> list[PendingCommitment]:
+        return [sql_commitments.from_row(row) for row in await self._read_rows(sql_commitments.LIST_SQL, [])]
 
     # -- Corrections ---------------------------------------------------------------------------
 

@@ -21,9 +21,13 @@ takes responsibility for instances it sent, before deleting its own copies.
    the peer is not listening; after the last attempt the report is given up, logged and passed
    to ``on_outcome`` (the audit and metrics hook) like every other outcome.
 
-Nothing is kept across a restart: a request accepted but not reported when the gateway stops is
-logged as lost; the peer, having no report within the time its conformance statement gives
-(PS3.4 J.3.6.1.1), asks again.
+With a ``journal`` (:mod:`gateway.dimse.commitment_journal`, the index), a request is recorded
+before its N-ACTION is answered (an index that cannot record it: 0x0110, the peer asks again)
+and removed once reported or given up. A gateway stopping, or killed, leaves its unreported
+requests there: :meth:`CommitmentHandler.start` takes them back when it starts again (checked
+anew, then reported to the peer's configured port as above), and every ``resume_interval``
+takes those of a replica that stopped, once their lease lapsed. A report may so be sent twice
+(a crash just after it went), never not at all. Without a journal nothing outlives the process.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pydicom.dataset import Dataset
 
+from gateway.dimse.commitment_job import Checker, CommitmentOutcome, CommitmentPeer, Job, Stopped
+from gateway.dimse.commitment_journal import CommitmentJournal, references_of
 from gateway.dimse.commitment_report import (
     ReportNotDelivered,
     ReportTarget,
@@ -56,9 +61,8 @@ from gateway.dimse.commitment_request import (
 from gateway.dimse.observe import notify
 from gateway.dimse.status import failure
 from gateway.errors import ServiceUnavailable
-from gateway.security.access import Restriction
-from gateway.services.commitment import DUPLICATE_TRANSACTION_UID, PROCESSING_FAILURE, Reference, Verdict
-from gateway.settings import PacsTls
+from gateway.ports import PendingCommitment
+from gateway.services.commitment import DUPLICATE_TRANSACTION_UID, PROCESSING_FAILURE, Verdict
 
 __all__ = ["Checker", "CommitmentHandler", "CommitmentOutcome", "CommitmentPeer"]
 
@@ -80,72 +84,8 @@ CHECK_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 # How long a report on the requesting association waits for its answer (see commitment_report.send_on).
 SAME_ASSOCIATION_REPLY_WAIT = 5.0
 REPORT_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
-
-
-class CommitmentPeer(Protocol):
-    """What the handler needs to know about the calling peer."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def restriction(self) -> Restriction | None: ...
-
-    @property
-    def scopes(self) -> Collection[str]: ...
-
-    @property
-    def host(self) -> str | None: ...
-
-    @property
-    def port(self) -> int | None: ...
-
-    @property
-    def tls(self) -> PacsTls: ...
-
-
-class Checker(Protocol):
-    """The commitment check (CommitmentCheck has this shape)."""
-
-    async def verdicts(self, references: Sequence[Reference], restriction: Restriction | None) -> list[Verdict]: ...
-
-
-@dataclass(frozen=True)
-class CommitmentOutcome:
-    """One storage commitment as audited: who, which transaction, which instances were
-    committed and which failed (with their Failure Reasons), and how the report went.
-
-    ``status``: a refused request's N-ACTION status; for an accepted one 0x0000 once its report
-    was delivered, 0x0110 (processing failure) when the report was given up."""
-
-    peer: str
-    ae_title: str
-    address: str | None
-    transaction_uid: str
-    status: int
-    # (study, series, SOP Instance UID) of each committed instance
-    instances: tuple[tuple[str, str, str], ...] = ()
-    # (study or None, SOP Instance UID, Failure Reason) of each failed one (study None: unknown to the peer)
-    failed: tuple[tuple[str | None, str, int], ...] = ()
-    delivered: str = ""  # "same association", "new association", or "" (refused or given up)
-    attempts: int = 0
-    duration: float = 0.0
-    comment: str = ""
-
-    @property
-    def committed(self) -> int:
-        return len(self.instances)
-
-
-@dataclass
-class _Job:
-    peer: CommitmentPeer
-    request: CommitmentRequest
-    assoc: Any  # the requesting association (pynetdicom.association.Association)
-    target: ReportTarget
-    address: str  # where the request came from
-    started: float
-    duplicate: bool  # its Transaction UID is already in use by a request not yet reported
+# How often the journal is asked for the requests of replicas that stopped.
+RESUME_INTERVAL = 30.0
 
 
 class CommitmentHandler:
@@ -155,8 +95,12 @@ class CommitmentHandler:
     AE Title); ``portal``: runs a coroutine on the gateway's loop; ``peer_of``: the calling peer
     of an event; ``send_report``: delivers a report on a new association; ``on_outcome``: called
     once per request (refused, reported, or given up); ``max_pending``: accepted requests not yet
-    reported, beyond which requests are refused; ``workers``: background threads.
-    Call :meth:`close` when the listener stops: it ends the workers.
+    reported, beyond which requests are refused;
+    ``workers``: background threads; ``journal``: where requests are kept until reported (see
+    the module docstring), with ``peer_by_ae`` finding the peer of a kept request by its calling
+    AE title.
+    Call :meth:`start` once the listener runs (it resumes kept requests) and :meth:`close` when
+    the listener stops: it ends the workers.
     """
 
     def __init__(
@@ -172,6 +116,9 @@ class CommitmentHandler:
         workers: int = 2,
         check_retry_delays: Sequence[float] = CHECK_RETRY_DELAYS,
         report_retry_delays: Sequence[float] = REPORT_RETRY_DELAYS,
+        journal: CommitmentJournal | None = None,
+        peer_by_ae: Callable[[str], CommitmentPeer | None] | None = None,
+        resume_interval: float = RESUME_INTERVAL,
     ) -> None:
         self._check = check
         self._ae_title = ae_title
@@ -190,6 +137,11 @@ class CommitmentHandler:
         # the association's reactor and takes the next message as its response.
         self._assoc_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="commitment")
+        self._journal = journal
+        self._peer_by_ae = peer_by_ae or (lambda ae_title: None)
+        self._resume_interval = resume_interval
+        self._active: set[str] = set()  # journal keys of the jobs running or queued here
+        self._resumer: threading.Thread | None = None
 
     @property
     def pending(self) -> int:
@@ -211,6 +163,7 @@ class CommitmentHandler:
             duplicate = self._reserve(request.transaction_uid)
             if duplicate is None:
                 raise CommitmentRefusal(RESOURCE_LIMITATION, "too many storage commitments pending")
+            key = self._record(request, ae_title, address, duplicate)
         except CommitmentRefusal as exc:
             refused = CommitmentOutcome(peer.name, ae_title, address, transaction, exc.status, comment=exc.comment)
             self._report(dataclasses.replace(refused, duration=time.monotonic() - started))
@@ -221,31 +174,119 @@ class CommitmentHandler:
             self._report(dataclasses.replace(failed, comment="internal error"))
             return failure(PROCESSING_FAILURE, "internal error"), None
         target = ReportTarget(peer.name, ae_title, peer.host or address, peer.port, peer.tls)
-        job = _Job(peer, request, event.assoc, target, address, started, duplicate)
-        try:
-            self._workers.submit(self._run, job)
-        except RuntimeError:  # closed: the listener is stopping
-            self._release(job)
+        job = Job(peer, request, event.assoc, target, address, started, duplicate, key)
+        if not self._submit(job):  # closed: the listener is stopping
+            self._forget(job)  # refused, so never to be reported
             return failure(RESOURCE_LIMITATION, "the gateway is stopping"), None
         log.info(
             "storage commitment %s from %s: %d instances accepted", transaction, peer.name, len(request.references)
         )
         return SUCCESS, None
 
+    def start(self) -> None:
+        """Resume the kept requests (this replica's at once, other replicas' once lapsed)."""
+        if self._journal is None or self._resumer is not None:
+            return
+        self._resumer = threading.Thread(target=self._resume, name="commitment-resume", daemon=True)
+        self._resumer.start()
+
     def close(self) -> None:
-        """Stop: pending reports are given up (logged), the worker threads end."""
+        """Stop: the worker threads end; unreported requests stay in the journal for the next
+        start (released for other replicas), or without one are given up (logged)."""
         self._closing.set()
+        if self._resumer is not None:
+            self._resumer.join()
         self._workers.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            lost = self._pending
-        if lost:
-            log.warning("storage commitment: %d accepted requests were not reported (gateway stopping)", lost)
+            left = self._pending
+        if self._journal is not None:
+            try:
+                self._journal.release()
+            except Exception as exc:  # their lease lapses instead
+                log.warning("storage commitment: cannot release the pending requests: %s", exc)
+            if left:
+                log.info("storage commitment: %d accepted requests left to report after the next start", left)
+        elif left:
+            log.warning("storage commitment: %d accepted requests were not reported (gateway stopping)", left)
+
+    # -- the journal -----------------------------------------------------------------------
+
+    def _record(self, request: CommitmentRequest, ae_title: str, address: str, duplicate: bool) -> str | None:
+        """Keep an accepted request in the journal before it is answered; refused (and its
+        reservation undone) when the journal cannot keep it."""
+        if self._journal is None:
+            return None
+        try:
+            pending = self._journal.record(
+                request.transaction_uid, ae_title, address, request.references, duplicate=duplicate
+            )
+        except Exception as exc:
+            self._unreserve(request.transaction_uid, duplicate)
+            log.warning("storage commitment %s: cannot be recorded: %s", request.transaction_uid, exc)
+            raise CommitmentRefusal(PROCESSING_FAILURE, "the request cannot be recorded now") from exc
+        with self._lock:
+            self._active.add(pending.key)
+        return pending.key
+
+    def _resume(self) -> None:
+        mine = True  # at start-up, what this replica's previous run left too
+        while True:
+            assert self._journal is not None
+            try:
+                with self._lock:
+                    room = self._max_pending - self._pending
+                for pending in self._journal.claim(mine=mine, limit=room):
+                    self._resume_one(pending)
+                mine = False
+            except Exception as exc:  # the index is down: at the next round
+                log.warning("storage commitment: cannot resume pending requests: %s", exc)
+            if self._closing.wait(self._resume_interval):
+                return
+
+    def _resume_one(self, pending: PendingCommitment) -> None:
+        with self._lock:
+            if pending.key in self._active:  # being reported here already (its lease had lapsed)
+                return
+        peer = self._peer_by_ae(pending.ae_title)
+        if peer is None:
+            log.warning(
+                "storage commitment %s: no peer has the AE title %s any more; not reported",
+                pending.transaction_uid,
+                pending.ae_title,
+            )
+            assert self._journal is not None
+            self._journal.remove(pending.key)
+            return
+        with self._lock:
+            self._pending += 1
+            if not pending.duplicate:
+                self._transactions.add(pending.transaction_uid)
+            self._active.add(pending.key)
+        request = CommitmentRequest(pending.transaction_uid, references_of(pending))
+        target = ReportTarget(peer.name, pending.ae_title, peer.host or pending.address, peer.port, peer.tls)
+        job = Job(peer, request, None, target, pending.address, time.monotonic(), pending.duplicate, pending.key)
+        log.info(
+            "storage commitment %s from %s: resumed (%d instances)",
+            pending.transaction_uid,
+            peer.name,
+            len(request.references),
+        )
+        self._submit(job)
+
+    def _submit(self, job: Job) -> bool:
+        try:
+            self._workers.submit(self._run, job)
+        except RuntimeError:  # closed
+            self._release(job)
+            return False
+        return True
 
     # -- background ------------------------------------------------------------------------
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: Job) -> None:
         verdicts: list[Verdict] = []
         delivered, attempts, comment = "", 0, ""
+        finished = True  # reported or given up: out of the journal
         try:
             if job.duplicate:
                 # PS3.4 J.3.3.1.2: a Transaction UID stays in use until its report is sent; a
@@ -255,37 +296,21 @@ class CommitmentHandler:
                 verdicts = self._verdicts(job)
             event_type, info = event_information(job.request.transaction_uid, verdicts, ae_title=self._ae_title)
             delivered, attempts, comment = self._deliver(job, event_type, info)
+        except Stopped as exc:
+            finished, comment = False, str(exc)
         except Exception:
             log.exception("storage commitment %s from %s failed", job.request.transaction_uid, job.peer.name)
             comment = "internal error"
         finally:
             self._release(job)
-            decided = {v.reference.sop_instance_uid: v for v in verdicts}
-            instances, failed = [], []
-            for reference in job.request.references:
-                verdict = decided.get(reference.sop_instance_uid, Verdict(reference, PROCESSING_FAILURE))
-                if verdict.failure is None and verdict.study_uid and verdict.series_uid:
-                    instances.append((verdict.study_uid, verdict.series_uid, reference.sop_instance_uid))
-                else:
-                    reason = verdict.failure or PROCESSING_FAILURE
-                    failed.append((verdict.study_uid, reference.sop_instance_uid, reason))
-            self._report(
-                CommitmentOutcome(
-                    job.peer.name,
-                    job.target.ae_title,
-                    job.address,
-                    job.request.transaction_uid,
-                    SUCCESS if delivered else PROCESSING_FAILURE,
-                    instances=tuple(instances),
-                    failed=tuple(failed),
-                    delivered=delivered,
-                    attempts=attempts,
-                    duration=time.monotonic() - job.started,
-                    comment=comment,
-                )
-            )
+            if finished:
+                self._forget(job)
+        if not finished:  # its outcome comes once it is reported, here or by another replica
+            log.info("storage commitment %s from %s: %s", job.request.transaction_uid, job.peer.name, comment)
+            return
+        self._report(job.outcome(verdicts, delivered, attempts, comment))
 
-    def _verdicts(self, job: _Job) -> list[Verdict]:
+    def _verdicts(self, job: Job) -> list[Verdict]:
         for delay in (*self._check_retry_delays, None):
             try:
                 verdicts: list[Verdict] = self._portal(
@@ -294,6 +319,8 @@ class CommitmentHandler:
                 return verdicts
             except ServiceUnavailable as exc:
                 if delay is None or self._closing.wait(delay):
+                    if self._journal is not None and self._closing.is_set():
+                        raise Stopped("gateway stopping: checked again after the next start") from exc
                     log.warning(
                         "storage commitment %s from %s: cannot check (%s); reported as processing failures",
                         job.request.transaction_uid,
@@ -307,11 +334,11 @@ class CommitmentHandler:
                 break
         return [Verdict(reference, PROCESSING_FAILURE) for reference in job.request.references]
 
-    def _deliver(self, job: _Job, event_type: int, info: Dataset) -> tuple[str, int, str]:
+    def _deliver(self, job: Job, event_type: int, info: Dataset) -> tuple[str, int, str]:
         """Deliver the report; (how, attempts, why not) -- how is "" when given up."""
         attempts = 0
         why = ""
-        if still_open(job.assoc):
+        if job.assoc is not None and still_open(job.assoc):
             attempts += 1
             try:
                 with self._assoc_lock(job.assoc):
@@ -325,8 +352,12 @@ class CommitmentHandler:
         else:
             for delay in (0.0, *self._report_retry_delays):
                 if self._closing.wait(delay):
+                    if job.key is not None:
+                        raise Stopped("gateway stopping: reported after the next start")
                     why = "gateway stopping"
                     break
+                if not self._still_mine(job):
+                    raise Stopped("taken over by another replica")
                 attempts += 1
                 try:
                     self._send_report(job.target, event_type, info)
@@ -342,6 +373,24 @@ class CommitmentHandler:
             why,
         )
         return "", attempts, why[:200]
+
+    def _still_mine(self, job: Job) -> bool:
+        """Renew the job's lease before an attempt; False when another replica holds it."""
+        if job.key is None or self._journal is None:
+            return True
+        try:
+            return self._journal.renew(job.key)
+        except Exception as exc:  # the index is down: keep reporting (the lease is long)
+            log.info("storage commitment %s: lease not renewed: %s", job.request.transaction_uid, exc)
+            return True
+
+    def _forget(self, job: Job) -> None:
+        if job.key is None or self._journal is None:
+            return
+        try:
+            self._journal.remove(job.key)
+        except Exception as exc:  # left in the journal: reported again after a restart
+            log.warning("storage commitment %s: not removed from the index: %s", job.request.transaction_uid, exc)
 
     def _assoc_lock(self, assoc: Any) -> threading.Lock:
         with self._lock:
@@ -364,11 +413,16 @@ class CommitmentHandler:
                 self._transactions.add(transaction_uid)
             return duplicate
 
-    def _release(self, job: _Job) -> None:
+    def _release(self, job: Job) -> None:
+        self._unreserve(job.request.transaction_uid, job.duplicate)
+        with self._lock:
+            self._active.discard(job.key or "")
+
+    def _unreserve(self, transaction_uid: str, duplicate: bool) -> None:
         with self._lock:
             self._pending -= 1
-            if not job.duplicate:
-                self._transactions.discard(job.request.transaction_uid)
+            if not duplicate:
+                self._transactions.discard(transaction_uid)
 
     def _report(self, outcome: CommitmentOutcome) -> None:
         log.info(

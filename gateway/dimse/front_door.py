@@ -27,6 +27,7 @@ from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRL
 from pynetdicom import AllStoragePresentationContexts, evt
 
 from gateway.dimse.commitment import CommitmentHandler, CommitmentOutcome
+from gateway.dimse.commitment_journal import CommitmentJournal
 from gateway.dimse.commitment_report import NewAssociationReporter
 from gateway.dimse.commitment_request import STORAGE_COMMITMENT_PUSH_MODEL
 from gateway.dimse.echo import EchoHandler
@@ -42,6 +43,7 @@ from gateway.dimse.retrieve_outcome import RetrieveOutcome
 from gateway.dimse.retrieve_query import GET_SOP_CLASSES, MOVE_SOP_CLASSES
 from gateway.dimse.store import StoreHandler
 from gateway.dimse.tls import listener_context
+from gateway.ports import PendingCommitments
 from gateway.security.audit import AuditLog
 from gateway.services.bundle import Gateway
 
@@ -108,6 +110,7 @@ def front_door_services(
             STORAGE_CLASSES,
             STORE_SYNTAXES,
             roles=True,
+            unknown_classes=True,  # private and newer storage SOP classes too (dimse/unknown_storage.py)
         ),
         Service(
             evt.EVT_C_FIND,
@@ -221,12 +224,15 @@ def _find_outcome(observer: Observer) -> Callable[[FindOutcome], None]:
 
 
 def commitment_handler(
-    gateway: Gateway, *, peers: DimsePeers, portal: LoopPortal, observer: Observer
+    gateway: Gateway, *, peers: DimsePeers, portal: LoopPortal, observer: Observer, holder: str
 ) -> CommitmentHandler:
     """The Storage Commitment Push Model SCP (PS3.4 Annex J) of the front door: reports on a
-    new association go from the gateway's AE title with the listener's timeouts."""
+    new association go from the gateway's AE title with the listener's timeouts; requests are
+    kept in the index until reported, under ``holder`` (this replica's name)."""
     settings = gateway.settings
     limits = settings.dimse
+    index = gateway.index
+    journal = CommitmentJournal(index, holder=holder, portal=portal) if isinstance(index, PendingCommitments) else None
     return CommitmentHandler(
         gateway.commitment,
         ae_title=settings.ae_title,
@@ -237,6 +243,8 @@ def commitment_handler(
         ),
         on_outcome=_commitment_outcome(observer),
         max_pending=limits.max_pending_commitments,
+        journal=journal,
+        peer_by_ae=peers.by_calling_ae,
     )
 
 
@@ -262,9 +270,10 @@ def _commitment_outcome(observer: Observer) -> Callable[[CommitmentOutcome], Non
 
 @contextlib.asynccontextmanager
 async def open_front_door(
-    gateway: Gateway, *, receiver: MoveReceiver | None, audit: AuditLog | None, spool_dir: Path
+    gateway: Gateway, *, receiver: MoveReceiver | None, audit: AuditLog | None, spool_dir: Path, holder: str
 ) -> AsyncIterator[DimseListener | None]:
-    """The DIMSE listener on ``scp_port`` for the app's lifetime (None without ``scp_port``)."""
+    """The DIMSE listener on ``scp_port`` for the app's lifetime (None without ``scp_port``);
+    ``holder``: this replica's name (the holder of the storage commitments it reports)."""
     settings = gateway.settings
     if settings.scp_port is None:
         yield None
@@ -272,7 +281,7 @@ async def open_front_door(
     peers = DimsePeers.from_settings(settings)
     portal = LoopPortal(asyncio.get_running_loop(), timeout=settings.dimse.operation_timeout)
     observer = Observer(audit)
-    commitment = commitment_handler(gateway, peers=peers, portal=portal, observer=observer)
+    commitment = commitment_handler(gateway, peers=peers, portal=portal, observer=observer, holder=holder)
     listener = DimseListener(
         ae_title=settings.ae_title,
         host=settings.effective_scp_host,
@@ -299,6 +308,7 @@ async def open_front_door(
         await anyio.to_thread.run_sync(commitment.close)
         where = f"{settings.effective_scp_host}:{settings.scp_port}"
         raise RuntimeError(f"cannot run the DIMSE listener on {where}: {exc.strerror or exc}") from exc
+    commitment.start()  # the reports a previous run (or a stopped replica) still owes
     try:
         yield listener
     finally:

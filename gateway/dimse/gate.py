@@ -21,7 +21,8 @@ The gate also sets the presentation contexts this peer is offered: the Query/Ret
 (C-FIND, C-MOVE, C-GET) only to peers with the ``read`` scope, so a peer without it has them
 rejected at negotiation ("abstract syntax not supported"); storage and verification are
 offered to all (a PACS sends C-MOVE sub-operations; C-STORE without ``write`` is refused per
-instance with 0x0124).
+instance with 0x0124), and so are the storage SOP classes the listener does not know
+(``also_offer``, :mod:`gateway.dimse.unknown_storage`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Gate:
     """``EVT_REQUESTED`` handler; see the module docstring.
 
     ``read_only``: the abstract syntaxes (SOP Class UIDs) offered only to ``read`` peers;
-    ``on_reject(calling_ae, address, reason)``: the listener's audit and metrics hook."""
+    ``on_reject(calling_ae, address, reason)``: the listener's audit and metrics hook;
+    ``also_offer(assoc)``: adds contexts of its own once the peer's are set."""
 
     def __init__(
         self,
@@ -57,12 +59,14 @@ class Gate:
         read_only: Collection[str],
         max_associations: int,
         on_reject: Callable[[str, str, str], None] | None = None,
+        also_offer: Callable[[Any], None] | None = None,
     ) -> None:
         self._peers = peers
         self._ae_title = ae_title.strip()
         self._read_only = frozenset(read_only)
         self._max = max_associations
         self._on_reject = on_reject
+        self._also_offer = also_offer
 
     def __call__(self, event: Any) -> None:
         assoc = event.assoc
@@ -97,6 +101,8 @@ class Gate:
             assoc.acceptor.supported_contexts = [
                 cx for cx in assoc.acceptor.supported_contexts if str(cx.abstract_syntax) not in self._read_only
             ]
+        if self._also_offer is not None:
+            self._also_offer(assoc)
 
     def _reject(
         self,

@@ -5,10 +5,11 @@ on the requester's own association, for viewers behind NAT that cannot take a co
 number of sub-operations, then one ``(status, data set)`` per sub-operation; see
 :mod:`gateway.dimse.retrieve`). The sub-operations use the storage presentation contexts the
 requester proposed with SCP/SCU role selection (PS3.7 D.3.3.4: the requester takes the Storage
-SCP role, the gateway the SCU role); each instance goes out in its stored syntax when that
-context was accepted for its SOP Class, else transcoded to Explicit or Implicit VR Little
-Endian; an instance no accepted context can carry is a failed sub-operation (PS3.4 C.4.3.3.1:
-the SCU must have negotiated the contexts it wants the instances on).
+SCP role, the gateway the SCU role), with the syntax of each chosen in the requester's order
+(:mod:`gateway.dimse.get_syntaxes`); each instance goes out in its stored syntax when that was
+accepted for its SOP Class, else transcoded to the requester's most preferred accepted syntax;
+an instance no accepted context can carry is a failed sub-operation (PS3.4 C.4.3.3.1: the SCU
+must have negotiated the contexts it wants the instances on).
 
 A bad identifier is answered with its failure status and ErrorComment (PS3.4 C.4.3.1.3); an
 unavailable index or store is 0xA701; a study outside the peer's restriction is as absent

@@ -26,8 +26,10 @@ from pynetdicom import AE, evt
 from gateway.dicom.received import discard_unfinished
 from gateway.dimse.acceptor_contexts import share_contexts
 from gateway.dimse.gate import Gate
+from gateway.dimse.get_syntaxes import follow_requester
 from gateway.dimse.move_receiver import MoveReceiver
 from gateway.dimse.peers import DimsePeers
+from gateway.dimse.unknown_storage import UnknownStorage
 from gateway.netdicom.tune import TunedAE, tune_accepted
 from gateway.settings import DimseSettings
 
@@ -41,7 +43,9 @@ class Service:
 
     ``roles``: accept SCP/SCU role selection (PS3.7 D.3.3.4), which C-GET needs for its storage
     sub-operations and a storage commitment SCU for its N-EVENT-REPORT; ``read``: offered only
-    to peers with the ``read`` scope (the Query/Retrieve services)."""
+    to peers with the ``read`` scope (the Query/Retrieve services); ``unknown_classes``: also
+    any storage SOP class the listener does not know that a peer proposes
+    (:mod:`gateway.dimse.unknown_storage`), with these transfer syntaxes and roles."""
 
     event: Any
     handler: Callable[[Any], Any]
@@ -49,6 +53,7 @@ class Service:
     transfer_syntaxes: Sequence[str]
     roles: bool = False
     read: bool = False
+    unknown_classes: bool = False
 
 
 class DimseListener:
@@ -108,12 +113,22 @@ class DimseListener:
                 )
                 if service.read:
                     read_only.add(abstract)
+        unknown = [UnknownStorage(added, s.transfer_syntaxes) for s in self._services if s.unknown_classes][:1]
+        # Per association, once the peer's contexts are set: the unknown storage classes it
+        # proposes, then the requester's syntax order where it receives C-GET sub-operations.
+        offers: list[Callable[[Any], None]] = [*(u.offer for u in unknown), follow_requester]
+
+        def also_offer(assoc: Any) -> None:
+            for offer in offers:
+                offer(assoc)
+
         gate = Gate(
             self._peers,
             ae_title=self.ae_title,
             read_only=read_only,
             max_associations=limits.max_associations,
             on_reject=self._on_reject,
+            also_offer=also_offer,
         )
         handlers: list[tuple[Any, Callable[[Any], Any]]] = [
             # First: the tuned recv is what _tune_connection's PDU length cap then wraps.
@@ -128,6 +143,7 @@ class DimseListener:
             (evt.EVT_DATA_RECV, self._cap.received),
             (evt.EVT_DIMSE_RECV, self._cap.complete),
             (evt.EVT_REQUESTED, gate),
+            *((evt.EVT_SOP_COMMON, u) for u in unknown),
             *((s.event, s.handler) for s in self._services),
         ]
         if self._receiver is not None:

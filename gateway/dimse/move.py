@@ -147,7 +147,7 @@ class MoveHandler:
                 assoc = sub_association.get("assoc")
                 return assoc is not None and bool(assoc.is_established)
 
-            def accepted_now() -> dict[str, set[str]]:
+            def accepted_now() -> dict[str, list[str]]:
                 assoc = sub_association.get("assoc")
                 return accepted_syntaxes(assoc.accepted_contexts if assoc is not None else ())
 

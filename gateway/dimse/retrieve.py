@@ -20,7 +20,10 @@ series by series, because the number of sub-operations must be announced before 
 them or as they arrive from the PACS, the next one while the current one is sent (memory holds
 two instances, never a series), each in the syntax the receiver accepted for its SOP Class:
 the stored one when accepted (sent as stored, :mod:`gateway.netdicom.encoded_store`), else
-Explicit or Implicit VR Little Endian by the retrieval service's transcoding. An instance that cannot be
+the first accepted syntax, in the order of the accepted contexts, that the gateway can deliver
+(:data:`gateway.dimse.get_syntaxes.DELIVERABLE`: uncompressed, or lossless it encodes), by the
+retrieval service's transcoding; a C-MOVE proposes the uncompressed context of each SOP Class
+first, a C-GET requester's contexts come in its own order. An instance that cannot be
 sent (no accepted context, transcoding impossible, announced but never delivered by the PACS,
 receiver gone) is yielded as a data set holding only its SOP Instance UID: pynetdicom's C-STORE
 refuses it before anything is sent, and counts it as a failed sub-operation whose UID it lists
@@ -58,6 +61,7 @@ from gateway.dicom.media import (
 from gateway.dicom.part10 import read_meta
 from gateway.dicom.query import Match, QidoQuery, parse_qido
 from gateway.dimse.find import Searcher
+from gateway.dimse.get_syntaxes import DELIVERABLE
 from gateway.dimse.portal import LoopPortal
 from gateway.dimse.read_ahead import ReadAhead, collect
 from gateway.dimse.retrieve_outcome import Tally
@@ -164,14 +168,16 @@ def generic_contexts() -> list[PresentationContext]:
     return [build_context(str(cx.abstract_syntax), list(UNCOMPRESSED)) for cx in StoragePresentationContexts]
 
 
-def accepted_syntaxes(contexts: Iterable[PresentationContext], *, as_scu: bool = False) -> dict[str, set[str]]:
-    """SOP Class UID → the transfer syntaxes accepted for it (``as_scu``: only contexts on which
-    the gateway may be the Storage SCU, as role selection decided for C-GET, PS3.7 D.3.3.4)."""
-    accepted: dict[str, set[str]] = {}
-    for cx in contexts:
+def accepted_syntaxes(contexts: Iterable[PresentationContext], *, as_scu: bool = False) -> dict[str, list[str]]:
+    """SOP Class UID → the transfer syntaxes accepted for it, in the order of their contexts'
+    IDs, which is the order they were proposed in (``as_scu``: only contexts on which the
+    gateway may be the Storage SCU, as role selection decided for C-GET, PS3.7 D.3.3.4)."""
+    accepted: dict[str, list[str]] = {}
+    for cx in sorted(contexts, key=lambda cx: cx.context_id or 0):
         if as_scu and not cx.as_scu:
             continue
-        accepted.setdefault(str(cx.abstract_syntax), set()).update(str(ts) for ts in cx.transfer_syntax[:1])
+        syntaxes = accepted.setdefault(str(cx.abstract_syntax), [])
+        syntaxes += [str(ts) for ts in cx.transfer_syntax[:1] if str(ts) not in syntaxes]
     return accepted
 
 
@@ -338,7 +344,7 @@ class Retriever:
         self,
         plan: Plan,
         *,
-        accepted: Callable[[], dict[str, set[str]]],
+        accepted: Callable[[], dict[str, list[str]]],
         receiver_up: Callable[[], bool],
         cancelled: Callable[[], bool],
         sends_encoded: Callable[[], bool],
@@ -411,7 +417,7 @@ class Retriever:
         item: InstanceRecord | Arrival,
         sop: str,
         data: bytes | Exception,
-        accepted: dict[str, set[str]],
+        accepted: dict[str, list[str]],
         *,
         encoded: bool,
     ) -> Dataset:
@@ -426,7 +432,7 @@ class Retriever:
         except Exception as exc:  # the store, the spool file or the data set failed: one sub-operation
             log.warning("instance %s cannot be read for a C-STORE sub-operation: %s", sop, exc)
             return _unsendable(sop)
-        syntaxes = accepted.get(sop_class, set())
+        syntaxes = accepted.get(sop_class, [])
         if meta.transfer_syntax in syntaxes:
             if not encoded:
                 return pydicom.dcmread(BytesIO(data))
@@ -434,27 +440,31 @@ class Retriever:
             return EncodedDataset(
                 data, meta.dataset_start, sop_class_uid=sop_class, sop_uid=sop, syntax=meta.transfer_syntax
             )
-        target = next((ts for ts in UNCOMPRESSED if ts in syntaxes), None)
-        if target is None:
-            log.warning("instance %s: the receiver accepted no context for SOP Class %s", sop, sop_class)
+        targets = [ts for ts in syntaxes if ts in DELIVERABLE]
+        if not targets:
+            log.warning(
+                "instance %s: the receiver accepted no context for SOP Class %s it can be sent in", sop, sop_class
+            )
             return _unsendable(sop)
         del data
-        try:
-            converted: bytes = self._portal(collect(self._retrieval.instance_bytes(item, target)))
-            if not converted:
-                raise ValueError("nothing to transcode (refused by the cache)")
-            transcoded: Dataset = pydicom.dcmread(BytesIO(converted))
-        except Exception as exc:
-            log.warning("instance %s cannot be sent in %s: %s", sop, target, exc)
-            return _unsendable(sop)
-        return transcoded
+        for target in targets:  # the next one when a syntax cannot hold this instance's pixels
+            try:
+                converted: bytes = self._portal(collect(self._retrieval.instance_bytes(item, target)))
+                if not converted:
+                    raise ValueError("nothing to transcode (refused by the cache)")
+                transcoded: Dataset = pydicom.dcmread(BytesIO(converted))
+            except Exception as exc:
+                log.warning("instance %s cannot be sent in %s: %s", sop, target, exc)
+                continue
+            return transcoded
+        return _unsendable(sop)
 
     def _deidentified(
         self,
         item: InstanceRecord | Arrival,
         sop: str,
         data: bytes | Exception,
-        accepted: dict[str, set[str]],
+        accepted: dict[str, list[str]],
         views: DeidentifiedViews,
     ) -> Dataset:
         """:meth:`_dataset` for a de-identified peer: the instance rewritten by the profile (its

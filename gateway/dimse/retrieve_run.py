@@ -76,7 +76,7 @@ class RetrieveRun:
         self,
         plan: Plan,
         *,
-        accepted: Callable[[], dict[str, set[str]]],
+        accepted: Callable[[], dict[str, list[str]]],
         receiver_up: Callable[[], bool],
         cancelled: Callable[[], bool],
         sends_encoded: Callable[[], bool],
