@@ -12,7 +12,8 @@ the association's socket and a wake socket pair, signalled whenever a primitive 
 the DUL to send, an event is queued for its state machine, or the thread is told to stop. The
 wait is bounded by the ARTIM timer (PS3.8 9.1.5) and a short backstop, so a timer still fires
 on time. It also reads each PDU with ``recv_into`` into one buffer instead of 4 KiB ``recv``
-calls joined together.
+calls joined together, and its ``stop_dul`` wakes the thread and joins it rather than
+polling every millisecond until it has ended.
 
 Each pass (one primitive to send or one PDU received, and the state machine's action) runs
 holding the association's send lock, which :mod:`gateway.netdicom.encoded_store` takes to write
@@ -79,6 +80,19 @@ def install(dul: Any, transport: Any) -> threading.Lock:
         waker.wake()
 
     dul.kill_dul = kill_dul
+
+    def stop_dul() -> bool:
+        # pynetdicom's DULServiceProvider.stop_dul (3.0), its thread woken to see the kill
+        # rather than polled for every 1 ms until it ends.
+        if dul.state_machine.current_state != "Sta1":
+            return False
+        dul._kill_thread = True
+        waker.wake()
+        if dul.is_alive() and threading.current_thread() is not dul:
+            dul.join()
+        return True
+
+    dul.stop_dul = stop_dul
     dul.run = types.MethodType(lambda self: _run(self, waker, send_lock), dul)
     transport.recv = types.MethodType(_recv, transport)
     return send_lock
