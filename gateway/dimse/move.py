@@ -137,7 +137,9 @@ class MoveHandler:
                 yield 0  # pynetdicom answers 0x0000 without a sub-association
                 return
             # pynetdicom associates with the destination now; it comes back only if it could.
+            # Meanwhile the first instance is read.
             run.status, run.comment = MOVE_DESTINATION_UNKNOWN, "the destination cannot be reached"
+            self._retriever.prefetch(plan)
             yield plan.count
             run.status, run.comment = SUCCESS, ""
 
