@@ -178,6 +178,37 @@ def test_a_refusing_destination_s_status_and_comment_come_back() -> None:
         server.shutdown()
 
 
+def test_a_destination_that_aborts_instead_of_answering_fails_the_instance() -> None:
+    """The A-ABORT that comes instead of a C-STORE response is pynetdicom's to handle: the
+    sender gets no status, nothing is reported as answered, and the association is over."""
+
+    def abort(event: Any) -> int:
+        event.assoc.abort()
+        return 0x0000
+
+    scp = AE(ae_title="ABORTER")
+    scp.add_supported_context(CT_IMAGE_STORAGE, ALL_TRANSFER_SYNTAXES)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, abort)])
+    try:
+        ds = encoded_slice(4700)
+        ae = TunedAE(ae_title="TUNED")
+        ae.add_requested_context(CT_IMAGE_STORAGE, str(ds.syntax))
+        assoc = ae.associate("127.0.0.1", port, ae_title="ABORTER")
+        assert assoc.is_established
+        answers: list[tuple[str, int]] = []
+        answers_to(assoc, lambda sop, status: answers.append((sop, status)))
+        status = assoc.send_c_store(ds)
+        assert "Status" not in status
+        assert answers == []
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not assoc.is_established
+    finally:
+        server.shutdown()
+
+
 def test_an_untuned_association_is_not_given_encoded_data_sets() -> None:
     assert not installed(AE(ae_title="PLAIN"))
     assert not installed(None)

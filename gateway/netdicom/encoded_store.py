@@ -40,7 +40,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from gateway.netdicom import acceptor, command_set, store_answer
+from gateway.netdicom import acceptor, command_set, reactor, store_answer
 from gateway.netdicom.pdata_writer import logged, write_message
 
 __all__ = ["EncodedDataset", "answers_to", "install", "installed"]
@@ -188,9 +188,16 @@ def _send_encoded(
         def answer() -> None:
             read.append(store_answer.read(assoc, msg_id, deadline))
 
-        written = write_message(
-            assoc, send_lock, int(context.context_id), command, dataset.encoded, deadline, answer if direct else None
-        )
+        if direct:
+            reactor.sender_reads(assoc.dul, True)
+        try:
+            then = answer if direct else None
+            written = write_message(assoc, send_lock, int(context.context_id), command, dataset.encoded, deadline, then)
+        finally:
+            if direct:
+                reactor.sender_reads(assoc.dul, False)
+        if direct and not (read and isinstance(read[0], store_answer.Answer)):
+            reactor.wake(assoc.dul)  # what came is the DUL's to read (or the association ends)
         if not written:
             assoc.abort()
             raise ConnectionError("the C-STORE request could not be written to the peer")

@@ -42,6 +42,8 @@ LOGGER = logging.getLogger("pynetdicom.dul")
 # The longest wait without a wake-up: nothing should need it, it bounds what a missed signal
 # could cost.
 BACKSTOP = 0.1
+WAKER = "_gateway_waker"
+SENDER_READS = "_gateway_sender_reads"
 
 
 class Waker:
@@ -70,6 +72,7 @@ def install(dul: Any, transport: Any) -> threading.Lock:
     """Give ``dul`` (a ``DULServiceProvider`` whose thread has not started) the waking loop, and
     ``transport`` (its ``AssociationSocket``) whole-PDU reads; returns the send lock."""
     waker = Waker()
+    setattr(dul, WAKER, waker)
     send_lock = threading.Lock()
     _wake_after(dul.to_provider_queue, waker, dul)
     _wake_after(dul.event_queue, waker, dul)
@@ -146,6 +149,21 @@ def _run(dul: Any, waker: Waker, send_lock: threading.Lock) -> None:
         waker.close()
 
 
+def sender_reads(dul: Any, reads: bool) -> None:
+    """Whether the thread sending a message reads its answer itself
+    (:mod:`gateway.netdicom.store_answer`): meanwhile the reactor's wait leaves the socket out,
+    so that the answer does not wake it only to find the send lock taken. A wait begun before
+    ends at the latest at :data:`BACKSTOP`; :func:`wake` ends it at once."""
+    setattr(dul, SENDER_READS, reads)
+
+
+def wake(dul: Any) -> None:
+    """End the reactor's wait now (it looks at the socket again)."""
+    waker = getattr(dul, WAKER, None)
+    if waker is not None:
+        waker.wake()
+
+
 def _wait(dul: Any, waker: Waker) -> None:
     """Until the socket is readable, the waker is signalled, or the ARTIM timer is due."""
     transport = dul.socket
@@ -162,7 +180,8 @@ def _wait(dul: Any, waker: Waker) -> None:
     if artim._start_time is not None and artim._end_time is None:
         timeout = max(0.0, min(timeout, artim.remaining))
     try:
-        ready, _, _ = select.select([sock, waker.reader], [], [], timeout)
+        watched = [waker.reader] if getattr(dul, SENDER_READS, False) else [sock, waker.reader]
+        ready, _, _ = select.select(watched, [], [], timeout)
     except (OSError, ValueError):
         return  # closed under us: the next pass finds out (Evt17)
     if waker.reader in ready:
