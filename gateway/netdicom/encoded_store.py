@@ -177,37 +177,24 @@ def _send_encoded(
         )
 
     direct = getattr(assoc, ANSWERS, None) is not None and not any(assoc.get_handlers(e) for e in RECEIVE_EVENTS)
-    read: list[store_answer.Answer | str] = []
     # As pynetdicom: the association's own reactor must not take the response off the queue
     # (should the DUL read it after all).
     acceptor.pause(assoc)
     try:
         timeout = assoc.dimse.dimse_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-
-        def answer() -> None:
-            read.append(store_answer.read(assoc, msg_id, deadline))
-
-        if direct:
-            reactor.sender_reads(assoc.dul, True)
-        try:
-            then = answer if direct else None
-            written = write_message(assoc, send_lock, int(context.context_id), command, dataset.encoded, deadline, then)
-        finally:
-            if direct:
-                reactor.sender_reads(assoc.dul, False)
-        if direct and not (read and isinstance(read[0], store_answer.Answer)):
-            reactor.wake(assoc.dul)  # what came is the DUL's to read (or the association ends)
+        message = (int(context.context_id), command, dataset.encoded)
+        written, got = _write(assoc, send_lock, message, msg_id, deadline, read_answer=direct)
         if not written:
             assoc.abort()
             raise ConnectionError("the C-STORE request could not be written to the peer")
-        if read and isinstance(read[0], store_answer.Answer):
-            return read[0].status
-        if read and read[0] == store_answer.BROKEN:
+        if isinstance(got, store_answer.Answer):
+            return got.status
+        if got == store_answer.BROKEN:
             LOGGER.error("No valid C-STORE response from the peer")
             assoc.abort()
             return Dataset()
-        if read and read[0] == store_answer.TIMED_OUT:
+        if got == store_answer.TIMED_OUT:
             response = None
         else:
             _, response = assoc.dimse.get_msg(block=True)
@@ -218,3 +205,39 @@ def _send_encoded(
         return Dataset()
     status: Dataset = assoc._check_received_status(response)
     return status
+
+
+def _write(
+    assoc: Any,
+    send_lock: threading.Lock,
+    message: tuple[int, bytes, memoryview],
+    msg_id: int,
+    deadline: float | None,
+    *,
+    read_answer: bool,
+) -> tuple[bool, store_answer.Answer | str | None]:
+    """Write the C-STORE request ``message`` (context ID, command set, data set); whether it
+    went out, and (``read_answer``) what :func:`gateway.netdicom.store_answer.read` then found,
+    read before the send lock is let go. Meanwhile the DUL's wait leaves the socket alone; it is
+    woken when what came is its to read."""
+    context_id, command, data = message
+    if not read_answer:
+        return write_message(assoc, send_lock, context_id, command, data, deadline), None
+    got: list[store_answer.Answer | str] = []
+    reactor.sender_reads(assoc.dul, True)
+    try:
+        written = write_message(
+            assoc,
+            send_lock,
+            context_id,
+            command,
+            data,
+            deadline,
+            lambda: got.append(store_answer.read(assoc, msg_id, deadline)),
+        )
+    finally:
+        reactor.sender_reads(assoc.dul, False)
+    answer = got[0] if got else None
+    if not isinstance(answer, store_answer.Answer):
+        reactor.wake(assoc.dul)  # what came is the DUL's to read (or the association ends)
+    return written, answer
