@@ -35,7 +35,8 @@ import anyio
 import orjson
 
 from gateway.dicom.attributes import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID
-from gateway.dicom.deidentify import BURNED_IN_ANNOTATION, Deidentifier, ProfileOptions
+from gateway.dicom.deidentify import BURNED_IN_ANNOTATION, Deidentifier, ProfileOptions, forget_hashes, table_actions
+from gateway.dicom.deidentify_bytes import JsonBytesRewriter
 from gateway.dicom.deidentify_part10 import deidentified_part10
 from gateway.dicom.query import Match, QidoQuery
 from gateway.errors import BadRequest
@@ -49,6 +50,9 @@ MAX_REMEMBERED = 500_000
 # for the stored metadata its key holds as well.
 METADATA_ANSWERS_BYTES = 64 << 20
 RELEARN_SECONDS = 10.0
+# Stored metadata of an answer worked out on the event loop (see DeidentifiedViews.metadata_answer):
+# about 2 ms of work at most.
+_IN_PLACE_BYTES = 256 << 10
 _UNKNOWN = "0.0"  # a valid UID no instance has: an unknown replacement matches nothing
 _NO_VALUE = "\x7f"  # a value no stored text has (DEL is in no DICOM character repertoire)
 _BURNED_IN_KEY = f'"{BURNED_IN_ANNOTATION}"'.encode("ascii")
@@ -100,6 +104,7 @@ class DeidentifiedViews:
         self._index = index
         self._key = key
         self._options = options
+        table_actions(options)  # the table for these options, before the first answer needs it
         self._profile: Deidentifier | None = None
         self._originals: OrderedDict[str, str] = OrderedDict()
         self._pseudonyms: OrderedDict[str, str] = OrderedDict()
@@ -223,27 +228,38 @@ class DeidentifiedViews:
         return all(self.profile.action(tag) in (None, "K") for tag in tags)
 
     async def metadata_answer(self, instances: Iterable[bytes]) -> bytes:
-        """:meth:`metadata_body` of ``instances``, worked out (in a worker thread) the first time
-        these instances are asked for and kept (bounded, least recently used first), so that
-        the next request for them (a viewer opening the study again, another reader of the
-        series) costs about what a plain answer does: parsing and writing again every
-        instance's DICOM JSON is most of the cost, and the profile is deterministic for one key
-        and options. The key is the stored metadata itself: an instance stored again with
-        other metadata is a new key, never an old answer."""
+        """:meth:`metadata_body` of ``instances``, worked out the first time these instances
+        are asked for and kept (bounded, least recently used first), so that the next request
+        for them (a viewer opening the study again, another reader of the series) costs about
+        what a plain answer does. The key is the stored metadata itself: an instance stored
+        again with other metadata is a new key, never an old answer. An answer of up to
+        ``_IN_PLACE_BYTES`` of stored metadata (a few hundred instances) is worked out on the
+        event loop, in less time than handing it to a worker thread takes; a larger one in a
+        worker thread."""
         stored = tuple(instances)
-        return await self._metadata_answers.get(stored, lambda: anyio.to_thread.run_sync(self.metadata_body, stored))
+        return await self._metadata_answers.get(stored, lambda: self._worked_out(stored))
 
-    def forget_metadata_answers(self) -> None:
-        """Let go of every kept :meth:`metadata_answer` (a benchmark timing first requests)."""
+    async def _worked_out(self, stored: tuple[bytes, ...]) -> bytes:
+        if sum(map(len, stored)) <= _IN_PLACE_BYTES:
+            return self.metadata_body(stored)
+        return await anyio.to_thread.run_sync(self.metadata_body, stored)
+
+    def forget(self) -> None:
+        """Let go of what was learned and kept, as a restart does (a benchmark timing first
+        requests): the kept answers, the pairs handed out, the profile's remembered hashes."""
+        with self._remembering:
+            self._originals.clear()
+            self._pseudonyms.clear()
         self._metadata_answers.clear()
+        self._profile = None
+        self._learned_at = None
+        forget_hashes()
 
     def metadata_body(self, instances: Iterable[bytes]) -> bytes:
-        """A metadata answer (a DICOM JSON array) of ``instances`` (the DICOM JSON of each),
-        de-identified, each instance marked so. Read, de-identified and written one instance at
-        a time: the objects of one are gone before the next is read (no garbage collector pass
-        over a whole series)."""
-        parsed = (orjson.loads(instance) for instance in instances)
-        return b"[" + b",".join([orjson.dumps(answer) for answer in self.profile.json_instances(parsed)]) + b"]"
+        """A metadata answer (a DICOM JSON array) of ``instances`` (the DICOM JSON of each, as
+        the index keeps it), de-identified, each instance marked so: rewritten as bytes
+        (:mod:`gateway.dicom.deidentify_bytes`), one instance at a time."""
+        return JsonBytesRewriter(self.profile).answer(instances)
 
     def part10(self, data: bytes) -> bytes:
         """A Part 10 instance de-identified (pixel data bytes unchanged)."""
