@@ -10,7 +10,8 @@ Resolving back: a replacement UID is a keyed hash, so it cannot be reversed; the
 remembers every pair it hands out (bounded), and a replacement it does not know, after a restart
 or on another replica, is looked for by hashing the UIDs the index holds (one pass over the
 index, remembered). A UID the gateway never handed out resolves to nothing: the original UIDs do
-not work for a de-identified principal.
+not work for a de-identified principal. Dummies (a Patient ID's ``ANON...``) are keyed hashes
+too, and found back the same way: by hashing the values of that attribute the index holds.
 
 Matching (QIDO, C-FIND) on an attribute the profile changes would let a de-identified principal
 learn the stored value one guess at a time (``PatientName=DOE*``): such a query is refused. UIDs
@@ -39,6 +40,7 @@ from gateway.dicom.deidentify import BURNED_IN_ANNOTATION, Deidentifier, Profile
 from gateway.dicom.deidentify_bytes import JsonBytesRewriter
 from gateway.dicom.deidentify_part10 import deidentified_part10
 from gateway.dicom.query import Match, QidoQuery
+from gateway.dicom.restriction import Restriction
 from gateway.errors import BadRequest
 from gateway.ports import DicomJson, Index, InstanceRecord
 from gateway.services.singleflight import SingleFlightCache
@@ -50,6 +52,7 @@ MAX_REMEMBERED = 500_000
 # for the stored metadata its key holds as well.
 METADATA_ANSWERS_BYTES = 64 << 20
 RELEARN_SECONDS = 10.0
+_PAGE = 1000  # entities asked of the index at once when their values are hashed
 # Stored metadata of an answer worked out on the event loop (see DeidentifiedViews.metadata_answer):
 # about 2 ms of work at most.
 _IN_PLACE_BYTES = 256 << 10
@@ -112,6 +115,7 @@ class DeidentifiedViews:
         self._remembering = threading.Lock()
         self._learning = anyio.Lock()
         self._learned_at: float | None = None
+        self._values_learned_at: dict[str, float] = {}  # an attribute: when its values were last hashed
         self._metadata_answers: SingleFlightCache[tuple[bytes, ...], bytes] = SingleFlightCache(
             "deidentified_metadata", max_bytes=METADATA_ANSWERS_BYTES, size=lambda answer: 2 * len(answer)
         )
@@ -166,10 +170,40 @@ class DeidentifiedViews:
                             found = uid
             return found
 
+    async def _learn_values(self, match: Match, restriction: Restriction | None, wanted: str) -> str | None:
+        """Work out the dummy of every value of ``match``'s attribute the index holds (one
+        pass over its entities at the attribute's level, as this principal may see them),
+        remembering each pair: the value ``wanted`` stands for when it is among them. A dummy
+        is a keyed hash of its value, so any replica, or this one after a restart, finds the
+        value of a dummy it never handed out itself. At most one pass per attribute per
+        ``RELEARN_SECONDS``, as for UIDs (:meth:`_learn_index`)."""
+        async with self._learning:
+            now = time.monotonic()
+            learned_at = self._values_learned_at.get(match.tag)
+            if learned_at is not None and now - learned_at < RELEARN_SECONDS:
+                return self._pseudonyms.get(wanted)  # perhaps learned by the pass just made
+            self._values_learned_at[match.tag] = now
+            found = None
+            seen: set[str] = set()
+            page = QidoQuery(level=match.level, includes=frozenset({match.tag}), limit=_PAGE, restriction=restriction)
+            while True:
+                result = await self._index.search(page)
+                for row in result.rows:
+                    for value in (row.get(match.tag) or {}).get("Value") or ():
+                        # The text a dummy is made of: a name's alphabetic group, as the answers do.
+                        text = str(value.get("Alphabetic", "") if isinstance(value, dict) else value)
+                        if text not in seen:
+                            seen.add(text)
+                            if self.profile.pseudonym(text) == wanted:
+                                found = text
+                if not result.more or not result.rows:
+                    return found
+                page = dataclasses.replace(page, offset=page.offset + len(result.rows))
+
     async def original_query(self, query: QidoQuery) -> QidoQuery:
         """``query`` (from a de-identified principal) over the stored data: UIDs resolved back;
         matching on what the profile changes refused (400)."""
-        matches = [await self._original_match(match) for match in query.matches]
+        matches = [await self._original_match(match, query) for match in query.matches]
         study = None if query.study is None else await self.original(query.study)
         series = None if query.series is None else await self.original(query.series)
         includes = query.includes
@@ -177,7 +211,7 @@ class DeidentifiedViews:
             includes |= {BURNED_IN_ANNOTATION}  # so that :meth:`rows` can leave withheld instances out
         return dataclasses.replace(query, matches=tuple(matches), study=study, series=series, includes=includes)
 
-    async def _original_match(self, match: Match) -> Match:
+    async def _original_match(self, match: Match, query: QidoQuery) -> Match:
         if match.kind == "universal":
             return match  # a return key (C-FIND), nothing matched on
         if match.tag in _UID_TAGS or (match.vr == "UI" and self.profile.action(match.tag) == "U"):
@@ -189,7 +223,10 @@ class DeidentifiedViews:
             # A dummy this gateway handed out (a viewer looking for the priors of the Patient ID
             # it was shown) matches what it stands for; any other value matches nothing.
             pseudonym = match.value.rstrip("^")
-            original = self._pseudonyms.get(pseudonym, _NO_VALUE)
+            original = self._pseudonyms.get(pseudonym)
+            if original is None:
+                original = await self._learn_values(match, query.restriction, pseudonym)
+            original = _NO_VALUE if original is None else original
             return dataclasses.replace(match, value=original, values=(original,))
         if action not in (None, "K"):
             raise BadRequest(
@@ -253,6 +290,7 @@ class DeidentifiedViews:
         self._metadata_answers.clear()
         self._profile = None
         self._learned_at = None
+        self._values_learned_at.clear()
         forget_hashes()
 
     def metadata_body(self, instances: Iterable[bytes]) -> bytes:
