@@ -90,14 +90,20 @@ class JsonBytesRewriter:
 
     def answer(self, stored: Iterable[bytes]) -> bytes:
         """A metadata answer (a DICOM JSON array) of ``stored``, each instance de-identified and marked."""
-        return b"[" + b",".join(self.instances(stored)) + b"]"
+        members = [self._members(instance) for instance in stored]
+        return b'[{"' + b'}},{"'.join(members) + b"}}]" if members else b"[]"
 
     def instance(self, stored: bytes) -> bytes:
         """One instance's metadata de-identified and marked."""
+        return b'{"' + self._members(stored) + b"}}"
+
+    def _members(self, stored: bytes) -> bytes:
+        """:meth:`instance` without its first two bytes and its last two (``{"``, ``}}``: the
+        de-identified instance always has members, its marks)."""
         try:
             return self._rewritten(stored)
         except _Unaccounted:
-            return orjson.dumps(next(self._profile.json_instances([orjson.loads(stored)])))
+            return orjson.dumps(next(self._profile.json_instances([orjson.loads(stored)])))[2:-2]
 
     def _rewritten(self, stored: bytes) -> bytes:
         if stored[:2] != b'{"' or stored[-2:] != b"}}":
@@ -108,14 +114,18 @@ class JsonBytesRewriter:
         except _Nested:
             texts, done = self._worked_out(texts)
         # The marks go before the first element not below their first tag (the stored elements
-        # are in tag order); the later ones first, so that the earlier place stays where it is.
-        for i in (1, 0):
-            tag, marks = self._marks[i]
-            at = self._mark_at[i]  # where it went in the instance before, most often here too
-            if not (0 < at < len(texts) and texts[at - 1][:8] < tag <= texts[at][:8]):
-                at = self._mark_at[i] = bisect.bisect_left(texts, tag, key=_tag)
-            done.insert(at, marks)
-        return b'{"' + _SPLIT.join(filter(None, done)) + b"}}"
+        # are in tag order), where they went in the instance before most often; the later ones
+        # first, so that the earlier place stays where it is.
+        (first, first_marks), (second, second_marks) = self._marks
+        at = self._mark_at[1]
+        if not (0 < at < len(texts) and texts[at - 1][:8] < second <= texts[at][:8]):
+            at = self._mark_at[1] = bisect.bisect_left(texts, second, key=_tag)
+        done.insert(at, second_marks)
+        at = self._mark_at[0]
+        if not (0 < at < len(texts) and texts[at - 1][:8] < first <= texts[at][:8]):
+            at = self._mark_at[0] = bisect.bisect_left(texts, first, key=_tag)
+        done.insert(at, first_marks)
+        return _SPLIT.join(filter(None, done))
 
     def _worked_out(self, texts: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         """The top-level elements of ``texts`` (a sequence's texts put together) and the

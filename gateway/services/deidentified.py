@@ -253,6 +253,8 @@ class DeidentifiedViews:
     def visible(self, records: Sequence[InstanceRecord]) -> list[InstanceRecord]:
         """The instances the principal may receive: burned in annotation withheld (PS3.15 E.1.1
         leaves pixel data to the Clean Pixel Data option, which this gateway does not offer)."""
+        if _BURNED_IN_KEY not in b"".join([r.metadata for r in records]):
+            return list(records)  # the attribute is in none of them: one look, not one per record
         return [r for r in records if not self.withholds(r)]
 
     def withholds(self, record: InstanceRecord) -> bool:
@@ -305,12 +307,10 @@ class DeidentifiedViews:
 
 
 def _remember_in(pairs: OrderedDict[str, str], lock: threading.Lock, replacement: str, original: str) -> None:
-    try:
-        if pairs[replacement] == original:  # remembered already (a series' UIDs, instance after instance)
+    with contextlib.suppress(KeyError):  # forgotten meanwhile by another thread
+        if pairs.get(replacement) == original:  # remembered already (a series' UIDs, instance after instance)
             pairs.move_to_end(replacement)
             return
-    except KeyError:  # not yet, or forgotten meanwhile by another thread
-        pass
     with lock:
         pairs[replacement] = original
         pairs.move_to_end(replacement)
