@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -95,6 +97,52 @@ def test_stored_metadata_rewritten_as_bytes_is_what_the_profile_gives(options: P
     answer = JsonBytesRewriter(Deidentifier(KEY, options)).answer(orjson.dumps(i) for i in instances)
     assert orjson.loads(answer) == expected
     assert [list(i) for i in orjson.loads(answer)] == [list(i) for i in expected]  # in the same order
+
+
+# Tags of every kind the rewrite tells apart: kept (no action), removed, emptied, dummies, UIDs,
+# cleaned dates (under the modified dates option), a private one, a RetrieveURL, a mark.
+_TAGS = ["00080008", "00080016", "00080018", "00080020", "00080050", "00081030", "00100010", "00100020"]
+_TAGS += ["00101010", "00120062", "00180015", "0020000D", "00200013", "00091001", "00081190", "7FE00010"]
+_VRS = {"00080018": "UI", "0020000D": "UI", "00080016": "UI", "00100010": "PN", "00080020": "DA", "00200013": "IS"}
+_TEXT = st.text(alphabet=st.sampled_from('},"{[]\\:a5é^ '), max_size=12)
+
+
+@st.composite
+def _element(draw: st.DrawFn, tag: str, depth: int) -> dict[str, Any]:
+    vr = _VRS.get(tag, "LO")
+    if tag == "7FE00010":
+        return {"vr": "OW", "BulkDataURI": f"https://gw/studies/1.2/series/1.2.3/instances/{draw(st.integers(1, 9))}"}
+    if depth < 2 and draw(st.integers(0, 5)) == 0:  # a sequence of items like the data set
+        return {"vr": "SQ", "Value": draw(st.lists(_dataset(depth + 1), max_size=2))}
+    if vr == "UI":
+        return {"vr": vr, "Value": [f"1.2.{draw(st.integers(1, 99))}"]}
+    if vr == "PN":
+        return {"vr": vr, "Value": [{"Alphabetic": draw(_TEXT)}]}
+    if vr == "DA":
+        return {"vr": vr, "Value": [draw(st.sampled_from(["20240115", "19991231", "x},"]))]}
+    if vr == "IS":
+        return {"vr": vr, "Value": [draw(st.integers(0, 3))]}
+    return {"vr": vr, "Value": draw(st.lists(_TEXT, max_size=2))} if draw(st.booleans()) else {"vr": vr}
+
+
+@st.composite
+def _dataset(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
+    tags = draw(st.lists(st.sampled_from(_TAGS), unique=True, max_size=len(_TAGS)))
+    return {tag: draw(_element(tag, depth)) for tag in sorted(tags)}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(series=st.lists(_dataset(), min_size=1, max_size=4), modified_dates=st.booleans())
+def test_any_stored_metadata_rewritten_as_bytes_is_what_the_profile_gives(
+    series: list[dict[str, Any]], modified_dates: bool
+) -> None:
+    """Whatever the values hold (the split's separators, quotes, brackets, sequences in any
+    element), the bytes are what the profile gives element by element, in the same order."""
+    options = ProfileOptions(modified_dates=modified_dates)
+    expected = list(Deidentifier(KEY, options).json_instances(series))
+    answer = orjson.loads(JsonBytesRewriter(Deidentifier(KEY, options)).answer(orjson.dumps(i) for i in series))
+    assert answer == expected
+    assert [list(i) for i in answer] == [list(i) for i in expected]
 
 
 @pytest.mark.parametrize(

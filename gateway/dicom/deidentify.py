@@ -219,7 +219,7 @@ class Deidentifier:
                 kept = plain[tag]
             except KeyError:
                 kept = plain[tag] = self._kept_as_is(tag)
-            if kept and "BulkDataURI" not in element:
+            if kept and "BulkDataURI" not in element and element.get("vr") != "SQ":
                 out[tag] = element
                 continue
             done = self.json_top_level(tag, element)
@@ -257,7 +257,7 @@ class Deidentifier:
                     kept = plain[tag]
                 except KeyError:
                     kept = plain[tag] = self._kept_as_is(tag)
-                if kept and "BulkDataURI" not in element:
+                if kept and "BulkDataURI" not in element and element.get("vr") != "SQ":
                     answer[tag] = element
                     continue
                 seen = done.get(tag)
@@ -270,7 +270,8 @@ class Deidentifier:
 
     def _kept_as_is(self, tag: str) -> bool:
         """Whether an attribute of ``tag`` is kept as it is, unless it is bulk data (whose URI
-        names the instance): no action, not a sequence (whose items the profile enters)."""
+        names the instance) or written as a sequence all the same (a sender's mistake whose
+        items the profile still enters): no action, not a sequence (whose items it enters)."""
         if tag == RETRIEVE_URL or self.action(tag) is not None:
             return False
         try:
