@@ -310,6 +310,10 @@ class Index(Protocol):
         False while another holder's lease runs. What one replica at a time may do (the
         retention sweep) runs under it."""
 
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease ``name`` up if ``holder`` holds it (a replica stopping), so that
+        another takes it at once rather than when it runs out; another holder's is left."""
+
     async def clear(self) -> None:
         """Remove every row (reindex), each with its ``delete`` change-feed entry (origin
         ``reindex``); the feed's history stays."""
