@@ -80,12 +80,6 @@ class BlobStore(Protocol):
         the object is created, raises :class:`gateway.errors.MetadataNotWritten` (the object
         stays); any other error means no object was created."""
 
-    async def sync_source(self, path: Path) -> None:
-        """A local file that will soon be given to :meth:`put_file`: a store that keeps the file
-        itself (the file store links it into place) makes its bytes durable now, so that waiting
-        for the disk overlaps other work (the parse of the instance); a store that copies it does
-        nothing. Best effort, never raises: :meth:`put_file` still makes sure."""
-
     async def stat(self, key: str) -> ObjectInfo | None:
         """Size and digest of ``key``, or None when absent."""
 

@@ -135,18 +135,6 @@ async def test_put_file_is_create_only(store: BlobStore, source_dir: Path) -> No
     assert info.sha256 == sha256(original)
 
 
-async def test_sync_source_then_put_file(store: BlobStore, source_dir: Path) -> None:
-    # What the STOW service does while it parses an instance; a missing file is no error here
-    # (put_file is where a bad source is reported).
-    data = payload(200_000, 4)
-    source = write_source(source_dir, data)
-    await store.sync_source(source)
-    await store.sync_source(source_dir / "missing")
-    await store.put_file(KEY, source, sha256=sha256(data), content_type=DCM)
-    assert source.read_bytes() == data
-    assert await store.read_all(KEY) == data
-
-
 async def test_put_instance_writes_object_and_metadata_create_only(store: BlobStore, source_dir: Path) -> None:
     data, other = payload(300_000, 5), payload(300_000, 6)
     await store.put_instance(

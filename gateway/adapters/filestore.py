@@ -87,12 +87,6 @@ class FileBlobStore:
         final, metadata_final = self._path(key), self._path(metadata_key)
         await self._run(self._put_instance, key, final, Path(path), metadata_final, metadata)
 
-    async def sync_source(self, path: Path) -> None:
-        # Only a source that put_file will link (same filesystem); a failure here is met again,
-        # and reported, by put_file's own fsync.
-        with contextlib.suppress(OSError):
-            await anyio.to_thread.run_sync(self._sync_source, Path(path))
-
     async def delete(self, key: str) -> None:
         final = self._path(key)
         await self._run(_unlink_if_present, final)
@@ -247,14 +241,6 @@ class FileBlobStore:
         except OSError as exc:
             raise MetadataNotWritten(f"file store: {exc}") from exc
 
-    def _sync_source(self, source: Path) -> None:
-        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if os.fstat(fd).st_dev == os.stat(self._root).st_dev:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def _link_source(self, key: str, source: Path, final: Path) -> bool:
         """Publish ``source`` itself under ``final`` when both share a filesystem (no copy).
 
@@ -265,9 +251,7 @@ class FileBlobStore:
             return False
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            # The bytes must be durable before they appear; after sync_source this finds nothing
-            # left to write.
-            os.fsync(fd)
+            os.fsync(fd)  # the caller may not have: the bytes must be durable before they appear
         finally:
             os.close(fd)
         try:

@@ -192,9 +192,6 @@ class S3BlobStore:
         except GatewayError as exc:
             raise MetadataNotWritten(exc.reason, retry_after=getattr(exc, "retry_after", 5)) from exc
 
-    async def sync_source(self, path: Path) -> None:
-        return None  # the object is a copy, made durable by S3: the local file's durability is moot
-
     async def delete(self, key: str) -> None:
         name = self._name(key)
         # S3 answers 204 for absent keys; some compatible servers say 404.

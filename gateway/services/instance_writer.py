@@ -73,11 +73,6 @@ class InstanceWriter:
             if claimant is None:
                 self._claims.release_all(who)
 
-    async def prepare(self, path: Path) -> None:
-        """The Part 10 file at ``path`` is about to be parsed and written: the store may start
-        making it durable now (:meth:`gateway.ports.BlobStore.sync_source`). Never raises."""
-        await self._store.sync_source(path)
-
     def release(self, claimant: Claimant) -> None:
         """The claimant's response is decided: its instances may be undone by others again."""
         self._claims.release_all(claimant)

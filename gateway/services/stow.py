@@ -202,7 +202,7 @@ class StowService:
                 None, None, FAILURE_UNSUPPORTED_MEDIA, f"part media type {media} is not application/dicom"
             )
         try:
-            record = await self._parse_while_syncing(part.path, origin)
+            record = await anyio.to_thread.run_sync(self._parse, part.path, origin, limiter=self._parse_limiter)
         except InstanceRejected as exc:
             return FailedInstance(exc.sop_class_uid, exc.sop_instance_uid, exc.failure_code, exc.reason)
         if study_uid is not None and record.study_uid != study_uid:
@@ -228,20 +228,6 @@ class StowService:
                 retry_after=exc.retry_after,
                 study_uid=record.study_uid,
             )
-
-    async def _parse_while_syncing(self, path: Path, origin: str) -> InstanceRecord:
-        """Parse the instance while the store makes its file durable: the parse waits on the CPU
-        and the fsync on the disk, and every instance needs both before it can be written."""
-        parsed: InstanceRecord | Exception
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._writer.prepare, path)
-            try:
-                parsed = await anyio.to_thread.run_sync(self._parse, path, origin, limiter=self._parse_limiter)
-            except Exception as exc:  # raised below, unwrapped by the task group
-                parsed = exc
-        if isinstance(parsed, Exception):
-            raise parsed
-        return parsed
 
     async def _store_parsed(
         self, record: InstanceRecord, path: Path, restriction: Restriction | None, claimant: Claimant | None
