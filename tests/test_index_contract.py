@@ -197,8 +197,8 @@ async def test_concurrent_adds_of_many_series_through_two_connections(index: Ind
 
 @pytest.mark.anyio
 async def test_concurrent_adds_are_answered_each_on_its_own(index: Index) -> None:
-    # Adds arriving together may share one commit (SQLite's group commit): each is still
-    # answered for itself, and a refused one takes nothing of the others with it.
+    # Adds arriving together (one STOW's parts, concurrent requests) are each answered for
+    # themselves, and a refused one takes nothing of the others with it.
     assert await index.add(record(1, 1, 1, PatientID="P1")) is AddOutcome.INSERTED
     expected = {record(1, 1, n, PatientID="P1"): AddOutcome.INSERTED for n in range(2, 10)}
     expected[record(1, 1, 1, PatientID="P1", sha="0" * 64)] = AddOutcome.CONFLICT

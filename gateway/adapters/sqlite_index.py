@@ -26,10 +26,8 @@ Concurrency: one writer connection, its transactions serialized (a capacity limi
 the event loop, a lock in the threads) and started with ``BEGIN IMMEDIATE`` so that writers in
 other processes (``reindex``) queue on ``busy_timeout`` instead of failing half-way; readers use
 a small pool of read-only connections, which WAL lets run beside the writer. ``synchronous=FULL``
-because an acknowledged STOW must survive a power cut, not just a crash; the ``add`` calls that
-arrive while one commits share the next commit (:mod:`gateway.adapters.group_commit`), one
-savepoint each, so that fsync is paid once per batch. All sqlite3 calls run in worker threads;
-sqlite3 errors become :class:`gateway.errors.IndexError_` (503).
+because an acknowledged STOW must survive a power cut, not just a crash. All sqlite3 calls run
+in worker threads; sqlite3 errors become :class:`gateway.errors.IndexError_` (503).
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,7 +46,6 @@ import orjson
 
 from gateway import observability
 from gateway.adapters import sql_changes, sql_commitments, sql_corrections, sql_retention, sql_webhooks
-from gateway.adapters.group_commit import GroupCommit
 from gateway.adapters.sql_rows import (
     IndexRow,
     decode_metadata,
@@ -189,13 +186,16 @@ class SqliteIndex:
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._closed = False
-        self._adds: GroupCommit[InstanceRecord, AddOutcome] = GroupCommit(self._add_batch)
         observability.index_memory(lambda: float(sqlite_memory_used() or 0))
 
     # -- Index protocol ------------------------------------------------------------------------
 
     async def add(self, record: InstanceRecord) -> AddOutcome:
-        return await self._adds.submit(record)
+        def work() -> AddOutcome:
+            row = _Row.from_record(record)  # parse and derive outside the write lock
+            return self._transaction(row.insert)
+
+        return await self._write(work)
 
     async def get(self, study: str | None, series: str | None, sop: str) -> InstanceRecord | None:
         sql, params = instance_sql("?", study, series, sop)
@@ -571,34 +571,6 @@ class SqliteIndex:
                 raise IndexError_(f"index write failed: {exc}") from exc
             return result
 
-    def _add_batch(self, records: Sequence[InstanceRecord]) -> list[AddOutcome | BaseException]:
-        """The instances of one group commit, each in a savepoint of one transaction: an
-        instance whose insert fails is rolled back alone and answered with its error (an error
-        that undoes the whole transaction, a full disk say, fails them all)."""
-        rows: list[_Row | BaseException] = []
-        for record in records:  # parse and derive outside the write lock
-            try:
-                rows.append(_Row.from_record(record))
-            except Exception as exc:
-                rows.append(exc)
-
-        def insert_all(conn: sqlite3.Connection) -> list[AddOutcome | BaseException]:
-            outcomes: list[AddOutcome | BaseException] = []
-            for row in rows:
-                if isinstance(row, BaseException):
-                    outcomes.append(row)
-                    continue
-                conn.execute("SAVEPOINT add_instance")
-                try:
-                    outcomes.append(row.insert(conn))
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO add_instance")
-                    outcomes.append(_index_error(exc) if isinstance(exc, sqlite3.Error) else exc)
-                conn.execute("RELEASE add_instance")
-            return outcomes
-
-        return self._transaction(insert_all)
-
     def _writer_connection_locked(self) -> sqlite3.Connection:
         with self._writer_lock:
             try:
@@ -644,12 +616,6 @@ class SqliteIndex:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-
-
-def _index_error(exc: sqlite3.Error) -> IndexError_:
-    error = IndexError_(f"index write failed: {exc}")
-    error.__cause__ = exc
-    return error
 
 
 def _ensure_wal(conn: sqlite3.Connection) -> None:
