@@ -1,0 +1,108 @@
+"""The C-GET receive of the DIMSE adapter against Orthanc, with data set fragments written
+straight to their file (gateway.netdicom.pdata_reader): Orthanc sends 16 kB PDUs, so each slice
+of the series is some 30 fragments taken past pynetdicom's stack. Every slice arrives byte for
+byte as Orthanc holds it, and a link cut in the middle of a slice leaves no file behind."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from gateway.adapters.dimse import DimseUpstream
+from gateway.dicom.received import receive_into_files
+from gateway.errors import UpstreamError
+from gateway.ports import ReceivedInstance
+from gateway.settings import PacsNode
+from tests.fixtures_pacs import GATEWAY_AET, PacsData
+from tests.peers.cut_proxy import cut_after
+from tests.peers.orthanc import OrthancPeer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def received(tmp_path: Path) -> Iterator[Path]:
+    """The folder pynetdicom receives data sets into, as in the gateway (the composition root)."""
+    folder = tmp_path / "received"
+    restore = receive_into_files(folder)
+    try:
+        yield folder
+    finally:
+        restore()
+
+
+def dataset_bytes(part10: bytes) -> bytes:
+    """The data set of a Part 10 file (after the File Meta Information, PS3.10 7.1)."""
+    (meta_length,) = struct.unpack("<I", part10[140:144])
+    return part10[144 + meta_length :]
+
+
+def orthanc_files(peer: OrthancPeer) -> dict[str, bytes]:
+    """Every instance Orthanc holds, by SOP Instance UID, as it stores it."""
+    with httpx.Client(base_url=peer.http_url, timeout=30) as client:
+        files = {}
+        for orthanc_id in client.get("/instances").json():
+            sop = client.get(f"/instances/{orthanc_id}/simplified-tags").json()["SOPInstanceUID"]
+            files[sop] = client.get(f"/instances/{orthanc_id}/file").content
+        return files
+
+
+def upstream(port: int, aet: str, spool: Path, **options: Any) -> DimseUpstream:
+    node = PacsNode(name="orthanc", ae_title=aet, host="127.0.0.1", port=port, **options)
+    return DimseUpstream(node, ae_title=GATEWAY_AET, spool_dir=spool)
+
+
+def retrieve(pacs: DimseUpstream, study: str, series: str, got: list[ReceivedInstance]) -> None:
+    """C-GET the series into ``got`` (what arrived stays there when the retrieve fails)."""
+
+    async def run() -> None:
+        try:
+            async for item in pacs.retrieve(study, series):
+                got.append(item)
+        finally:
+            await pacs.aclose()
+
+    anyio.run(run)
+
+
+def test_each_slice_arrives_as_orthanc_holds_it(
+    orthanc_pacs: OrthancPeer, pacs_data: PacsData, received: Path, tmp_path: Path
+) -> None:
+    got: list[ReceivedInstance] = []
+    retrieve(upstream(orthanc_pacs.dicom_port, orthanc_pacs.aet, tmp_path / "spool"), *pacs_data.series_uids, got)
+    held = orthanc_files(orthanc_pacs)
+    assert len(got) == len(pacs_data.series)
+    for item in got:
+        assert dataset_bytes(item.path.read_bytes()) == dataset_bytes(held[item.sop_uid])
+    assert list(received.iterdir()) == []  # each file became a spool file (renamed)
+
+
+def test_a_link_cut_mid_slice_leaves_no_file_behind(
+    orthanc_pacs: OrthancPeer, pacs_data: PacsData, received: Path, tmp_path: Path
+) -> None:
+    """Orthanc's bytes stop in the middle of the third slice (each is ~0.5 MB): the two slices
+    before it arrive whole, the retrieve fails with the connection named, and the third
+    slice's partly written file is gone."""
+    spool = tmp_path / "spool"
+    got: list[ReceivedInstance] = []
+    with cut_after(orthanc_pacs.dicom_port, 1_300_000) as port:
+        pacs = upstream(port, orthanc_pacs.aet, spool, dimse_timeout=10)
+        with pytest.raises(UpstreamError, match="connection lost during C-GET"):
+            retrieve(pacs, *pacs_data.series_uids, got)
+    assert len(got) == 2
+    held = orthanc_files(orthanc_pacs)
+    for item in got:
+        assert dataset_bytes(item.path.read_bytes()) == dataset_bytes(held[item.sop_uid])
+        item.path.unlink()
+    deadline = time.monotonic() + 10  # the association's close event removes the unfinished file
+    while any(received.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(received.iterdir()) == []
+    assert list(spool.iterdir()) == []
