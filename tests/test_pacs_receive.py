@@ -1,7 +1,8 @@
 """The C-GET receive of the DIMSE adapter against Orthanc, with data set fragments written
 straight to their file (gateway.netdicom.pdata_reader): Orthanc sends 16 kB PDUs, so each slice
 of the series is some 30 fragments taken past pynetdicom's stack. Every slice arrives byte for
-byte as Orthanc holds it, and a link cut in the middle of a slice leaves no file behind."""
+byte as Orthanc holds it, also in 4 KiB PDUs (many PDUs of every kind in one read: fragments,
+last fragments, command sets), and a link cut in the middle of a slice leaves no file behind."""
 
 from __future__ import annotations
 
@@ -14,10 +15,15 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import StoragePresentationContexts, build_role, evt
 
 from gateway.adapters.dimse import DimseUpstream
-from gateway.dicom.received import receive_into_files
+from gateway.adapters.dimse_contexts import GET
+from gateway.adapters.dimse_pool import set_nodelay
+from gateway.dicom.received import receive_into_files, spool_received
 from gateway.errors import UpstreamError
+from gateway.netdicom.tune import TunedAE
 from gateway.ports import ReceivedInstance
 from gateway.settings import PacsNode
 from tests.fixtures_pacs import GATEWAY_AET, PacsData
@@ -82,6 +88,47 @@ def test_each_slice_arrives_as_orthanc_holds_it(
     for item in got:
         assert dataset_bytes(item.path.read_bytes()) == dataset_bytes(held[item.sop_uid])
     assert list(received.iterdir()) == []  # each file became a spool file (renamed)
+
+
+def test_each_slice_arrives_whole_in_small_pdus(
+    orthanc_pacs: OrthancPeer, pacs_data: PacsData, received: Path, tmp_path: Path
+) -> None:
+    """A tuned association that accepts PDUs of at most 4 KiB (PS3.8 D.1): Orthanc splits each
+    slice into ~130 of them, and each read of the socket holds many."""
+    ae = TunedAE(ae_title=GATEWAY_AET)
+    ae.maximum_pdu_size = 4096
+    ae.add_requested_context(GET)
+    roles = []
+    for context in StoragePresentationContexts:
+        ae.add_requested_context(str(context.abstract_syntax))
+        roles.append(build_role(str(context.abstract_syntax), scp_role=True))
+    got: list[ReceivedInstance] = []
+
+    def on_store(event: Any) -> int:
+        got.append(spool_received(event, tmp_path / "spool"))
+        return 0x0000
+
+    assoc = ae.associate(
+        "127.0.0.1",
+        orthanc_pacs.dicom_port,
+        ae_title=orthanc_pacs.aet,
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    study, series = pacs_data.series_uids
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID = study
+    identifier.SeriesInstanceUID = series
+    statuses = [int(status.Status) for status, _ in assoc.send_c_get(identifier, GET)]
+    assoc.release()
+    assert statuses[-1] == 0x0000
+    held = orthanc_files(orthanc_pacs)
+    assert len(got) == len(pacs_data.series)
+    for item in got:
+        assert dataset_bytes(item.path.read_bytes()) == dataset_bytes(held[item.sop_uid])
+    assert list(received.iterdir()) == []
 
 
 def test_a_link_cut_mid_slice_leaves_no_file_behind(

@@ -67,10 +67,12 @@ class Waker:
         self._writer.close()
 
 
-def install(dul: Any, transport: Any, receive: Callable[[Any], bool] | None = None) -> threading.Lock:
+def install(dul: Any, transport: Any, receive: Callable[[Any], bool | None] | None = None) -> threading.Lock:
     """Give ``dul`` (a ``DULServiceProvider`` whose thread has not started) the waking loop, and
     ``transport`` (its ``AssociationSocket``) whole-PDU reads; returns the send lock.
-    ``receive(dul)``: tried before pynetdicom reads a PDU; True when it took one."""
+    ``receive(dul)``: asked before pynetdicom's transport in each pass: None leaves the pass to
+    the transport, True says it received something, False that it holds the socket but had
+    nothing to do (the pass goes on to the state machine, then waits)."""
     waker = Waker()
     send_lock = threading.Lock()
     _wake_after(dul.to_provider_queue, waker, dul)
@@ -98,7 +100,7 @@ def _wake_after(q: queue.Queue[Any], waker: Waker, reactor: threading.Thread) ->
     q.put = put_and_wake  # type: ignore[method-assign]
 
 
-def _run(dul: Any, waker: Waker, send_lock: threading.Lock, receive: Callable[[Any], bool] | None) -> None:
+def _run(dul: Any, waker: Waker, send_lock: threading.Lock, receive: Callable[[Any], bool | None] | None) -> None:
     """pynetdicom's ``run_reactor`` (3.0), its sleep replaced by :func:`_wait`, each pass
     holding ``send_lock``; ``receive`` may take a PDU before pynetdicom's transport does."""
     try:
@@ -118,11 +120,12 @@ def _run(dul: Any, waker: Waker, send_lock: threading.Lock, receive: Callable[[A
                     # One primitive to encode and send OR one PDU to receive and decode per pass.
                     if dul._process_recv_primitive():
                         pass
-                    elif receive is not None and receive(dul):
-                        dul._idle_timer.restart()
-                        if dul.event_queue.empty():  # nothing for the state machine: the next PDU
-                            idle = False
-                            continue
+                    elif receive is not None and (received := receive(dul)) is not None:
+                        if received:
+                            dul._idle_timer.restart()
+                            if dul.event_queue.empty():  # nothing for the state machine: read on
+                                idle = False
+                                continue
                     elif dul._is_transport_event():
                         dul._idle_timer.restart()
                 except Exception:
