@@ -9,14 +9,16 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import StoragePresentationContexts, build_role, evt
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 
 from gateway.adapters.dimse import DimseUpstream
 from gateway.adapters.dimse_contexts import GET
@@ -26,11 +28,15 @@ from gateway.errors import UpstreamError
 from gateway.netdicom.tune import TunedAE
 from gateway.ports import ReceivedInstance
 from gateway.settings import PacsNode
+from tests import factory
 from tests.fixtures_pacs import GATEWAY_AET, PacsData
 from tests.peers.cut_proxy import cut_after
 from tests.peers.orthanc import OrthancPeer
+from tests.peers.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @pytest.fixture
@@ -128,6 +134,32 @@ def test_each_slice_arrives_whole_in_small_pdus(
     assert len(got) == len(pacs_data.series)
     for item in got:
         assert dataset_bytes(item.path.read_bytes()) == dataset_bytes(held[item.sop_uid])
+    assert list(received.iterdir()) == []
+
+
+def test_a_data_set_sent_as_one_pdu_arrives_whole(received: Path, tmp_path: Path) -> None:
+    """The gateway sets no maximum PDU length, so a PACS may send each data set as one PDU
+    (pynetdicom does): an 8 MB slice, in a PDU spanning several reads of the socket."""
+    sent = pydicom.dcmread(BytesIO(factory.ct_series(1, 2048, 2048, seed=3)[0]))
+    scp = AE(ae_title="ONEPDU")
+    scp.add_supported_context(GET)
+    scp.add_supported_context(CT_IMAGE_STORAGE, sent.file_meta.TransferSyntaxUID, scu_role=True, scp_role=True)
+
+    def on_get(event: Any) -> Iterator[Any]:
+        yield 1
+        yield 0xFF00, sent
+
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)])
+    got: list[ReceivedInstance] = []
+    try:
+        retrieve(upstream(port, "ONEPDU", tmp_path / "spool"), sent.StudyInstanceUID, sent.SeriesInstanceUID, got)
+    finally:
+        server.shutdown()
+    (item,) = got
+    arrived = pydicom.dcmread(item.path)
+    assert arrived.SOPInstanceUID == sent.SOPInstanceUID
+    assert arrived.PixelData == sent.PixelData
     assert list(received.iterdir()) == []
 
 

@@ -13,13 +13,15 @@ A :class:`FragmentReader` (the waking reactor's ``receive``, :mod:`gateway.netdi
 reads instead while the data set of a C-STORE request is received into a file
 (:func:`gateway.dicom.received.receive_into_files`) in Sta6: as much as the socket holds, in
 one read of up to :data:`CHUNK` bytes. From what it read it takes, in order, each P-DATA-TF PDU
-holding one presentation data value that is a data set fragment, not the last, on the message's
-presentation context, and writes the fragments to that file in one ``writev``; a PDU whose end
-has not arrived yet is continued in the next read, so memory stays one read whatever the PDU
-length. The first PDU of any other kind (a command fragment, the last fragment, which completes
-the message, an A-RELEASE, anything) is decoded and queued for the state machine exactly as
-pynetdicom's own read does, and the reader stops there until the state machine has acted on it:
-the order of events is pynetdicom's. Until every byte it read has been handed on, the socket is
+holding one presentation data value that is a data set fragment on the message's presentation
+context, and writes the fragments to that file in one ``writev``; a PDU whose end has not
+arrived yet is continued in the next read, so memory stays one read whatever the PDU length
+(a PACS may send a whole data set as one PDU). Once the last fragment is in the file, the same
+PDU without its data (an empty last fragment, PS3.8 E.2) is handed to pynetdicom, which
+completes the message as before. The first PDU of any other kind (a command set, an A-RELEASE,
+anything) is decoded and queued for the state machine exactly as pynetdicom's own read does;
+either way the reader stops there until the state machine has acted on it: the order of events
+is pynetdicom's. Until every byte it read has been handed on, the socket is
 the reader's (pynetdicom's transport is not asked); then pynetdicom reads again as before.
 
 What differs: the association's idle timer is restarted per read rather than per PDU, and
@@ -52,6 +54,7 @@ P_DATA_TF = 0x04
 COMMAND, LAST = 0x01, 0x02  # PS3.8 E.2: the message control header's bits
 PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, PDU length (PS3.8 9.3.1)
 PDV_HEADER = struct.Struct(">LBB")  # item length, presentation context ID, message control header
+HEADER = struct.Struct(">BBLLBB")  # both: a P-DATA-TF PDU of one presentation data value
 CHUNK = 1 << 20  # the most read from the socket at once
 IOV_MAX = 512  # fragments handed to one writev (below the system's IOV_MAX, 1024 on Linux)
 # EVT_PDU_RECV for the PDUs taken here, at most this often (seconds): its handlers want to know
@@ -71,10 +74,11 @@ class FragmentReader:
         self._pending = bytearray()  # read and not yet handed on: whole PDUs, or the start of one
         self._left = 0  # bytes of the fragment being taken that have not been read yet
         self._file: Any = None  # ... and the file they go to
+        self._closing: bytes | None = None  # ... and, for the last fragment, the PDU that ends it
         self._notified = 0.0
 
     def __call__(self, dul: Any) -> bool | None:
-        if not self._pending and not self._left:
+        if not self._pending and not self._left and self._closing is None:
             if _receiving_file(dul) is None or not _plain(dul):
                 return None
         elif not (dul.event_queue.empty() and dul._recv_pdu.empty()):
@@ -86,7 +90,7 @@ class FragmentReader:
                 return False
             if not received:
                 self._pending.clear()
-                self._left = 0
+                self._left, self._closing = 0, None
                 dul.event_queue.put("Evt17")  # the peer closed the connection (PS3.8 9.2, AA-4)
                 return True
             self._pending += received
@@ -94,8 +98,9 @@ class FragmentReader:
         return True
 
     def _take(self, dul: Any) -> bool:
-        """Write the fragments at the head of what is held to their file; queue the first PDU
-        of another kind for the state machine. Whether one was queued."""
+        """Write the fragments at the head of what is held to their file; queue the PDU that
+        ends a data set, or the first PDU of another kind, for the state machine. Whether one
+        was queued."""
         pending = self._pending
         fragments: list[memoryview] = []
         view = memoryview(pending)
@@ -110,6 +115,11 @@ class FragmentReader:
                     position += step
                     self._left -= step
                     continue
+                if self._closing is not None:  # the last fragment is in the file: end the message
+                    self._write(fragments)
+                    _queue(dul, self._closing)
+                    self._closing, queued = None, True
+                    break
                 if len(pending) - position < PDU_HEADER.size:
                     break
                 pdu_type, _, length = PDU_HEADER.unpack_from(pending, position)
@@ -121,13 +131,17 @@ class FragmentReader:
                         self._write(fragments)
                     self._file = target
                     self._left = length - PDV_HEADER.size  # the fragment: the PDU body after its PDV header
+                    context_id, control = pending[position + 10], pending[position + 11]
+                    if control & LAST:
+                        # pynetdicom is handed the same PDU without its data, which went to the file.
+                        self._closing = HEADER.pack(P_DATA_TF, 0, PDV_HEADER.size, 2, context_id, control)
                     position += PDU_HEADER.size + PDV_HEADER.size
                     continue
                 end = position + PDU_HEADER.size + length
                 if len(pending) < end:
                     break  # a PDU for pynetdicom, not all here yet
                 self._write(fragments)
-                _queue(dul, bytes(view[position:end]))
+                _queue(dul, pending[position:end])
                 position, queued = end, True
                 break
             self._write(fragments)
@@ -146,8 +160,8 @@ class FragmentReader:
         if pdu_type != P_DATA_TF or not (dul.event_queue.empty() and dul._recv_pdu.empty()):
             return None
         item_length, context_id, control = PDV_HEADER.unpack_from(pending, position + PDU_HEADER.size)
-        if item_length + 4 != length or item_length < 2 or control & (COMMAND | LAST):
-            return None  # several values in the PDU, or not a data set fragment before the last
+        if item_length + 4 != length or item_length < 2 or control & COMMAND:
+            return None  # several values in the PDU, or a command set fragment
         message = _receiving_file(dul)
         if message is None or context_id != message.context_id:
             return None
@@ -208,10 +222,10 @@ def _read(sock: socket.socket) -> bytes | None:
         return b""
 
 
-def _queue(dul: Any, pdu: bytes) -> None:
+def _queue(dul: Any, pdu: bytes | bytearray) -> None:
     """What pynetdicom's transport does with a PDU it read (``_read_pdu_data``)."""
     try:
-        decoded, event = dul._decode_pdu(bytearray(pdu))
+        decoded, event = dul._decode_pdu(pdu)
     except Exception as exc:
         LOGGER.error("Unable to decode the received PDU data")
         LOGGER.exception(exc)
