@@ -22,7 +22,9 @@ completes the message as before. The first PDU of any other kind (a command set,
 anything) is decoded and queued for the state machine exactly as pynetdicom's own read does;
 either way the reader stops there until the state machine has acted on it: the order of events
 is pynetdicom's. Until every byte it read has been handed on, the socket is
-the reader's (pynetdicom's transport is not asked); then pynetdicom reads again as before.
+the reader's (pynetdicom's transport is not asked); then pynetdicom reads again as before, and
+at once when the association leaves data transfer (an abort: what is held is dropped, as the
+state machine would ignore it).
 
 What differs: the association's idle timer is restarted per read rather than per PDU, and
 ``EVT_PDU_RECV`` for the fragments taken here is triggered without the PDU (its value went to
@@ -78,9 +80,16 @@ class FragmentReader:
         self._notified = 0.0
 
     def __call__(self, dul: Any) -> bool | None:
-        if not self._pending and not self._left and self._closing is None:
-            if _receiving_file(dul) is None or not _plain(dul):
-                return None
+        holding = bool(self._pending) or self._left > 0 or self._closing is not None
+        if holding and dul.state_machine.current_state != "Sta6":
+            # Aborted (by the watchdog, a cancel, the peer) with a data set half received: the
+            # state machine now ignores data PDUs (PS3.8 9.2, Sta13: AA-6) and, in Sta13, closes
+            # the connection once nothing more is to be read; that is pynetdicom's to do.
+            self._pending.clear()
+            self._left, self._closing = 0, None
+            return None
+        if not holding and (_receiving_file(dul) is None or not _plain(dul)):
+            return None
         elif not (dul.event_queue.empty() and dul._recv_pdu.empty()):
             return False  # the state machine acts on the PDU queued before the bytes held here
         # Read more only when what is held does not end in a whole PDU for pynetdicom.
