@@ -108,6 +108,11 @@ class StorageError(ServiceUnavailable):
     """The object store failed (unreachable, refused, throttled past retries)."""
 
 
+class MetadataNotWritten(StorageError):
+    """``BlobStore.put_instance`` created the object but could not write its metadata: the
+    object stays, unindexed, for the writer to undo (or ``reindex --repair`` to sweep)."""
+
+
 class IndexError_(ServiceUnavailable):
     """The index database failed."""
 

@@ -72,6 +72,14 @@ class BlobStore(Protocol):
     async def put_bytes(self, key: str, data: bytes, *, content_type: str) -> None:
         """Write a small object, replacing any existing one (metadata JSON). Durable on return."""
 
+    async def put_instance(self, key: str, path: Path, *, sha256: str, metadata_key: str, metadata: bytes) -> None:
+        """:meth:`put_file` of the instance's Part 10 file under ``key``, then :meth:`put_bytes`
+        of its DICOM JSON under ``metadata_key``, done as one step where that is cheaper (the
+        file store: one thread hop, one directory fsync for both). Durable on return. A taken
+        ``key`` raises AlreadyExists with nothing written; a failure of the metadata write, once
+        the object is created, raises :class:`gateway.errors.MetadataNotWritten` (the object
+        stays); any other error means no object was created."""
+
     async def stat(self, key: str) -> ObjectInfo | None:
         """Size and digest of ``key``, or None when absent."""
 
@@ -309,6 +317,10 @@ class Index(Protocol):
         """Hold the lease ``name`` for ``seconds`` (renewing it when ``holder`` holds it already);
         False while another holder's lease runs. What one replica at a time may do (the
         retention sweep) runs under it."""
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease ``name`` up if ``holder`` holds it (a replica stopping), so that
+        another takes it at once rather than when it runs out; another holder's is left."""
 
     async def clear(self) -> None:
         """Remove every row (reindex), each with its ``delete`` change-feed entry (origin

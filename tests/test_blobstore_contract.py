@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError
 
 from gateway.adapters.filestore import FileBlobStore
 from gateway.adapters.s3 import S3BlobStore
-from gateway.errors import AlreadyExists, NotFound, StorageError
+from gateway.errors import AlreadyExists, MetadataNotWritten, NotFound, StorageError
 from gateway.ports import BlobStore, ObjectInfo, UnfinishedWrite
 from tests.fixtures_s3 import S3Bucket
 from tests.peers.ports import free_port
@@ -37,6 +37,7 @@ THRESHOLD = 6 * MiB
 PART_SIZE = 5 * MiB
 DCM = "application/dicom"
 KEY = "studies/1.2.3/series/4.5/instances/6.7.dcm"
+META_KEY = "studies/1.2.3/series/4.5/instances/6.7.json"
 
 BAD_KEYS = [
     "",
@@ -132,6 +133,19 @@ async def test_put_file_is_create_only(store: BlobStore, source_dir: Path) -> No
     info = await store.stat(KEY)
     assert info is not None
     assert info.sha256 == sha256(original)
+
+
+async def test_put_instance_writes_object_and_metadata_create_only(store: BlobStore, source_dir: Path) -> None:
+    data, other = payload(300_000, 5), payload(300_000, 6)
+    await store.put_instance(
+        KEY, write_source(source_dir, data, "a"), sha256=sha256(data), metadata_key=META_KEY, metadata=b'{"a": 1}'
+    )
+    with pytest.raises(AlreadyExists):  # nothing of the second call is written
+        await store.put_instance(
+            KEY, write_source(source_dir, other, "b"), sha256=sha256(other), metadata_key=META_KEY, metadata=b"{}"
+        )
+    assert await store.read_all(KEY) == data
+    assert await store.read_all(META_KEY) == b'{"a": 1}'
 
 
 async def test_put_file_leaves_the_source_usable(store: BlobStore, source_dir: Path) -> None:
@@ -363,6 +377,20 @@ def file_store(tmp_path: Path) -> FileBlobStore:
 def copy_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force the copy path, as for a source on another filesystem."""
     monkeypatch.setattr(FileBlobStore, "_link_source", lambda self, key, source, final: False)
+
+
+async def test_file_store_put_instance_keeps_the_object_when_its_metadata_fails(
+    file_store: FileBlobStore, source_dir: Path
+) -> None:
+    # The writer must learn that the object exists (it undoes it): MetadataNotWritten says so.
+    (file_store.root / META_KEY).mkdir(parents=True)  # the metadata cannot be renamed into place
+    data = payload(10_000, 13)
+    with pytest.raises(MetadataNotWritten):
+        await file_store.put_instance(
+            KEY, write_source(source_dir, data), sha256=sha256(data), metadata_key=META_KEY, metadata=b"{}"
+        )
+    assert (file_store.root / KEY).read_bytes() == data
+    assert hidden_files(file_store.root) == []
 
 
 @pytest.mark.usefixtures("copy_only")

@@ -21,6 +21,7 @@ from gateway.dicom.deidentify import Deidentifier, ProfileOptions, action_for
 from gateway.dicom.deidentify_part10 import deidentified_part10
 from gateway.dicom.deidentify_table import TABLE
 from gateway.dicom.dicomjson import dataset_to_json
+from gateway.dicom.query import parse_qido
 from gateway.errors import SettingsError
 from gateway.ports import Index
 from gateway.services import deidentified as views_module
@@ -605,3 +606,59 @@ async def test_forgotten_replacements_are_found_again_in_the_index(
     assert await views.original(Deidentifier(KEY).uid(added.sop_uid)) == "0.0"
     monkeypatch.setattr(views_module, "RELEARN_SECONDS", 0.0)
     assert await views.original(Deidentifier(KEY).uid(added.sop_uid)) == added.sop_uid
+
+
+@pytest.mark.anyio
+async def test_a_dummy_handed_out_by_another_replica_finds_its_patient(
+    index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dummy Patient ID matches on a gateway that never handed it out (another replica, or
+    this one after a restart): the index's Patient IDs are hashed to find it, once per
+    RELEARN_SECONDS; a value that is no dummy of a stored Patient ID matches nothing."""
+    monkeypatch.setattr(views_module, "_PAGE", 2)  # several pages of studies
+    stored = [index_record(s, 1, 1, PatientID=f"PID-{s}") for s in range(1, 6)]
+    for r in stored:
+        await index.add(r)
+    shown = views_module.DeidentifiedViews(index, lambda: KEY, ProfileOptions()).profile.pseudonym("PID-4")
+    elsewhere = views_module.DeidentifiedViews(index, lambda: KEY, ProfileOptions())
+
+    async def studies(patient_id: str) -> list[str]:
+        query = await elsewhere.original_query(parse_qido("study", [("PatientID", patient_id)]))
+        return [uid_of(row, "0020000D") for row in (await index.search(query)).rows]
+
+    assert await studies(shown) == [stored[3].study_uid]
+    assert await studies("PID-4") == []  # the stored value is no dummy
+    assert await studies(Deidentifier(KEY).pseudonym("PID-9")) == []  # no such patient stored
+    # A patient stored since is found by the next pass, RELEARN_SECONDS after the last one.
+    added = index_record(9, 1, 1, PatientID="PID-9")
+    await index.add(added)
+    assert await studies(Deidentifier(KEY).pseudonym("PID-9")) == []
+    monkeypatch.setattr(views_module, "RELEARN_SECONDS", 0.0)
+    assert await studies(Deidentifier(KEY).pseudonym("PID-9")) == [added.study_uid]
+
+
+def test_a_dummy_patient_id_shown_before_a_restart_finds_the_study_after(
+    tmp_path: Path, jwks_server: JwksServer
+) -> None:
+    keys = tmp_path / "keys.json"
+    plain = bearer(create_api_key(keys, "uploader", "read", "write"))
+    deid = bearer(create_api_key(keys, "research", "read", deidentify="basic"))
+    config = oidc_config(jwks_server.url, keys_file=keys, extra=f'[deidentify]\nkey = "{SITE_KEY}"\n')
+    first = start_secured_gateway(tmp_path, config)
+    try:
+        body, content_type = stow_body([to_part10_bytes(rich_dataset())])
+        headers = {**plain, "Content-Type": content_type, "Accept": "application/dicom+json"}
+        assert httpx.post(first.url + "/studies", content=body, headers=headers, timeout=60).status_code == 200
+        (row,) = httpx.get(first.url + "/studies", headers=deid, timeout=60).json()
+        shown, study = uid_of(row, "00100020"), uid_of(row, "0020000D")
+        assert shown.startswith("ANON")
+    finally:
+        stop_gateway(first.gw)
+    again = start_secured_gateway(tmp_path, config)
+    try:
+        # Asked straight away: the restarted gateway has handed out no dummy yet.
+        found = httpx.get(again.url + "/studies", headers=deid, params={"PatientID": shown}, timeout=60)
+        assert found.status_code == 200, found.text
+        assert [uid_of(r, "0020000D") for r in found.json()] == [study]
+    finally:
+        stop_gateway(again.gw)

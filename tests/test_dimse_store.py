@@ -241,6 +241,11 @@ class FailingStore(FileBlobStore):
             raise StorageError("the object store is unavailable")
         await super().put_file(key, path, sha256=sha256, content_type=content_type)
 
+    async def put_instance(self, key: str, path: Path, *, sha256: str, metadata_key: str, metadata: bytes) -> None:
+        if self.down:
+            raise StorageError("the object store is unavailable")
+        await super().put_instance(key, path, sha256=sha256, metadata_key=metadata_key, metadata=metadata)
+
 
 def test_an_unavailable_store_is_out_of_resources_and_the_retry_succeeds(tmp_path: Path) -> None:
     (tmp_path / "objects").mkdir()

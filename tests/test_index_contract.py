@@ -196,6 +196,30 @@ async def test_concurrent_adds_of_many_series_through_two_connections(index: Ind
 
 
 @pytest.mark.anyio
+async def test_concurrent_adds_are_answered_each_on_its_own(index: Index) -> None:
+    # Adds arriving together (one STOW's parts, concurrent requests) are each answered for
+    # themselves, and a refused one takes nothing of the others with it.
+    assert await index.add(record(1, 1, 1, PatientID="P1")) is AddOutcome.INSERTED
+    expected = {record(1, 1, n, PatientID="P1"): AddOutcome.INSERTED for n in range(2, 10)}
+    expected[record(1, 1, 1, PatientID="P1", sha="0" * 64)] = AddOutcome.CONFLICT
+    expected[record(1, 2, 20, PatientID="P2")] = AddOutcome.PATIENT_MISMATCH
+    expected[record(2, 1, 1, PatientID="P3")] = AddOutcome.INSERTED
+    outcomes: dict[InstanceRecord, AddOutcome] = {}
+
+    async def add(rec: InstanceRecord) -> None:
+        outcomes[rec] = await index.add(rec)
+
+    async with anyio.create_task_group() as tg:
+        for rec in expected:
+            tg.start_soon(add, rec)
+    assert outcomes == expected
+    assert len(await index.instances(f"{ROOT}.1")) == 9
+    assert [r.sop_uid for r in await index.instances(f"{ROOT}.2")] == [f"{ROOT}.2.1.1"]
+    rows = {row["0020000D"]["Value"][0]: row for row in await search(index, "study")}
+    assert (values([rows[f"{ROOT}.1"]], "00201206"), values([rows[f"{ROOT}.1"]], "00201208")) == ([1], [9])
+
+
+@pytest.mark.anyio
 async def test_first_use_by_several_openers_migrates_once(backend: Backend) -> None:
     # Replicas starting together on an empty database all find one schema.
     indexes = [backend.open() for _ in range(4)]

@@ -122,6 +122,17 @@ async def test_a_lease_has_one_holder_until_it_runs_out(index: Index) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_lease_given_up_is_free_at_once_for_another_holder(index: Index) -> None:
+    assert await index.take_lease("retention", "replica-a", 60)
+    await index.release_lease("retention", "replica-b")  # not its lease: left alone
+    assert not await index.take_lease("retention", "replica-b", 60)
+    await index.release_lease("retention", "replica-a")
+    assert await index.take_lease("retention", "replica-b", 60)
+    await index.release_lease("retention", "replica-a")  # no longer its lease: left alone
+    assert not await index.take_lease("retention", "replica-a", 60)
+
+
+@pytest.mark.anyio
 async def test_idle_rules_count_from_the_last_read(index: Index) -> None:
     read = at(record(1, 1, 1, Modality="MR"), "stow", 1000.0)
     unread = at(record(2, 1, 1, Modality="MR"), "stow", 1000.0)
@@ -242,6 +253,35 @@ def test_two_gateways_on_postgresql_sweep_each_instance_once(tmp_path: Path, pos
     finally:
         for gw in replicas:
             stop_gateway(gw)
+
+
+def test_a_stopped_gateway_gives_the_sweep_lease_up(tmp_path: Path) -> None:
+    """A gateway that stops gives up the retention lease it holds: another replica sweeps at
+    its next interval, not a minute later when the lease would have run out."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        'retention_interval_seconds = 0.2\n[[retention]]\nname = "old-cr"\nmodality = "CR"\nmax_age_seconds = 60\n'
+    )
+    gw = start_gateway(tmp_path, extra_args=("--config", str(config)))
+
+    async def probe(holder: str, seconds: float) -> bool:
+        index = SqliteIndex(tmp_path / "data" / "index.sqlite3")
+        try:
+            return await index.take_lease("retention", holder, seconds)
+        finally:
+            await index.aclose()
+
+    try:
+        # A probe's lease of no time at all is free again at once for the gateway to take.
+        deadline = time.monotonic() + 30
+        while anyio.run(probe, "probe", 0.0):
+            assert time.monotonic() < deadline, "the gateway never took the sweep's lease"
+            time.sleep(0.1)
+        assert not anyio.run(probe, "other-replica", 60.0)  # the gateway's, for a minute at least
+    finally:
+        stop_gateway(gw)
+    assert "Application shutdown complete" in gw.log()  # stopped (SIGTERM), not killed
+    assert anyio.run(probe, "other-replica", 60.0)
 
 
 # -- the dry run and the settings --------------------------------------------------------------

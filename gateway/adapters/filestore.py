@@ -17,7 +17,7 @@ from typing import ParamSpec, TypeVar
 
 import anyio.to_thread
 
-from gateway.errors import AlreadyExists, NotFound, StorageError
+from gateway.errors import AlreadyExists, MetadataNotWritten, NotFound, StorageError
 from gateway.ports import ListedObject, ObjectInfo, UnfinishedWrite
 
 P = ParamSpec("P")
@@ -82,6 +82,10 @@ class FileBlobStore:
     async def put_bytes(self, key: str, data: bytes, *, content_type: str) -> None:
         final = self._path(key)
         await self._run(self._put_bytes, final, data)
+
+    async def put_instance(self, key: str, path: Path, *, sha256: str, metadata_key: str, metadata: bytes) -> None:
+        final, metadata_final = self._path(key), self._path(metadata_key)
+        await self._run(self._put_instance, key, final, Path(path), metadata_final, metadata)
 
     async def delete(self, key: str) -> None:
         final = self._path(key)
@@ -201,6 +205,12 @@ class FileBlobStore:
             raise StorageError(f"file store: {exc}") from exc
 
     def _put_file(self, key: str, final: Path, source: Path) -> None:
+        self._publish(key, final, source)
+        _fsync_dir(final.parent)
+
+    def _publish(self, key: str, final: Path, source: Path) -> None:
+        """Make ``final`` a durable copy of ``source``, create-only; its directory entry is made
+        durable by the caller's fsync of the directory."""
         parent = final.parent
         self._ensure_dir(parent)
         if os.path.lexists(final):
@@ -212,7 +222,24 @@ class FileBlobStore:
                 _link_create_only(key, tmp, final)
             finally:
                 _unlink_if_present(tmp)
-        _fsync_dir(parent)
+
+    def _put_instance(self, key: str, final: Path, source: Path, metadata_final: Path, metadata: bytes) -> None:
+        """:meth:`_put_file` and :meth:`_put_bytes` with one fsync of the directory for both
+        (the object's link and the metadata's rename), when they share it."""
+        if metadata_final.parent != final.parent:
+            self._put_file(key, final, source)
+            self._put_metadata(metadata_final, metadata)
+            return
+        self._publish(key, final, source)
+        self._put_metadata(metadata_final, metadata)
+
+    def _put_metadata(self, final: Path, data: bytes) -> None:
+        """:meth:`_put_bytes` for the metadata of an object just created: an OSError now leaves
+        that object behind, which the caller must be told (MetadataNotWritten)."""
+        try:
+            self._put_bytes(final, data)
+        except OSError as exc:
+            raise MetadataNotWritten(f"file store: {exc}") from exc
 
     def _link_source(self, key: str, source: Path, final: Path) -> bool:
         """Publish ``source`` itself under ``final`` when both share a filesystem (no copy).

@@ -346,6 +346,10 @@ class PostgresIndex:
             cur = await conn.execute(sql_retention.take_lease_sql("%s"), (name, holder, now + seconds, now, holder))
             return bool(await cur.fetchall())
 
+    async def release_lease(self, name: str, holder: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql_retention.release_lease_sql("%s"), (name, holder))
+
     async def clear(self) -> None:
         async with self._connection(bulk=True) as conn, conn.transaction():
             await _no_statement_timeout(conn)

@@ -41,7 +41,7 @@ from gateway.adapters.filestore import validate_key, validate_prefix
 from gateway.adapters.s3_client import s3_client, s3_config
 from gateway.adapters.s3_retry import THROTTLING_CODES, StoreBreaker, StoreUnavailable, backoff, classify
 from gateway.adapters.s3_retry import error_code as _error_code
-from gateway.errors import AlreadyExists, GatewayError, NotFound, StorageError
+from gateway.errors import AlreadyExists, GatewayError, MetadataNotWritten, NotFound, StorageError
 from gateway.ports import ListedObject, ObjectInfo, UnfinishedWrite
 
 if TYPE_CHECKING:
@@ -184,6 +184,13 @@ class S3BlobStore:
             Body=data,
             ContentType=content_type,
         )
+
+    async def put_instance(self, key: str, path: Path, *, sha256: str, metadata_key: str, metadata: bytes) -> None:
+        await self.put_file(key, path, sha256=sha256, content_type="application/dicom")
+        try:
+            await self.put_bytes(metadata_key, metadata, content_type="application/dicom+json")
+        except GatewayError as exc:
+            raise MetadataNotWritten(exc.reason, retry_after=getattr(exc, "retry_after", 5)) from exc
 
     async def delete(self, key: str) -> None:
         name = self._name(key)

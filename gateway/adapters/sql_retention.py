@@ -94,6 +94,11 @@ def take_lease_sql(p: str) -> str:
     )
 
 
+def release_lease_sql(p: str) -> str:
+    """Parameters (name, holder): only the holder's own lease goes."""
+    return f"DELETE FROM leases WHERE name = {p} AND holder = {p}"
+
+
 def record_access_sql(p: str) -> str:
     """Parameters (now, study, series, now): never moves the time back."""
     return (

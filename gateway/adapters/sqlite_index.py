@@ -288,6 +288,10 @@ class SqliteIndex:
         )
         return bool(rows)
 
+    async def release_lease(self, name: str, holder: str) -> None:
+        sql = sql_retention.release_lease_sql("?")
+        await self._write(lambda: self._transaction(lambda conn: conn.execute(sql, (name, holder))))
+
     async def clear(self) -> None:
         def clear(conn: sqlite3.Connection) -> None:
             conn.execute(sql_changes.clear_sql("?"), (time.time(),))

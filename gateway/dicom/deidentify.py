@@ -31,6 +31,7 @@ import datetime
 import functools
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -109,11 +110,24 @@ def action_for(tag: str, options: ProfileOptions) -> str | None:
     return _resolved(action)
 
 
+@functools.lru_cache(maxsize=8)
+def table_actions(options: ProfileOptions) -> dict[str, str | None]:
+    """:func:`action_for` of every tag the table names, for ``options`` (worked out once: a
+    gateway does it when it starts, not in its first de-identified answer)."""
+    return {tag: action_for(tag, options) for tag in TABLE if _TAG.fullmatch(tag)}
+
+
+_TAG = re.compile("[0-9A-F]{8}")
+
+
 def _wildcard_row(tag: str) -> Row | None:
-    for pattern, row in WILDCARD_TABLE.items():
-        if all(p == "X" or p == t for p, t in zip(pattern, tag, strict=True)):
-            return row
-    return None
+    found = _WILDCARDS.fullmatch(tag)
+    return None if found is None else WILDCARD_TABLE[_WILDCARD_PATTERNS[found.lastindex or 0]]
+
+
+# The wildcard rows as one pattern, a group each ("60XX3000" matches 60003000 to 60FF3000).
+_WILDCARD_PATTERNS = dict(enumerate(WILDCARD_TABLE, start=1))
+_WILDCARDS = re.compile("|".join(f"({pattern.replace('X', '[0-9A-F]')})" for pattern in WILDCARD_TABLE))
 
 
 def _resolved(action: str) -> str:
@@ -141,7 +155,7 @@ class Deidentifier:
         self._key = key
         self._on_uid = on_uid
         self._on_pseudonym = on_pseudonym
-        self._actions: dict[str, str | None] = {}
+        self._actions: dict[str, str | None] = dict(table_actions(options))
         self._tag_actions: dict[int, str | None] = {}
         self._json_marks: dict[str, dict[str, Any]] | None = None  # the same for every instance
         self._plain: dict[str, bool] = {}  # tag: kept as it is (see _kept_as_is)
@@ -205,14 +219,14 @@ class Deidentifier:
                 kept = plain[tag]
             except KeyError:
                 kept = plain[tag] = self._kept_as_is(tag)
-            if kept and "BulkDataURI" not in element:
+            if kept and "BulkDataURI" not in element and element.get("vr") != "SQ":
                 out[tag] = element
                 continue
-            done = self._json_top_level(tag, element)
+            done = self.json_top_level(tag, element)
             if done is not None:
                 out[tag] = done
         if mark:
-            out.update(self._marks_json())
+            out.update(self.json_marks())
         return dict(sorted(out.items()))
 
     def json_instances(self, instances: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -224,7 +238,7 @@ class Deidentifier:
         is let go before the next is read."""
         done: dict[str, tuple[Any, dict[str, Any] | None]] = {}  # tag: (element, de-identified)
         plain = self._plain
-        every_mark = self._marks_json()
+        every_mark = self.json_marks()
         marks = sorted(every_mark.items())
         for instance in instances:
             answer: dict[str, Any] = {}
@@ -243,12 +257,12 @@ class Deidentifier:
                     kept = plain[tag]
                 except KeyError:
                     kept = plain[tag] = self._kept_as_is(tag)
-                if kept and "BulkDataURI" not in element:
+                if kept and "BulkDataURI" not in element and element.get("vr") != "SQ":
                     answer[tag] = element
                     continue
                 seen = done.get(tag)
                 if seen is None or seen[0] != element:
-                    seen = done[tag] = (element, self._json_top_level(tag, element))
+                    seen = done[tag] = (element, self.json_top_level(tag, element))
                 if seen[1] is not None:
                     answer[tag] = seen[1]
             answer.update(every_mark)  # those after the last attribute; any an unordered one overwrote
@@ -256,7 +270,8 @@ class Deidentifier:
 
     def _kept_as_is(self, tag: str) -> bool:
         """Whether an attribute of ``tag`` is kept as it is, unless it is bulk data (whose URI
-        names the instance): no action, not a sequence (whose items the profile enters)."""
+        names the instance) or written as a sequence all the same (a sender's mistake whose
+        items the profile still enters): no action, not a sequence (whose items it enters)."""
         if tag == RETRIEVE_URL or self.action(tag) is not None:
             return False
         try:
@@ -264,12 +279,12 @@ class Deidentifier:
         except KeyError:
             return False  # not in the dictionary: looked at element by element
 
-    def _json_top_level(self, tag: str, element: dict[str, Any]) -> dict[str, Any] | None:
+    def json_top_level(self, tag: str, element: dict[str, Any]) -> dict[str, Any] | None:
         if tag == RETRIEVE_URL:
             return {**element, "Value": [self.url(str(v)) for v in element.get("Value") or []]}
         return self._json_element(tag, element)
 
-    def _marks_json(self) -> dict[str, dict[str, Any]]:
+    def json_marks(self) -> dict[str, dict[str, Any]]:
         if self._json_marks is None:
             self._json_marks = self._marks()
         return self._json_marks
@@ -406,15 +421,21 @@ class Deidentifier:
         return values
 
 
+def forget_hashes() -> None:
+    """Let go of the remembered keyed hashes, as a restart does (a benchmark timing first requests)."""
+    _keyed_uid.cache_clear()
+    _keyed_pseudonym.cache_clear()
+
+
 @functools.lru_cache(maxsize=_HASHES_REMEMBERED)
 def _keyed_uid(key: bytes, uid: str) -> str:
-    digest = hmac.new(key, uid.encode("ascii", "replace"), hashlib.sha256).digest()
+    digest = hmac.digest(key, uid.encode("ascii", "replace"), "sha256")
     return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 @functools.lru_cache(maxsize=_HASHES_REMEMBERED)
 def _keyed_pseudonym(key: bytes, text: str) -> str:
-    digest = hmac.new(key, b"dummy:" + text.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+    digest = hmac.digest(key, b"dummy:" + text.encode("utf-8", "replace"), "sha256").hex()
     return f"ANON{digest[:8].upper()}"
 
 

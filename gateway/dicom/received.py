@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import shutil
 import struct
@@ -25,18 +24,24 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, _config, dimse_messages
-from pynetdicom.dsutils import create_file_meta
+from pynetdicom import _config, dimse_messages
 
+from gateway.dicom.received_meta import IMPLEMENTATION_VERSION, ReceivedMeta, file_meta, write_meta
 from gateway.dicom.records import ReceivedInstance
 
-IMPLEMENTATION_VERSION = "DICOMWEB_GW"
+__all__ = [
+    "IMPLEMENTATION_VERSION",
+    "discard_unfinished",
+    "receive_into_files",
+    "received_size",
+    "spool_received",
+]
+
 COPY_CHUNK = 1 << 20
 # What pynetdicom's receiving code (dimse_messages, 3.0) calls for the meta of a received file.
 META_FACTORY = "create_file_meta"
+META_WRITER = "write_file_meta_info"
 PREAMBLE = 128 + 4  # PS3.10 7.1: preamble and "DICM"
 
 
@@ -55,19 +60,23 @@ def receive_into_files(directory: Path) -> Callable[[], None]:
     middle. :func:`spool_received` deletes the file once the spool holds its data set; each association binds
     :func:`discard_unfinished` for the one it would leave behind when cut off."""
     directory.mkdir(parents=True, exist_ok=True)
-    before = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir, getattr(dimse_messages, META_FACTORY))
+    before = (
+        _config.STORE_RECV_CHUNKED_DATASET,
+        tempfile.tempdir,
+        getattr(dimse_messages, META_FACTORY),
+        getattr(dimse_messages, META_WRITER),
+    )
     _config.STORE_RECV_CHUNKED_DATASET = True
     tempfile.tempdir = str(directory)
-    ours = functools.partial(
-        create_file_meta,
-        implementation_uid=PYNETDICOM_IMPLEMENTATION_UID,
-        implementation_version=IMPLEMENTATION_VERSION,
-    )
-    setattr(dimse_messages, META_FACTORY, ours)
+    # The meta is kept as its three values and written by gateway.dicom.received_meta: the same
+    # bytes as pydicom's, without a pydicom data set per instance.
+    setattr(dimse_messages, META_FACTORY, ReceivedMeta.create)
+    setattr(dimse_messages, META_WRITER, write_meta)
 
     def restore() -> None:
-        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir, meta = before
-        setattr(dimse_messages, META_FACTORY, meta)
+        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir, factory, writer = before
+        setattr(dimse_messages, META_FACTORY, factory)
+        setattr(dimse_messages, META_WRITER, writer)
 
     return restore
 
@@ -108,23 +117,15 @@ def spool_received(event: Any, spool_dir: Path) -> ReceivedInstance:
     request = event.request
     syntax = UID(str(event.context.transfer_syntax))
     sop_uid = str(request.AffectedSOPInstanceUID)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(str(request.AffectedSOPClassUID))
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = syntax
-    meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    header = BytesIO()
-    header.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(header, meta, enforce_standard=True)  # type: ignore[arg-type]
+    header = file_meta(str(request.AffectedSOPClassUID), sop_uid, str(syntax))
     spool_dir.mkdir(parents=True, exist_ok=True)
     path = spool_dir / f"recv-{uuid.uuid4().hex}.dcm"
     try:
         received = _received_file(event)
-        if received is not None and _adopt(request, received, header.getvalue(), path):
+        if received is not None and _adopt(request, received, header, path):
             return ReceivedInstance(path=path, sop_uid=sop_uid, transfer_syntax=str(syntax))
         with path.open("wb") as f:
-            f.write(header.getbuffer())
+            f.write(header)
             if received is None:
                 data: BytesIO = request.DataSet
                 f.write(data.getbuffer())

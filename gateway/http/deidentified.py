@@ -5,7 +5,8 @@ through, so that de-identified UIDs in a path find the stored instances and with
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 import anyio
 from starlette.requests import Request
@@ -15,6 +16,8 @@ from gateway.http.context import gateway_of
 from gateway.http.middleware.security import principal_of, restriction_of
 from gateway.ports import InstanceRecord
 from gateway.services.deidentified import DeidentifiedViews
+from gateway.services.flight import Arrival
+from gateway.services.retrieval import Retrieval
 
 
 def views_of(request: Request) -> DeidentifiedViews | None:
@@ -47,6 +50,35 @@ async def selected(
         if not records:
             raise NotFound("no instance of this selection can be sent de-identified (burned in annotation)")
     return records
+
+
+async def deidentified_parts(
+    views: DeidentifiedViews,
+    retrieval: Retrieval,
+    part: Callable[[InstanceRecord], tuple[str, AsyncIterator[bytes]]],
+) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+    """The parts of a WADO-RS retrieve for a de-identified principal: each instance of
+    ``retrieval`` (``part`` of its record), rewritten (:func:`deidentified_body`), the withheld
+    ones (burned in annotation) left out. An instance from a PACS goes out once it was written
+    through to the cache, whose record says whether it is withheld, without waiting for the
+    instances after it; NotFound when none can be sent."""
+    sent = False
+    async with aclosing(retrieval.items) as items:  # a client gone stops following the PACS retrieve
+        async for item in items:
+            if isinstance(item, Arrival):
+                await item.settled.wait()
+                record = item.record
+                if record is None:  # refused by the cache (see the log): not sent, as a C-GET's
+                    continue
+            else:
+                record = item
+            if views.withholds(record):
+                continue
+            content_type, body = part(record)
+            sent = True
+            yield content_type, deidentified_body(views, body, record)
+    if not sent:
+        raise NotFound("no instance of this selection can be sent de-identified (burned in annotation)")
 
 
 # The rewrite of an instance walks its header and copies it once (gateway.dicom.deidentify_part10):

@@ -21,7 +21,7 @@ from gateway.dicom.multipart import content_type_for_multipart, multipart_stream
 from gateway.errors import NotAcceptable, NotFound
 from gateway.http.byte_ranges import ranged_response
 from gateway.http.context import accept_of, base_url, gateway_of
-from gateway.http.deidentified import deidentified_body, selected, views_of
+from gateway.http.deidentified import deidentified_parts, selected, views_of
 from gateway.http.middleware.security import restriction_of
 from gateway.http.retrieve_warnings import add_retrieve_warnings
 from gateway.http.started import started, started_parts
@@ -84,25 +84,28 @@ async def retrieve(request: Request) -> Response:
 
 
 async def _retrieve_deidentified(request: Request, views: DeidentifiedViews) -> Response:
-    """:func:`retrieve` for a de-identified principal: each instance rewritten whole (the PACS
-    arrivals are waited for: a rewrite needs the whole object)."""
+    """:func:`retrieve` for a de-identified principal: each instance rewritten whole
+    (gateway.http.deidentified.deidentified_parts), and from a PACS sent as it arrives, as a
+    plain answer is, not once the whole retrieve is over."""
     gw = gateway_of(request)
-    records = await selected(request, *_uids(request))
-    negotiated = negotiate_instances(
-        accept_of(request),
-        stored_syntaxes=frozenset(r.transfer_syntax for r in records),
-        supported=INSTANCE_SYNTAXES,
-    )
-    await gw.retrieval.check_transcodable(*await views.originals(*_uids(request)), negotiated)
+    originals = await views.originals(*_uids(request))
+    retrieval = await gw.retrieval.stream(*originals, pacs=_pacs(request), restriction=restriction_of(request))
+    try:
+        negotiated = negotiate_instances(
+            accept_of(request),
+            stored_syntaxes=retrieval.syntaxes,
+            supported=INSTANCE_SYNTAXES,
+        )
+        await gw.retrieval.check_transcodable(*originals, negotiated)
+    except BaseException:
+        await retrieval.items.aclose()  # a client refused: the PACS retrieve is not followed
+        raise
     boundary = new_boundary()
-
-    async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
-        for record in records:
-            content_type, body = gw.retrieval.part(record, negotiated)
-            yield content_type, deidentified_body(views, body, record)
-
     media_type = content_type_for_multipart(negotiated.media_type, negotiated.transfer_syntax, boundary)
-    body = multipart_stream(await started_parts(parts()), boundary)
+    # The first part is made before the status is sent: a selection whose every instance is
+    # withheld (burned in annotation) is a 404, as it is for metadata.
+    parts = deidentified_parts(views, retrieval, lambda record: gw.retrieval.part(record, negotiated))
+    body = multipart_stream(await started_parts(parts), boundary)
     return StreamingResponse(body, media_type=media_type, headers=_NO_TRANSFORM)
 
 

@@ -12,8 +12,10 @@ the association's socket and a wake socket pair, signalled whenever a primitive 
 the DUL to send, an event is queued for its state machine, or the thread is told to stop. The
 wait is bounded by the ARTIM timer (PS3.8 9.1.5) and a short backstop, so a timer still fires
 on time. It also reads each PDU with ``recv_into`` into one buffer instead of 4 KiB ``recv``
-calls joined together, and its ``stop_dul`` wakes the thread and joins it rather than
-polling every millisecond until it has ended.
+calls joined together, and, given a ``receive`` fast path (the associations the gateway requests:
+:mod:`gateway.netdicom.pdata_reader`), lets it take a PDU before pynetdicom does. Its
+``stop_dul`` wakes the thread and joins it rather than polling every millisecond until it has
+ended.
 
 Each pass (one primitive to send or one PDU received, and the state machine's action) runs
 holding the association's send lock, which :mod:`gateway.netdicom.encoded_store` takes to write
@@ -32,6 +34,7 @@ import ssl
 import threading
 import time
 import types
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom.pdu import A_ABORT_RQ
@@ -68,9 +71,12 @@ class Waker:
         self._writer.close()
 
 
-def install(dul: Any, transport: Any) -> threading.Lock:
+def install(dul: Any, transport: Any, receive: Callable[[Any], bool | None] | None = None) -> threading.Lock:
     """Give ``dul`` (a ``DULServiceProvider`` whose thread has not started) the waking loop, and
-    ``transport`` (its ``AssociationSocket``) whole-PDU reads; returns the send lock."""
+    ``transport`` (its ``AssociationSocket``) whole-PDU reads; returns the send lock.
+    ``receive(dul)``: asked before pynetdicom's transport in each pass: None leaves the pass to
+    the transport, True says it received something, False that it holds the socket but had
+    nothing to do (the pass goes on to the state machine, then waits)."""
     waker = Waker()
     setattr(dul, WAKER, waker)
     send_lock = threading.Lock()
@@ -96,7 +102,7 @@ def install(dul: Any, transport: Any) -> threading.Lock:
         return True
 
     dul.stop_dul = stop_dul
-    dul.run = types.MethodType(lambda self: _run(self, waker, send_lock), dul)
+    dul.run = types.MethodType(lambda self: _run(self, waker, send_lock, receive), dul)
     transport.recv = types.MethodType(_recv, transport)
     return send_lock
 
@@ -112,9 +118,9 @@ def _wake_after(q: queue.Queue[Any], waker: Waker, reactor: threading.Thread) ->
     q.put = put_and_wake  # type: ignore[method-assign]
 
 
-def _run(dul: Any, waker: Waker, send_lock: threading.Lock) -> None:
+def _run(dul: Any, waker: Waker, send_lock: threading.Lock, receive: Callable[[Any], bool | None] | None) -> None:
     """pynetdicom's ``run_reactor`` (3.0), its sleep replaced by :func:`_wait`, each pass
-    holding ``send_lock``."""
+    holding ``send_lock``; ``receive`` may take a PDU before pynetdicom's transport does."""
     try:
         dul._idle_timer.start()
         idle = False
@@ -132,6 +138,12 @@ def _run(dul: Any, waker: Waker, send_lock: threading.Lock) -> None:
                     # One primitive to encode and send OR one PDU to receive and decode per pass.
                     if dul._process_recv_primitive():
                         pass
+                    elif receive is not None and (received := receive(dul)) is not None:
+                        if received:
+                            dul._idle_timer.restart()
+                            if dul.event_queue.empty():  # nothing for the state machine: read on
+                                idle = False
+                                continue
                     elif dul._is_transport_event():
                         dul._idle_timer.restart()
                 except Exception:

@@ -10,7 +10,10 @@
 
 Every tuned association writes its DIMSE messages to its socket from the sending thread
 (:mod:`gateway.netdicom.pdata_writer`) and sends an already encoded data set as it is
-(:mod:`gateway.netdicom.encoded_store`).
+(:mod:`gateway.netdicom.encoded_store`). Requested ones (the gateway's C-GETs from a PACS, and
+the C-MOVE sub-associations of its listener) also write the data set fragments they receive
+straight to the file (:mod:`gateway.netdicom.pdata_reader`); accepted ones keep pynetdicom's
+reads, under the listener's PDU length cap.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from typing import Any
 from pynetdicom import AE
 
 from gateway.netdicom import acceptor, encoded_store, pdata_writer
+from gateway.netdicom.pdata_reader import FragmentReader
 from gateway.netdicom.quiet import quiet
 from gateway.netdicom.reactor import install
 
 
-def tune(assoc: Any, transport: Any) -> None:
+def tune(assoc: Any, transport: Any, *, fast_receive: bool = False) -> None:
     quiet(assoc)
-    send_lock = install(assoc.dul, transport)
+    send_lock = install(assoc.dul, transport, FragmentReader() if fast_receive else None)
     pdata_writer.install(assoc, send_lock)
     encoded_store.install(assoc, send_lock)
 
@@ -44,6 +48,6 @@ class TunedAE(AE):
 
     def _create_socket(self, assoc: Any, *args: Any, **kwargs: Any) -> Any:
         transport = super()._create_socket(assoc, *args, **kwargs)
-        tune(assoc, transport)
+        tune(assoc, transport, fast_receive=True)
         acceptor.install(assoc)
         return transport

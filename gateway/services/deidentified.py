@@ -10,7 +10,8 @@ Resolving back: a replacement UID is a keyed hash, so it cannot be reversed; the
 remembers every pair it hands out (bounded), and a replacement it does not know, after a restart
 or on another replica, is looked for by hashing the UIDs the index holds (one pass over the
 index, remembered). A UID the gateway never handed out resolves to nothing: the original UIDs do
-not work for a de-identified principal.
+not work for a de-identified principal. Dummies (a Patient ID's ``ANON...``) are keyed hashes
+too, and found back the same way: by hashing the values of that attribute the index holds.
 
 Matching (QIDO, C-FIND) on an attribute the profile changes would let a de-identified principal
 learn the stored value one guess at a time (``PatientName=DOE*``): such a query is refused. UIDs
@@ -35,9 +36,11 @@ import anyio
 import orjson
 
 from gateway.dicom.attributes import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID
-from gateway.dicom.deidentify import BURNED_IN_ANNOTATION, Deidentifier, ProfileOptions
+from gateway.dicom.deidentify import BURNED_IN_ANNOTATION, Deidentifier, ProfileOptions, forget_hashes, table_actions
+from gateway.dicom.deidentify_bytes import JsonBytesRewriter
 from gateway.dicom.deidentify_part10 import deidentified_part10
 from gateway.dicom.query import Match, QidoQuery
+from gateway.dicom.restriction import Restriction
 from gateway.errors import BadRequest
 from gateway.ports import DicomJson, Index, InstanceRecord
 from gateway.services.singleflight import SingleFlightCache
@@ -49,6 +52,10 @@ MAX_REMEMBERED = 500_000
 # for the stored metadata its key holds as well.
 METADATA_ANSWERS_BYTES = 64 << 20
 RELEARN_SECONDS = 10.0
+_PAGE = 1000  # entities asked of the index at once when their values are hashed
+# Stored metadata of an answer worked out on the event loop (see DeidentifiedViews.metadata_answer):
+# about 2 ms of work at most.
+_IN_PLACE_BYTES = 256 << 10
 _UNKNOWN = "0.0"  # a valid UID no instance has: an unknown replacement matches nothing
 _NO_VALUE = "\x7f"  # a value no stored text has (DEL is in no DICOM character repertoire)
 _BURNED_IN_KEY = f'"{BURNED_IN_ANNOTATION}"'.encode("ascii")
@@ -100,6 +107,7 @@ class DeidentifiedViews:
         self._index = index
         self._key = key
         self._options = options
+        table_actions(options)  # the table for these options, before the first answer needs it
         self._profile: Deidentifier | None = None
         self._originals: OrderedDict[str, str] = OrderedDict()
         self._pseudonyms: OrderedDict[str, str] = OrderedDict()
@@ -107,6 +115,7 @@ class DeidentifiedViews:
         self._remembering = threading.Lock()
         self._learning = anyio.Lock()
         self._learned_at: float | None = None
+        self._values_learned_at: dict[str, float] = {}  # an attribute: when its values were last hashed
         self._metadata_answers: SingleFlightCache[tuple[bytes, ...], bytes] = SingleFlightCache(
             "deidentified_metadata", max_bytes=METADATA_ANSWERS_BYTES, size=lambda answer: 2 * len(answer)
         )
@@ -161,10 +170,40 @@ class DeidentifiedViews:
                             found = uid
             return found
 
+    async def _learn_values(self, match: Match, restriction: Restriction | None, wanted: str) -> str | None:
+        """Work out the dummy of every value of ``match``'s attribute the index holds (one
+        pass over its entities at the attribute's level, as this principal may see them),
+        remembering each pair: the value ``wanted`` stands for when it is among them. A dummy
+        is a keyed hash of its value, so any replica, or this one after a restart, finds the
+        value of a dummy it never handed out itself. At most one pass per attribute per
+        ``RELEARN_SECONDS``, as for UIDs (:meth:`_learn_index`)."""
+        async with self._learning:
+            now = time.monotonic()
+            learned_at = self._values_learned_at.get(match.tag)
+            if learned_at is not None and now - learned_at < RELEARN_SECONDS:
+                return self._pseudonyms.get(wanted)  # perhaps learned by the pass just made
+            self._values_learned_at[match.tag] = now
+            found = None
+            seen: set[str] = set()
+            page = QidoQuery(level=match.level, includes=frozenset({match.tag}), limit=_PAGE, restriction=restriction)
+            while True:
+                result = await self._index.search(page)
+                for row in result.rows:
+                    for value in (row.get(match.tag) or {}).get("Value") or ():
+                        # The text a dummy is made of: a name's alphabetic group, as the answers do.
+                        text = str(value.get("Alphabetic", "") if isinstance(value, dict) else value)
+                        if text not in seen:
+                            seen.add(text)
+                            if self.profile.pseudonym(text) == wanted:
+                                found = text
+                if not result.more or not result.rows:
+                    return found
+                page = dataclasses.replace(page, offset=page.offset + len(result.rows))
+
     async def original_query(self, query: QidoQuery) -> QidoQuery:
         """``query`` (from a de-identified principal) over the stored data: UIDs resolved back;
         matching on what the profile changes refused (400)."""
-        matches = [await self._original_match(match) for match in query.matches]
+        matches = [await self._original_match(match, query) for match in query.matches]
         study = None if query.study is None else await self.original(query.study)
         series = None if query.series is None else await self.original(query.series)
         includes = query.includes
@@ -172,7 +211,7 @@ class DeidentifiedViews:
             includes |= {BURNED_IN_ANNOTATION}  # so that :meth:`rows` can leave withheld instances out
         return dataclasses.replace(query, matches=tuple(matches), study=study, series=series, includes=includes)
 
-    async def _original_match(self, match: Match) -> Match:
+    async def _original_match(self, match: Match, query: QidoQuery) -> Match:
         if match.kind == "universal":
             return match  # a return key (C-FIND), nothing matched on
         if match.tag in _UID_TAGS or (match.vr == "UI" and self.profile.action(match.tag) == "U"):
@@ -184,7 +223,10 @@ class DeidentifiedViews:
             # A dummy this gateway handed out (a viewer looking for the priors of the Patient ID
             # it was shown) matches what it stands for; any other value matches nothing.
             pseudonym = match.value.rstrip("^")
-            original = self._pseudonyms.get(pseudonym, _NO_VALUE)
+            original = self._pseudonyms.get(pseudonym)
+            if original is None:
+                original = await self._learn_values(match, query.restriction, pseudonym)
+            original = _NO_VALUE if original is None else original
             return dataclasses.replace(match, value=original, values=(original,))
         if action not in (None, "K"):
             raise BadRequest(
@@ -211,6 +253,8 @@ class DeidentifiedViews:
     def visible(self, records: Sequence[InstanceRecord]) -> list[InstanceRecord]:
         """The instances the principal may receive: burned in annotation withheld (PS3.15 E.1.1
         leaves pixel data to the Clean Pixel Data option, which this gateway does not offer)."""
+        if _BURNED_IN_KEY not in b"".join([r.metadata for r in records]):
+            return list(records)  # the attribute is in none of them: one look, not one per record
         return [r for r in records if not self.withholds(r)]
 
     def withholds(self, record: InstanceRecord) -> bool:
@@ -223,27 +267,39 @@ class DeidentifiedViews:
         return all(self.profile.action(tag) in (None, "K") for tag in tags)
 
     async def metadata_answer(self, instances: Iterable[bytes]) -> bytes:
-        """:meth:`metadata_body` of ``instances``, worked out (in a worker thread) the first time
-        these instances are asked for and kept (bounded, least recently used first), so that
-        the next request for them (a viewer opening the study again, another reader of the
-        series) costs about what a plain answer does: parsing and writing again every
-        instance's DICOM JSON is most of the cost, and the profile is deterministic for one key
-        and options. The key is the stored metadata itself: an instance stored again with
-        other metadata is a new key, never an old answer."""
+        """:meth:`metadata_body` of ``instances``, worked out the first time these instances
+        are asked for and kept (bounded, least recently used first), so that the next request
+        for them (a viewer opening the study again, another reader of the series) costs about
+        what a plain answer does. The key is the stored metadata itself: an instance stored
+        again with other metadata is a new key, never an old answer. An answer of up to
+        ``_IN_PLACE_BYTES`` of stored metadata (a few hundred instances) is worked out on the
+        event loop, in less time than handing it to a worker thread takes; a larger one in a
+        worker thread."""
         stored = tuple(instances)
-        return await self._metadata_answers.get(stored, lambda: anyio.to_thread.run_sync(self.metadata_body, stored))
+        return await self._metadata_answers.get(stored, lambda: self._worked_out(stored))
 
-    def forget_metadata_answers(self) -> None:
-        """Let go of every kept :meth:`metadata_answer` (a benchmark timing first requests)."""
+    async def _worked_out(self, stored: tuple[bytes, ...]) -> bytes:
+        if sum(map(len, stored)) <= _IN_PLACE_BYTES:
+            return self.metadata_body(stored)
+        return await anyio.to_thread.run_sync(self.metadata_body, stored)
+
+    def forget(self) -> None:
+        """Let go of what was learned and kept, as a restart does (a benchmark timing first
+        requests): the kept answers, the pairs handed out, the profile's remembered hashes."""
+        with self._remembering:
+            self._originals.clear()
+            self._pseudonyms.clear()
         self._metadata_answers.clear()
+        self._profile = None
+        self._learned_at = None
+        self._values_learned_at.clear()
+        forget_hashes()
 
     def metadata_body(self, instances: Iterable[bytes]) -> bytes:
-        """A metadata answer (a DICOM JSON array) of ``instances`` (the DICOM JSON of each),
-        de-identified, each instance marked so. Read, de-identified and written one instance at
-        a time: the objects of one are gone before the next is read (no garbage collector pass
-        over a whole series)."""
-        parsed = (orjson.loads(instance) for instance in instances)
-        return b"[" + b",".join([orjson.dumps(answer) for answer in self.profile.json_instances(parsed)]) + b"]"
+        """A metadata answer (a DICOM JSON array) of ``instances`` (the DICOM JSON of each, as
+        the index keeps it), de-identified, each instance marked so: rewritten as bytes
+        (:mod:`gateway.dicom.deidentify_bytes`), one instance at a time."""
+        return JsonBytesRewriter(self.profile).answer(instances)
 
     def part10(self, data: bytes) -> bytes:
         """A Part 10 instance de-identified (pixel data bytes unchanged)."""
@@ -251,12 +307,10 @@ class DeidentifiedViews:
 
 
 def _remember_in(pairs: OrderedDict[str, str], lock: threading.Lock, replacement: str, original: str) -> None:
-    try:
-        if pairs[replacement] == original:  # remembered already (a series' UIDs, instance after instance)
+    with contextlib.suppress(KeyError):  # forgotten meanwhile by another thread
+        if pairs.get(replacement) == original:  # remembered already (a series' UIDs, instance after instance)
             pairs.move_to_end(replacement)
             return
-    except KeyError:  # not yet, or forgotten meanwhile by another thread
-        pass
     with lock:
         pairs[replacement] = original
         pairs.move_to_end(replacement)

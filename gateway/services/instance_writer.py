@@ -32,7 +32,7 @@ from pathlib import Path
 import anyio
 
 from gateway.dicom import uids
-from gateway.errors import AlreadyExists, GatewayError, IndexOutcomeUnknown, ServiceUnavailable
+from gateway.errors import AlreadyExists, GatewayError, IndexOutcomeUnknown, MetadataNotWritten, ServiceUnavailable
 from gateway.ports import AddOutcome, BlobStore, Index, InstanceRecord, KeepIf
 from gateway.services.claims import Claimant, InstanceClaims
 from gateway.services.outcomes import (
@@ -137,20 +137,28 @@ class InstanceWriter:
     ) -> tuple[bool, AddOutcome] | FailedInstance:
         """Steps 1-3 once: (whether this call created the object, the index's answer)."""
         key = uids.instance_key(record.study_uid, record.series_uid, record.sop_uid)
+        metadata_key = uids.metadata_key(record.study_uid, record.series_uid, record.sop_uid)
         created = True
         try:
-            await self._store.put_file(key, path, sha256=record.sha256, content_type="application/dicom")
+            # Steps 1 and 2 together: the store may make both durable at once.
+            await self._store.put_instance(
+                key, path, sha256=record.sha256, metadata_key=metadata_key, metadata=record.metadata
+            )
         except AlreadyExists:
             created = False
             existing = await self._store.stat(key)
             if existing is None or existing.sha256 != record.sha256:
                 return self._duplicate(record)
+        except MetadataNotWritten:
+            # Our object, never acknowledged: undone as after any failed step 2.
+            with anyio.CancelScope(shield=True):
+                await self._discard_unindexed(record, who)
+            raise
         try:
-            await self._store.put_bytes(
-                uids.metadata_key(record.study_uid, record.series_uid, record.sop_uid),
-                record.metadata,
-                content_type="application/dicom+json",
-            )
+            if not created:
+                # The object was there (a retry, or another upload of the same bytes): its
+                # metadata may not be, or not yet durable.
+                await self._store.put_bytes(metadata_key, record.metadata, content_type="application/dicom+json")
             return created, await self._index.add(record)
         except BaseException as exc:
             # Unacknowledged: leave nothing we alone created behind (the reindex sweeps the rest),

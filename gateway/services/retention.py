@@ -2,9 +2,9 @@
 (issue #18; rules in :mod:`gateway.settings_retention`).
 
 Every ``retention_interval_seconds`` one replica at a time (the index lease ``retention``,
-:meth:`gateway.ports.Index.take_lease`) asks the index, rule by rule, for instances stored (for
-``max_idle_seconds``: last used) longer ago than the rule allows, outside protected studies,
-and removes them study by study through the path of DELETE
+:meth:`gateway.ports.Index.take_lease`, given up when the gateway stops) asks the index, rule
+by rule, for instances stored (for ``max_idle_seconds``: last used) longer ago than the rule
+allows, outside protected studies, and removes them study by study through the path of DELETE
 (:meth:`gateway.services.removal.RemovalService.remove_swept`): one change-feed ``delete``
 entry per instance with origin ``retention`` and the rule's name as its reason, objects after
 the delete grace, the PACS's "retrieved whole" marks forgotten. Each study swept is one audit
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 500  # instances asked of the index per query
 LEASE = "retention"
+RELEASE_SECONDS = 5.0  # at most this long for giving the lease up as the gateway stops
 
 
 @dataclass(frozen=True)
@@ -83,18 +84,35 @@ class RetentionSweep:
         self._audit = audit
         self.interval = interval
         self._holder = uuid.uuid4().hex  # this replica, as the lease knows it
+        self._held = False  # whether it took the lease since it started (or last gave it up)
 
     def start(self, tasks: TaskGroup) -> None:
         if self._rules:
             tasks.start_soon(self._run)
 
     async def _run(self) -> None:
-        while True:
-            await anyio.sleep(self.interval)
-            try:
-                await self.sweep(time.time())
-            except GatewayError as exc:  # the index is away: next time
-                log.warning("retention: %s", exc.reason)
+        try:
+            while True:
+                await anyio.sleep(self.interval)
+                try:
+                    await self.sweep(time.time())
+                except GatewayError as exc:  # the index is away: next time
+                    log.warning("retention: %s", exc.reason)
+        finally:  # the gateway stopping (the task group cancelled)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(RELEASE_SECONDS):
+                await self.release()
+
+    async def release(self) -> None:
+        """Give the lease up if this replica took it, so that another replica sweeps at its
+        next interval rather than once the lease runs out (several intervals, at least a
+        minute). The lease still runs out by itself for a replica killed outright."""
+        if not self._held:
+            return
+        try:
+            await self._index.release_lease(LEASE, self._holder)
+            self._held = False
+        except GatewayError as exc:  # the index is away: it runs out by itself
+            log.warning("retention: the lease was not given up: %s", exc.reason)
 
     async def sweep(self, now: float) -> int:
         """Remove what is due by ``now``, unless another replica holds the lease; the count."""
@@ -103,6 +121,7 @@ class RetentionSweep:
         lease = max(self.interval * 3, 60.0)
         if not await self._index.take_lease(LEASE, self._holder, lease):
             return 0
+        self._held = True
         removed = 0
         for rule in self._rules:
             while True:
