@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage
 
 from gateway.dicom.received import IMPLEMENTATION_VERSION, receive_into_files, spool_received
@@ -77,3 +78,17 @@ def test_a_received_data_set_is_renamed_into_the_spool_with_the_gateways_meta(
     sent_offset = 132 + 12 + int.from_bytes(sent_bytes[140:144], "little")
     assert item.path.read_bytes()[offset:] == sent_bytes[sent_offset:]
     assert got.SOPInstanceUID == sent.SOPInstanceUID
+
+
+def test_apps_stopping_out_of_order_leave_the_temporary_directory_as_it_was(tmp_path: Path) -> None:
+    # Two gateways in one process (the replica tests) started A, B and stopped A, B: B keeps
+    # receiving into its own directory, and afterwards tempfile makes its files where it did
+    # before either started, not in A's spool (gone with A's test directory).
+    before = (tempfile.tempdir, _config.STORE_RECV_CHUNKED_DATASET)
+    restore_a = receive_into_files(tmp_path / "a")
+    restore_b = receive_into_files(tmp_path / "b")
+    restore_a()
+    assert tempfile.tempdir == str(tmp_path / "b")
+    assert _config.STORE_RECV_CHUNKED_DATASET is True
+    restore_b()
+    assert (tempfile.tempdir, _config.STORE_RECV_CHUNKED_DATASET) == before

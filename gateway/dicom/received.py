@@ -60,25 +60,43 @@ def receive_into_files(directory: Path) -> Callable[[], None]:
     middle. :func:`spool_received` deletes the file once the spool holds its data set; each association binds
     :func:`discard_unfinished` for the one it would leave behind when cut off."""
     directory.mkdir(parents=True, exist_ok=True)
-    before = (
-        _config.STORE_RECV_CHUNKED_DATASET,
-        tempfile.tempdir,
-        getattr(dimse_messages, META_FACTORY),
-        getattr(dimse_messages, META_WRITER),
-    )
+    if not _installed:
+        _original.extend(
+            [
+                _config.STORE_RECV_CHUNKED_DATASET,
+                tempfile.tempdir,
+                getattr(dimse_messages, META_FACTORY),
+                getattr(dimse_messages, META_WRITER),
+            ]
+        )
+    mine = str(directory)
+    _installed.append(mine)
     _config.STORE_RECV_CHUNKED_DATASET = True
-    tempfile.tempdir = str(directory)
+    tempfile.tempdir = mine
     # The meta is kept as its three values and written by gateway.dicom.received_meta: the same
     # bytes as pydicom's, without a pydicom data set per instance.
     setattr(dimse_messages, META_FACTORY, ReceivedMeta.create)
     setattr(dimse_messages, META_WRITER, write_meta)
 
     def restore() -> None:
-        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir, factory, writer = before
+        # Several apps in one process (the tests' replicas) may stop in any order: the others
+        # keep receiving into the newest remaining directory, and the last one out restores
+        # what was there before the first (never a stopped app's directory, which may be gone).
+        _installed.remove(mine)
+        if _installed:
+            tempfile.tempdir = _installed[-1]
+            return
+        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir, factory, writer = _original
+        _original.clear()
         setattr(dimse_messages, META_FACTORY, factory)
         setattr(dimse_messages, META_WRITER, writer)
 
     return restore
+
+
+# The directories of the installations not yet undone, oldest first, and what the first replaced.
+_installed: list[str] = []
+_original: list[Any] = []
 
 
 def discard_unfinished(event: Any) -> None:
