@@ -60,8 +60,6 @@ def serve(tmp_path: Path, *, port: int, modality_port: int, index_url: str) -> R
 def test_a_report_owed_when_the_gateway_stopped_is_sent_once_it_runs_again(
     tmp_path: Path, index_url: str, stop: str
 ) -> None:
-    if stop == "SIGTERM" and index_url.startswith("postgres"):
-        pytest.skip("a clean stop is the same on both indexes (once is enough)")
     port = free_port()
     modality = Modality()
     instances = study(seed=21, n=2)
