@@ -257,8 +257,11 @@ class BulkUpdateService:
             ]
             switched = set(await self._require().replace_instances(study, replacements, cause, holder=self._holder))
         except BaseException:
+            # Every record's version key, not only those in ``written``: a cancellation (the
+            # operation taken over) can land inside ``_new_version`` after its object was put
+            # and before it was returned, and that object would stay behind.
             with anyio.CancelScope(shield=True):
-                await self._discard(written)
+                await self._remove_uncommitted(study, version, records)
             raise
         await self._discard([new for new in written if new.sop_uid not in switched])
         if not switched:
@@ -307,6 +310,22 @@ class BulkUpdateService:
         for new in written:
             await self._delete_version(new.study_uid, new.series_uid, new.sop_uid, new.version)
 
+    async def _remove_uncommitted(self, study: str, version: str, known: list[InstanceRecord] | None = None) -> None:
+        """Delete the objects of ``version`` of the study's instances (those of ``known`` and
+        those the index has now) that no row names. Rows already at ``version`` were committed
+        (a commit whose answer was lost looks like a failure) and keep theirs; when the index
+        cannot say, nothing is deleted: an orphan object is better than a lost committed one."""
+        try:
+            current = await self._index.instances(study)
+        except GatewayError as exc:
+            log.warning("could not look for uncommitted versions of study %s: %s", study, exc.reason)
+            return
+        committed = {record.sop_uid for record in current if record.version == version}
+        candidates = {record.sop_uid: record for record in [*(known or []), *current]}
+        for record in candidates.values():
+            if record.sop_uid not in committed:
+                await self._delete_version(record.study_uid, record.series_uid, record.sop_uid, version)
+
     async def _delete_version(self, study: str, series: str, sop: str, version: str) -> None:
         for key in (uids.instance_key(study, series, sop, version), uids.metadata_key(study, series, sop, version)):
             try:
@@ -330,13 +349,7 @@ class BulkUpdateService:
         another one whose heartbeat stopped): its committed studies stay corrected; the new
         objects of the study it was in the middle of go."""
         for study in operation.request.get("studyInstanceUids", []):
-            try:
-                records = await self._index.instances(study)
-            except GatewayError:
-                continue
-            for record in records:
-                if record.version != operation.id:
-                    await self._delete_version(record.study_uid, record.series_uid, record.sop_uid, operation.id)
+            await self._remove_uncommitted(study, operation.id)
         results = dict(operation.results)
         results["errors"] = [
             *results.get("errors", []),
