@@ -290,17 +290,16 @@ class BulkUpdateService:
         ):
             raise Conflict(f"instance {record.sop_uid} changed its UIDs when corrected")
         new = dataclasses.replace(parsed, stored_at=record.stored_at, version=version)
+        metadata_key = uids.metadata_key(new.study_uid, new.series_uid, new.sop_uid, version)
         try:
-            await self._store.put_file(new.object_key, target, sha256=new.sha256, content_type="application/dicom")
-        except AlreadyExists:
+            await self._store.put_instance(
+                new.object_key, target, sha256=new.sha256, metadata_key=metadata_key, metadata=new.metadata
+            )
+        except AlreadyExists:  # the same version written before: only its metadata may be missing
             existing = await self._store.stat(new.object_key)
             if existing is None or existing.sha256 not in (None, new.sha256):
                 raise
-        await self._store.put_bytes(
-            uids.metadata_key(new.study_uid, new.series_uid, new.sop_uid, version),
-            new.metadata,
-            content_type="application/dicom+json",
-        )
+            await self._store.put_bytes(metadata_key, new.metadata, content_type="application/dicom+json")
         for path in (source, target):
             path.unlink(missing_ok=True)
         return new
