@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.dicom.received import receive_into_files
 from tests import factory
 from tests.fixtures_gateway import RunningGateway, start_gateway, stop_gateway
 from tests.peers.dcmqrscp import DcmqrscpPeer, dcmqrscp_available, run_dcmqrscp
@@ -179,3 +180,14 @@ def gateway_log_count(gw: RunningGateway, text: str) -> int:
 
 def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def receive_folder(tmp_path: Path) -> Iterator[Path]:
+    """The folder pynetdicom receives data sets into, as in the gateway (the composition root)."""
+    folder = tmp_path / "received"
+    restore = receive_into_files(folder)
+    try:
+        yield folder
+    finally:
+        restore()

@@ -23,7 +23,7 @@ from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from gateway.adapters.dimse import DimseUpstream
 from gateway.adapters.dimse_contexts import GET
 from gateway.adapters.dimse_pool import set_nodelay
-from gateway.dicom.received import receive_into_files, spool_received
+from gateway.dicom.received import spool_received
 from gateway.errors import UpstreamError
 from gateway.netdicom.tune import TunedAE
 from gateway.ports import ReceivedInstance
@@ -37,17 +37,6 @@ from tests.peers.ports import free_port
 pytestmark = pytest.mark.timeout(120)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
-@pytest.fixture
-def received(tmp_path: Path) -> Iterator[Path]:
-    """The folder pynetdicom receives data sets into, as in the gateway (the composition root)."""
-    folder = tmp_path / "received"
-    restore = receive_into_files(folder)
-    try:
-        yield folder
-    finally:
-        restore()
 
 
 def dataset_bytes(part10: bytes) -> bytes:
@@ -85,7 +74,7 @@ def retrieve(pacs: DimseUpstream, study: str, series: str, got: list[ReceivedIns
 
 
 def test_each_slice_arrives_as_orthanc_holds_it(
-    orthanc_pacs: OrthancPeer, pacs_data: PacsData, received: Path, tmp_path: Path
+    orthanc_pacs: OrthancPeer, pacs_data: PacsData, receive_folder: Path, tmp_path: Path
 ) -> None:
     got: list[ReceivedInstance] = []
     retrieve(upstream(orthanc_pacs.dicom_port, orthanc_pacs.aet, tmp_path / "spool"), *pacs_data.series_uids, got)
@@ -93,11 +82,11 @@ def test_each_slice_arrives_as_orthanc_holds_it(
     assert len(got) == len(pacs_data.series)
     for item in got:
         assert dataset_bytes(item.path.read_bytes()) == dataset_bytes(held[item.sop_uid])
-    assert list(received.iterdir()) == []  # each file became a spool file (renamed)
+    assert list(receive_folder.iterdir()) == []  # each file became a spool file (renamed)
 
 
 def test_each_slice_arrives_whole_in_small_pdus(
-    orthanc_pacs: OrthancPeer, pacs_data: PacsData, received: Path, tmp_path: Path
+    orthanc_pacs: OrthancPeer, pacs_data: PacsData, receive_folder: Path, tmp_path: Path
 ) -> None:
     """A tuned association that accepts PDUs of at most 4 KiB (PS3.8 D.1): Orthanc splits each
     slice into ~130 of them, and each read of the socket holds many."""
@@ -134,10 +123,10 @@ def test_each_slice_arrives_whole_in_small_pdus(
     assert len(got) == len(pacs_data.series)
     for item in got:
         assert dataset_bytes(item.path.read_bytes()) == dataset_bytes(held[item.sop_uid])
-    assert list(received.iterdir()) == []
+    assert list(receive_folder.iterdir()) == []
 
 
-def test_a_data_set_sent_as_one_pdu_arrives_whole(received: Path, tmp_path: Path) -> None:
+def test_a_data_set_sent_as_one_pdu_arrives_whole(receive_folder: Path, tmp_path: Path) -> None:
     """The gateway sets no maximum PDU length, so a PACS may send each data set as one PDU
     (pynetdicom does): an 8 MB slice, in a PDU spanning several reads of the socket."""
     sent = pydicom.dcmread(BytesIO(factory.ct_series(1, 2048, 2048, seed=3)[0]))
@@ -160,11 +149,11 @@ def test_a_data_set_sent_as_one_pdu_arrives_whole(received: Path, tmp_path: Path
     arrived = pydicom.dcmread(item.path)
     assert arrived.SOPInstanceUID == sent.SOPInstanceUID
     assert arrived.PixelData == sent.PixelData
-    assert list(received.iterdir()) == []
+    assert list(receive_folder.iterdir()) == []
 
 
 def test_a_link_cut_mid_slice_leaves_no_file_behind(
-    orthanc_pacs: OrthancPeer, pacs_data: PacsData, received: Path, tmp_path: Path
+    orthanc_pacs: OrthancPeer, pacs_data: PacsData, receive_folder: Path, tmp_path: Path
 ) -> None:
     """Orthanc's bytes stop in the middle of the third slice (each is ~0.5 MB): the two slices
     before it arrive whole, the retrieve fails with the connection named, and the third
@@ -181,7 +170,7 @@ def test_a_link_cut_mid_slice_leaves_no_file_behind(
         assert dataset_bytes(item.path.read_bytes()) == dataset_bytes(held[item.sop_uid])
         item.path.unlink()
     deadline = time.monotonic() + 10  # the association's close event removes the unfinished file
-    while any(received.iterdir()) and time.monotonic() < deadline:
+    while any(receive_folder.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert list(received.iterdir()) == []
+    assert list(receive_folder.iterdir()) == []
     assert list(spool.iterdir()) == []

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is not installed (apt-get install dcmtk)"),
     pytest.mark.timeout(60),
 ]
-
-
-@pytest.fixture
-def receive_folder(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "received"
-    restore = receive_into_files(folder)
-    try:
-        yield folder
-    finally:
-        restore()
 
 
 def test_a_received_data_set_is_renamed_into_the_spool_with_the_gateways_meta(
