@@ -78,6 +78,26 @@ def test_a_tuned_requestor_stores_a_slice_in_small_pdus(storescp: tuple[int, Pat
     assert got.PixelData == sent.PixelData  # 512 KiB over ~128 PDUs of 4 KiB
 
 
+def test_a_tuned_requestor_stores_a_file_given_by_its_path(storescp: tuple[int, Path], tmp_path: Path) -> None:
+    """The gateway's forwarding to a PACS hands pynetdicom the stored file's path, not a data set."""
+    port, folder = storescp
+    part10 = factory.ct_series(1, 64, 64, seed=4343)[0]
+    path = tmp_path / "instance.dcm"
+    path.write_bytes(part10)
+    sent = pydicom.dcmread(BytesIO(part10))
+    ae = TunedAE(ae_title="TUNED")
+    ae.add_requested_context(sent.SOPClassUID, str(sent.file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(path)
+    finally:
+        assoc.release()
+    assert status.Status == 0x0000
+    (written,) = list(folder.iterdir())
+    assert pydicom.dcmread(written).SOPInstanceUID == sent.SOPInstanceUID
+
+
 def test_a_stored_slice_goes_out_as_stored_in_small_pdus(storescp: tuple[int, Path]) -> None:
     """An EncodedDataset is written as P-DATA PDUs of the peer's size by the tuned association,
     not re-encoded: storescp writes the same data set bytes."""

@@ -92,7 +92,9 @@ def install(assoc: Any, send_lock: threading.Lock) -> None:
         originator_aet: str | None = None,
         originator_id: int | None = None,
     ) -> Dataset:
-        sop = str(dataset.get("SOPInstanceUID", ""))
+        # pynetdicom also sends a file given by its path (the gateway's forwarding to a PACS):
+        # only a data set's SOP Instance UID is known here, and only its answer is reported.
+        sop = str(dataset.get("SOPInstanceUID", "")) if isinstance(dataset, Dataset) else None
         if isinstance(dataset, EncodedDataset) and isinstance(getattr(assoc.dul.socket, "socket", None), ssl.SSLSocket):
             dataset = dataset.decoded()  # TLS: pynetdicom's path (sendmsg has no TLS)
         if isinstance(dataset, EncodedDataset):
@@ -102,7 +104,7 @@ def install(assoc: Any, send_lock: threading.Lock) -> None:
                 dataset, msg_id=msg_id, priority=priority, originator_aet=originator_aet, originator_id=originator_id
             )
         on_answer = getattr(assoc, ANSWERS, None)
-        if on_answer is not None and "Status" in status:
+        if on_answer is not None and sop is not None and "Status" in status:
             on_answer(sop, int(status.Status))
         return status
 
