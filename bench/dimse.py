@@ -38,7 +38,7 @@ import pydicom  # noqa: E402
 
 from bench.report import load_average, machine_lines  # noqa: E402
 from tests import factory  # noqa: E402
-from tests.fixtures_gateway import start_gateway, stop_gateway  # noqa: E402
+from tests.fixtures_gateway import RunningGateway, start_gateway, stop_gateway  # noqa: E402
 from tests.peers.orthanc import OrthancPeer, run_orthanc  # noqa: E402
 from tests.peers.ports import free_port  # noqa: E402
 
@@ -112,7 +112,8 @@ def orthanc(tmp: Path, storescp_port: int) -> Iterator[OrthancPeer]:
 
 
 @contextmanager
-def gateway(tmp: Path, storescp_port: int) -> Iterator[int]:
+def gateway(tmp: Path, storescp_port: int, running: list[RunningGateway] | None = None) -> Iterator[int]:
+    """The gateway serving DIMSE on the port yielded (its process appended to ``running``)."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     (tmp / "gateway.toml").write_text(
@@ -122,6 +123,8 @@ def gateway(tmp: Path, storescp_port: int) -> Iterator[int]:
         f'host = "127.0.0.1"\n'
     )
     gw = start_gateway(tmp, extra_args=("--config", str(tmp / "gateway.toml"), "--log-level", "warning"))
+    if running is not None:
+        running.append(gw)
     try:
         yield port
     finally:

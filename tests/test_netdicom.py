@@ -11,17 +11,19 @@ import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
-from pynetdicom import AE
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 
 from gateway.dicom.part10 import read_meta
 from gateway.netdicom import command_set
-from gateway.netdicom.encoded_store import EncodedDataset, installed
+from gateway.netdicom.encoded_store import EncodedDataset, answers_to, installed
 from gateway.netdicom.tune import TunedAE
 from tests import factory
 from tests.dimse_gateway import DimseGateway, client, dimse_gateway
@@ -76,6 +78,26 @@ def test_a_tuned_requestor_stores_a_slice_in_small_pdus(storescp: tuple[int, Pat
     assert got.PixelData == sent.PixelData  # 512 KiB over ~128 PDUs of 4 KiB
 
 
+def test_a_tuned_requestor_stores_a_file_given_by_its_path(storescp: tuple[int, Path], tmp_path: Path) -> None:
+    """The gateway's forwarding to a PACS hands pynetdicom the stored file's path, not a data set."""
+    port, folder = storescp
+    part10 = factory.ct_series(1, 64, 64, seed=4343)[0]
+    path = tmp_path / "instance.dcm"
+    path.write_bytes(part10)
+    sent = pydicom.dcmread(BytesIO(part10))
+    ae = TunedAE(ae_title="TUNED")
+    ae.add_requested_context(sent.SOPClassUID, str(sent.file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(path)
+    finally:
+        assoc.release()
+    assert status.Status == 0x0000
+    (written,) = list(folder.iterdir())
+    assert pydicom.dcmread(written).SOPInstanceUID == sent.SOPInstanceUID
+
+
 def test_a_stored_slice_goes_out_as_stored_in_small_pdus(storescp: tuple[int, Path]) -> None:
     """An EncodedDataset is written as P-DATA PDUs of the peer's size by the tuned association,
     not re-encoded: storescp writes the same data set bytes."""
@@ -107,6 +129,104 @@ def test_a_stored_slice_goes_out_as_stored_in_small_pdus(storescp: tuple[int, Pa
     got = written[0].read_bytes()
     got_start = read_meta(BytesIO(got), len(got)).dataset_start
     assert got[got_start:] == part10[meta.dataset_start :]  # 512 KiB over ~128 PDUs of 4 KiB
+
+
+def encoded_slice(seed: int) -> EncodedDataset:
+    part10 = factory.ct_series(1, 64, 64, seed=seed)[0]
+    meta = read_meta(BytesIO(part10), len(part10))
+    assert meta.sop_class_uid is not None
+    assert meta.sop_instance_uid is not None
+    return EncodedDataset(
+        part10, meta.dataset_start, sop_class_uid=meta.sop_class_uid, sop_uid=meta.sop_instance_uid,
+        syntax=meta.transfer_syntax,
+    )  # fmt: skip
+
+
+def test_answers_read_by_the_sender_are_reported_per_instance(storescp: tuple[int, Path]) -> None:
+    """A C-MOVE sub-association (``answers_to``) reads storescp's responses itself: each
+    instance's status is reported under its SOP Instance UID, and the association still releases."""
+    port, folder = storescp
+    slices = [encoded_slice(4500 + i) for i in range(3)]
+    ae = TunedAE(ae_title="TUNED")
+    ae.add_requested_context(CT_IMAGE_STORAGE, str(slices[0].syntax))
+    assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
+    assert assoc.is_established
+    answers: list[tuple[str, int]] = []
+    answers_to(assoc, lambda sop, status: answers.append((sop, status)))
+    try:
+        statuses = [assoc.send_c_store(ds, msg_id=7 + i).Status for i, ds in enumerate(slices)]
+    finally:
+        assoc.release()
+    assert statuses == [0x0000] * 3
+    assert answers == [(str(ds.SOPInstanceUID), 0x0000) for ds in slices]
+    assert assoc.is_released
+    assert len(list(folder.iterdir())) == 3
+
+
+def test_a_refusing_destination_s_status_and_comment_come_back() -> None:
+    """A Storage SCP answering "out of resources" with an Error Comment (PS3.4 B.2.3): the
+    sender gets both, and the status is reported for the instance."""
+
+    def refuse(event: Any) -> Dataset:
+        status = Dataset()
+        status.Status = 0xA700
+        status.ErrorComment = "disk full"
+        return status
+
+    scp = AE(ae_title="REFUSER")
+    scp.add_supported_context(CT_IMAGE_STORAGE, ALL_TRANSFER_SYNTAXES)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, refuse)])
+    try:
+        ds = encoded_slice(4600)
+        ae = TunedAE(ae_title="TUNED")
+        ae.add_requested_context(CT_IMAGE_STORAGE, str(ds.syntax))
+        assoc = ae.associate("127.0.0.1", port, ae_title="REFUSER")
+        assert assoc.is_established
+        answers: list[tuple[str, int]] = []
+        answers_to(assoc, lambda sop, status: answers.append((sop, status)))
+        try:
+            status = assoc.send_c_store(ds)
+            again = assoc.send_c_store(ds, msg_id=2)
+        finally:
+            assoc.release()
+        assert (status.Status, status.ErrorComment) == (0xA700, "disk full")
+        assert again.Status == 0xA700
+        assert answers == [(str(ds.SOPInstanceUID), 0xA700)] * 2
+        assert assoc.is_released
+    finally:
+        server.shutdown()
+
+
+def test_a_destination_that_aborts_instead_of_answering_fails_the_instance() -> None:
+    """The A-ABORT that comes instead of a C-STORE response is pynetdicom's to handle: the
+    sender gets no status, nothing is reported as answered, and the association is over."""
+
+    def abort(event: Any) -> int:
+        event.assoc.abort()
+        return 0x0000
+
+    scp = AE(ae_title="ABORTER")
+    scp.add_supported_context(CT_IMAGE_STORAGE, ALL_TRANSFER_SYNTAXES)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, abort)])
+    try:
+        ds = encoded_slice(4700)
+        ae = TunedAE(ae_title="TUNED")
+        ae.add_requested_context(CT_IMAGE_STORAGE, str(ds.syntax))
+        assoc = ae.associate("127.0.0.1", port, ae_title="ABORTER")
+        assert assoc.is_established
+        answers: list[tuple[str, int]] = []
+        answers_to(assoc, lambda sop, status: answers.append((sop, status)))
+        status = assoc.send_c_store(ds)
+        assert "Status" not in status
+        assert answers == []
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not assoc.is_established
+    finally:
+        server.shutdown()
 
 
 def test_an_untuned_association_is_not_given_encoded_data_sets() -> None:

@@ -125,12 +125,10 @@ class MoveHandler:
 
             def accepted(event: Any) -> None:
                 sub_association["assoc"] = event.assoc
+                # The destination only answers: its responses are read by the sending thread.
+                encoded_store.answers_to(event.assoc, run.tally.answered)
 
-            handlers = [
-                (evt.EVT_CONN_OPEN, _tune_connection),
-                (evt.EVT_ACCEPTED, accepted),
-                (evt.EVT_DIMSE_RECV, run.tally.on_received),
-            ]
+            handlers = [(evt.EVT_CONN_OPEN, _tune_connection), (evt.EVT_ACCEPTED, accepted)]
             log.debug("C-MOVE from %s: %s sends %d instance(s) to %s at %s:%d", run.peer.name, self._ae_title,
                       plan.count, target, host, port)  # fmt: skip
             yield host, port, {"contexts": plan.contexts(), "evt_handlers": handlers, **secured}
@@ -139,7 +137,9 @@ class MoveHandler:
                 yield 0  # pynetdicom answers 0x0000 without a sub-association
                 return
             # pynetdicom associates with the destination now; it comes back only if it could.
+            # Meanwhile the first instance is read.
             run.status, run.comment = MOVE_DESTINATION_UNKNOWN, "the destination cannot be reached"
+            self._retriever.prefetch(plan)
             yield plan.count
             run.status, run.comment = SUCCESS, ""
 

@@ -39,6 +39,10 @@ class ReadAhead:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop a read still under way (its instance is dropped)."""
         pending, self._pending = self._pending, None
         if pending is not None and not pending.done():
             with suppress(Exception):

@@ -115,6 +115,7 @@ class Part:
     expected: dict[str, str]  # SOP Instance UID → SOP Class UID ('' when unknown)
     where: dict[str, tuple[str, str]]  # SOP Instance UID → (study, series)
     stored: dict[str, set[str]] = field(default_factory=dict)  # SOP Class UID → stored syntaxes (cached)
+    ahead: ReadAhead | None = None  # its reader, once started (Retriever.prefetch)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class Plan:
     parts: list[Part]
     # The peer receives the instances de-identified (gateway.services.deidentified).
     views: DeidentifiedViews | None = None
+    closed: bool = False  # every stream has been ended (Retriever.close)
 
     @property
     def count(self) -> int:
@@ -403,14 +405,32 @@ class Retriever:
         finally:
             self.close(plan)
 
+    def prefetch(self, plan: Plan) -> None:
+        """Start reading the first instance of ``plan`` now (a C-MOVE: while the
+        sub-association to the destination is set up), rather than at the first sub-operation."""
+        if plan.parts and not plan.closed:
+            first = plan.parts[0]
+            if first.ahead is None:
+                first.ahead = ReadAhead(first.retrieval.items, self._retrieval, self._portal)
+            first.ahead.start()
+
     def close(self, plan: Plan) -> None:
-        """End every stream of ``plan`` (its PACS flights continue for the cache)."""
+        """End every stream of ``plan`` (its PACS flights continue for the cache), once: in one
+        trip to the event loop, the second call (the handler's, after the sub-operations' own)
+        without any."""
+        if plan.closed or not plan.parts:
+            return
+        plan.closed = True
         for part in plan.parts:
-            with suppress(Exception):
-                self._portal(part.retrieval.items.aclose())
+            if part.ahead is not None:  # a read started and never waited for must stop first
+                part.ahead.stop()
+        with suppress(Exception):
+            self._portal(_close_all(plan.parts))
 
     def _read_ahead(self, part: Part) -> ReadAhead:
-        return ReadAhead(part.retrieval.items, self._retrieval, self._portal)
+        if part.ahead is None:
+            part.ahead = ReadAhead(part.retrieval.items, self._retrieval, self._portal)
+        return part.ahead
 
     def _dataset(
         self,
@@ -489,6 +509,12 @@ def _unsendable(sop: str) -> Dataset:
     ds = Dataset()
     ds.SOPInstanceUID = sop
     return ds
+
+
+async def _close_all(parts: list[Part]) -> None:
+    for part in parts:
+        with suppress(Exception):
+            await part.retrieval.items.aclose()
 
 
 def _identity(item: InstanceRecord | Arrival) -> str:

@@ -50,12 +50,16 @@ class RetrieveOutcome:
 @dataclass
 class Tally:
     """What became of each sub-operation: the instances yielded, and the receiver's C-STORE
-    responses as they come (pynetdicom's ``EVT_DIMSE_RECV`` on the association the
-    sub-operations run on)."""
+    responses as they come (C-MOVE: :meth:`answered`, called by the sub-association's
+    ``send_c_store``, :func:`gateway.netdicom.encoded_store.answers_to`; C-GET: pynetdicom's
+    ``EVT_DIMSE_RECV`` on the requester's association, :meth:`on_received`)."""
 
     sent: list[str] = field(default_factory=list)  # SOP Instance UIDs yielded as data sets
     unsent: list[str] = field(default_factory=list)  # yielded as stand-ins: failed, nothing sent
     answers: dict[str, int] = field(default_factory=dict)  # SOP Instance UID → C-STORE status
+
+    def answered(self, sop: str, status: int) -> None:
+        self.answers[sop] = status
 
     def on_received(self, event: Any) -> None:
         message = event.message

@@ -19,6 +19,9 @@ message" and the sender waits for the DIMSE timeout). A response that comes back
 millisecond falls into it. :func:`pause` closes it: the reactor looks at the checkpoint again
 and takes a message only under a gate that :func:`pause` passes through after closing the
 checkpoint.
+
+Killing the association (after a release or an abort) waits for its DUL as pynetdicom does,
+but looks every half millisecond rather than every 10 (:func:`_kill`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from pynetdicom import evt
 LOGGER = logging.getLogger("pynetdicom.association")
 
 BACKSTOP = 0.1  # seconds: the network timeout's resolution, and what a missed signal could cost
+# Between looks at a DUL finishing its last action once the association is killed
+# (pynetdicom: 10 ms, see _kill).
+KILL_POLL = 0.0005
 
 
 GATE = "_gateway_reactor_gate"
@@ -46,11 +52,10 @@ def install(assoc: Any) -> threading.Event:
     setattr(assoc, GATE, threading.Lock())
     for q in (assoc.dimse.msg_queue, assoc.dul.to_user_queue):
         _signal_after(q, signal)
-    kill = assoc.kill
 
     def kill_and_wake() -> None:
         signal.set()
-        kill()
+        _kill(assoc)
 
     assoc.kill = kill_and_wake
     assoc._run_reactor = types.MethodType(lambda self: _run(self, signal), assoc)
@@ -78,6 +83,21 @@ def pause(assoc: Any) -> None:
             pass
     while not assoc._is_paused:
         time.sleep(0.0001)
+
+
+def _kill(assoc: Any) -> None:
+    """pynetdicom's ``Association.kill`` (3.0), looking every :data:`KILL_POLL` instead of every
+    10 ms whether the DUL reached Sta1 and stopped. A release is killed as soon as the
+    A-RELEASE-RP is handed over (PS3.8 9.2, AR-3), which is before the DUL has closed the
+    connection and reached Sta1: pynetdicom's first look nearly always misses it, and a C-MOVE
+    releases its sub-association before its final response, so each C-MOVE waited 10 ms."""
+    assoc._reactor_checkpoint.set()
+    assoc._kill = True
+    assoc.is_established = False
+    assoc._is_paused = True
+    dul = assoc.dul
+    while dul.is_alive() and not dul.stop_dul():
+        time.sleep(KILL_POLL)
 
 
 def _run(assoc: Any, signal: threading.Event) -> None:

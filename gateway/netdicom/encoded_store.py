@@ -16,7 +16,10 @@ copy), and then waits for the C-STORE response exactly as pynetdicom does. Anyth
 set of another kind, a TLS association) goes to pynetdicom's own ``send_c_store``.
 
 The PDUs are written by :mod:`gateway.netdicom.pdata_writer`, as every other DIMSE message of
-a tuned association is.
+a tuned association is. On an association given :func:`answers_to` (a C-MOVE sub-association:
+the peer only answers), the response is read off the socket by the same thread
+(:mod:`gateway.netdicom.store_answer`), and every answer, however read, is reported to the
+callback given there.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
@@ -36,12 +40,16 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from gateway.netdicom import acceptor, command_set
+from gateway.netdicom import acceptor, command_set, reactor, store_answer
 from gateway.netdicom.pdata_writer import logged, write_message
 
-__all__ = ["EncodedDataset", "install", "installed"]
+__all__ = ["EncodedDataset", "answers_to", "install", "installed"]
 
 LOGGER = logging.getLogger("pynetdicom.assoc")
+ANSWERS = "_gateway_store_answers"
+# Handlers that want what pynetdicom's DUL reads (its log at DEBUG or INFO, see
+# gateway.netdicom.quiet): with any bound, responses are read by pynetdicom.
+RECEIVE_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_DATA_RECV, evt.EVT_DIMSE_RECV)
 
 
 class EncodedDataset(Dataset):
@@ -84,17 +92,31 @@ def install(assoc: Any, send_lock: threading.Lock) -> None:
         originator_aet: str | None = None,
         originator_id: int | None = None,
     ) -> Dataset:
-        if isinstance(dataset, EncodedDataset):
-            if not isinstance(getattr(assoc.dul.socket, "socket", None), ssl.SSLSocket):
-                return _send_encoded(assoc, send_lock, dataset, msg_id, priority, originator_aet, originator_id)
+        # pynetdicom also sends a file given by its path (the gateway's forwarding to a PACS):
+        # only a data set's SOP Instance UID is known here, and only its answer is reported.
+        sop = str(dataset.get("SOPInstanceUID", "")) if isinstance(dataset, Dataset) else None
+        if isinstance(dataset, EncodedDataset) and isinstance(getattr(assoc.dul.socket, "socket", None), ssl.SSLSocket):
             dataset = dataset.decoded()  # TLS: pynetdicom's path (sendmsg has no TLS)
-        status: Dataset = original(
-            dataset, msg_id=msg_id, priority=priority, originator_aet=originator_aet, originator_id=originator_id
-        )
+        if isinstance(dataset, EncodedDataset):
+            status = _send_encoded(assoc, send_lock, dataset, msg_id, priority, originator_aet, originator_id)
+        else:
+            status = original(
+                dataset, msg_id=msg_id, priority=priority, originator_aet=originator_aet, originator_id=originator_id
+            )
+        on_answer = getattr(assoc, ANSWERS, None)
+        if on_answer is not None and sop is not None and "Status" in status:
+            on_answer(sop, int(status.Status))
         return status
 
     assoc.send_c_store = send_c_store
     assoc._gateway_sends_encoded = True
+
+
+def answers_to(assoc: Any, on_answer: Callable[[str, int], None]) -> None:
+    """Read the C-STORE responses of ``assoc`` (a tuned association whose peer only answers:
+    a C-MOVE sub-association) on the sending thread, and report each, as
+    ``on_answer(SOP Instance UID sent, status)``; a request without an answer is not reported."""
+    setattr(assoc, ANSWERS, on_answer)
 
 
 def installed(assoc: Any) -> bool:
@@ -156,15 +178,28 @@ def _send_encoded(
             originator_id=originator_id,
         )
 
-    # As pynetdicom: the association's own reactor must not take the response off the queue.
+    direct = getattr(assoc, ANSWERS, None) is not None and not any(assoc.get_handlers(e) for e in RECEIVE_EVENTS)
+    # As pynetdicom: the association's own reactor must not take the response off the queue
+    # (should the DUL read it after all).
     acceptor.pause(assoc)
     try:
         timeout = assoc.dimse.dimse_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not write_message(assoc, send_lock, int(context.context_id), command, dataset.encoded, deadline):
+        message = (int(context.context_id), command, dataset.encoded)
+        written, got = _write(assoc, send_lock, message, msg_id, deadline, read_answer=direct)
+        if not written:
             assoc.abort()
             raise ConnectionError("the C-STORE request could not be written to the peer")
-        _, response = assoc.dimse.get_msg(block=True)
+        if isinstance(got, store_answer.Answer):
+            return got.status
+        if got == store_answer.BROKEN:
+            LOGGER.error("No valid C-STORE response from the peer")
+            assoc.abort()
+            return Dataset()
+        if got == store_answer.TIMED_OUT:
+            response = None
+        else:
+            _, response = assoc.dimse.get_msg(block=True)
     finally:
         assoc._reactor_checkpoint.set()
     if response is None:  # the DIMSE timeout expired
@@ -172,3 +207,39 @@ def _send_encoded(
         return Dataset()
     status: Dataset = assoc._check_received_status(response)
     return status
+
+
+def _write(
+    assoc: Any,
+    send_lock: threading.Lock,
+    message: tuple[int, bytes, memoryview],
+    msg_id: int,
+    deadline: float | None,
+    *,
+    read_answer: bool,
+) -> tuple[bool, store_answer.Answer | str | None]:
+    """Write the C-STORE request ``message`` (context ID, command set, data set); whether it
+    went out, and (``read_answer``) what :func:`gateway.netdicom.store_answer.read` then found,
+    read before the send lock is let go. Meanwhile the DUL's wait leaves the socket alone; it is
+    woken when what came is its to read."""
+    context_id, command, data = message
+    if not read_answer:
+        return write_message(assoc, send_lock, context_id, command, data, deadline), None
+    got: list[store_answer.Answer | str] = []
+    reactor.sender_reads(assoc.dul, True)
+    try:
+        written = write_message(
+            assoc,
+            send_lock,
+            context_id,
+            command,
+            data,
+            deadline,
+            lambda: got.append(store_answer.read(assoc, msg_id, deadline)),
+        )
+    finally:
+        reactor.sender_reads(assoc.dul, False)
+    answer = got[0] if got else None
+    if not isinstance(answer, store_answer.Answer):
+        reactor.wake(assoc.dul)  # what came is the DUL's to read (or the association ends)
+    return written, answer

@@ -26,6 +26,7 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
@@ -154,9 +155,11 @@ def write_message(
     command: bytes,
     data: memoryview | None,
     deadline: float | None,
+    then: Callable[[], object] | None = None,
 ) -> bool:
     """Write one message (``command``, then ``data`` if any) as P-DATA-TF PDUs once nothing else
-    is being sent; whether all of it went out before ``deadline``."""
+    is being sent; whether all of it went out before ``deadline``. ``then`` is called once it
+    has, still holding ``send_lock`` (the DUL thread neither sends nor reads meanwhile)."""
     dul = assoc.dul
     sock: socket.socket = dul.socket.socket
     limit = assoc.dimse.maximum_pdu_size  # the peer's Maximum Length Received; 0: no limit
@@ -168,7 +171,11 @@ def write_message(
                 buffers = _pdus(context_id, memoryview(command), COMMAND, limit)
                 if data is not None:
                     buffers += _pdus(context_id, data, 0, limit)
-                return _send_all(sock, buffers, deadline)
+                if not _send_all(sock, buffers, deadline):
+                    return False
+                if then is not None:
+                    then()
+                return True
         if deadline is not None and time.monotonic() > deadline:
             return False
         time.sleep(QUIET_WAIT)

@@ -13,7 +13,9 @@ the DUL to send, an event is queued for its state machine, or the thread is told
 wait is bounded by the ARTIM timer (PS3.8 9.1.5) and a short backstop, so a timer still fires
 on time. It also reads each PDU with ``recv_into`` into one buffer instead of 4 KiB ``recv``
 calls joined together, and, given a ``receive`` fast path (the associations the gateway requests:
-:mod:`gateway.netdicom.pdata_reader`), lets it take a PDU before pynetdicom does.
+:mod:`gateway.netdicom.pdata_reader`), lets it take a PDU before pynetdicom does. Its
+``stop_dul`` wakes the thread and joins it rather than polling every millisecond until it has
+ended.
 
 Each pass (one primitive to send or one PDU received, and the state machine's action) runs
 holding the association's send lock, which :mod:`gateway.netdicom.encoded_store` takes to write
@@ -43,6 +45,8 @@ LOGGER = logging.getLogger("pynetdicom.dul")
 # The longest wait without a wake-up: nothing should need it, it bounds what a missed signal
 # could cost.
 BACKSTOP = 0.1
+WAKER = "_gateway_waker"
+SENDER_READS = "_gateway_sender_reads"
 
 
 class Waker:
@@ -74,6 +78,7 @@ def install(dul: Any, transport: Any, receive: Callable[[Any], bool | None] | No
     the transport, True says it received something, False that it holds the socket but had
     nothing to do (the pass goes on to the state machine, then waits)."""
     waker = Waker()
+    setattr(dul, WAKER, waker)
     send_lock = threading.Lock()
     _wake_after(dul.to_provider_queue, waker, dul)
     _wake_after(dul.event_queue, waker, dul)
@@ -84,6 +89,19 @@ def install(dul: Any, transport: Any, receive: Callable[[Any], bool | None] | No
         waker.wake()
 
     dul.kill_dul = kill_dul
+
+    def stop_dul() -> bool:
+        # pynetdicom's DULServiceProvider.stop_dul (3.0), its thread woken to see the kill
+        # rather than polled for every 1 ms until it ends.
+        if dul.state_machine.current_state != "Sta1":
+            return False
+        dul._kill_thread = True
+        waker.wake()
+        if dul.is_alive() and threading.current_thread() is not dul:
+            dul.join()
+        return True
+
+    dul.stop_dul = stop_dul
     dul.run = types.MethodType(lambda self: _run(self, waker, send_lock, receive), dul)
     transport.recv = types.MethodType(_recv, transport)
     return send_lock
@@ -143,6 +161,21 @@ def _run(dul: Any, waker: Waker, send_lock: threading.Lock, receive: Callable[[A
         waker.close()
 
 
+def sender_reads(dul: Any, reads: bool) -> None:
+    """Whether the thread sending a message reads its answer itself
+    (:mod:`gateway.netdicom.store_answer`): meanwhile the reactor's wait leaves the socket out,
+    so that the answer does not wake it only to find the send lock taken. A wait begun before
+    ends at the latest at :data:`BACKSTOP`; :func:`wake` ends it at once."""
+    setattr(dul, SENDER_READS, reads)
+
+
+def wake(dul: Any) -> None:
+    """End the reactor's wait now (it looks at the socket again)."""
+    waker = getattr(dul, WAKER, None)
+    if waker is not None:
+        waker.wake()
+
+
 def _wait(dul: Any, waker: Waker) -> None:
     """Until the socket is readable, the waker is signalled, or the ARTIM timer is due."""
     transport = dul.socket
@@ -159,7 +192,8 @@ def _wait(dul: Any, waker: Waker) -> None:
     if artim._start_time is not None and artim._end_time is None:
         timeout = max(0.0, min(timeout, artim.remaining))
     try:
-        ready, _, _ = select.select([sock, waker.reader], [], [], timeout)
+        watched = [waker.reader] if getattr(dul, SENDER_READS, False) else [sock, waker.reader]
+        ready, _, _ = select.select(watched, [], [], timeout)
     except (OSError, ValueError):
         return  # closed under us: the next pass finds out (Evt17)
     if waker.reader in ready:
