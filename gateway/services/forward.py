@@ -75,12 +75,19 @@ class ForwardService:
     async def _run(self) -> None:
         while True:
             self._wake = anyio.Event()  # before looking: an enqueue from now on wakes the wait below
-            jobs = await self._state.due_forwards(time.time(), 16)
-            for job in jobs:
-                await self._send(job)
-            if jobs:
+            try:
+                jobs = await self._state.due_forwards(time.time(), 16)
+                for job in jobs:
+                    await self._send(job)
+                if jobs:
+                    continue
+                due = await self._state.next_forward_at()
+            except GatewayError as exc:  # the index is away: the queue is durable, look again later
+                log.warning(
+                    "forward queue to %s: %s; looking again in %.0f s", self.target, exc.reason, self._base_delay
+                )
+                await anyio.sleep(self._base_delay)
                 continue
-            due = await self._state.next_forward_at()
             wait = self._idle_poll if due is None else min(self._idle_poll, max(0.0, due - time.time()))
             with anyio.move_on_after(wait):
                 await self._wake.wait()
@@ -103,20 +110,27 @@ class ForwardService:
                 transfer_syntax=record.transfer_syntax,
             )
         except GatewayError as exc:
-            self.failures += 1
-            delay = min(self._max_delay, self._base_delay * 2**job.attempts)
-            log.warning(
-                "forward of %s to PACS %s failed (attempt %d), retrying in %.0f s: %s",
-                job.sop_uid,
-                job.node,
-                job.attempts + 1,
-                delay,
-                exc.reason,
-            )
-            await self._state.forward_failed(job.id, exc.reason, time.time() + delay)
+            await self._retry_later(job, exc.reason)
+            return
+        except Exception as exc:  # a bug in one job must not stop the queue behind it
+            log.exception("forward of %s to PACS %s failed unexpectedly", job.sop_uid, job.node)
+            await self._retry_later(job, f"internal error: {type(exc).__name__}")
             return
         finally:
             path.unlink(missing_ok=True)
         self.sent += 1
         log.info("forwarded %s to PACS %s", job.sop_uid, job.node)
         await self._state.forward_done(job.id)
+
+    async def _retry_later(self, job: ForwardJob, reason: str) -> None:
+        self.failures += 1
+        delay = min(self._max_delay, self._base_delay * 2**job.attempts)
+        log.warning(
+            "forward of %s to PACS %s failed (attempt %d), retrying in %.0f s: %s",
+            job.sop_uid,
+            job.node,
+            job.attempts + 1,
+            delay,
+            reason,
+        )
+        await self._state.forward_failed(job.id, reason, time.time() + delay)
