@@ -8,7 +8,9 @@ import logging
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,34 @@ def test_answers_read_by_the_sender_are_reported_per_instance(storescp: tuple[in
     assert len(list(folder.iterdir())) == 3
 
 
+@contextmanager
+def _tuned_sender_to(title: str, on_store: Callable[[Any], Any], seed: int) -> Iterator[_Sender]:
+    """A pynetdicom Storage SCP called ``title`` answering with ``on_store``, and a tuned
+    association to it, ready to send one slice, its answers reported to ``answers``."""
+    scp = AE(ae_title=title)
+    scp.add_supported_context(CT_IMAGE_STORAGE, ALL_TRANSFER_SYNTAXES)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        ds = encoded_slice(seed)
+        ae = TunedAE(ae_title="TUNED")
+        ae.add_requested_context(CT_IMAGE_STORAGE, str(ds.syntax))
+        assoc = ae.associate("127.0.0.1", port, ae_title=title)
+        assert assoc.is_established
+        sender = _Sender(assoc, ds, [])
+        answers_to(assoc, lambda sop, status: sender.answers.append((sop, status)))
+        yield sender
+    finally:
+        server.shutdown()
+
+
+@dataclass
+class _Sender:
+    assoc: Any
+    ds: EncodedDataset
+    answers: list[tuple[str, int]]
+
+
 def test_a_refusing_destination_s_status_and_comment_come_back() -> None:
     """A Storage SCP answering "out of resources" with an Error Comment (PS3.4 B.2.3): the
     sender gets both, and the status is reported for the instance."""
@@ -173,29 +203,16 @@ def test_a_refusing_destination_s_status_and_comment_come_back() -> None:
         status.ErrorComment = "disk full"
         return status
 
-    scp = AE(ae_title="REFUSER")
-    scp.add_supported_context(CT_IMAGE_STORAGE, ALL_TRANSFER_SYNTAXES)
-    port = free_port()
-    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, refuse)])
-    try:
-        ds = encoded_slice(4600)
-        ae = TunedAE(ae_title="TUNED")
-        ae.add_requested_context(CT_IMAGE_STORAGE, str(ds.syntax))
-        assoc = ae.associate("127.0.0.1", port, ae_title="REFUSER")
-        assert assoc.is_established
-        answers: list[tuple[str, int]] = []
-        answers_to(assoc, lambda sop, status: answers.append((sop, status)))
+    with _tuned_sender_to("REFUSER", refuse, 4600) as sender:
         try:
-            status = assoc.send_c_store(ds)
-            again = assoc.send_c_store(ds, msg_id=2)
+            status = sender.assoc.send_c_store(sender.ds)
+            again = sender.assoc.send_c_store(sender.ds, msg_id=2)
         finally:
-            assoc.release()
+            sender.assoc.release()
         assert (status.Status, status.ErrorComment) == (0xA700, "disk full")
         assert again.Status == 0xA700
-        assert answers == [(str(ds.SOPInstanceUID), 0xA700)] * 2
-        assert assoc.is_released
-    finally:
-        server.shutdown()
+        assert sender.answers == [(str(sender.ds.SOPInstanceUID), 0xA700)] * 2
+        assert sender.assoc.is_released
 
 
 def test_a_destination_that_aborts_instead_of_answering_fails_the_instance() -> None:
@@ -206,27 +223,14 @@ def test_a_destination_that_aborts_instead_of_answering_fails_the_instance() -> 
         event.assoc.abort()
         return 0x0000
 
-    scp = AE(ae_title="ABORTER")
-    scp.add_supported_context(CT_IMAGE_STORAGE, ALL_TRANSFER_SYNTAXES)
-    port = free_port()
-    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, abort)])
-    try:
-        ds = encoded_slice(4700)
-        ae = TunedAE(ae_title="TUNED")
-        ae.add_requested_context(CT_IMAGE_STORAGE, str(ds.syntax))
-        assoc = ae.associate("127.0.0.1", port, ae_title="ABORTER")
-        assert assoc.is_established
-        answers: list[tuple[str, int]] = []
-        answers_to(assoc, lambda sop, status: answers.append((sop, status)))
-        status = assoc.send_c_store(ds)
+    with _tuned_sender_to("ABORTER", abort, 4700) as sender:
+        status = sender.assoc.send_c_store(sender.ds)
         assert "Status" not in status
-        assert answers == []
+        assert sender.answers == []
         deadline = time.monotonic() + 10
-        while assoc.is_established and time.monotonic() < deadline:
+        while sender.assoc.is_established and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not assoc.is_established
-    finally:
-        server.shutdown()
+        assert not sender.assoc.is_established
 
 
 def test_an_untuned_association_is_not_given_encoded_data_sets() -> None:
