@@ -61,17 +61,23 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         process.wait(10)
 
 
-def test_a_tuned_requestor_stores_a_slice_in_small_pdus(storescp: tuple[int, Path]) -> None:
-    port, folder = storescp
-    sent = pydicom.dcmread(BytesIO(factory.ct_series(1, 512, 512, seed=4242)[0]))
+def _store_tuned(port: int, sent: Dataset, what: Dataset | Path) -> tuple[Any, Dataset]:
+    """C-STORE ``what`` (a data set or a Part 10 file) to storescp on a tuned association
+    proposing ``sent``'s class and transfer syntax; the association and the answer."""
     ae = TunedAE(ae_title="TUNED")
     ae.add_requested_context(sent.SOPClassUID, str(sent.file_meta.TransferSyntaxUID))
     assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
     assert assoc.is_established
     try:
-        status = assoc.send_c_store(sent)
+        return assoc, assoc.send_c_store(what)
     finally:
         assoc.release()
+
+
+def test_a_tuned_requestor_stores_a_slice_in_small_pdus(storescp: tuple[int, Path]) -> None:
+    port, folder = storescp
+    sent = pydicom.dcmread(BytesIO(factory.ct_series(1, 512, 512, seed=4242)[0]))
+    assoc, status = _store_tuned(port, sent, sent)
     assert status.Status == 0x0000
     assert assoc.is_released
     (written,) = list(folder.iterdir())
@@ -87,14 +93,7 @@ def test_a_tuned_requestor_stores_a_file_given_by_its_path(storescp: tuple[int, 
     path = tmp_path / "instance.dcm"
     path.write_bytes(part10)
     sent = pydicom.dcmread(BytesIO(part10))
-    ae = TunedAE(ae_title="TUNED")
-    ae.add_requested_context(sent.SOPClassUID, str(sent.file_meta.TransferSyntaxUID))
-    assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
-    assert assoc.is_established
-    try:
-        status = assoc.send_c_store(path)
-    finally:
-        assoc.release()
+    _, status = _store_tuned(port, sent, path)
     assert status.Status == 0x0000
     (written,) = list(folder.iterdir())
     assert pydicom.dcmread(written).SOPInstanceUID == sent.SOPInstanceUID
